@@ -1,0 +1,1 @@
+"""Command-line interface: one console script ``organsam`` with subcommands (see ``main.py``)."""

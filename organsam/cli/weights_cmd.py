@@ -1,0 +1,24 @@
+"""``organsam weights``: show which pretrained weight files were found and whether their hashes match."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("weights", help="find and verify the offline pretrained weights")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from organsam.weights import describe_weights
+
+    rows = describe_weights()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            print(f"{r['name']:<12} {r['status']:<15} {r['licence']:<11} {r['path']}")
+    return 0 if all(r["status"] == "ok" for r in rows) else 1
