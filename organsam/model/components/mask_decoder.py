@@ -1,0 +1,100 @@
+"""SAM mask decoder: output tokens + prompt tokens + image embedding -> mask logits and IoU estimates."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from organsam.model.components.blocks import MLP, LayerNorm2d
+from organsam.model.components.two_way_transformer import TwoWayTransformer
+
+__all__ = ["MaskDecoder"]
+
+
+class MaskDecoder(nn.Module):
+    """Predict masks from an image embedding and prompt embeddings.
+
+    One IoU token and ``num_multimask_outputs + 1`` mask tokens are prepended to the prompt tokens; after
+    the two-way transformer each mask token drives a hypernetwork MLP whose 32 outputs are dotted with the
+    4x upscaled image features (64x64 -> 256x256).
+
+    Args:
+        transformer: the two-way transformer.
+        transformer_dim: channels (256).
+        num_multimask_outputs: masks in multimask mode (3); token 0 is the single-mask output.
+        iou_head_depth: layers of the IoU MLP.
+        iou_head_hidden_dim: hidden width of the IoU MLP.
+    """
+
+    def __init__(self, transformer: TwoWayTransformer, transformer_dim: int = 256,
+                 num_multimask_outputs: int = 3, iou_head_depth: int = 3, iou_head_hidden_dim: int = 256) -> None:
+        super().__init__()
+        self.transformer_dim = transformer_dim
+        self.transformer = transformer
+        self.num_mask_tokens = num_multimask_outputs + 1
+        self.iou_token = nn.Embedding(1, transformer_dim)
+        self.mask_tokens = nn.Embedding(self.num_mask_tokens, transformer_dim)
+        self.output_upscaling = nn.Sequential(
+            nn.ConvTranspose2d(transformer_dim, transformer_dim // 4, kernel_size=2, stride=2),
+            LayerNorm2d(transformer_dim // 4),
+            nn.GELU(),
+            nn.ConvTranspose2d(transformer_dim // 4, transformer_dim // 8, kernel_size=2, stride=2),
+            nn.GELU(),
+        )
+        self.output_hypernetworks_mlps = nn.ModuleList(
+            MLP(transformer_dim, transformer_dim, transformer_dim // 8, 3) for _ in range(self.num_mask_tokens)
+        )
+        self.iou_prediction_head = MLP(transformer_dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth)
+
+    def predict_masks(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor,
+                      sparse_prompt_embeddings: torch.Tensor,
+                      dense_prompt_embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """All mask tokens' outputs.
+
+        Args:
+            image_embeddings: (P, C, 64, 64) one embedding per prompt set (or (1, ...) shared by all).
+            image_pe: (1, C, 64, 64) dense position encoding.
+            sparse_prompt_embeddings: (P, T, C).
+            dense_prompt_embeddings: (P, C, 64, 64).
+
+        Returns:
+            masks (P, num_mask_tokens, 256, 256) logits and iou (P, num_mask_tokens).
+        """
+        P = sparse_prompt_embeddings.shape[0]
+        out_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
+        tokens = torch.cat([out_tokens.unsqueeze(0).expand(P, -1, -1).to(sparse_prompt_embeddings.dtype),
+                            sparse_prompt_embeddings], dim=1)
+        src = image_embeddings.expand(P, -1, -1, -1) + dense_prompt_embeddings
+        pos = image_pe.expand(P, -1, -1, -1)
+        b, c, h, w = src.shape
+        hs, img_tokens = self.transformer(src, pos, tokens)
+        iou_token_out = hs[:, 0]
+        mask_tokens_out = hs[:, 1:1 + self.num_mask_tokens]
+        upscaled = self.output_upscaling(img_tokens.transpose(1, 2).reshape(b, c, h, w))
+        hyper = torch.stack([mlp(mask_tokens_out[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)],
+                            dim=1)
+        bu, cu, hu, wu = upscaled.shape
+        masks = (hyper @ upscaled.reshape(bu, cu, hu * wu)).reshape(bu, -1, hu, wu)
+        iou = self.iou_prediction_head(iou_token_out)
+        return masks, iou
+
+    def forward(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, sparse_prompt_embeddings: torch.Tensor,
+                dense_prompt_embeddings: torch.Tensor,
+                multimask_output: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predict masks.
+
+        Args:
+            image_embeddings: (P, C, 64, 64) or (1, C, 64, 64) shared by all P prompt sets.
+            image_pe: (1, C, 64, 64).
+            sparse_prompt_embeddings: (P, T, C).
+            dense_prompt_embeddings: (P, C, 64, 64).
+            multimask_output: return the 3 multimask outputs instead of the single mask.
+
+        Returns:
+            low-res mask logits (P, M, 256, 256) and predicted IoU (P, M), M = 3 if multimask else 1.
+        """
+        masks, iou = self.predict_masks(image_embeddings, image_pe, sparse_prompt_embeddings,
+                                        dense_prompt_embeddings)
+        sel = slice(1, None) if multimask_output else slice(0, 1)
+        return masks[:, sel], iou[:, sel]
+

@@ -1,0 +1,142 @@
+"""SAM's two-way transformer: prompt tokens and image tokens attend to each other in turn."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["ProjectedAttention", "TwoWayBlock", "TwoWayTransformer"]
+
+
+class ProjectedAttention(nn.Module):
+    """Multi-head attention with separate q/k/v projections to an optionally reduced width.
+
+    Args:
+        embed_dim: width of the inputs and of the output.
+        num_heads: heads.
+        downsample_rate: the attention works in ``embed_dim // downsample_rate`` features.
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int, downsample_rate: int = 1) -> None:
+        super().__init__()
+        inner = embed_dim // downsample_rate
+        if inner % num_heads:
+            raise ValueError(f"attention width {inner} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.q_proj = nn.Linear(embed_dim, inner)
+        self.k_proj = nn.Linear(embed_dim, inner)
+        self.v_proj = nn.Linear(embed_dim, inner)
+        self.out_proj = nn.Linear(inner, embed_dim)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        return x.view(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """q (B, Nq, C), k and v (B, Nk, C) -> (B, Nq, C)."""
+        q, k, v = self._heads(self.q_proj(q)), self._heads(self.k_proj(k)), self._heads(self.v_proj(v))
+        out = F.scaled_dot_product_attention(q, k, v)
+        b, h, n, d = out.shape
+        return self.out_proj(out.transpose(1, 2).reshape(b, n, h * d))
+
+
+class _MLPBlock(nn.Module):
+    """lin1, ReLU, lin2."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.lin1 = nn.Linear(dim, hidden)
+        self.lin2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin2(F.relu(self.lin1(x)))
+
+
+class TwoWayBlock(nn.Module):
+    """One two-way layer: token self-attention, token->image cross-attention, token MLP,
+    image->token cross-attention; each followed by a post-LayerNorm.
+
+    Args:
+        embed_dim: channels.
+        num_heads: heads.
+        mlp_dim: hidden width of the token MLP.
+        downsample_rate: width reduction of the cross-attentions.
+        skip_first_layer_pe: the first block does not add the query position encoding in self-attention
+            and replaces (instead of updates) the tokens with its output.
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int, mlp_dim: int, downsample_rate: int = 2,
+                 skip_first_layer_pe: bool = False) -> None:
+        super().__init__()
+        self.self_attn = ProjectedAttention(embed_dim, num_heads)
+        self.norm1 = nn.LayerNorm(embed_dim)
+        self.cross_attn_token_to_image = ProjectedAttention(embed_dim, num_heads, downsample_rate)
+        self.norm2 = nn.LayerNorm(embed_dim)
+        self.mlp = _MLPBlock(embed_dim, mlp_dim)
+        self.norm3 = nn.LayerNorm(embed_dim)
+        self.norm4 = nn.LayerNorm(embed_dim)
+        self.cross_attn_image_to_token = ProjectedAttention(embed_dim, num_heads, downsample_rate)
+        self.skip_first_layer_pe = skip_first_layer_pe
+
+    def forward(self, queries: torch.Tensor, keys: torch.Tensor, query_pe: torch.Tensor,
+                key_pe: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """queries/query_pe (B, Nt, C), keys/key_pe (B, Ni, C) -> updated (queries, keys)."""
+        if self.skip_first_layer_pe:
+            queries = self.self_attn(queries, queries, queries)
+        else:
+            q = queries + query_pe
+            queries = queries + self.self_attn(q, q, queries)
+        queries = self.norm1(queries)
+
+        q, k = queries + query_pe, keys + key_pe
+        queries = self.norm2(queries + self.cross_attn_token_to_image(q, k, keys))
+
+        queries = self.norm3(queries + self.mlp(queries))
+
+        q, k = queries + query_pe, keys + key_pe
+        keys = self.norm4(keys + self.cross_attn_image_to_token(k, q, queries))
+        return queries, keys
+
+
+class TwoWayTransformer(nn.Module):
+    """Stack of :class:`TwoWayBlock` plus a final token->image attention.
+
+    Args:
+        depth: number of blocks (2).
+        embed_dim: channels (256).
+        num_heads: heads (8).
+        mlp_dim: token MLP hidden width (2048).
+        downsample_rate: width reduction of the cross-attentions (2).
+    """
+
+    def __init__(self, depth: int = 2, embed_dim: int = 256, num_heads: int = 8, mlp_dim: int = 2048,
+                 downsample_rate: int = 2) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            TwoWayBlock(embed_dim, num_heads, mlp_dim, downsample_rate, skip_first_layer_pe=(i == 0))
+            for i in range(depth)
+        )
+        self.final_attn_token_to_image = ProjectedAttention(embed_dim, num_heads, downsample_rate)
+        self.norm_final_attn = nn.LayerNorm(embed_dim)
+
+    def forward(self, image_embedding: torch.Tensor, image_pe: torch.Tensor,
+                tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the transformer.
+
+        Args:
+            image_embedding: (B, C, h, w).
+            image_pe: (B, C, h, w) position encoding of the image tokens.
+            tokens: (B, Nt, C) output + prompt tokens (also used as their own position encoding).
+
+        Returns:
+            tokens (B, Nt, C) and image tokens (B, h*w, C).
+        """
+        keys = image_embedding.flatten(2).transpose(1, 2)
+        key_pe = image_pe.flatten(2).transpose(1, 2)
+        queries = tokens
+        for layer in self.layers:
+            queries, keys = layer(queries, keys, tokens, key_pe)
+        q, k = queries + tokens, keys + key_pe
+        queries = self.norm_final_attn(queries + self.final_attn_token_to_image(q, k, keys))
+        return queries, keys
