@@ -1,0 +1,86 @@
+"""State of one inference session over a volume (see :class:`organsam.inference.VolumePredictor`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from organsam.io import Volume
+from organsam.preprocessing.slices import SliceGeometry
+
+__all__ = ["OrganPrompt", "InferenceState", "OrganResult"]
+
+Box = tuple[float, float, float, float]
+
+
+@dataclass
+class OrganPrompt:
+    """Everything the user said about one organ.
+
+    Attributes:
+        organ_id: vocabulary id.
+        text: the prompt text it came from (``None`` for a pure box/point prompt).
+        boxes: slice index -> (x0, y0, x1, y1) in the slice's pixels (x = column), given by the user.
+        points: slice index -> (coords (N, 2) xy pixels, labels (N,) 1 = foreground, 0 = background).
+    """
+
+    organ_id: str
+    text: str | None = None
+    boxes: dict[int, Box] = field(default_factory=dict)
+    points: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+
+@dataclass
+class OrganResult:
+    """Per-organ output of a propagation.
+
+    Attributes:
+        mask: (Z, Y, X) bool in the canonical layout.
+        slice_scores: slice index -> predicted IoU of the accepted mask on that slice.
+        rejected: slice index -> predicted IoU of a mask that was rejected as "organ not here".
+        source: where the prompts came from ("atlas", "box", "box+track", ...).
+    """
+
+    mask: np.ndarray
+    slice_scores: dict[int, float] = field(default_factory=dict)
+    rejected: dict[int, float] = field(default_factory=dict)
+    source: str = ""
+
+    @property
+    def confidence(self) -> float:
+        """Mean predicted IoU over accepted slices (0 when none)."""
+        return float(np.mean(list(self.slice_scores.values()))) if self.slice_scores else 0.0
+
+    @property
+    def present(self) -> bool:
+        return bool(self.mask.any())
+
+
+@dataclass
+class InferenceState:
+    """A volume prepared for the model, its prompts and its results.
+
+    Attributes:
+        volume: the input volume (canonical (Z, Y, X)).
+        intensities: (Z, Y, X) float32 in [0, 255] (CT window / MR normalisation / 8-bit kept).
+        geometry: how each (Y, X) slice maps onto the 256x256 model input.
+        embeddings: slice index -> (256, 64, 64) image embedding, filled lazily and kept for re-runs.
+        prompts: organ id -> :class:`OrganPrompt`, in the order given.
+        prior: the fitted location prior (e.g. an atlas result), computed on first need.
+        results: organ id -> :class:`OrganResult` after :meth:`VolumePredictor.propagate`.
+    """
+
+    volume: Volume
+    intensities: np.ndarray
+    geometry: SliceGeometry
+    embeddings: dict[int, torch.Tensor] = field(default_factory=dict)
+    prompts: dict[str, OrganPrompt] = field(default_factory=dict)
+    prior: Any = None
+    results: dict[str, OrganResult] = field(default_factory=dict)
+
+    @property
+    def num_slices(self) -> int:
+        return int(self.volume.array.shape[0])

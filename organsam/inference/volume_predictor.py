@@ -1,0 +1,296 @@
+"""A SAM2-video-predictor-shaped session API over a 3D volume.
+
+    predictor = VolumePredictor()
+    state = predictor.init_state(volume)
+    predictor.add_text_prompt(state, "liver and both kidneys")
+    predictor.add_box(state, "liver", slice_index=40, box=(120, 80, 300, 260))   # optional correction
+    for z, organ_ids, masks in predictor.propagate(state):
+        ...
+
+Where a text-prompted organ gets its location from: a location prior (by default the atlas prior of
+``organsam.priors``, which registers a labelled CT onto the volume and turns each warped organ mask
+into per-slice boxes). Organs prompted only by a box or points on some slices are tracked from those
+slices through the volume: each next slice is prompted with the box of the previous slice's mask.
+A slice's mask is rejected (the organ is judged absent there) when the decoder's predicted IoU falls
+below ``iou_threshold``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from organsam.inference.state import Box, InferenceState, OrganPrompt, OrganResult
+from organsam.io import Volume
+from organsam.model.sam_core import SamCore, build_lite_medsam
+from organsam.preprocessing.intensity import display_scheme, normalize_mr, window_ct
+from organsam.preprocessing.slices import geometry_for, to_model_input_batch
+from organsam.priors.boxes import box_of_slice
+from organsam.vocabulary import load_vocabulary, parse_prompt
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["VolumePredictor", "LocationPrior", "model_intensities"]
+
+
+class LocationPrior(Protocol):
+    """Something that, fitted on a volume, says where each organ is (per-slice boxes)."""
+
+    def fit(self, array: np.ndarray, spacing: tuple[float, float, float]) -> Any:
+        """Fit on a (Z, Y, X) HU array; returns an object with ``boxes(organ_id, margin_px)`` and
+        ``present(organ_id)``."""
+        ...
+
+
+def model_intensities(volume: Volume, window: str = "abdomen") -> np.ndarray:
+    """(Z, Y, X) float32 in [0, 255] as the model expects them: CT windowed, MR percentile-normalised,
+    already 8-bit data kept."""
+    scheme = display_scheme(volume)
+    if scheme == "prewindowed":
+        return volume.array.astype(np.float32, copy=False)
+    if scheme == "ct_window":
+        return window_ct(volume.array, window)
+    return normalize_mr(volume.array)
+
+
+class VolumePredictor:
+    """Text/box/point-prompted 3D segmentation with a SAM core.
+
+    Args:
+        core: the SAM core (default: LiteMedSAM weights, hash-checked).
+        prior: location prior for text prompts; ``"atlas"`` builds the default atlas prior lazily,
+            ``None`` disables text-only prompts (box/point prompts still work).
+        device: torch device.
+        batch_size: slices encoded per forward pass.
+        iou_threshold: minimum predicted IoU for a slice mask to be kept.
+        box_margin_mm: margin added around prior boxes (mm, converted to pixels per axis).
+        track_margin_px: margin around the previous slice's mask box when tracking.
+        progress: show a progress bar.
+    """
+
+    def __init__(self, core: SamCore | None = None, *, prior: LocationPrior | str | None = "atlas",
+                 device: str | torch.device = "cpu", batch_size: int = 8, iou_threshold: float = 0.5,
+                 box_margin_mm: float = 8.0, track_margin_px: int = 3, progress: bool = True) -> None:
+        self.device = torch.device(device)
+        self.core = (core if core is not None else build_lite_medsam()).to(self.device).eval()
+        self._prior = prior
+        self.batch_size = int(batch_size)
+        self.iou_threshold = float(iou_threshold)
+        self.box_margin_mm = float(box_margin_mm)
+        self.track_margin_px = int(track_margin_px)
+        self.progress = progress
+        self.encoded_slices = 0
+
+    # ------------------------------------------------------------------ session
+    def init_state(self, volume: Volume) -> InferenceState:
+        """Prepare a volume: intensities for the model and the slice geometry (no model work yet)."""
+        if volume.array.ndim != 3 or min(volume.array.shape) < 1:
+            raise ValueError(f"{volume.path or 'volume'}: expected a 3D (Z, Y, X) volume, got {volume.array.shape}")
+        return InferenceState(volume=volume, intensities=model_intensities(volume),
+                              geometry=geometry_for(volume.array.shape[1:]))
+
+    def add_text_prompt(self, state: InferenceState, text: str) -> list[str]:
+        """Resolve free text to organ ids and add them; returns the ids (raises on unknown terms)."""
+        ids = parse_prompt(text)
+        for oid in ids:
+            state.prompts.setdefault(oid, OrganPrompt(oid, text=text))
+            state.results.pop(oid, None)
+        return ids
+
+    def _organ(self, state: InferenceState, organ: str) -> OrganPrompt:
+        oid = organ if organ in load_vocabulary() else parse_prompt(organ)[0]
+        state.results.pop(oid, None)
+        return state.prompts.setdefault(oid, OrganPrompt(oid))
+
+    def _check_slice(self, state: InferenceState, slice_index: int) -> int:
+        z = int(slice_index)
+        if not 0 <= z < state.num_slices:
+            raise ValueError(f"slice index {z} out of range: the volume has {state.num_slices} slices")
+        return z
+
+    def add_box(self, state: InferenceState, organ: str, slice_index: int, box: Box) -> None:
+        """Box prompt (x0, y0, x1, y1) in the slice's pixels (x = column of the canonical slice)."""
+        z = self._check_slice(state, slice_index)
+        x0, y0, x1, y1 = (float(v) for v in box)
+        if not (x1 > x0 and y1 > y0):
+            raise ValueError(f"box must be (x0, y0, x1, y1) with x1 > x0 and y1 > y0, got {box}")
+        self._organ(state, organ).boxes[z] = (x0, y0, x1, y1)
+
+    def add_points(self, state: InferenceState, organ: str, slice_index: int, points: np.ndarray,
+                   labels: np.ndarray) -> None:
+        """Point prompts on one slice: ``points`` (N, 2) xy pixels, ``labels`` (N,) 1 = inside, 0 = outside."""
+        z = self._check_slice(state, slice_index)
+        pts = np.asarray(points, dtype=np.float32).reshape(-1, 2)
+        lab = np.asarray(labels, dtype=np.int64).reshape(-1)
+        if len(pts) != len(lab) or len(pts) == 0:
+            raise ValueError(f"points {pts.shape} and labels {lab.shape} must be non-empty and of equal length")
+        self._organ(state, organ).points[z] = (pts, lab)
+
+    def reset(self, state: InferenceState) -> None:
+        """Forget prompts and results (embeddings are kept)."""
+        state.prompts.clear()
+        state.results.clear()
+
+    # ------------------------------------------------------------------ prior
+    def _fit_prior(self, state: InferenceState) -> Any:
+        if state.prior is None and self._prior is not None:
+            prior = self._prior
+            if prior == "atlas":
+                from organsam.priors import AtlasPrior, default_atlas
+
+                prior = self._prior = AtlasPrior(default_atlas())
+            logger.info("fitting the location prior")
+            state.prior = prior.fit(state.volume.array, tuple(state.volume.spacing))
+        return state.prior
+
+    def _prior_boxes(self, state: InferenceState, organ_id: str) -> dict[int, Box]:
+        fitted = self._fit_prior(state)
+        if fitted is None:
+            raise ValueError(f"organ {organ_id!r} has only a text prompt and no location prior is configured: "
+                             f"give a box (add_box) or use the atlas prior")
+        if not fitted.present(organ_id):
+            logger.warning("%s: not in the location prior's atlas; give a box to segment it", organ_id)
+            return {}
+        sy, sx = state.volume.spacing[1], state.volume.spacing[2]
+        margin = int(round(self.box_margin_mm / min(sy, sx)))
+        return {int(z): tuple(float(v) for v in b) for z, b in fitted.boxes(organ_id, margin_px=margin).items()}
+
+    # ------------------------------------------------------------------ model
+    @torch.inference_mode()
+    def _embeddings(self, state: InferenceState, slices: list[int]) -> torch.Tensor:
+        missing = [z for z in slices if z not in state.embeddings]
+        for i in range(0, len(missing), self.batch_size):
+            chunk = missing[i:i + self.batch_size]
+            imgs, _ = to_model_input_batch(state.intensities[chunk])
+            x = torch.from_numpy(imgs).to(self.device)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+                emb = self.core.encode(x, keep_levels=False).embedding.float()
+            for z, e in zip(chunk, emb):
+                state.embeddings[z] = e
+            self.encoded_slices += len(chunk)
+        return torch.stack([state.embeddings[z] for z in slices])
+
+    @torch.inference_mode()
+    def _decode(self, state: InferenceState, jobs: list[tuple[int, str, Box | None, Any]]
+                ) -> list[tuple[np.ndarray, float]]:
+        """Decode (slice, organ, box, points) jobs; returns per job (H, W) bool mask and predicted IoU."""
+        if not jobs:
+            return []
+        slices = sorted({z for z, *_ in jobs})
+        emb = self._embeddings(state, slices)
+        pos = {z: i for i, z in enumerate(slices)}
+        geom = state.geometry
+        out: list[tuple[np.ndarray, float]] = []
+        groups: dict[tuple[bool, bool, int], list[int]] = {}
+        for j, (_, _, box, pts) in enumerate(jobs):
+            npts = 0 if pts is None else len(pts[0])
+            groups.setdefault((box is not None, pts is not None, npts), []).append(j)
+        results: list[tuple[np.ndarray, float] | None] = [None] * len(jobs)
+        for (has_box, has_pts, _), idx in groups.items():
+            image_index = torch.tensor([pos[jobs[j][0]] for j in idx], device=self.device)
+            boxes = points = None
+            if has_box:
+                boxes = torch.from_numpy(np.stack([geom.box_to_model(jobs[j][2]) for j in idx])).to(self.device)
+            if has_pts:
+                coords = np.stack([geom.points_to_model(jobs[j][3][0]) for j in idx])
+                labels = np.stack([jobs[j][3][1] for j in idx])
+                points = (torch.from_numpy(coords).to(self.device), torch.from_numpy(labels).to(self.device))
+            logits, iou = self.core.decode(emb, boxes=boxes, points=points, image_index=image_index)
+            full = geom.logits_to_original(logits.float())
+            masks = (full[:, 0] > 0).cpu().numpy()
+            for k, j in enumerate(idx):
+                results[j] = (masks[k], float(iou[k, 0]))
+        out = [r for r in results if r is not None]
+        return out
+
+    # ------------------------------------------------------------------ propagation
+    def propagate(self, state: InferenceState, reverse: bool = False
+                  ) -> Iterator[tuple[int, list[str], np.ndarray]]:
+        """Segment every prompted organ through the volume.
+
+        Organs with a text prompt are placed by the location prior (a box per slice where the prior
+        has the organ; a user box on a slice overrides it). Organs with only box/point prompts are
+        tracked from their prompted slices, forward then backward.
+
+        Args:
+            state: the session.
+            reverse: iterate from the last slice to the first.
+
+        Yields:
+            (slice index, organ ids segmented on it, (n, Y, X) bool masks), in slice order.
+        """
+        if not state.prompts:
+            raise ValueError("no prompt given: call add_text_prompt, add_box or add_points first")
+        Z, Y, X = state.volume.array.shape
+        planned: dict[str, dict[int, Box]] = {}
+        tracked: list[str] = []
+        for oid, p in state.prompts.items():
+            state.results[oid] = OrganResult(mask=np.zeros((Z, Y, X), dtype=bool))
+            if p.text is not None:
+                planned[oid] = {**self._prior_boxes(state, oid), **p.boxes}
+                state.results[oid].source = "prior" + ("+box" if p.boxes else "")
+            else:
+                tracked.append(oid)
+                state.results[oid].source = "track"
+        order = range(Z - 1, -1, -1) if reverse else range(Z)
+        needed = {z for boxes in planned.values() for z in boxes}
+        for oid in tracked:
+            needed |= set(state.prompts[oid].boxes) | set(state.prompts[oid].points)
+        bar = tqdm(total=Z, desc="segmenting", unit="slice", disable=not self.progress, leave=False)
+        done: dict[str, set[int]] = {oid: set() for oid in tracked}
+        for direction in ((order,) if not tracked else (order, order[::-1])):
+            for z in direction:
+                jobs: list[tuple[int, str, Box | None, Any]] = []
+                for oid, boxes in planned.items():
+                    if direction is order and z in boxes:
+                        jobs.append((z, oid, boxes[z], state.prompts[oid].points.get(z)))
+                step = -1 if direction.step == -1 else 1
+                for oid in tracked:
+                    if z in done[oid]:
+                        continue
+                    p = state.prompts[oid]
+                    box: Box | None = p.boxes.get(z)
+                    prev = z - step
+                    if box is None and z not in p.points and 0 <= prev < Z and state.results[oid].mask[prev].any():
+                        b = box_of_slice(state.results[oid].mask[prev], self.track_margin_px)
+                        box = tuple(float(v) for v in b) if b is not None else None
+                    if box is not None or z in p.points:
+                        jobs.append((z, oid, box, p.points.get(z)))
+                if not jobs:
+                    if direction is order:
+                        bar.update(1)
+                    continue
+                self._prefetch(state, z, direction, needed)
+                decoded = self._decode(state, jobs)
+                ids, masks = [], []
+                for (_, oid, _, _), (m, iou) in zip(jobs, decoded):
+                    res = state.results[oid]
+                    if oid in done:
+                        done[oid].add(z)
+                    user = z in state.prompts[oid].boxes or z in state.prompts[oid].points
+                    if (iou < self.iou_threshold and not user) or not m.any():
+                        res.rejected[z] = iou
+                        continue
+                    res.mask[z] = m
+                    res.slice_scores[z] = iou
+                    ids.append(oid)
+                    masks.append(m)
+                if direction is order:
+                    bar.update(1)
+                if ids:
+                    yield z, ids, np.stack(masks)
+        bar.close()
+
+    def _prefetch(self, state: InferenceState, z: int, direction: range, needed: set[int]) -> None:
+        """Encode ``z`` together with the next needed slices in the direction of travel (one batch)."""
+        if z in state.embeddings:
+            return
+        seq = list(direction)
+        i = seq.index(z)
+        ahead = [s for s in seq[i:] if (s in needed or s == z) and s not in state.embeddings]
+        self._embeddings(state, ahead[: self.batch_size])
