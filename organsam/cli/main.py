@@ -20,6 +20,9 @@ COMMANDS: dict[str, str] = {
     "organs": "organsam.cli.organs_cmd",
     "designs": "organsam.cli.designs_cmd",
     "segment": "organsam.cli.segment_cmd",
+    "serve": "organsam.cli.serve_cmd",
+    "evaluate": "organsam.cli.evaluate_cmd",
+    "train": "organsam.cli.train_cmd",
 }
 
 
