@@ -16,10 +16,14 @@ __all__ = ["SINGLE_COMPONENT_ORGANS", "keep_largest_components", "fill_holes_per
 
 #: Organs that anatomy says form one connected structure: keep only their largest component.
 SINGLE_COMPONENT_ORGANS: frozenset[str] = frozenset({
-    "liver", "spleen", "kidney_left", "kidney_right", "gallbladder", "pancreas", "stomach", "aorta",
-    "inferior_vena_cava", "esophagus", "urinary_bladder", "adrenal_gland_left", "adrenal_gland_right",
-    "heart", "prostate", "uterus", "prostate_uterus", "portal_vein_and_splenic_vein", "trachea",
+    "liver", "spleen", "kidney_left", "kidney_right", "gallbladder", "pancreas", "stomach",
+    "urinary_bladder", "adrenal_gland_left", "adrenal_gland_right", "heart", "prostate", "uterus",
+    "prostate_uterus",
 })
+#: Components smaller than this fraction of an organ's largest one are dropped (a liver lobe that a thin
+#: scan shows apart from the rest survives; stray blobs do not). Vessels are not filtered: a rejected
+#: slice can legitimately split them.
+MIN_COMPONENT_FRACTION: float = 0.2
 
 
 #: Solid organs and vessels whose CT voxels are never below this (HU): air and fat are cut off their masks.
@@ -31,13 +35,16 @@ SOLID_ORGANS: frozenset[str] = frozenset({
 })
 
 
-def keep_largest_components(mask: np.ndarray, n: int = 1, connectivity: int = 26) -> np.ndarray:
-    """Keep the ``n`` largest connected components of a binary mask.
+def keep_largest_components(mask: np.ndarray, n: int = 1, connectivity: int = 26,
+                            min_fraction: float = 1.0) -> np.ndarray:
+    """Keep the ``n`` largest connected components of a binary mask, plus any other component of at least
+    ``min_fraction`` of the largest one's size.
 
     Args:
         mask: (Z, Y, X) bool.
-        n: number of components to keep.
+        n: number of components always kept.
         connectivity: 6, 18 or 26.
+        min_fraction: relative size above which further components are kept too (1.0: none).
 
     Returns:
         (Z, Y, X) bool.
@@ -50,7 +57,8 @@ def keep_largest_components(mask: np.ndarray, n: int = 1, connectivity: int = 26
         return mask.astype(bool, copy=False)
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
-    keep = np.argsort(sizes)[::-1][:n]
+    ranked = np.argsort(sizes)[::-1]
+    keep = [c for i, c in enumerate(ranked) if sizes[c] > 0 and (i < n or sizes[c] >= min_fraction * sizes[ranked[0]])]
     return np.isin(labels, keep)
 
 
@@ -64,7 +72,8 @@ def fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
 
 def postprocess_mask(organ_id: str, mask: np.ndarray, hu: np.ndarray | None = None) -> np.ndarray:
     """Hole filling for every organ; air/fat removal for solid organs on CT (voxels below
-    :data:`SOFT_TISSUE_FLOOR_HU`); largest component for organs in :data:`SINGLE_COMPONENT_ORGANS`.
+    :data:`SOFT_TISSUE_FLOOR_HU`); for organs in :data:`SINGLE_COMPONENT_ORGANS`, the largest component and
+    those of at least :data:`MIN_COMPONENT_FRACTION` of its size.
 
     Args:
         organ_id: vocabulary id.
@@ -75,10 +84,10 @@ def postprocess_mask(organ_id: str, mask: np.ndarray, hu: np.ndarray | None = No
         (Z, Y, X) bool.
     """
     out = fill_holes_per_slice(mask)
+    if organ_id in SINGLE_COMPONENT_ORGANS:  # before the intensity rule, which can split an organ apart
+        out = keep_largest_components(out, 1, min_fraction=MIN_COMPONENT_FRACTION)
     if hu is not None and organ_id in SOLID_ORGANS:
         out &= hu >= SOFT_TISSUE_FLOOR_HU
-    if organ_id in SINGLE_COMPONENT_ORGANS:
-        out = keep_largest_components(out, 1)
     return out
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from organsam.model.base import DesignOutput, OrganSegmenter, SegmenterConfig
+from organsam.model.checkpoint import load_checkpoint, read_checkpoint_info, save_checkpoint
 from organsam.model.components.image_encoder import EncoderOutput, LevelResidualFn
 from organsam.model.sam_core import (
     EMBED_DIM,
@@ -18,6 +20,12 @@ __all__ = [
     "EMBED_SIZE",
     "IMAGE_SIZE",
     "CheckpointError",
+    "DesignOutput",
+    "OrganSegmenter",
+    "SegmenterConfig",
+    "load_checkpoint",
+    "read_checkpoint_info",
+    "save_checkpoint",
     "EncoderOutput",
     "LevelResidualFn",
     "SamCore",

@@ -1,0 +1,531 @@
+"""``OrganSegmenter``: the base every text-prompted design builds on (SAM core, organ text table, common API).
+
+Every design holds
+
+* ``core``: the LiteMedSAM-compatible :class:`~organsam.model.sam_core.SamCore` (pretrained by default),
+* the organ text table: for the K organs of the design's vocabulary, the embedding of each organ's prompt
+  text ``name_emb`` (K, D) and of its knowledge sentences ``knowledge_emb`` (K, S, D) with
+  ``knowledge_mask`` (K, S) (MiniLM by default, D = 384, through the on-disk text-embedding cache). They
+  are non-persistent buffers: checkpoints hold learned weights only and record the text encoder's
+  fingerprint instead.
+
+Common contract (all designs; model space: 256x256 inputs in [0, 1], see
+:mod:`organsam.preprocessing.slices`):
+
+* ``forward(images (B, 3, 256, 256), organ_index (B,) long, boxes (B, 4) | None,
+  points (coords (B, N, 2), labels (B, N)) | None) -> DesignOutput`` with ``masks`` (B, 1, 256, 256)
+  logits, ``iou`` (B, 1), ``presence_logit`` (B,) (is the organ on this slice) and ``aux`` (design
+  specific extras). ``images`` may also have batch 1 (one slice, several organs). Instead of images, the
+  plain encoder output ``encoded = model.encode_plain(images)`` may be passed (reuse a frozen encoder's
+  features across organs and epochs; batch 1 or B).
+* ``compute_loss(output, target_masks (B, 1, 256, 256), present (B,), class_targets (B, K) | None,
+  all_targets (B, K, 256, 256) | None) -> dict`` with ``"total"``.
+* ``predict_all(images) -> (B, K, 256, 256)`` mask logits of every vocabulary organ (prompt-free mode).
+* ``forward_sequence(images (T, 3, 256, 256), organ_index (B,)) -> list[DesignOutput]`` over consecutive
+  slices of one volume (independent slices here; designs with a memory condition each slice on the
+  earlier ones).
+
+Freezing: ``freeze_image_encoder`` (default on), ``freeze_prompt_encoder`` (on), ``freeze_mask_decoder``
+(off). A frozen image encoder stays in eval mode (its batch norms keep their statistics) and runs without
+autograd unless a design injects into it. Core parameters a design never uses (the multimask hypernetworks
+when only the single-mask output is used) are frozen too, so every trainable parameter gets a gradient.
+LoRA adapters are not implemented yet.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from organsam.model.components.image_encoder import EncoderOutput
+from organsam.model.components.text_cache import TextEmbeddingCache, VocabularyEmbeddings, embed_vocabulary
+from organsam.model.sam_core import EMBED_DIM, EMBED_SIZE, IMAGE_SIZE, SamCore, build_lite_medsam
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SegmenterConfig", "DesignOutput", "DecoderRun", "OrganSegmenter", "vocabulary_embeddings",
+           "resolve_organ_ids"]
+
+
+@dataclass
+class SegmenterConfig:
+    """Settings shared by every design.
+
+    Attributes:
+        pretrained: load the LiteMedSAM weights into the core (``False``: random core, for quick tests).
+        sam_checkpoint: a LiteMedSAM-layout .pth to load instead of the released weights.
+        text_model: folder of a local Hugging Face text encoder; ``None`` = packaged all-MiniLM-L6-v2.
+        text_cache_dir: text-embedding cache folder; ``None`` = default (``$ORGANSAM_HOME/cache``).
+        organs: the design's vocabulary: organ ids and/or group names of ``organs.json``; empty = all.
+        freeze_image_encoder: keep the TinyViT encoder fixed.
+        freeze_prompt_encoder: keep SAM's prompt encoder fixed.
+        freeze_mask_decoder: keep SAM's mask decoder fixed.
+    """
+
+    pretrained: bool = True
+    sam_checkpoint: str | None = None
+    text_model: str | None = None
+    text_cache_dir: str | None = None
+    organs: tuple[str, ...] = ()
+    freeze_image_encoder: bool = True
+    freeze_prompt_encoder: bool = True
+    freeze_mask_decoder: bool = False
+
+
+@dataclass
+class DesignOutput:
+    """What every design's ``forward`` returns.
+
+    Attributes:
+        masks: (B, 1, 256, 256) final mask logits of the prompted organ in model space.
+        iou: (B, 1) predicted IoU of ``masks``.
+        presence_logit: (B,) logit that the prompted organ is on the slice.
+        aux: design-specific tensors, e.g. ``sam_mask`` (B, 1, 256, 256), ``class_logits`` (B, K),
+            ``all_masks`` (B, K, 256, 256), ``coarse_mask`` (B, 1, 256, 256).
+    """
+
+    masks: Tensor
+    iou: Tensor
+    presence_logit: Tensor
+    aux: dict[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class DecoderRun:
+    """Outputs of one pass through SAM's mask decoder with optional extra output tokens.
+
+    Attributes:
+        image_tokens: (P, 256, 64, 64) image tokens after the two-way transformer.
+        masks: (P, 1, 256, 256) single-mask output (mask token 0), or None without SAM tokens/upscaling.
+        iou: (P, 1) its predicted IoU, or None.
+        mask_token: (P, 256) mask token 0 after the transformer, or None.
+        extra: (P, E, 256) the extra tokens after the transformer, or None.
+        upscaled: (P, 32, 256, 256) upscaled pixel features, or None.
+    """
+
+    image_tokens: Tensor
+    masks: Tensor | None = None
+    iou: Tensor | None = None
+    mask_token: Tensor | None = None
+    extra: Tensor | None = None
+    upscaled: Tensor | None = None
+
+
+# ---------------------------------------------------------------------------------------------------- text
+_TEXT_MEMO: dict[tuple, VocabularyEmbeddings] = {}
+
+
+def resolve_organ_ids(organs: Sequence[str] = ()) -> list[str]:
+    """Organ ids of a design vocabulary: ids and/or group names of ``organs.json`` (empty = every organ).
+
+    Raises:
+        ValueError: an entry is neither an organ id nor a group name (with a suggestion).
+    """
+    from organsam.vocabulary import load_vocabulary
+
+    vocab = load_vocabulary()
+    if not organs:
+        return vocab.ids()
+    out: list[str] = []
+    for entry in organs:
+        if entry in vocab:
+            ids = [entry]
+        elif entry in vocab.groups:
+            ids = vocab.group(entry)
+        else:
+            close = difflib.get_close_matches(entry, vocab.ids() + vocab.group_names(), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ValueError(f"config 'organs': {entry!r} is neither an organ id nor a group of organs.json{hint} "
+                             f"(run 'organsam organs' to list them)")
+        out.extend(i for i in ids if i not in out)
+    return out
+
+
+def vocabulary_embeddings(organs: Sequence[str] = (), text_model: str | None = None,
+                          cache_dir: str | None = None) -> VocabularyEmbeddings:
+    """Name and knowledge embeddings of a design vocabulary (memoised per encoder fingerprint and organ set).
+
+    Args:
+        organs: see :func:`resolve_organ_ids`.
+        text_model: local text-encoder folder (``None`` = packaged MiniLM).
+        cache_dir: on-disk text-embedding cache (``None`` = default).
+
+    Returns:
+        :class:`~organsam.model.components.text_cache.VocabularyEmbeddings` on CPU.
+    """
+    from organsam.vocabulary import load_vocabulary
+
+    ids = resolve_organ_ids(organs)
+    cache = TextEmbeddingCache(text_model, cache_dir=cache_dir)
+    key = (cache.fingerprint(), str(cache.cache_dir), tuple(ids))
+    if key not in _TEXT_MEMO:
+        _TEXT_MEMO[key] = embed_vocabulary(cache, load_vocabulary(), ids)
+        logger.info("embedded %d organs (%d knowledge sentences) for the design text table", len(ids),
+                    int(_TEXT_MEMO[key].knowledge_mask.sum()))
+    return _TEXT_MEMO[key]
+
+
+def _set_trainable(module: nn.Module, trainable: bool) -> None:
+    for p in module.parameters():
+        p.requires_grad_(trainable)
+
+
+def _is_frozen(module: nn.Module) -> bool:
+    return not any(p.requires_grad for p in module.parameters())
+
+
+# ---------------------------------------------------------------------------------------------------- base
+class OrganSegmenter(nn.Module):
+    """Base class of the text-prompted designs; see the module docstring for the contract.
+
+    Args:
+        config: the design's config (a :class:`SegmenterConfig` subclass).
+        text: ready vocabulary embeddings (default: computed/cached from ``config``).
+
+    Attributes:
+        design_name: registry name of the design.
+        encoder_levels: encoder levels (0-3) the design reads from ``encode_plain`` outputs.
+        core: the SAM core.
+        organ_ids: the K organ ids, in ``organ_index`` order.
+        text_fingerprint: fingerprint of the text encoder the table comes from.
+    """
+
+    design_name: ClassVar[str] = "base"
+    encoder_levels: ClassVar[tuple[int, ...]] = ()
+
+    def __init__(self, config: SegmenterConfig, text: VocabularyEmbeddings | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.core: SamCore = build_lite_medsam(config.sam_checkpoint, pretrained=config.pretrained)
+        if text is None:
+            text = vocabulary_embeddings(config.organs, config.text_model, config.text_cache_dir)
+        self.organ_ids: list[str] = list(text.ids)
+        self.text_fingerprint: str = text.fingerprint
+        self.text_dim: int = text.dim
+        self.register_buffer("name_emb", text.name_emb.detach().float().clone(), persistent=False)
+        self.register_buffer("knowledge_emb", text.knowledge_emb.detach().float().clone(), persistent=False)
+        self.register_buffer("knowledge_mask", text.knowledge_mask.detach().bool().clone(), persistent=False)
+
+    # ------------------------------------------------------------------ set-up helpers
+    @property
+    def num_organs(self) -> int:
+        """K, the number of organs in the design's vocabulary."""
+        return len(self.organ_ids)
+
+    def _finish_init(self) -> None:
+        """Apply the freezing options and switch to eval mode (call at the end of a subclass __init__)."""
+        self.apply_freezing()
+        self.eval()
+
+    def unused_core_modules(self) -> list[nn.Module]:
+        """Core modules whose parameters never influence this design's outputs (kept frozen)."""
+        return list(self.core.mask_decoder.output_hypernetworks_mlps[1:])
+
+    def apply_freezing(self) -> None:
+        """Set ``requires_grad`` from the config: frozen core parts and unused core modules off, the rest on."""
+        cfg = self.config
+        _set_trainable(self, True)
+        _set_trainable(self.core.image_encoder, not cfg.freeze_image_encoder)
+        _set_trainable(self.core.prompt_encoder, not cfg.freeze_prompt_encoder)
+        _set_trainable(self.core.mask_decoder, not cfg.freeze_mask_decoder)
+        for m in self.unused_core_modules():
+            _set_trainable(m, False)
+
+    def train(self, mode: bool = True) -> OrganSegmenter:
+        """Like ``nn.Module.train``, but frozen core parts stay in eval mode (batch-norm statistics kept)."""
+        super().train(mode)
+        if mode:
+            for m in (self.core.image_encoder, self.core.prompt_encoder, self.core.mask_decoder):
+                if _is_frozen(m):
+                    m.eval()
+        return self
+
+    def parameter_counts(self) -> dict[str, int]:
+        """``{"total": ..., "trainable": ...}`` parameter counts."""
+        total = sum(p.numel() for p in self.parameters())
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return {"total": total, "trainable": trainable}
+
+    def organ_index_of(self, organ_ids: Sequence[str]) -> Tensor:
+        """(N,) long indices of organ ids in the design vocabulary.
+
+        Raises:
+            ValueError: an id the design does not know (parse free text with ``organsam.vocabulary.parse_prompt``).
+        """
+        if isinstance(organ_ids, str):
+            organ_ids = [organ_ids]
+        out = []
+        for oid in organ_ids:
+            if oid not in self.organ_ids:
+                close = difflib.get_close_matches(oid, self.organ_ids, n=3)
+                hint = f"; did you mean {', '.join(close)}?" if close else ""
+                raise ValueError(f"organ {oid!r} is not in the vocabulary of design {self.design_name} "
+                                 f"({self.num_organs} organs){hint}")
+            out.append(self.organ_ids.index(oid))
+        return torch.tensor(out, dtype=torch.long, device=self.name_emb.device)
+
+    def organ_text(self, organ_index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Text of the prompted organs: names (B, D), knowledge (B, S, D), knowledge mask (B, S)."""
+        return self.name_emb[organ_index], self.knowledge_emb[organ_index], self.knowledge_mask[organ_index]
+
+    # ------------------------------------------------------------------ checks
+    def _check_images(self, images: Tensor) -> None:
+        if not isinstance(images, Tensor) or images.ndim != 4 or tuple(images.shape[1:]) != (3, IMAGE_SIZE, IMAGE_SIZE):
+            shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+            raise ValueError(f"images must be (B, 3, {IMAGE_SIZE}, {IMAGE_SIZE}) float in [0, 1], got {shape}; "
+                             f"use organsam.preprocessing.slices.to_model_input")
+
+    def _check_organ_index(self, organ_index: Tensor | Sequence[int]) -> Tensor:
+        if not isinstance(organ_index, Tensor):
+            organ_index = torch.as_tensor(organ_index)
+        organ_index = organ_index.to(device=self.name_emb.device)
+        if organ_index.ndim != 1 or organ_index.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"organ_index must be a (B,) integer tensor, got {organ_index.dtype} "
+                             f"{tuple(organ_index.shape)}; map organ ids with model.organ_index_of(ids)")
+        if organ_index.numel() and (int(organ_index.min()) < 0 or int(organ_index.max()) >= self.num_organs):
+            raise ValueError(f"organ_index values must lie in [0, {self.num_organs}) (design vocabulary), got "
+                             f"{organ_index.tolist()}")
+        return organ_index.long()
+
+    @staticmethod
+    def _check_prompts(batch: int, boxes: Tensor | None, points: tuple[Tensor, Tensor] | None) -> None:
+        if boxes is not None and tuple(boxes.shape) != (batch, 4):
+            raise ValueError(f"boxes must be (B={batch}, 4) xyxy in the 256 model space, got {tuple(boxes.shape)}")
+        if points is not None:
+            coords, labels = points
+            if (coords.ndim != 3 or coords.shape[0] != batch or coords.shape[2] != 2
+                    or labels.shape != coords.shape[:2]):
+                raise ValueError(f"points must be (coords (B={batch}, N, 2), labels (B, N)), got "
+                                 f"{tuple(coords.shape)} and {tuple(labels.shape)}")
+
+    # ------------------------------------------------------------------ encoder
+    def encode_plain(self, images: Tensor) -> EncoderOutput:
+        """Encode images with the (unconditioned) image encoder.
+
+        Runs without autograd when the encoder is frozen. Keeps the levels in ``encoder_levels``.
+
+        Args:
+            images: (B, 3, 256, 256) in [0, 1].
+
+        Returns:
+            :class:`EncoderOutput` (``levels`` empty unless the design reads them).
+        """
+        self._check_images(images)
+        grad = torch.is_grad_enabled() and not _is_frozen(self.core.image_encoder)
+        with torch.set_grad_enabled(grad):
+            return self.core.encode(images, keep_levels=bool(self.encoder_levels))
+
+    @staticmethod
+    def expand_encoded(encoded: EncoderOutput, batch: int) -> EncoderOutput:
+        """Broadcast a batch-1 encoder output to ``batch`` (views, no copy); batch-``batch`` ones pass through."""
+        n = encoded.embedding.shape[0]
+        if n == batch:
+            return encoded
+        if n != 1:
+            raise ValueError(f"encoded features have batch {n}; expected 1 or {batch} (one per organ prompt)")
+        return EncoderOutput(embedding=encoded.embedding.expand(batch, -1, -1, -1),
+                             levels=[lv.expand(batch, -1, -1, -1) for lv in encoded.levels])
+
+    @staticmethod
+    def select_encoded(encoded: EncoderOutput, index: int) -> EncoderOutput:
+        """The batch-1 encoder output of image ``index``."""
+        return EncoderOutput(embedding=encoded.embedding[index:index + 1],
+                             levels=[lv[index:index + 1] for lv in encoded.levels])
+
+    # ------------------------------------------------------------------ decoder
+    def run_decoder(self, embedding: Tensor, sparse: Tensor, dense: Tensor, extra_tokens: Tensor | None = None,
+                    sam_tokens: bool = True, upscale: bool = True) -> DecoderRun:
+        """Run SAM's mask decoder with optional extra output tokens and access to its intermediate outputs.
+
+        Token order: [IoU token, 4 mask tokens] (if ``sam_tokens``), ``extra_tokens``, ``sparse``. Without
+        extra tokens this is exactly ``core.decode``'s single-mask output.
+
+        Args:
+            embedding: (P, 256, 64, 64) or (1, 256, 64, 64) image embedding.
+            sparse: (P, T, 256) sparse prompt embeddings (from ``core.embed_prompts``).
+            dense: (P, 256, 64, 64) dense prompt embeddings.
+            extra_tokens: (P, E, 256) extra output tokens, or None.
+            sam_tokens: include SAM's IoU and mask tokens (and compute the single-mask output).
+            upscale: compute the upscaled pixel features and the SAM mask.
+
+        Returns:
+            :class:`DecoderRun`.
+        """
+        dec = self.core.mask_decoder
+        P = sparse.shape[0]
+        dtype = sparse.dtype
+        parts: list[Tensor] = []
+        if sam_tokens:
+            out_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
+            parts.append(out_tokens.unsqueeze(0).expand(P, -1, -1).to(dtype))
+        n_extra = 0
+        if extra_tokens is not None:
+            if extra_tokens.ndim != 3 or extra_tokens.shape[0] != P or extra_tokens.shape[2] != EMBED_DIM:
+                raise ValueError(f"extra_tokens must be (P={P}, E, {EMBED_DIM}), got {tuple(extra_tokens.shape)}")
+            n_extra = extra_tokens.shape[1]
+            parts.append(extra_tokens.to(dtype))
+        parts.append(sparse)
+        tokens = torch.cat(parts, dim=1)
+        if embedding.shape[0] not in (1, P) or tuple(embedding.shape[1:]) != (EMBED_DIM, EMBED_SIZE, EMBED_SIZE):
+            raise ValueError(f"embedding must be (P={P} or 1, {EMBED_DIM}, {EMBED_SIZE}, {EMBED_SIZE}), got "
+                             f"{tuple(embedding.shape)}")
+        src = embedding.expand(P, -1, -1, -1) + dense
+        pos = self.core.get_dense_pe().expand(P, -1, -1, -1)
+        b, c, h, w = src.shape
+        hs, img = dec.transformer(src, pos, tokens)
+        run = DecoderRun(image_tokens=img.transpose(1, 2).reshape(b, c, h, w))
+        n0 = 1 + dec.num_mask_tokens if sam_tokens else 0
+        if n_extra:
+            run.extra = hs[:, n0:n0 + n_extra]
+        if sam_tokens:
+            run.mask_token = hs[:, 1]
+            run.iou = dec.iou_prediction_head(hs[:, 0])[:, :1]
+            if upscale:
+                up = dec.output_upscaling(run.image_tokens)
+                run.upscaled = up
+                weights = dec.output_hypernetworks_mlps[0](run.mask_token).unsqueeze(1)
+                bu, cu, hu, wu = up.shape
+                run.masks = (weights @ up.reshape(bu, cu, hu * wu)).reshape(bu, 1, hu, wu)
+        return run
+
+    # ------------------------------------------------------------------ contract
+    def forward(self, images: Tensor | None = None, organ_index: Tensor | Sequence[int] | None = None,
+                boxes: Tensor | None = None, points: tuple[Tensor, Tensor] | None = None, *,
+                encoded: EncoderOutput | None = None) -> DesignOutput:
+        """Segment the prompted organ on each slice.
+
+        Args:
+            images: (B, 3, 256, 256) or (1, 3, 256, 256) in [0, 1]; may be None when ``encoded`` is given.
+            organ_index: (B,) long indices into :attr:`organ_ids`.
+            boxes: optional (B, 4) xyxy boxes in the 256 model space (used alongside the text).
+            points: optional (coords (B, N, 2), labels (B, N)) clicks (1 fg, 0 bg, -1 pad).
+            encoded: output of :meth:`encode_plain` (batch 1 or B) instead of ``images``.
+
+        Returns:
+            :class:`DesignOutput`.
+        """
+        if organ_index is None:
+            raise ValueError("organ_index (B,) is required; map organ ids with model.organ_index_of(ids)")
+        organ_index = self._check_organ_index(organ_index)
+        B = organ_index.shape[0]
+        if encoded is None:
+            if images is None:
+                raise ValueError("pass images (B, 3, 256, 256) or encoded=model.encode_plain(images)")
+            self._check_images(images)
+            if images.shape[0] not in (1, B):
+                raise ValueError(f"images have batch {images.shape[0]} but organ_index has {B} entries; give one "
+                                 f"image per organ prompt, or a single image for all")
+        elif encoded.embedding.shape[0] not in (1, B):
+            raise ValueError(f"encoded features have batch {encoded.embedding.shape[0]}, organ_index {B}")
+        self._check_prompts(B, boxes, points)
+        return self._forward(images, encoded, organ_index, boxes, points)
+
+    def _forward(self, images: Tensor | None, encoded: EncoderOutput | None, organ_index: Tensor,
+                 boxes: Tensor | None, points: tuple[Tensor, Tensor] | None) -> DesignOutput:
+        raise NotImplementedError
+
+    def compute_loss(self, output: DesignOutput, target_masks: Tensor, present: Tensor,
+                     class_targets: Tensor | None = None, all_targets: Tensor | None = None) -> dict[str, Tensor]:
+        """Training loss.
+
+        Args:
+            output: this design's forward output.
+            target_masks: (B, 1, 256, 256) float ground truth of the prompted organ in model space.
+            present: (B,) float, 1 where the prompted organ is on the slice.
+            class_targets: optional (B, K) float, 1 for every vocabulary organ on the slice.
+            all_targets: optional (B, K, 256, 256) float masks of every vocabulary organ (designs that
+                predict all organs use them; others ignore them).
+
+        Returns:
+            dict of scalar terms with the weighted sum under ``"total"``.
+        """
+        raise NotImplementedError
+
+    def _check_targets(self, output: DesignOutput, target_masks: Tensor, present: Tensor,
+                       class_targets: Tensor | None, all_targets: Tensor | None) -> None:
+        B = output.masks.shape[0]
+        if tuple(target_masks.shape) != (B, 1, IMAGE_SIZE, IMAGE_SIZE):
+            raise ValueError(f"target_masks must be (B={B}, 1, {IMAGE_SIZE}, {IMAGE_SIZE}), got "
+                             f"{tuple(target_masks.shape)}")
+        if tuple(present.shape) != (B,):
+            raise ValueError(f"present must be (B={B},), got {tuple(present.shape)}")
+        K = self.num_organs
+        if class_targets is not None and tuple(class_targets.shape) != (B, K):
+            raise ValueError(f"class_targets must be (B={B}, K={K}), got {tuple(class_targets.shape)}")
+        if all_targets is not None and tuple(all_targets.shape) != (B, K, IMAGE_SIZE, IMAGE_SIZE):
+            raise ValueError(f"all_targets must be (B={B}, K={K}, {IMAGE_SIZE}, {IMAGE_SIZE}), got "
+                             f"{tuple(all_targets.shape)}")
+
+    def predict_all(self, images: Tensor | None = None, *, encoded: EncoderOutput | None = None,
+                    organ_index: Tensor | None = None, chunk: int = 8) -> Tensor:
+        """Prompt-free mode: mask logits of every vocabulary organ.
+
+        The generic version encodes each image once and decodes the organs in chunks with their text
+        prompts; designs with an all-organ decoder override it.
+
+        Args:
+            images: (B, 3, 256, 256) in [0, 1] (or ``encoded``).
+            encoded: output of :meth:`encode_plain`.
+            organ_index: restrict to these organs (default: all K).
+            chunk: organs decoded per pass.
+
+        Returns:
+            (B, K, 256, 256) mask logits (K' = len(organ_index) when given).
+        """
+        enc = encoded if encoded is not None else self.encode_plain(images)
+        organs = (torch.arange(self.num_organs, device=self.name_emb.device) if organ_index is None
+                  else self._check_organ_index(organ_index))
+        rows = []
+        for b in range(enc.embedding.shape[0]):
+            enc_b = self.select_encoded(enc, b)
+            parts = [self.forward(None, organs[i:i + chunk], encoded=enc_b).masks[:, 0]
+                     for i in range(0, organs.numel(), chunk)]
+            rows.append(torch.cat(parts, dim=0))
+        return torch.stack(rows, dim=0)
+
+    def forward_sequence(self, images: Tensor | None = None, organ_index: Tensor | Sequence[int] | None = None,
+                         boxes: Tensor | None = None, *, encoded: Sequence[EncoderOutput] | None = None,
+                         slice_indices: Sequence[int] | None = None,
+                         spacing: float | None = None) -> list[DesignOutput]:
+        """Segment organs on consecutive slices of one volume, in order.
+
+        This base version treats the slices independently; designs with a slice memory override it.
+
+        Args:
+            images: (T, 3, 256, 256) slices in order (or ``encoded``).
+            organ_index: (B,) organs tracked together on every slice.
+            boxes: optional (T, B, 4) boxes per slice.
+            encoded: T outputs of :meth:`encode_plain` (batch 1 each) instead of ``images``.
+            slice_indices: index of each slice in the volume (default 0..T-1), for slice distances.
+            spacing: slice spacing in mm (memory distances in mm instead of slices).
+
+        Returns:
+            T :class:`DesignOutput`, each with batch B.
+        """
+        T = self._sequence_length(images, encoded, boxes)
+        outputs = []
+        for t in range(T):
+            enc_t = encoded[t] if encoded is not None else self.encode_plain(images[t:t + 1])
+            outputs.append(self.forward(None, organ_index, boxes[t] if boxes is not None else None, encoded=enc_t))
+        return outputs
+
+    @staticmethod
+    def _sequence_length(images: Tensor | None, encoded: Sequence[EncoderOutput] | None,
+                         boxes: Tensor | None) -> int:
+        if encoded is not None:
+            T = len(encoded)
+        elif images is not None:
+            if images.ndim != 4:
+                raise ValueError(f"sequence images must be (T, 3, 256, 256), got {tuple(images.shape)}")
+            T = images.shape[0]
+        else:
+            raise ValueError("pass images (T, 3, 256, 256) or encoded (T encoder outputs)")
+        if boxes is not None and (boxes.ndim != 3 or boxes.shape[0] != T):
+            raise ValueError(f"sequence boxes must be (T={T}, B, 4), got {tuple(boxes.shape)}")
+        return T

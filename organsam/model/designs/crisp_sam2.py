@@ -1,0 +1,325 @@
+"""CRISP-SAM2 design: text injected into the image encoder, semantic prompts, refinement token, sorted memory.
+
+Composition on the LiteMedSAM core (see /work/shared/SEEDS.md for the paper's description):
+
+1. **Progressive cross-modal interaction** (:class:`CrossModalAttention`): the encoder's stage-2 features
+   (B, 160, 64, 64), projected to 256 channels, interact with the organ's text tokens (its prompt text
+   and knowledge sentences, MiniLM embeddings projected to 256) in two levels, giving the semantics
+   S (B, 256, 64, 64).
+2. **Injection into the encoder** (:class:`FeatureInjection`): a shared MLP plus one MLP per level add S
+   into stage 2's output, stage 3's output and the neck output (the image embedding), through the
+   encoder's level hook, in one encoder pass (stages 0-1 run before S exists and are not injected).
+   The frozen encoder therefore passes gradients to the injection MLPs.
+3. **Semantic prompt encoder**: dense (B, 256, 64, 64) and sparse (B, 4, 256) prompt embeddings from S,
+   the embedding and the text; boxes/points, when given, are added through SAM's prompt encoder.
+4. **Refinement token** (:class:`MaskRefinement`) and a **presence token** go through SAM's decoder with its
+   own tokens; ``masks = sam_mask + refinement``; ``presence_logit`` from the presence token.
+5. **Memory** (slice sequences): a memory encoder, memory attention and a similarity-sorted memory bank
+   (CRISP-SAM2's self-updating policy) condition each slice's embedding on earlier slices.
+
+Loss: ``0.5 * (20 focal + Dice)(SAM mask) + 0.5 * (20 focal + Dice)(refined) + 0.1 * L1(IoU)
++ 0.1 * BCE(presence)``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from organsam.model import losses
+from organsam.model.base import DesignOutput, OrganSegmenter, SegmenterConfig
+from organsam.model.components.blocks import MLP, LayerNorm2d
+from organsam.model.components.cross_modal_attention import CrossModalAttention
+from organsam.model.components.feature_injection import FeatureInjection
+from organsam.model.components.image_encoder import EncoderOutput
+from organsam.model.components.memory_attention import MemoryAttention
+from organsam.model.components.memory_bank import POLICIES, MemoryBank, MemorySelection
+from organsam.model.components.memory_encoder import MemoryEncoder
+from organsam.model.components.refinement import MaskRefinement
+from organsam.model.components.semantic_prompt_encoder import SemanticPromptEncoder
+from organsam.model.components.text_cache import VocabularyEmbeddings
+from organsam.model.components.text_projection import TextProjection
+from organsam.model.sam_core import EMBED_DIM
+from organsam.registry import register_design
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["CrispSam2Config", "CrispSam2", "build_crisp_sam2"]
+
+SOURCE_LEVEL = 2
+"""Encoder level whose output the cross-modal interaction reads (TinyViT stage 2, (B, 160, 64, 64))."""
+NECK = 4
+"""Key of the neck output (the image embedding) among the injection targets."""
+
+
+@dataclass
+class CrispSam2Config(SegmenterConfig):
+    """CRISP-SAM2 settings (preset: ``organsam/configs/crisp_sam2.yaml``).
+
+    Attributes:
+        heads: attention heads of the cross-modal and prompt modules.
+        cross_pool: pooling of the 64x64 grid inside the cross-modal attention.
+        mlp_ratio: fusion MLP width ratio.
+        inject_levels: encoder levels injected (subset of 2, 3) in addition to the neck.
+        inject_neck: also add the semantics to the image embedding (neck output).
+        injection_hidden: width of the shared injection MLP.
+        injection_init: initial gain of the injected residuals.
+        num_sparse_tokens: sparse prompt tokens from the semantic prompt encoder.
+        memory_slices: capacity of the memory bank.
+        memory_policy: ``"similarity"`` (CRISP-SAM2) or ``"recent"`` (SAM2).
+        memory_dim: channels of the memory features.
+        memory_layers: memory-attention layers.
+        weight_sam_mask: loss weight of the SAM mask term.
+        weight_refined: loss weight of the refined mask term.
+        weight_iou: loss weight of the IoU L1 term.
+        weight_presence: loss weight of the presence BCE term.
+        focal_weight: focal part of the focal:Dice mask loss.
+        dice_weight: Dice part of the focal:Dice mask loss.
+    """
+
+    heads: int = 8
+    cross_pool: int = 2
+    mlp_ratio: float = 2.0
+    inject_levels: tuple[int, ...] = (2, 3)
+    inject_neck: bool = True
+    injection_hidden: int = 256
+    injection_init: float = 0.01
+    num_sparse_tokens: int = 4
+    memory_slices: int = 7
+    memory_policy: str = "similarity"
+    memory_dim: int = 64
+    memory_layers: int = 2
+    weight_sam_mask: float = 0.5
+    weight_refined: float = 0.5
+    weight_iou: float = 0.1
+    weight_presence: float = 0.1
+    focal_weight: float = 20.0
+    dice_weight: float = 1.0
+
+
+class _TextConditioned(NamedTuple):
+    embedding: Tensor  # (B, 256, 64, 64) text-injected image embedding
+    semantics: Tensor  # (B, 256, 64, 64) cross-modal semantics
+    text: Tensor  # (B, L, 256) image-aware text tokens
+    text_mask: Tensor  # (B, L) bool
+
+
+class CrispSam2(OrganSegmenter):
+    """CRISP-SAM2 on the LiteMedSAM core; see the module docstring.
+
+    Args:
+        config: :class:`CrispSam2Config`.
+        text: ready vocabulary embeddings (default: from the config).
+    """
+
+    design_name = "crisp_sam2"
+    encoder_levels = (SOURCE_LEVEL,)
+
+    def __init__(self, config: CrispSam2Config, text: VocabularyEmbeddings | None = None) -> None:
+        super().__init__(config, text)
+        bad = [lv for lv in config.inject_levels if lv not in (2, 3)]
+        if bad:
+            raise ValueError(f"crisp_sam2 inject_levels must be a subset of (2, 3) (levels computed after the "
+                             f"semantics, which come from level {SOURCE_LEVEL}), got {list(config.inject_levels)}")
+        if config.memory_policy not in POLICIES:
+            raise ValueError(f"crisp_sam2 memory_policy must be one of {POLICIES}, got {config.memory_policy!r}")
+        dim = EMBED_DIM
+        level_ch = self.core.image_encoder.embed_dims
+        self.text_proj = TextProjection(self.text_dim, dim)
+        self.text_type = nn.Embedding(2, dim)  # 0: organ name prompt, 1: knowledge sentence
+        self.visual_proj = nn.Sequential(nn.Conv2d(level_ch[SOURCE_LEVEL], dim, 1), LayerNorm2d(dim))
+        self.cross = CrossModalAttention(dim, config.heads, config.mlp_ratio, config.cross_pool)
+        targets = {lv: level_ch[lv] for lv in config.inject_levels}
+        if config.inject_neck:
+            targets[NECK] = dim
+        if not targets:
+            raise ValueError("crisp_sam2 needs at least one injection target (inject_levels or inject_neck)")
+        self.injection = FeatureInjection(dim, targets, config.injection_hidden, config.injection_init)
+        self.prompt_encoder = SemanticPromptEncoder(dim, config.heads, config.num_sparse_tokens)
+        self.refinement = MaskRefinement(dim)
+        self.presence_token = nn.Embedding(1, dim)
+        nn.init.normal_(self.presence_token.weight, std=0.1)  # SAM's output tokens have norm ~2
+        self.presence_head = MLP(dim, dim, 1, 3)
+        self.memory_encoder = MemoryEncoder(dim, config.memory_dim)
+        self.memory_attention = MemoryAttention(dim, config.memory_dim, layers=config.memory_layers,
+                                                heads=config.heads)
+        self._finish_init()
+
+    # ------------------------------------------------------------------ text + encoder
+    def _text_tokens(self, organ_index: Tensor) -> tuple[Tensor, Tensor]:
+        names, know, know_mask = self.organ_text(organ_index)
+        tokens = torch.cat([self.text_proj(names).squeeze(-2).unsqueeze(1) + self.text_type.weight[0],
+                            self.text_proj(know).squeeze(-2) + self.text_type.weight[1]], dim=1)
+        mask = torch.cat([know_mask.new_ones(know_mask.shape[0], 1), know_mask], dim=1)
+        return tokens, mask
+
+    def encode_text_conditioned(self, images: Tensor | None, encoded: EncoderOutput | None,
+                                organ_index: Tensor) -> _TextConditioned:
+        """Encode with the organ's semantics injected into the encoder.
+
+        With ``images`` of batch B (one per organ), one encoder pass with the level hook. Otherwise the
+        plain features (``encoded``, or ``encode_plain(images)`` for a batch-1 image) are resumed from
+        level 2: the injected level 2 goes again through stage 3 and the neck (identical result).
+
+        Returns:
+            embedding, semantics, text tokens and text mask, all with batch B = len(organ_index).
+        """
+        B = organ_index.shape[0]
+        text, text_mask = self._text_tokens(organ_index)
+        state: dict[str, Tensor] = {}
+        inject = set(self.config.inject_levels)
+
+        def hook(level: int, x: Tensor) -> Tensor:
+            if level == SOURCE_LEVEL:
+                sem, t = self.cross(self.visual_proj(x), text.to(x.dtype), text_mask)
+                state["semantics"], state["text"] = sem, t
+                state["shared"] = self.injection.shared_features(sem)
+            if level in inject and "shared" in state:
+                x = x + self.injection.residual(level, state["shared"], x.shape[-2:]).to(x.dtype)
+            return x
+
+        if encoded is None and images is not None and images.shape[0] == B:
+            self._check_images(images)
+            emb = self.core.encode(images, level_residual_fn=hook, keep_levels=False).embedding
+        else:
+            if encoded is None:
+                encoded = self.encode_plain(images)
+            if len(encoded.levels) <= SOURCE_LEVEL:
+                raise ValueError("crisp_sam2 needs the encoder levels: pass encoded=model.encode_plain(images)")
+            enc = self.core.image_encoder
+            x = self.expand_encoded(encoded, B).levels[SOURCE_LEVEL]
+            x = hook(SOURCE_LEVEL, x)
+            for i in range(SOURCE_LEVEL, len(enc.layers)):
+                if i > SOURCE_LEVEL:
+                    x = hook(i, enc.layers[i].forward_blocks(x))
+                if enc.layers[i].downsample is not None:
+                    x = enc.layers[i].downsample(x)
+            emb = enc.neck(x)
+        if NECK in self.injection.levels:
+            emb = emb + self.injection.residual(NECK, state["shared"], emb.shape[-2:]).to(emb.dtype)
+        return _TextConditioned(emb, state["semantics"], state["text"], text_mask)
+
+    # ------------------------------------------------------------------ decoding
+    def _decode(self, feats: _TextConditioned, boxes: Tensor | None, points: tuple[Tensor, Tensor] | None,
+                memory: MemorySelection | None = None) -> DesignOutput:
+        emb = feats.embedding
+        if memory is not None:
+            emb = self.memory_attention(emb, memory.features, memory.distances, memory.pointers)
+        sparse_sem, dense_sem = self.prompt_encoder(feats.semantics, emb, feats.text, feats.text_mask)
+        sparse, dense = self.core.embed_prompts(boxes, points, sparse_extra=sparse_sem, dense_extra=dense_sem)
+        P = sparse.shape[0]
+        extra = torch.cat([self.refinement.token.weight, self.presence_token.weight], dim=0)
+        run = self.run_decoder(emb, sparse, dense, extra_tokens=extra.unsqueeze(0).expand(P, -1, -1))
+        assert run.masks is not None and run.iou is not None and run.extra is not None
+        refine = self.refinement(run.extra[:, 0], feats.semantics)
+        masks = run.masks + refine.to(run.masks.dtype)
+        presence = self.presence_head(run.extra[:, 1]).squeeze(-1)
+        aux = {"sam_mask": run.masks, "refine_mask": refine, "mask_token": run.mask_token,
+               "semantics": feats.semantics}
+        return DesignOutput(masks=masks, iou=run.iou, presence_logit=presence, aux=aux)
+
+    def _forward(self, images: Tensor | None, encoded: EncoderOutput | None, organ_index: Tensor,
+                 boxes: Tensor | None, points: tuple[Tensor, Tensor] | None) -> DesignOutput:
+        feats = self.encode_text_conditioned(images, encoded, organ_index)
+        return self._decode(feats, boxes, points)
+
+    # ------------------------------------------------------------------ 3D: slice memory
+    def new_memory_bank(self) -> MemoryBank:
+        """An empty similarity-sorted (or recent) bank; it keeps the graph while the model trains."""
+        return MemoryBank(max_slices=self.config.memory_slices, policy=self.config.memory_policy,
+                          detach=not self.training)
+
+    def track_step(self, encoded: EncoderOutput, organ_index: Tensor, bank: MemoryBank, slice_index: int,
+                   boxes: Tensor | None = None, points: tuple[Tensor, Tensor] | None = None,
+                   spacing: float | None = None, conditioning: bool | None = None) -> DesignOutput:
+        """Segment one slice conditioned on the bank's memories, then store this slice in the bank.
+
+        Args:
+            encoded: plain encoder output of the slice (batch 1).
+            organ_index: (B,) organs tracked together.
+            bank: the volume's :class:`MemoryBank` (features (B, memory_dim, 64, 64) per slice).
+            slice_index: index of the slice in the volume.
+            boxes: optional (B, 4) boxes on this slice.
+            points: optional clicks on this slice.
+            spacing: slice spacing in mm (distances in mm).
+            conditioning: store as a conditioning (never evicted) entry; default: when prompted by a box
+                or points, or when the bank is empty.
+
+        Returns:
+            the slice's :class:`DesignOutput`; ``aux["memory_slices"]`` holds how many memories it used.
+        """
+        organ_index = self._check_organ_index(organ_index)
+        self._check_prompts(organ_index.shape[0], boxes, points)
+        feats = self.encode_text_conditioned(None, encoded, organ_index)
+        selection = bank.select(slice_index, spacing=spacing, device=feats.embedding.device)
+        out = self._decode(feats, boxes, points, selection)
+        mem = self.memory_encoder(feats.embedding, out.masks, decoder_token=out.aux["mask_token"])
+        if conditioning is None:
+            conditioning = boxes is not None or points is not None or len(bank) == 0
+        score = float(torch.sigmoid(out.presence_logit.detach().float()).mean() * out.iou.detach().float().mean())
+        bank.add(slice_index, mem.features, mem.pointer, score=score, conditioning=conditioning)
+        n_mem = len(selection.indices) if selection is not None else 0
+        out.aux["memory_slices"] = torch.tensor(n_mem)
+        return out
+
+    def forward_sequence(self, images: Tensor | None = None, organ_index: Tensor | None = None,
+                         boxes: Tensor | None = None, *, encoded: list[EncoderOutput] | None = None,
+                         slice_indices: list[int] | None = None, spacing: float | None = None) -> list[DesignOutput]:
+        """Segment consecutive slices in order, each conditioned on the memory of the earlier ones.
+
+        The first slice has no memory; each later slice attends to the bank (similarity-sorted, at most
+        ``memory_slices`` entries). While training, memories keep their graph so the memory encoder and
+        attention learn through the sequence.
+
+        Args:
+            images: (T, 3, 256, 256) slices of one volume in order (or ``encoded``).
+            organ_index: (B,) organs tracked together.
+            boxes: optional (T, B, 4) boxes per slice.
+            encoded: T plain encoder outputs (batch 1 each) instead of ``images``.
+            slice_indices: volume index of each slice (default 0..T-1).
+            spacing: slice spacing in mm.
+
+        Returns:
+            T :class:`DesignOutput` with batch B.
+        """
+        if organ_index is None:
+            raise ValueError("organ_index (B,) is required")
+        T = self._sequence_length(images, encoded, boxes)
+        idx = list(slice_indices) if slice_indices is not None else list(range(T))
+        if len(idx) != T:
+            raise ValueError(f"slice_indices has {len(idx)} entries for {T} slices")
+        bank = self.new_memory_bank()
+        outputs = []
+        for t in range(T):
+            enc_t = encoded[t] if encoded is not None else self.encode_plain(images[t:t + 1])
+            outputs.append(self.track_step(enc_t, organ_index, bank, idx[t],
+                                           boxes[t] if boxes is not None else None, spacing=spacing))
+        return outputs
+
+    # ------------------------------------------------------------------ loss
+    def compute_loss(self, output: DesignOutput, target_masks: Tensor, present: Tensor,
+                     class_targets: Tensor | None = None, all_targets: Tensor | None = None) -> dict[str, Tensor]:
+        """CRISP-SAM2 loss (see the module docstring); ``class_targets``/``all_targets`` are not used."""
+        self._check_targets(output, target_masks, present, class_targets, all_targets)
+        cfg = self.config
+        sam = output.aux["sam_mask"]
+        terms = {
+            "sam_mask": losses.focal_dice_loss(sam, target_masks, cfg.focal_weight, cfg.dice_weight),
+            "refined": losses.focal_dice_loss(output.masks, target_masks, cfg.focal_weight, cfg.dice_weight),
+            "iou": losses.iou_l1_loss(output.iou, output.masks, target_masks),
+            "presence": losses.presence_loss(output.presence_logit, present),
+        }
+        terms["total"] = (cfg.weight_sam_mask * terms["sam_mask"] + cfg.weight_refined * terms["refined"]
+                          + cfg.weight_iou * terms["iou"] + cfg.weight_presence * terms["presence"])
+        return terms
+
+
+@register_design("crisp_sam2", CrispSam2Config,
+                 summary="CRISP-SAM2: text injected into the encoder, semantic prompts, refinement, sorted memory")
+def build_crisp_sam2(config: CrispSam2Config) -> CrispSam2:
+    """Build CRISP-SAM2 from its config."""
+    return CrispSam2(config)

@@ -1,0 +1,204 @@
+"""PG-SAM design: prior aligner from organ descriptions, multi-level fusion decoder, iterative mask optimizer.
+
+Composition on the LiteMedSAM core (see /work/shared/SEEDS.md):
+
+1. **Fine-grained prior aligner** (:class:`PriorAligner`): similarity between each organ's description
+   sentences and the image embedding gives guide logits per organ (B, K, 64, 64); their per-pixel softmax
+   weights organ value vectors that are added to the image embedding.
+2. **Multi-level feature-fusion decoder** (:class:`MultiLevelFusionDecoder`): one mask token per organ
+   (projected from its name embedding) goes through SAM's two-way transformer (with boxes/points when
+   given); SAM's pretrained upsampling runs stage by stage with the guide and the encoder's level-1
+   (128x128) and level-0 (256x256) features fused in; every organ token gives a mask, an IoU estimate and
+   a presence logit. SAM's own IoU/mask tokens and heads are not used (kept frozen).
+3. **Iterative mask optimizer** (:class:`MaskOptimizer`): ``optimizer_iterations`` rounds of residual
+   correction from the mask and the fused decoder features (1 by default, as PG-SAM's code runs).
+4. **Prompt-free mode**: ``predict_all`` gives every organ's optimized mask without any prompt.
+
+``forward`` decodes all K organs (``aux["all_masks"]``, before the optimizer) and returns the prompted
+organ's optimized mask. Loss: ``0.2 BCE + 0.8 Dice`` at two resolutions (final 256x256 masks and the
+64x64 guide logits, the latter weighted ``weight_lowres``), over all organs when ``all_targets`` are given,
+else over the prompted organ; plus ``0.1 * L1(IoU) + 0.1 * BCE(presence / class logits)``. Per-organ
+sigmoids rather than a softmax, because vocabulary structures may overlap (a lung and its lobes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from organsam.model import losses
+from organsam.model.base import DesignOutput, OrganSegmenter, SegmenterConfig
+from organsam.model.components.fusion_decoder import MultiLevelFusionDecoder
+from organsam.model.components.image_encoder import EncoderOutput
+from organsam.model.components.mask_optimizer import MaskOptimizer
+from organsam.model.components.prior_aligner import PriorAligner
+from organsam.model.components.text_cache import VocabularyEmbeddings
+from organsam.model.components.text_projection import TextProjection
+from organsam.model.sam_core import EMBED_DIM, EMBED_SIZE
+from organsam.registry import register_design
+
+__all__ = ["PgSamConfig", "PgSam", "build_pg_sam"]
+
+
+@dataclass
+class PgSamConfig(SegmenterConfig):
+    """PG-SAM settings (preset: ``organsam/configs/pg_sam.yaml``).
+
+    Attributes:
+        align_dim: width of the text-image alignment space.
+        optimizer_iterations: iterations of the mask optimizer (0 disables it).
+        optimizer_hidden: working width of the mask optimizer.
+        weight_ce: weight of the (binary) cross-entropy in the mask loss.
+        weight_dice: weight of the Dice term in the mask loss.
+        weight_lowres: weight of the 64x64 (guide) resolution relative to the 256x256 one.
+        weight_iou: loss weight of the IoU L1.
+        weight_presence: loss weight of the presence / class BCE.
+    """
+
+    align_dim: int = 128
+    optimizer_iterations: int = 1
+    optimizer_hidden: int = 16
+    weight_ce: float = 0.2
+    weight_dice: float = 0.8
+    weight_lowres: float = 0.4
+    weight_iou: float = 0.1
+    weight_presence: float = 0.1
+
+
+@dataclass
+class PgSamAll:
+    """All-organ outputs of :meth:`PgSam.decode_all`.
+
+    Attributes:
+        masks: (B, K, 256, 256) decoder masks (before the optimizer).
+        iou: (B, K) predicted IoU.
+        class_logits: (B, K) presence logits.
+        guide_logits: (B, K, 64, 64) prior guide logits.
+        features: (B, 32, 256, 256) fused decoder features.
+    """
+
+    masks: Tensor
+    iou: Tensor
+    class_logits: Tensor
+    guide_logits: Tensor
+    features: Tensor
+
+
+class PgSam(OrganSegmenter):
+    """PG-SAM on the LiteMedSAM core; see the module docstring.
+
+    Args:
+        config: :class:`PgSamConfig`.
+        text: ready vocabulary embeddings (default: from the config).
+    """
+
+    design_name = "pg_sam"
+    encoder_levels = (0, 1)
+
+    def __init__(self, config: PgSamConfig, text: VocabularyEmbeddings | None = None) -> None:
+        super().__init__(config, text)
+        dim = EMBED_DIM
+        self.aligner = PriorAligner(self.text_dim, dim, config.align_dim)
+        self.organ_token_proj = TextProjection(self.text_dim, dim)
+        self.organ_token_bias = nn.Parameter(torch.zeros(dim))
+        level_ch = self.core.image_encoder.embed_dims
+        self.fusion_decoder = MultiLevelFusionDecoder(self.text_dim, dim, (level_ch[0], level_ch[1]))
+        self.optimizer = MaskOptimizer(self.fusion_decoder.mask_dim, config.optimizer_hidden,
+                                       config.optimizer_iterations)
+        self._finish_init()
+
+    def unused_core_modules(self) -> list[nn.Module]:
+        """SAM's IoU token, mask tokens, hypernetworks and IoU head: organ tokens replace them."""
+        dec = self.core.mask_decoder
+        return [dec.iou_token, dec.mask_tokens, dec.output_hypernetworks_mlps, dec.iou_prediction_head]
+
+    def decode_all(self, encoded: EncoderOutput, boxes: Tensor | None = None,
+                   points: tuple[Tensor, Tensor] | None = None) -> PgSamAll:
+        """Decode every organ of the vocabulary on each image.
+
+        Args:
+            encoded: plain encoder output with levels 0 and 1, batch B.
+            boxes: optional (B, 4) box prompt per image.
+            points: optional clicks per image.
+
+        Returns:
+            :class:`PgSamAll`.
+        """
+        if len(encoded.levels) < 2:
+            raise ValueError("pg_sam needs encoder levels 0 and 1: pass encoded=model.encode_plain(images)")
+        emb = encoded.embedding
+        B = emb.shape[0]
+        guide = self.aligner(emb, self.name_emb, self.knowledge_emb, self.knowledge_mask)
+        sparse, dense = self.core.embed_prompts(boxes, points, batch_size=B)
+        organ_tokens = self.organ_token_proj(self.name_emb).squeeze(-2) + self.organ_token_bias
+        run = self.run_decoder(guide.embedding, sparse, dense, extra_tokens=organ_tokens.unsqueeze(0).expand(B, -1, -1),
+                               sam_tokens=False)
+        assert run.extra is not None
+        fused = self.fusion_decoder(run.image_tokens, run.extra, self.core.mask_decoder.output_upscaling,
+                                    guide.probs, self.name_emb, encoded.levels)
+        return PgSamAll(masks=fused.masks, iou=fused.iou, class_logits=fused.class_logits,
+                        guide_logits=guide.logits, features=fused.features)
+
+    def _forward(self, images: Tensor | None, encoded: EncoderOutput | None, organ_index: Tensor,
+                 boxes: Tensor | None, points: tuple[Tensor, Tensor] | None) -> DesignOutput:
+        B = organ_index.shape[0]
+        enc = encoded if encoded is not None else self.encode_plain(images)
+        enc = self.expand_encoded(enc, B) if (boxes is not None or points is not None) else enc
+        out = self.decode_all(enc, boxes, points)
+        n = out.masks.shape[0]
+        rows = torch.arange(B, device=organ_index.device)
+        img_rows = rows if n == B else torch.zeros_like(rows)
+        coarse = out.masks[img_rows, organ_index].unsqueeze(1)
+        features = out.features[img_rows]
+        steps = self.optimizer(coarse, features)
+        masks = steps[-1] if steps else coarse
+        aux = {"coarse_mask": coarse, "all_masks": out.masks[img_rows], "class_logits": out.class_logits[img_rows],
+               "guide_logits": out.guide_logits[img_rows],
+               "guide_mask": out.guide_logits[img_rows, organ_index].unsqueeze(1)}
+        return DesignOutput(masks=masks, iou=out.iou[img_rows, organ_index].unsqueeze(1),
+                            presence_logit=out.class_logits[img_rows, organ_index], aux=aux)
+
+    def predict_all(self, images: Tensor | None = None, *, encoded: EncoderOutput | None = None,
+                    organ_index: Tensor | None = None, chunk: int = 8) -> Tensor:
+        """Prompt-free mode: every organ's optimized mask, (B, K, 256, 256) logits (``chunk`` unused)."""
+        enc = encoded if encoded is not None else self.encode_plain(images)
+        out = self.decode_all(enc)
+        masks = out.masks if organ_index is None else out.masks[:, self._check_organ_index(organ_index)]
+        steps = self.optimizer(masks, out.features)
+        return steps[-1] if steps else masks
+
+    def compute_loss(self, output: DesignOutput, target_masks: Tensor, present: Tensor,
+                     class_targets: Tensor | None = None, all_targets: Tensor | None = None) -> dict[str, Tensor]:
+        """PG-SAM loss (see the module docstring)."""
+        self._check_targets(output, target_masks, present, class_targets, all_targets)
+        cfg = self.config
+
+        def mask_loss(logits: Tensor, target: Tensor) -> Tensor:
+            return losses.bce_dice_loss(logits, target, cfg.weight_ce, cfg.weight_dice)
+
+        terms = {"mask": mask_loss(output.masks, target_masks)}
+        if all_targets is not None:
+            terms["all_masks"] = mask_loss(output.aux["all_masks"], all_targets)
+            terms["lowres"] = mask_loss(output.aux["guide_logits"],
+                                        losses.downsample_target(all_targets, EMBED_SIZE))
+        else:
+            terms["all_masks"] = mask_loss(output.aux["coarse_mask"], target_masks)
+            terms["lowres"] = mask_loss(output.aux["guide_mask"], losses.downsample_target(target_masks, EMBED_SIZE))
+        terms["iou"] = losses.iou_l1_loss(output.iou, output.masks, target_masks)
+        if class_targets is not None:
+            terms["presence"] = losses.presence_loss(output.aux["class_logits"], class_targets)
+        else:
+            terms["presence"] = losses.presence_loss(output.presence_logit, present)
+        terms["total"] = (terms["mask"] + terms["all_masks"] + cfg.weight_lowres * terms["lowres"]
+                          + cfg.weight_iou * terms["iou"] + cfg.weight_presence * terms["presence"])
+        return terms
+
+
+@register_design("pg_sam", PgSamConfig,
+                 summary="PG-SAM: description-based prior guide, multi-level fusion decoder with one token per "
+                         "organ, iterative mask optimizer, prompt-free mode")
+def build_pg_sam(config: PgSamConfig) -> PgSam:
+    """Build PG-SAM from its config."""
+    return PgSam(config)
