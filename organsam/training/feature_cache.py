@@ -1,0 +1,188 @@
+"""Frozen image-encoder features cached on disk per slice, so the light parts of a design train without
+re-running the encoder (on CPU that is most of a step's time).
+
+Layout: ``<root>/<encoder hash>/<case id>/<slice:04d>.safetensors`` with tensors ``embedding``
+(256, 64, 64) and ``level_<i>`` for the encoder levels the design reads (``model.encoder_levels``: pg_sam
+levels 0-1, crisp_sam2 level 2). The encoder hash covers the image encoder's weights, the stored levels,
+the dtype and the preprocessing tag (window and slice recipe), so a changed encoder or preprocessing
+never reads stale features. Writes are atomic.
+
+Cached features are those of the *unaugmented* slice: training with the cache turns spatial and
+intensity augmentation off (box jitter and organ sampling still vary). Only designs whose image
+encoder is frozen can use it (``freeze_image_encoder: true``); crisp_sam2 injects text into the encoder
+from level 2 on, so it re-runs stage 3 and the neck from the cached level 2 (still skipping most of the
+encoder).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from organsam.model.components.image_encoder import EncoderOutput
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["FeatureCache", "encoder_hash"]
+
+_VERSION = "feature-cache-v1"
+
+
+def encoder_hash(model: torch.nn.Module, levels: Sequence[int], dtype: torch.dtype, tag: str = "") -> str:
+    """SHA-256 (hex) of the image encoder's weights plus the cache settings."""
+    h = hashlib.sha256(f"{_VERSION}|{tuple(levels)}|{dtype}|{tag}".encode())
+    state = model.core.image_encoder.state_dict()  # type: ignore[union-attr]
+    for key in sorted(state):
+        t = state[key].detach().cpu().contiguous().reshape(-1)
+        h.update(key.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+class FeatureCache:
+    """Per-slice cache of plain encoder outputs.
+
+    Args:
+        root: cache folder.
+        model: the design (an ``OrganSegmenter`` with a frozen image encoder).
+        dtype: storage dtype (``float32`` exact; ``float16`` halves the disk use).
+        tag: preprocessing tag (e.g. ``"abdomen|to_model_input-v1"``) mixed into the hash.
+
+    Raises:
+        ValueError: the image encoder has trainable parameters.
+    """
+
+    def __init__(
+        self, root: str | Path, model: torch.nn.Module, dtype: str = "float32", tag: str = ""
+    ) -> None:
+        if any(p.requires_grad for p in model.core.image_encoder.parameters()):  # type: ignore[union-attr]
+            raise ValueError(
+                "the feature cache needs a frozen image encoder; set freeze_image_encoder: true in the "
+                "design config or turn data.feature_cache off"
+            )
+        if dtype not in ("float32", "float16", "bfloat16"):
+            raise ValueError(f"feature cache dtype must be float32, float16 or bfloat16, got {dtype!r}")
+        self.dtype = getattr(torch, dtype)
+        self.levels = tuple(int(lv) for lv in getattr(model, "encoder_levels", ()))
+        self.hash = encoder_hash(model, self.levels, self.dtype, tag)
+        self.root = Path(root) / self.hash[:16]
+        self.hits = 0
+        self.misses = 0
+
+    def path(self, case_id: str, z: int) -> Path:
+        """File of one slice's features."""
+        return self.root / case_id / f"{int(z):04d}.safetensors"
+
+    def _store(self, path: Path, enc: EncoderOutput, i: int) -> None:
+        from safetensors.torch import save_file
+
+        tensors = {"embedding": enc.embedding[i].detach().to("cpu", self.dtype).contiguous()}
+        for lv in self.levels:
+            tensors[f"level_{lv}"] = enc.levels[lv][i].detach().to("cpu", self.dtype).contiguous()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata={"hash": self.hash})
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def _load(self, path: Path) -> dict[str, torch.Tensor]:
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+
+    @torch.no_grad()
+    def get(
+        self, model: torch.nn.Module, images: torch.Tensor, keys: Sequence[tuple[str, int]]
+    ) -> EncoderOutput:
+        """Encoder outputs of a batch, from the cache where present (missing ones are encoded and stored).
+
+        Args:
+            model: the design (``encode_plain``).
+            images: (B, 3, 256, 256) unaugmented model inputs of the slices (used on a cache miss).
+            keys: B (case id, slice index) pairs.
+
+        Returns:
+            :class:`EncoderOutput` of batch B on ``images.device`` in float32; ``levels`` holds the cached
+            levels at their indices (the others are empty placeholders).
+        """
+        rows: list[dict[str, torch.Tensor] | None] = []
+        missing = []
+        for i, (cid, z) in enumerate(keys):
+            p = self.path(cid, z)
+            if p.is_file():
+                rows.append(self._load(p))
+                self.hits += 1
+            else:
+                rows.append(None)
+                missing.append(i)
+        if missing:
+            self.misses += len(missing)
+            enc = model.encode_plain(images[missing])  # type: ignore[operator]
+            for j, i in enumerate(missing):
+                self._store(self.path(*keys[i]), enc, j)
+                rows[i] = self._load(self.path(*keys[i]))
+        dev = images.device
+        emb = torch.stack([r["embedding"] for r in rows]).to(dev, torch.float32)  # type: ignore[index]
+        levels: list[torch.Tensor] = []
+        if self.levels:
+            for lv in range(max(self.levels) + 1):
+                if lv in self.levels:
+                    levels.append(torch.stack([r[f"level_{lv}"] for r in rows]).to(dev, torch.float32))  # type: ignore[index]
+                else:
+                    levels.append(torch.empty(len(rows), 0, device=dev))
+        return EncoderOutput(embedding=emb, levels=levels)
+
+    @torch.no_grad()
+    def precompute(
+        self,
+        model: torch.nn.Module,
+        store: object,
+        batch_size: int = 8,
+        slices: Sequence[tuple[int, int]] | None = None,
+    ) -> int:
+        """Encode and store slices ahead of training.
+
+        Args:
+            model: the design.
+            store: a :class:`~organsam.training.case_store.CaseStore`.
+            batch_size: slices encoded together.
+            slices: (case index, z) pairs (default: every slice of every case).
+
+        Returns:
+            Number of slices newly encoded.
+        """
+        from organsam.preprocessing.slices import to_model_input
+
+        pairs = (
+            list(slices)
+            if slices is not None
+            else [
+                (ci, z)
+                for ci in range(len(store))  # type: ignore[arg-type]
+                for z in range(store.areas[ci].shape[0])
+            ]
+        )  # type: ignore[attr-defined]
+        todo = [(ci, z) for ci, z in pairs if not self.path(store.cases[ci].case_id, z).is_file()]  # type: ignore[attr-defined]
+        dev = next(model.parameters()).device
+        for s in range(0, len(todo), batch_size):
+            chunk = todo[s : s + batch_size]
+            imgs = torch.stack(
+                [
+                    torch.from_numpy(to_model_input(store.image_slice(ci, z))[0])  # type: ignore[attr-defined]
+                    for ci, z in chunk
+                ]
+            ).to(dev)
+            self.get(model, imgs, [(store.cases[ci].case_id, z) for ci, z in chunk])  # type: ignore[attr-defined]
+        logger.info("feature cache %s: %d slices encoded", self.root, len(todo))
+        return len(todo)
