@@ -1,9 +1,11 @@
-"""``organsam segment``: text-prompted segmentation of a CT/MR file or DICOM folder."""
+"""``organsam segment``: text-prompted segmentation of a CT/MR file or DICOM folder, or of many volumes
+(a folder of volumes or a manifest) with local workers or on a Ray cluster."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 
 
@@ -15,9 +17,12 @@ def _device(value: str) -> str:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("segment", help="segment organs named in text",
-                       description="Segment organs in a CT/MR volume from a text prompt.")
-    p.add_argument("-i", "--input", required=True, help="NIfTI/NRRD/MHA/npz file or DICOM folder")
-    p.add_argument("-o", "--output", required=True, help="output folder")
+                       description="Segment organs in a CT/MR volume, or in every volume of a folder or "
+                                   "manifest, from a text prompt.")
+    p.add_argument("-i", "--input", required=True,
+                   help="NIfTI/NRRD/MHA/npz file or DICOM folder; or, for a batch, a folder of volumes "
+                        "(files and DICOM series subfolders) or a .csv/.json/.txt manifest of paths")
+    p.add_argument("-o", "--output", required=True, help="output folder (batch: one subfolder per case)")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--organs", help='free text, e.g. "liver, left kidney, pancreas"')
     g.add_argument("--all", action="store_true", help="segment the default organ set")
@@ -27,10 +32,52 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--modality", choices=["CT", "MR"], default=None, help="override the modality guess")
     p.add_argument("--fast", action="store_true", help="faster, coarser location prior")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    b = p.add_argument_group("batch (when -i is a folder of volumes or a manifest)")
+    b.add_argument("--workers", type=_positive, default=None, metavar="N",
+                   help="local worker processes (default 1); with --ray: actors (default one per GPU/CPU)")
+    b.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help="run on a Ray cluster: its address, 'auto' (a running cluster) or 'local' "
+                        "(start one here); needs `pip install 'organsam[ray]'`")
+    b.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                   help="skip volumes finished earlier with unchanged input, prompt and outputs "
+                        "(default: on)")
     p.set_defaults(func=run)
 
 
+def _positive(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value!r}")
+    return n
+
+
+def run_batch_cmd(args: argparse.Namespace) -> int:
+    """Batch mode: segment every volume of a folder or manifest; exit 1 when any volume failed."""
+    from organsam.inference.batch import run_batch
+
+    summary = run_batch(args.input, args.organs, args.output, all_organs=args.all, workers=args.workers,
+                        ray=args.ray, resume=args.resume, design=args.design, checkpoint=args.checkpoint,
+                        device=args.device, fast=args.fast, modality=args.modality, progress=not args.quiet)
+    if args.quiet:
+        for c in summary.cases:
+            if c.state == "failed":
+                print(f"failed {c.case_id}: {c.message}", file=sys.stderr)
+    else:
+        print(summary.format())
+    return summary.exit_code
+
+
 def run(args: argparse.Namespace) -> int:
+    from organsam.inference.batch import is_batch_input
+
+    if is_batch_input(args.input):
+        return run_batch_cmd(args)
+    if args.ray is not None or (args.workers or 1) > 1:
+        logging.getLogger(__name__).warning("--workers/--ray apply to batches (a folder of volumes or a "
+                                            "manifest); %s is one volume", args.input)
     from organsam.inference.segment import segment
 
     result = segment(args.input, args.organs, all_organs=args.all, output=args.output, design=args.design,
