@@ -80,6 +80,7 @@ class VolumePredictor:
             glands). Default: ``"bf16"`` on CUDA, ``"fp32"`` elsewhere.
         fast_encoder: encode with :class:`organsam.inference.fast_encoder.FastImageEncoder` (batch norms
             folded, channels-last; same embeddings to float rounding) when the core's encoder is a TinyViT.
+            It copies the encoder's weights on first use: build a new predictor after changing them.
             ``False`` calls ``core.encode`` as is.
         quantize: dynamic int8 linear layers in the encoder's attention stages (CPU; approximate; needs
             ``fast_encoder``).
