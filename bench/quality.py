@@ -6,17 +6,22 @@ Rows, so that each part's contribution is visible (Synapse-8 organs, AMOS refere
   bound of the SAM core): tight boxes, and boxes widened by 10 px. No IoU rejection, no post-processing.
 - (b) the atlas prior alone: the ts_a atlas registered onto the CT, its warped organ masks.
 - (c) the shipped pipeline: ``organsam.segment`` with a text prompt only (atlas boxes -> LiteMedSAM ->
-  predicted-IoU rejection -> post-processing -> merged label map).
-- (d) (c) without post-processing, and (c) without the IoU rejection (``iou_threshold=0``).
+  predicted-IoU rejection -> track refinement -> post-processing -> merged label map).
+- (d) (c) without track refinement (the prior pass alone); and that prior pass without post-processing,
+  and without the IoU rejection (``iou_threshold=0``).
 
 All model rows are scored as merged label maps (one label per voxel, as in ``segmentation.nii.gz``);
 every row reuses the same slice embeddings and the same atlas registration, so differences between rows
-are due to the part that changes only. The rows (d) are derived from one ``iou_threshold=0``
-propagation (slices are decoded independently); the derivation is checked against ``segment``'s
-output. Metrics: ``organsam.evaluation`` (MONAI Dice, HD95 in mm, NSD at organ tolerances; empty rule
+are due to the part that changes only. The last two rows (d) are derived from one ``iou_threshold=0``
+prior pass (slices are decoded independently); the derivation is checked against ``segment``'s output
+without track refinement. Metrics: ``organsam.evaluation`` (MONAI Dice, HD95 in mm, NSD at organ tolerances; empty rule
 ``strict``).
 
     .venv/bin/python bench/quality.py [--cases amos_0013_slab amos_0001_slab] [--fast] [--json out.json]
+        [--rows organsam no_track_refine ...] [--precision fp32|bf16] [--decoder-precision fp32|bf16]
+
+``--precision`` / ``--decoder-precision`` set the model rows' encoder / decoder compute precision (as
+``organsam segment --fast`` does with bf16), to measure what a faster setting costs in Dice.
 """
 
 from __future__ import annotations
@@ -55,8 +60,9 @@ ROWS: dict[str, str] = {
     "oracle_10px": "(a) LiteMedSAM + oracle boxes, +10 px",
     "atlas": "(b) atlas masks alone (ts_a registered)",
     "organsam": "(c) organsam: atlas boxes + LiteMedSAM (segment, text prompt)",
-    "no_postprocess": "(d) (c) without post-processing",
-    "no_iou_rejection": "(d) (c) without IoU rejection (iou_threshold=0)",
+    "no_track_refine": "(d) (c) without track refinement (prior pass only)",
+    "no_postprocess": "(d) prior pass without post-processing",
+    "no_iou_rejection": "(d) prior pass without IoU rejection (iou_threshold=0)",
 }
 
 
@@ -116,7 +122,7 @@ def _merged(masks: dict[str, np.ndarray], organs: list[str]) -> dict[str, np.nda
     return _label_masks(labelmap, table)
 
 
-def run_case(case: str, data: Path, core: Any, organs: list[str], fast: bool, device: str, notes: list[str]
+def run_case(case: str, data: Path, core: Any, organs: list[str], args: argparse.Namespace, notes: list[str]
              ) -> tuple[dict[str, dict[str, np.ndarray]], np.ndarray, Volume, dict[str, float]]:
     """All rows' predicted masks of one case, its reference labels, volume and stage timings.
 
@@ -134,24 +140,29 @@ def run_case(case: str, data: Path, core: Any, organs: list[str], fast: bool, de
     times["load"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    atlas = AtlasPrior(default_atlas(), fast=fast).fit(vol)
+    atlas = AtlasPrior(default_atlas(), fast=args.fast).fit(vol)
     times["atlas registration"] = time.perf_counter() - t
     preds: dict[str, dict[str, np.ndarray]] = {"atlas": {o: atlas.mask(o) for o in organs}}
     cache: dict[int, dict[int, Any]] = {}
 
-    def predictor(prior: Any, iou_threshold: float | None = None) -> CachedPredictor:
+    def predictor(prior: Any, iou_threshold: float | None = None, track_refine: bool = True) -> CachedPredictor:
         kw = {} if iou_threshold is None else {"iou_threshold": iou_threshold}
-        return CachedPredictor(core, prior=FixedPrior(prior), device=device, progress=False, cache=cache,
-                               **kw)
+        return CachedPredictor(core, prior=FixedPrior(prior), device=args.device, progress=False, cache=cache,
+                               track_refine=track_refine, precision=args.precision,
+                               decoder_precision=args.decoder_precision, **kw)
 
     t = time.perf_counter()
     shipped = predictor(atlas)
     res = segment(vol, organs, quiet=True, predictor=shipped)
     preds["organsam"] = _label_masks(res.labelmap, res.label_table)
     times["organsam (incl. slice encoding)"] = time.perf_counter() - t
+    if set(args.rows) <= {"organsam", "atlas"}:
+        return preds, ref, vol, times
 
     t = time.perf_counter()
-    state = _propagate(predictor(atlas, iou_threshold=0.0), vol, organs)
+    res = segment(vol, organs, quiet=True, predictor=predictor(atlas, track_refine=False))
+    preds["no_track_refine"] = _label_masks(res.labelmap, res.label_table)
+    state = _propagate(predictor(atlas, iou_threshold=0.0, track_refine=False), vol, organs)
     hu = vol.array if vol.modality == "CT" and not vol.meta.is_8bit else None
     raw0 = {o: state.results[o].mask for o in organs}
     kept = {}
@@ -163,10 +174,11 @@ def run_case(case: str, data: Path, core: Any, organs: list[str], fast: bool, de
     preds["no_postprocess"] = _merged(kept, organs)
     preds["no_iou_rejection"] = _merged({o: postprocess_mask(o, raw0[o], hu) for o in organs}, organs)
     check = _merged({o: postprocess_mask(o, kept[o], hu) for o in organs}, organs)
-    if any(not np.array_equal(check[o], preds["organsam"].get(o, np.zeros_like(check[o]))) for o in organs):
+    if any(not np.array_equal(check[o], preds["no_track_refine"].get(o, np.zeros_like(check[o]))) for o in organs):
         notes.append(f"WARNING {case}: the derived rows (d) do not reproduce segment()'s output exactly")
     for name, margin in (("oracle_tight", 0), ("oracle_10px", 10)):
-        st = _propagate(predictor(OracleBoxes(ref_masks, margin), iou_threshold=0.0), vol, organs)
+        st = _propagate(predictor(OracleBoxes(ref_masks, margin), iou_threshold=0.0, track_refine=False), vol,
+                        organs)
         preds[name] = _merged({o: st.results[o].mask for o in organs}, organs)
     times["other rows (decoder only)"] = time.perf_counter() - t
     return preds, ref, vol, times
@@ -179,6 +191,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--protocol", default="synapse8", help="organ set (default synapse8)")
     ap.add_argument("--fast", action="store_true", help="fast atlas registration (no Demons stage)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="encoder precision of model rows")
+    ap.add_argument("--decoder-precision", default=None, choices=["fp32", "bf16"],
+                    help="decoder precision of model rows (default: --precision)")
+    ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS),
+                    help="rows to compute (default all; 'organsam atlas' skips the other decoder runs)")
     ap.add_argument("--json", default=None, help="also write all per-case rows and summaries to this file")
     ap.add_argument("--png", default=None, help="also write a per-organ Dice bar chart of all rows (PNG)")
     ap.add_argument("-v", "--verbose", action="store_true")
@@ -191,17 +208,19 @@ def main(argv: list[str] | None = None) -> int:
     proto = get_protocol(args.protocol)
     organs = list(proto.organs)
     core = build_lite_medsam()
-    rows: dict[str, list[dict[str, Any]]] = {k: [] for k in ROWS}
+    rows: dict[str, list[dict[str, Any]]] = {k: [] for k in ROWS if k in args.rows}
     timings: dict[str, dict[str, float]] = {}
     notes: list[str] = []
     for case in args.cases:
-        preds, ref, vol, times = run_case(case, data, core, organs, args.fast, args.device, notes)
+        preds, ref, vol, times = run_case(case, data, core, organs, args, notes)
         timings[case] = {k: round(v, 1) for k, v in times.items()}
         for key, masks in preds.items():
+            if key not in rows:
+                continue
             rows[key] += score_case(masks, ref, vol.spacing, proto, ref_labelmap=REF_LABELMAP, case=case,
                                     rule=RULE)
         logger.info("%s done: %s", case, timings[case])
-    results = [EvaluationResult(proto, ROWS[k], rows[k], RULE, "mm", REF_LABELMAP) for k in ROWS]
+    results = [EvaluationResult(proto, ROWS[k], rows[k], RULE, "mm", REF_LABELMAP) for k in rows]
     total = time.perf_counter() - t0
 
     names = proto.organ_names()
@@ -216,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Command: `{command}`  ",
         f"Cases: {', '.join(args.cases)} (manual AMOS22 reference labels; organsam trains nothing on them). "
-        f"Atlas registration: {'fast' if args.fast else 'full'}. Device: {args.device}. "
+        f"Atlas registration: {'fast' if args.fast else 'full'}. Device: {args.device}, encoder {args.precision}, "
+        f"decoder {args.decoder_precision or args.precision}. "
         f"Total {total:.0f} s.  ",
         f"Values: mean over cases. Dice and NSD in %, HD95 in mm (MONAI, on the CT grid with its spacing); "
         f"empty-mask rule `{RULE}`; NSD tolerances per organ (see `organsam evaluate --describe`). "
@@ -241,13 +261,14 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(out))
     if args.png:
         bar_chart(results, "dice", args.png, title=f"Dice (%) per organ, {', '.join(args.cases)}",
-                  labels=[r.method.split(")")[0] + ") " + k for r, k in zip(results, ROWS)])
+                  labels=[r.method.split(")")[0] + ") " + k for r, k in zip(results, rows)])
     if args.json:
         doc = {"command": command, "notes": notes, "protocol": proto.name, "cases": args.cases,
                "empty_rule": RULE,
                "fast": args.fast, "device": args.device, "seconds": round(total, 1), "timings": timings,
+               "precision": args.precision, "decoder_precision": args.decoder_precision or args.precision,
                "rows": {k: {"label": ROWS[k], "summary": r.summary(), "scores": r.rows}
-                        for k, r in zip(ROWS, results)}}
+                        for k, r in zip(rows, results)}}
         Path(args.json).write_text(json.dumps(jsonable(doc), indent=2) + "\n", encoding="utf-8")
     return 0
 

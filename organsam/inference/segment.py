@@ -187,7 +187,7 @@ def segment(input: str | os.PathLike[str] | Volume, organs: str | list[str] | No
     for oid in organ_ids:
         predictor.add_text_prompt(state, oid)
     t_prior = time.perf_counter()
-    predictor._fit_prior(state)
+    predictor.fit_prior(state)
     t_model = time.perf_counter()
     for _ in predictor.propagate(state):
         pass

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from organsam.inference.fast_encoder import PRECISIONS, FastImageEncoder
 from organsam.inference.state import Box, InferenceState, OrganPrompt, OrganResult
+from organsam.inference.track_refine import TrackRefiner
 from organsam.io import Volume
 from organsam.model.components.image_encoder import TinyViT
 from organsam.model.sam_core import SamCore, build_lite_medsam
@@ -84,21 +85,30 @@ class VolumePredictor:
             ``False`` calls ``core.encode`` as is.
         quantize: dynamic int8 linear layers in the encoder's attention stages (CPU; approximate; needs
             ``fast_encoder``).
+        decoder_precision: precision of the mask decoder alone (default: ``precision``).
+        track_refine: after the prior pass, follow each text-prompted organ from its most confident slice
+            and keep the better of the prior's and the tracked mask per slice
+            (:class:`organsam.inference.track_refine.TrackRefiner`); ``False`` keeps the prior pass as is.
     """
 
     def __init__(self, core: SamCore | None = None, *, prior: LocationPrior | str | None = "atlas",
                  device: str | torch.device = "cpu", batch_size: int | None = None, iou_threshold: float = 0.5,
                  box_margin_mm: float = 8.0, track_margin_px: int = 3, progress: bool = True,
-                 precision: str | None = None, fast_encoder: bool = True, quantize: bool = False) -> None:
+                 precision: str | None = None, fast_encoder: bool = True, quantize: bool = False,
+                 track_refine: bool = True, decoder_precision: str | None = None) -> None:
         self.device = torch.device(device)
         self.core = (core if core is not None else build_lite_medsam()).to(self.device).eval()
         if precision is None:
             precision = "bf16" if self.device.type == "cuda" else "fp32"
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if decoder_precision is None:
+            decoder_precision = precision
+        for name, value in (("precision", precision), ("decoder_precision", decoder_precision)):
+            if value not in PRECISIONS:
+                raise ValueError(f"{name} must be one of {PRECISIONS}, got {value!r}")
         if quantize and not fast_encoder:
             raise ValueError("quantize=True needs fast_encoder=True")
         self.precision = precision
+        self.decoder_precision = decoder_precision
         self.fast_encoder = bool(fast_encoder)
         self.quantize = bool(quantize)
         self._fast: FastImageEncoder | None = None
@@ -111,7 +121,9 @@ class VolumePredictor:
         self.box_margin_mm = float(box_margin_mm)
         self.track_margin_px = int(track_margin_px)
         self.progress = progress
+        self.track_refine = bool(track_refine)
         self.encoded_slices = 0
+        self.refine_decodes = 0
 
     @staticmethod
     def default_batch_size(device: str | torch.device) -> int:
@@ -170,7 +182,8 @@ class VolumePredictor:
         state.results.clear()
 
     # ------------------------------------------------------------------ prior
-    def _fit_prior(self, state: InferenceState) -> Any:
+    def fit_prior(self, state: InferenceState) -> Any:
+        """Fit the location prior on the session's volume once (kept in ``state.prior``); None without a prior."""
         if state.prior is None and self._prior is not None:
             prior = self._prior
             if prior == "atlas":
@@ -181,17 +194,22 @@ class VolumePredictor:
             state.prior = prior.fit(state.volume.array, tuple(state.volume.spacing))
         return state.prior
 
-    def _prior_boxes(self, state: InferenceState, organ_id: str) -> dict[int, Box]:
-        fitted = self._fit_prior(state)
+    def prior_boxes(self, state: InferenceState, organ_id: str) -> dict[int, Box]:
+        """The prior's per-slice boxes of an organ, widened by ``box_margin_mm`` ({} when the prior lacks it)."""
+        fitted = self.fit_prior(state)
         if fitted is None:
             raise ValueError(f"organ {organ_id!r} has only a text prompt and no location prior is configured: "
                              f"give a box (add_box) or use the atlas prior")
         if not fitted.present(organ_id):
             logger.warning("%s: not in the location prior's atlas; give a box to segment it", organ_id)
             return {}
-        sy, sx = state.volume.spacing[1], state.volume.spacing[2]
-        margin = int(round(self.box_margin_mm / min(sy, sx)))
+        margin = self.margin_px(state)
         return {int(z): tuple(float(v) for v in b) for z, b in fitted.boxes(organ_id, margin_px=margin).items()}
+
+    def margin_px(self, state: InferenceState) -> int:
+        """``box_margin_mm`` in pixels of the session's slices (finest in-plane spacing)."""
+        sy, sx = state.volume.spacing[1], state.volume.spacing[2]
+        return int(round(self.box_margin_mm / min(sy, sx)))
 
     # ------------------------------------------------------------------ model
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
@@ -215,7 +233,9 @@ class VolumePredictor:
             return self.core.encode(images, keep_levels=False).embedding.float()
 
     @torch.inference_mode()
-    def _embeddings(self, state: InferenceState, slices: list[int]) -> torch.Tensor:
+    def encode_slices(self, state: InferenceState, slices: list[int]) -> torch.Tensor:
+        """(len(slices), 256, 64, 64) embeddings of the given slices; the ones not yet in ``state.embeddings``
+        are encoded (in batches of ``batch_size``) and kept there."""
         missing = [z for z in slices if z not in state.embeddings]
         for i in range(0, len(missing), self.batch_size):
             chunk = missing[i:i + self.batch_size]
@@ -231,13 +251,13 @@ class VolumePredictor:
         return torch.stack([state.embeddings[z] for z in slices])
 
     @torch.inference_mode()
-    def _decode(self, state: InferenceState, jobs: list[tuple[int, str, Box | None, Any]]
-                ) -> list[tuple[np.ndarray, float]]:
+    def decode(self, state: InferenceState, jobs: list[tuple[int, str, Box | None, Any]]
+               ) -> list[tuple[np.ndarray, float]]:
         """Decode (slice, organ, box, points) jobs; returns per job (H, W) bool mask and predicted IoU."""
         if not jobs:
             return []
         slices = sorted({z for z, *_ in jobs})
-        emb = self._embeddings(state, slices)
+        emb = self.encode_slices(state, slices)
         pos = {z: i for i, z in enumerate(slices)}
         geom = state.geometry
         out: list[tuple[np.ndarray, float]] = []
@@ -255,7 +275,7 @@ class VolumePredictor:
                 coords = np.stack([geom.points_to_model(jobs[j][3][0]) for j in idx])
                 labels = np.stack([jobs[j][3][1] for j in idx])
                 points = (torch.from_numpy(coords).to(self.device), torch.from_numpy(labels).to(self.device))
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.decoder_precision == "bf16"):
                 logits, iou = self.core.decode(emb, boxes=boxes, points=points, image_index=image_index)
             full = geom.logits_to_original(logits.float())
             masks = (full[:, 0] > 0).cpu().numpy()
@@ -270,8 +290,9 @@ class VolumePredictor:
         """Segment every prompted organ through the volume.
 
         Organs with a text prompt are placed by the location prior (a box per slice where the prior
-        has the organ; a user box on a slice overrides it). Organs with only box/point prompts are
-        tracked from their prompted slices, forward then backward.
+        has the organ; a user box on a slice overrides it), then, with ``track_refine``, corrected by
+        tracking from their most confident slice. Organs with only box/point prompts are tracked from
+        their prompted slices, forward then backward. Masks are yielded once every slice is final.
 
         Args:
             state: the session.
@@ -288,7 +309,7 @@ class VolumePredictor:
         for oid, p in state.prompts.items():
             state.results[oid] = OrganResult(mask=np.zeros((Z, Y, X), dtype=bool))
             if p.text is not None:
-                planned[oid] = {**self._prior_boxes(state, oid), **p.boxes}
+                planned[oid] = {**self.prior_boxes(state, oid), **p.boxes}
                 state.results[oid].source = "prior" + ("+box" if p.boxes else "")
             else:
                 tracked.append(oid)
@@ -322,8 +343,7 @@ class VolumePredictor:
                         bar.update(1)
                     continue
                 self._prefetch(state, z, direction, needed)
-                decoded = self._decode(state, jobs)
-                ids, masks = [], []
+                decoded = self.decode(state, jobs)
                 for (_, oid, _, _), (m, iou) in zip(jobs, decoded):
                     res = state.results[oid]
                     if oid in done:
@@ -334,13 +354,17 @@ class VolumePredictor:
                         continue
                     res.mask[z] = m
                     res.slice_scores[z] = iou
-                    ids.append(oid)
-                    masks.append(m)
                 if direction is order:
                     bar.update(1)
-                if ids:
-                    yield z, ids, np.stack(masks)
         bar.close()
+        if self.track_refine and planned:
+            refiner = TrackRefiner(iou_threshold=self.iou_threshold)
+            refiner.refine(state, planned, self.decode, self.margin_px(state))
+            self.refine_decodes += refiner.decodes
+        for z in order:
+            ids = [oid for oid, res in state.results.items() if res.mask[z].any()]
+            if ids:
+                yield z, ids, np.stack([state.results[oid].mask[z] for oid in ids])
 
     def _prefetch(self, state: InferenceState, z: int, direction: range, needed: set[int]) -> None:
         """Encode ``z`` together with the next needed slices in the direction of travel (one batch)."""
@@ -349,4 +373,4 @@ class VolumePredictor:
         seq = list(direction)
         i = seq.index(z)
         ahead = [s for s in seq[i:] if (s in needed or s == z) and s not in state.embeddings]
-        self._embeddings(state, ahead[: self.batch_size])
+        self.encode_slices(state, ahead[: self.batch_size])

@@ -138,7 +138,7 @@ def run_segmentation(
         predictor.add_text_prompt(state, oid)
     progress("locating the organs (atlas prior)", 0, 0)
     t_prior = time.perf_counter()
-    predictor._fit_prior(state)
+    predictor.fit_prior(state)
     t_model = time.perf_counter()
     previous = session.result.masks if session.result is not None else None
     margin = int(round(8.0 / min(volume.spacing[1], volume.spacing[2])))
@@ -147,7 +147,7 @@ def run_segmentation(
     needed: set[int] = set()
     for oid, p in state.prompts.items():
         if p.text is not None:
-            needed |= set(predictor._prior_boxes(state, oid))
+            needed |= set(predictor.prior_boxes(state, oid))
         needed |= set(p.boxes) | set(p.points)
     todo = sorted(z for z in needed if z not in state.embeddings)
     chunk = max(1, int(encode_chunk))
@@ -155,7 +155,7 @@ def run_segmentation(
         if cancelled():
             raise JobCancelledError(session.id)
         progress("encoding slices", i, len(todo))
-        predictor._embeddings(state, todo[i : i + chunk])
+        predictor.encode_slices(state, todo[i : i + chunk])
     Z = volume.shape[0]
     progress("segmenting", 0, Z)
     for z, _, _ in predictor.propagate(state):

@@ -1,0 +1,152 @@
+"""Track refinement: correct prior-placed masks by following each organ from its most confident slice.
+
+A location prior (the atlas) places a box for an organ on every slice independently; where it is off
+(wrong size, shifted, or on slices where the organ has already ended), the decoder segments the wrong
+thing or only part of the organ. Slice-to-slice tracking, as in SAM2's video propagation, fixes much of
+that: starting from the slice whose mask the decoder trusts most (highest predicted IoU), each next slice
+is also decoded with the box of the previous slice's mask, and the better of the two candidates (by
+predicted IoU) is kept; the kept mask's own box is then decoded once more (an iterative box
+optimisation, as PG-SAM's mask optimiser does with masks) and kept when its predicted IoU is higher.
+
+Guards against drifting onto a neighbouring structure: a tracked mask must be non-empty, smaller than
+twice the previous slice's mask, and centred inside the prior's box (widened by a quarter) where the
+prior has one; beyond the prior's extent it needs a predicted IoU of at least ``extend_iou``. Slices with
+a user box or points are never changed. Every decode of a slice is batched across organs.
+
+Measured by ``bench/quality.py`` (row "without track refinement"), see the README.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from organsam.inference.state import Box, InferenceState
+from organsam.priors.boxes import box_of_slice
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["TrackRefiner", "box_iou"]
+
+#: ``decode(state, jobs) -> [(mask (Y, X) bool, predicted IoU)]`` with jobs (slice, organ, box, points).
+Decoder = Callable[[InferenceState, list[tuple[int, str, Box | None, Any]]], list[tuple[np.ndarray, float]]]
+
+
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two (x0, y0, x1, y1) boxes."""
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - ix * iy
+    return float(ix * iy / union) if union > 0 else 0.0
+
+
+def _as_box(mask2d: np.ndarray, margin_px: int) -> Box | None:
+    b = box_of_slice(mask2d, margin_px)
+    return None if b is None else tuple(float(v) for v in b)  # type: ignore[return-value]
+
+
+def _centred_in(mask2d: np.ndarray, box: Box, slack: float = 0.25) -> bool:
+    ys, xs = np.nonzero(mask2d)
+    cy, cx = float(ys.mean()), float(xs.mean())
+    w, h = box[2] - box[0], box[3] - box[1]
+    return (box[0] - slack * w <= cx <= box[2] + slack * w) and (box[1] - slack * h <= cy <= box[3] + slack * h)
+
+
+@dataclass
+class TrackRefiner:
+    """Refine prior-placed organ masks by tracking (see the module docstring).
+
+    Attributes:
+        iou_threshold: minimum predicted IoU of a tracked mask on a slice the prior covers.
+        extend_iou: minimum predicted IoU of a tracked mask on a slice the prior does not cover.
+        max_growth: a tracked mask may have at most this many times the previous slice's area.
+        rebox_below: decode the kept mask's own box when it overlaps the box it came from by less than
+            this box IoU (1.0: always; 0: never).
+    """
+
+    iou_threshold: float = 0.5
+    extend_iou: float = 0.8
+    max_growth: float = 2.0
+    rebox_below: float = 0.85
+    decodes: int = 0
+
+    def refine(self, state: InferenceState, planned: dict[str, dict[int, Box]], decode: Decoder,
+               margin_px: int) -> None:
+        """Refine ``state.results`` of the prior-placed organs in place.
+
+        Args:
+            state: the session after the prior pass (``results[organ].mask`` / ``slice_scores`` filled).
+            planned: organ id -> {slice: box} the prior (or the user) placed.
+            decode: the predictor's batched decoder.
+            margin_px: margin around a mask's box, in slice pixels.
+        """
+        Z = state.num_slices
+        seeds = {oid: max(state.results[oid].slice_scores, key=state.results[oid].slice_scores.__getitem__)
+                 for oid in planned if state.results[oid].slice_scores}
+        for direction in (1, -1):
+            active = set(seeds)
+            for z in (range(Z) if direction == 1 else range(Z - 1, -1, -1)):
+                todo = []
+                for oid in sorted(active):
+                    if (z - seeds[oid]) * direction <= 0:
+                        continue
+                    p = state.prompts[oid]
+                    if z in p.boxes or z in p.points:  # the user's prompt on this slice wins
+                        continue
+                    box = _as_box(state.results[oid].mask[z - direction], margin_px)
+                    if box is None:
+                        active.discard(oid)
+                        continue
+                    todo.append((oid, box))
+                if todo:
+                    for oid in self._slice(state, z, direction, todo, planned, decode, margin_px):
+                        active.discard(oid)
+        logger.debug("track refinement: %d decodes", self.decodes)
+
+    def _slice(self, state: InferenceState, z: int, direction: int, todo: list[tuple[str, Box]],
+               planned: dict[str, dict[int, Box]], decode: Decoder, margin_px: int) -> list[str]:
+        """Refine one slice for several organs; returns the organs whose track ends here."""
+        tracked = decode(state, [(z, oid, box, None) for oid, box in todo])
+        self.decodes += len(todo)
+        ended: list[str] = []
+        best: dict[str, tuple[float, np.ndarray, Box]] = {}
+        for (oid, box), (mask, iou) in zip(todo, tracked):
+            res = state.results[oid]
+            prior_box = planned[oid].get(z)
+            cands: list[tuple[float, np.ndarray, Box]] = []
+            if z in res.slice_scores and prior_box is not None:
+                cands.append((res.slice_scores[z], res.mask[z], prior_box))
+            prev_area = int(res.mask[z - direction].sum())
+            need = self.iou_threshold if prior_box is not None else self.extend_iou
+            if (mask.any() and iou >= need and mask.sum() < self.max_growth * prev_area
+                    and (prior_box is None or _centred_in(mask, prior_box))):
+                cands.append((iou, mask, box))
+            if not cands:
+                if res.mask[z].any():
+                    res.rejected[z] = res.slice_scores.pop(z, 0.0)
+                    res.mask[z] = False
+                if prior_box is None:
+                    ended.append(oid)
+                continue
+            best[oid] = max(cands, key=lambda c: c[0])
+        rebox = []
+        for oid, (_, mask, used) in best.items():
+            box = _as_box(mask, margin_px)
+            if box is not None and box_iou(box, used) < self.rebox_below:
+                rebox.append((oid, box))
+        if rebox:
+            again = decode(state, [(z, oid, box, None) for oid, box in rebox])
+            self.decodes += len(rebox)
+            for (oid, _), (mask, iou) in zip(rebox, again):
+                if mask.any() and iou > best[oid][0]:
+                    best[oid] = (iou, mask, best[oid][2])
+        for oid, (iou, mask, _) in best.items():
+            res = state.results[oid]
+            res.mask[z] = mask
+            res.slice_scores[z] = iou
+            res.rejected.pop(z, None)
+        return ended
