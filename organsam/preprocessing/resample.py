@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["resample_to_shape", "resample_volume", "resampled_shape"]
+__all__ = ["resample_to_shape", "resample_volume", "resampled_shape", "resample_z"]
 
 logger = logging.getLogger(__name__)
 
@@ -88,3 +88,33 @@ def resample_volume(arr: np.ndarray, spacing: Sequence[float], new_spacing: Sequ
     logger.debug("resample %s @ %s -> %s @ %s (order %d)", np.shape(arr), tuple(spacing), target,
                  tuple(new_spacing), order)
     return resample_to_shape(arr, target, order)
+
+
+def resample_z(arr: np.ndarray, new_z: int) -> np.ndarray:
+    """Linear resampling along axis 0 only (cell-centred, like :func:`resample_to_shape`), slice by slice.
+
+    Much cheaper than a 3D zoom for (Z, Y, X) volumes whose in-plane grid stays: each output slice is a
+    weighted sum of the two nearest input slices.
+
+    Args:
+        arr: (Z, ...) array (bool masks are treated as 0/1).
+        new_z: output length of axis 0 (>= 1).
+
+    Returns:
+        (new_z, ...) float32.
+    """
+    a = np.asarray(arr)
+    if new_z < 1:
+        raise ValueError(f"new_z must be >= 1, got {new_z}")
+    Z = a.shape[0]
+    pos = np.clip((np.arange(new_z) + 0.5) * Z / new_z - 0.5, 0, Z - 1)
+    lo = np.floor(pos).astype(int)
+    hi = np.minimum(lo + 1, Z - 1)
+    w = (pos - lo).astype(np.float32)
+    out = np.empty((new_z,) + a.shape[1:], dtype=np.float32)
+    for i in range(new_z):
+        if w[i] == 0.0 or lo[i] == hi[i]:
+            out[i] = a[lo[i]]
+        else:
+            out[i] = (1.0 - w[i]) * a[lo[i]].astype(np.float32) + w[i] * a[hi[i]].astype(np.float32)
+    return out

@@ -104,3 +104,20 @@ def test_keep_largest_and_merge() -> None:
     labels, table = merge_labelmap({"liver": big, "gallbladder": m}, ["liver", "gallbladder"])
     assert table == {1: "liver", 2: "gallbladder"}
     assert (labels == 2).sum() == m.sum() and (labels == 1).sum() == big.sum() - m.sum()
+
+
+def test_model_grid_coarsens_thin_slices_and_maps_masks_back() -> None:
+    from organsam.inference.segment import model_grid, to_input_grid
+    from organsam.io import Volume
+
+    arr = np.linspace(-100, 300, 30, dtype=np.float32)[:, None, None] * np.ones((30, 8, 8), np.float32)
+    vol = Volume(arr, spacing=(0.5, 0.8, 0.8), modality="CT")
+    work = model_grid(vol, 1.5)
+    assert work.array.shape == (10, 8, 8) and work.spacing[0] == pytest.approx(1.5)
+    assert np.all(np.diff(work.array[:, 0, 0]) > 0)  # still ordered inferior -> superior
+    assert model_grid(vol, 0.0) is vol and model_grid(vol, 0.4) is vol
+    mask = np.zeros((10, 8, 8), bool)
+    mask[3:7, 2:5, 2:5] = True
+    back = to_input_grid(mask, vol)
+    assert back.shape == (30, 8, 8)
+    assert back[9:21, 3, 3].all() and not back[:8].any() and not back[22:].any()
