@@ -65,7 +65,8 @@ class TrackRefiner:
         extend_iou: minimum predicted IoU of a tracked mask on a slice the prior does not cover.
         max_growth: a tracked mask may have at most this many times the previous slice's area.
         rebox_below: decode the kept mask's own box when it overlaps the box it came from by less than
-            this box IoU (1.0: always; 0: never).
+            this box IoU (1.0: always; 0: never); the tracked box is not decoded when it overlaps the box of
+            the slice's accepted prior-pass mask by at least this much.
     """
 
     iou_threshold: float = 0.5
@@ -110,11 +111,15 @@ class TrackRefiner:
     def _slice(self, state: InferenceState, z: int, direction: int, todo: list[tuple[str, Box]],
                planned: dict[str, dict[int, Box]], decode: Decoder, margin_px: int) -> list[str]:
         """Refine one slice for several organs; returns the organs whose track ends here."""
-        tracked = decode(state, [(z, oid, box, None) for oid, box in todo])
-        self.decodes += len(todo)
+        # a track box close to the box the accepted prior-pass mask came from would decode the same mask
+        run = [(oid, box) for oid, box in todo
+               if not (z in state.results[oid].slice_scores and planned[oid].get(z) is not None
+                       and box_iou(box, planned[oid][z]) >= self.rebox_below)]
+        decoded = dict(zip([oid for oid, _ in run], decode(state, [(z, oid, box, None) for oid, box in run])))
+        self.decodes += len(run)
         ended: list[str] = []
         best: dict[str, tuple[float, np.ndarray, Box]] = {}
-        for (oid, box), (mask, iou) in zip(todo, tracked):
+        for oid, box in todo:
             res = state.results[oid]
             prior_box = planned[oid].get(z)
             cands: list[tuple[float, np.ndarray, Box]] = []
@@ -122,7 +127,8 @@ class TrackRefiner:
                 cands.append((res.slice_scores[z], res.mask[z], prior_box))
             prev_area = int(res.mask[z - direction].sum())
             need = self.iou_threshold if prior_box is not None else self.extend_iou
-            if (mask.any() and iou >= need and mask.sum() < self.max_growth * prev_area
+            mask, iou = decoded.get(oid, (None, 0.0))
+            if (mask is not None and mask.any() and iou >= need and mask.sum() < self.max_growth * prev_area
                     and (prior_box is None or _centred_in(mask, prior_box))):
                 cands.append((iou, mask, box))
             if not cands:

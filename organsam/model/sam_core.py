@@ -149,7 +149,9 @@ class SamCore(nn.Module):
             multimask_output: return SAM's 3 multimask outputs instead of the single mask.
             sparse_extra: (P, K, 256) extra sparse tokens (e.g. text embeddings), or None.
             dense_extra: (P, 256, 64, 64) extra dense embedding, or None.
-            image_index: (P,) long, which embedding each prompt set uses, or None.
+            image_index: (P,) long, which embedding each prompt set uses, or None. Without a mask prompt or
+                ``dense_extra``, the decoder's image-only first-layer projections are then computed once per
+                embedding instead of once per prompt set (same masks to float rounding).
 
         Returns:
             low_res_logits (P, M, 256, 256) and iou_pred (P, M); M = 3 if ``multimask_output`` else 1.
@@ -164,6 +166,10 @@ class SamCore(nn.Module):
         if image_index is not None:
             if image_index.shape != (P,):
                 raise ValueError(f"image_index must be (P={P},), got {tuple(image_index.shape)}")
+            if mask_input is None and dense_extra is None:
+                # the dense prompt is the same no-mask embedding for every prompt set: share the image side
+                return self.mask_decoder(embedding, self.get_dense_pe(), sparse, dense[:1], multimask_output,
+                                         image_index=image_index.long())
             embedding = embedding.expand(P, -1, -1, -1) if B == 1 else embedding[image_index.long()]
         elif B not in (1, P):
             raise ValueError(f"{B} image embeddings for {P} prompt sets: pass image_index (P,) to say which "

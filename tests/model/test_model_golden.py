@@ -108,3 +108,24 @@ def test_random_weights_fail_the_golden_protocol(slab):
     assert set(dice) == set(REFERENCE_DICE)
     assert max(dice.values()) < 0.3, report
     assert np.mean(list(dice.values())) < 0.15, report
+
+
+def test_shared_image_side_decoding_matches_per_prompt() -> None:
+    """Decoding several prompts per slice with ``image_index`` (image-only projections computed once per slice)
+    gives the masks of decoding each prompt against its own copy of the embedding."""
+    import torch
+
+    from organsam.model.sam_core import build_lite_medsam
+
+    core = build_lite_medsam().eval()
+    gen = torch.Generator().manual_seed(0)
+    emb = torch.randn(3, 256, 64, 64, generator=gen)
+    idx = torch.tensor([0, 0, 1, 2, 2, 2])
+    xy = torch.rand(6, 2, generator=gen) * 150
+    boxes = torch.cat([xy, xy + 30 + torch.rand(6, 2, generator=gen) * 60], dim=1)
+    with torch.inference_mode():
+        shared, iou_s = core.decode(emb, boxes=boxes, image_index=idx)
+        single, iou_p = core.decode(emb[idx], boxes=boxes)
+    assert shared.shape == (6, 1, 256, 256) and iou_s.shape == (6, 1)
+    torch.testing.assert_close(shared, single, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(iou_s, iou_p, atol=1e-5, rtol=1e-5)

@@ -47,15 +47,18 @@ class MaskDecoder(nn.Module):
         self.iou_prediction_head = MLP(transformer_dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth)
 
     def predict_masks(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor,
-                      sparse_prompt_embeddings: torch.Tensor,
-                      dense_prompt_embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                      sparse_prompt_embeddings: torch.Tensor, dense_prompt_embeddings: torch.Tensor,
+                      image_index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """All mask tokens' outputs.
 
         Args:
-            image_embeddings: (P, C, 64, 64) one embedding per prompt set (or (1, ...) shared by all).
+            image_embeddings: (P, C, 64, 64) one embedding per prompt set (or (1, ...) shared by all); with
+                ``image_index``, (I, C, 64, 64) distinct images.
             image_pe: (1, C, 64, 64) dense position encoding.
             sparse_prompt_embeddings: (P, T, C).
-            dense_prompt_embeddings: (P, C, 64, 64).
+            dense_prompt_embeddings: (P, C, 64, 64); with ``image_index``, (1, C, 64, 64) shared by all.
+            image_index: (P,) long, the image of each prompt set: the transformer's image-only first-layer
+                projections are then computed once per image (same result to float rounding).
 
         Returns:
             masks (P, num_mask_tokens, 256, 256) logits and iou (P, num_mask_tokens).
@@ -64,10 +67,18 @@ class MaskDecoder(nn.Module):
         out_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         tokens = torch.cat([out_tokens.unsqueeze(0).expand(P, -1, -1).to(sparse_prompt_embeddings.dtype),
                             sparse_prompt_embeddings], dim=1)
-        src = image_embeddings.expand(P, -1, -1, -1) + dense_prompt_embeddings
-        pos = image_pe.expand(P, -1, -1, -1)
-        b, c, h, w = src.shape
-        hs, img_tokens = self.transformer(src, pos, tokens)
+        if image_index is not None:
+            if dense_prompt_embeddings.shape[0] != 1:
+                raise ValueError("with image_index the dense prompt embedding must be one (1, C, h, w) map")
+            src = image_embeddings + dense_prompt_embeddings
+            _, c, h, w = src.shape
+            b = P
+            hs, img_tokens = self.transformer(src, image_pe, tokens, image_index)
+        else:
+            src = image_embeddings.expand(P, -1, -1, -1) + dense_prompt_embeddings
+            pos = image_pe.expand(P, -1, -1, -1)
+            b, c, h, w = src.shape
+            hs, img_tokens = self.transformer(src, pos, tokens)
         iou_token_out = hs[:, 0]
         mask_tokens_out = hs[:, 1:1 + self.num_mask_tokens]
         upscaled = self.output_upscaling(img_tokens.transpose(1, 2).reshape(b, c, h, w))
@@ -79,8 +90,8 @@ class MaskDecoder(nn.Module):
         return masks, iou
 
     def forward(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, sparse_prompt_embeddings: torch.Tensor,
-                dense_prompt_embeddings: torch.Tensor,
-                multimask_output: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                dense_prompt_embeddings: torch.Tensor, multimask_output: bool = False,
+                image_index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Predict masks.
 
         Args:
@@ -89,12 +100,13 @@ class MaskDecoder(nn.Module):
             sparse_prompt_embeddings: (P, T, C).
             dense_prompt_embeddings: (P, C, 64, 64).
             multimask_output: return the 3 multimask outputs instead of the single mask.
+            image_index: see :meth:`predict_masks`.
 
         Returns:
             low-res mask logits (P, M, 256, 256) and predicted IoU (P, M), M = 3 if multimask else 1.
         """
         masks, iou = self.predict_masks(image_embeddings, image_pe, sparse_prompt_embeddings,
-                                        dense_prompt_embeddings)
+                                        dense_prompt_embeddings, image_index)
         sel = slice(1, None) if multimask_output else slice(0, 1)
         return masks[:, sel], iou[:, sel]
 

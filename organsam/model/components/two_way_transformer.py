@@ -35,7 +35,15 @@ class ProjectedAttention(nn.Module):
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """q (B, Nq, C), k and v (B, Nk, C) -> (B, Nq, C)."""
-        q, k, v = self._heads(self.q_proj(q)), self._heads(self.k_proj(k)), self._heads(self.v_proj(v))
+        return self.attend(self.q_proj(q), self.k_proj(k), self.v_proj(v))
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Attention over already projected inputs: q (B, Nq, inner), k and v (B, Nk, inner) -> (B, Nq, C).
+
+        Lets a caller project inputs shared by several batch rows once (e.g. one slice's image tokens for
+        every organ prompted on it) and index the projections.
+        """
+        q, k, v = self._heads(q), self._heads(k), self._heads(v)
         out = F.scaled_dot_product_attention(q, k, v)
         b, h, n, d = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, n, h * d))
@@ -80,15 +88,17 @@ class TwoWayBlock(nn.Module):
         self.skip_first_layer_pe = skip_first_layer_pe
 
     def forward(self, queries: torch.Tensor, keys: torch.Tensor, query_pe: torch.Tensor,
-                key_pe: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """queries/query_pe (B, Nt, C), keys/key_pe (B, Ni, C) -> updated (queries, keys)."""
-        if self.skip_first_layer_pe:
-            queries = self.self_attn(queries, queries, queries)
-        else:
-            q = queries + query_pe
-            queries = queries + self.self_attn(q, q, queries)
-        queries = self.norm1(queries)
+                key_pe: torch.Tensor, image_index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """queries/query_pe (B, Nt, C), keys/key_pe (B, Ni, C) -> updated (queries, keys).
 
+        With ``image_index`` (B,), ``keys``/``key_pe`` hold the I distinct images' tokens (I, Ni, C) and row b
+        uses image ``image_index[b]``: the projections that depend on the image alone (token->image keys and
+        values, image->token queries) are computed once per image instead of once per row. The result is the
+        same as passing ``keys[image_index]`` (to float rounding); the returned keys are (B, Ni, C).
+        """
+        if image_index is not None:
+            return self._forward_shared(queries, keys, query_pe, key_pe, image_index)
+        queries = self._self_attention(queries, query_pe)
         q, k = queries + query_pe, keys + key_pe
         queries = self.norm2(queries + self.cross_attn_token_to_image(q, k, keys))
 
@@ -96,6 +106,26 @@ class TwoWayBlock(nn.Module):
 
         q, k = queries + query_pe, keys + key_pe
         keys = self.norm4(keys + self.cross_attn_image_to_token(k, q, queries))
+        return queries, keys
+
+    def _self_attention(self, queries: torch.Tensor, query_pe: torch.Tensor) -> torch.Tensor:
+        if self.skip_first_layer_pe:
+            return self.norm1(self.self_attn(queries, queries, queries))
+        q = queries + query_pe
+        return self.norm1(queries + self.self_attn(q, q, queries))
+
+    def _forward_shared(self, queries: torch.Tensor, keys: torch.Tensor, query_pe: torch.Tensor,
+                        key_pe: torch.Tensor, image_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        queries = self._self_attention(queries, query_pe)
+        t2i, i2t = self.cross_attn_token_to_image, self.cross_attn_image_to_token
+        keys_pe = keys + key_pe
+        kp = t2i.k_proj(keys_pe)[image_index]
+        vp = t2i.v_proj(keys)[image_index]
+        queries = self.norm2(queries + t2i.attend(t2i.q_proj(queries + query_pe), kp, vp))
+        queries = self.norm3(queries + self.mlp(queries))
+        qp = i2t.q_proj(keys_pe)[image_index]
+        q = queries + query_pe
+        keys = self.norm4(keys[image_index] + i2t.attend(qp, i2t.k_proj(q), i2t.v_proj(queries)))
         return queries, keys
 
 
@@ -121,22 +151,29 @@ class TwoWayTransformer(nn.Module):
         self.norm_final_attn = nn.LayerNorm(embed_dim)
 
     def forward(self, image_embedding: torch.Tensor, image_pe: torch.Tensor,
-                tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                tokens: torch.Tensor, image_index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the transformer.
 
         Args:
-            image_embedding: (B, C, h, w).
-            image_pe: (B, C, h, w) position encoding of the image tokens.
+            image_embedding: (B, C, h, w); with ``image_index``, (I, C, h, w) distinct images.
+            image_pe: (B, C, h, w) position encoding of the image tokens ((1 or I, ...) with ``image_index``).
             tokens: (B, Nt, C) output + prompt tokens (also used as their own position encoding).
+            image_index: (B,) long, the image of each row: the first block's image-only projections are
+                then computed once per image (see :meth:`TwoWayBlock.forward`).
 
         Returns:
             tokens (B, Nt, C) and image tokens (B, h*w, C).
         """
         keys = image_embedding.flatten(2).transpose(1, 2)
         key_pe = image_pe.flatten(2).transpose(1, 2)
+        if image_index is not None and key_pe.shape[0] != keys.shape[0]:
+            key_pe = key_pe.expand(keys.shape[0], -1, -1)
         queries = tokens
-        for layer in self.layers:
-            queries, keys = layer(queries, keys, tokens, key_pe)
+        for i, layer in enumerate(self.layers):
+            shared = image_index if i == 0 else None
+            queries, keys = layer(queries, keys, tokens, key_pe, shared)
+            if i == 0 and image_index is not None:
+                key_pe = key_pe[image_index] if key_pe.shape[0] > 1 else key_pe.expand(keys.shape[0], -1, -1)
         q, k = queries + tokens, keys + key_pe
         queries = self.norm_final_attn(queries + self.final_attn_token_to_image(q, k, keys))
         return queries, keys
