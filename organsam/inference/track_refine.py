@@ -65,8 +65,8 @@ class TrackRefiner:
         extend_iou: minimum predicted IoU of a tracked mask on a slice the prior does not cover.
         max_growth: a tracked mask may have at most this many times the previous slice's area.
         rebox_below: decode the kept mask's own box when it overlaps the box it came from by less than
-            this box IoU (1.0: always; 0: never); the tracked box is not decoded when it overlaps the box of
-            the slice's accepted prior-pass mask by at least this much.
+            this box IoU (1.0: always; 0: never); the tracked box is not decoded when it overlaps the prior's
+            box of the slice's accepted prior-pass mask, or that mask's own box, by at least this much.
     """
 
     iou_threshold: float = 0.5
@@ -108,13 +108,23 @@ class TrackRefiner:
                         active.discard(oid)
         logger.debug("track refinement: %d decodes", self.decodes)
 
+    def _agrees(self, state: InferenceState, planned: dict[str, dict[int, Box]], oid: str, z: int, box: Box,
+                margin_px: int) -> bool:
+        res = state.results[oid]
+        prior_box = planned[oid].get(z)
+        if z not in res.slice_scores or prior_box is None:
+            return False
+        if box_iou(box, prior_box) >= self.rebox_below:
+            return True
+        own = _as_box(res.mask[z], margin_px)
+        return own is not None and box_iou(box, own) >= self.rebox_below
+
     def _slice(self, state: InferenceState, z: int, direction: int, todo: list[tuple[str, Box]],
                planned: dict[str, dict[int, Box]], decode: Decoder, margin_px: int) -> list[str]:
         """Refine one slice for several organs; returns the organs whose track ends here."""
-        # a track box close to the box the accepted prior-pass mask came from would decode the same mask
-        run = [(oid, box) for oid, box in todo
-               if not (z in state.results[oid].slice_scores and planned[oid].get(z) is not None
-                       and box_iou(box, planned[oid][z]) >= self.rebox_below)]
+        # a track box close to the box the accepted prior-pass mask came from, or to that mask's own box,
+        # would decode (nearly) the same mask: not decoded
+        run = [(oid, box) for oid, box in todo if not self._agrees(state, planned, oid, z, box, margin_px)]
         decoded = dict(zip([oid for oid, _ in run], decode(state, [(z, oid, box, None) for oid, box in run])))
         self.decodes += len(run)
         ended: list[str] = []
