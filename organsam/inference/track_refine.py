@@ -13,7 +13,10 @@ twice the previous slice's mask, and centred inside the prior's box (widened by 
 prior has one; beyond the prior's extent it needs a predicted IoU of at least ``extend_iou``. Slices with
 a user box or points are never changed. Every decode of a slice is batched across organs.
 
-Measured by ``bench/quality.py`` (row "without track refinement"), see the README.
+With ``track_refine`` the predictor also widens prior boxes that cut the organ (a mask touching a box side:
+that side moves out by the margin and the slice is decoded again, see
+``VolumePredictor._widen_cut_boxes``). Measured by ``bench/quality.py`` (row "without track refinement"),
+see the README.
 """
 
 from __future__ import annotations
