@@ -7,7 +7,7 @@ Rows, so that each part's contribution is visible (Synapse-8 organs, AMOS refere
 - (b) the atlas prior alone: the ts_a atlas registered onto the CT, its warped organ masks.
 - (c) the shipped pipeline: ``organsam.segment`` with a text prompt only (atlas boxes -> LiteMedSAM ->
   predicted-IoU rejection -> track refinement -> post-processing -> merged label map).
-- (d) (c) without track refinement (the prior pass alone); and that prior pass without post-processing,
+- (d) (c) without track refinement and box widening (the prior pass alone); and that prior pass without post-processing,
   and without the IoU rejection (``iou_threshold=0``).
 
 All model rows are scored as merged label maps (one label per voxel, as in ``segmentation.nii.gz``);
@@ -60,7 +60,7 @@ ROWS: dict[str, str] = {
     "oracle_10px": "(a) LiteMedSAM + oracle boxes, +10 px",
     "atlas": "(b) atlas masks alone (ts_a registered)",
     "organsam": "(c) organsam: atlas boxes + LiteMedSAM (segment, text prompt)",
-    "no_track_refine": "(d) (c) without track refinement (prior pass only)",
+    "no_track_refine": "(d) (c) without track refinement and box widening (prior pass only)",
     "no_postprocess": "(d) prior pass without post-processing",
     "no_iou_rejection": "(d) prior pass without IoU rejection (iou_threshold=0)",
 }
