@@ -1,4 +1,4 @@
-"""Validation table of what organsam ships (no training), on AMOS slabs with manual reference labels.
+"""Validation table of what organsam ships (pipeline and packaged checkpoint; trains nothing), AMOS, manual labels.
 
 Rows, so that each part's contribution is visible (Synapse-8 organs, AMOS reference labels):
 
@@ -6,7 +6,9 @@ Rows, so that each part's contribution is visible (Synapse-8 organs, AMOS refere
   bound of the SAM core): tight boxes, and boxes widened by 10 px. No IoU rejection, no post-processing.
 - (b) the atlas prior alone: the ts_a atlas registered onto the CT, its warped organ masks.
 - (c) the shipped pipeline: ``organsam.segment`` with a text prompt only (atlas boxes -> LiteMedSAM ->
-  predicted-IoU rejection -> track refinement -> post-processing -> merged label map).
+  predicted-IoU rejection -> track refinement -> post-processing -> merged label map); and the same with the
+  learned organ prompt tokens of the shipped checkpoint added to every box (what the trained part adds; off by
+  default in ``segment``).
 - (d) (c) without track refinement and box widening (the prior pass alone); and that prior pass without post-processing,
   and without the IoU rejection (``iou_threshold=0``).
 
@@ -19,7 +21,10 @@ without track refinement. Metrics: ``organsam.evaluation`` (MONAI Dice, HD95 in 
 
     .venv/bin/python bench/quality.py [--cases amos_0013_slab amos_0001_slab] [--fast] [--json out.json]
         [--rows organsam no_track_refine ...] [--precision fp32|bf16] [--decoder-precision fp32|bf16]
+        [--organ-prompts PATH]
 
+``--organ-prompts`` scores another exported organ prompt table in that row instead of the packaged one (e.g. one trained
+without ``amos_0001``, for a leave-one-patient-out figure on that case).
 ``--precision`` / ``--decoder-precision`` set the model rows' encoder / decoder compute precision (as
 ``organsam segment --fast`` does with bf16), to measure what a faster setting costs in Dice.
 """
@@ -42,6 +47,7 @@ sys.path.insert(0, str(REPO))
 
 from organsam.evaluation import EvaluationResult, comparison_markdown, get_protocol, score_case  # noqa: E402
 from organsam.evaluation.report import bar_chart, format_value, jsonable, markdown_table  # noqa: E402
+from organsam.inference.organ_prompt_table import load_prompt_table  # noqa: E402
 from organsam.inference.postprocess import merge_labelmap, postprocess_mask  # noqa: E402
 from organsam.inference.segment import segment  # noqa: E402
 from organsam.inference.state import InferenceState  # noqa: E402
@@ -60,6 +66,7 @@ ROWS: dict[str, str] = {
     "oracle_10px": "(a) LiteMedSAM + oracle boxes, +10 px",
     "atlas": "(b) atlas masks alone (ts_a registered)",
     "organsam": "(c) organsam: atlas boxes + LiteMedSAM (segment, text prompt)",
+    "organ_prompts": "(c) + learned organ prompt tokens (shipped checkpoint, opt-in: --organ-prompts packaged)",
     "no_track_refine": "(d) (c) without track refinement and box widening (prior pass only)",
     "no_postprocess": "(d) prior pass without post-processing",
     "no_iou_rejection": "(d) prior pass without IoU rejection (iou_threshold=0)",
@@ -122,6 +129,12 @@ def _merged(masks: dict[str, np.ndarray], organs: list[str]) -> dict[str, np.nda
     return _label_masks(labelmap, table)
 
 
+def table_info(path: str | None) -> str:
+    """One line on the organ prompt table used: its file and the cases it was trained on."""
+    t = load_prompt_table(path)
+    return f"`{t.path.name if path is None else t.path}` (trained with: `{t.metadata.get('command') or 'unknown'}`)"
+
+
 def run_case(case: str, data: Path, core: Any, organs: list[str], args: argparse.Namespace, notes: list[str]
              ) -> tuple[dict[str, dict[str, np.ndarray]], np.ndarray, Volume, dict[str, float]]:
     """All rows' predicted masks of one case, its reference labels, volume and stage timings.
@@ -132,6 +145,7 @@ def run_case(case: str, data: Path, core: Any, organs: list[str], args: argparse
     ``segment`` output (row c) and a mismatch is reported.
     """
     times: dict[str, float] = {}
+    table = load_prompt_table(args.organ_prompts)
     t = time.perf_counter()
     vol = load_volume(data / case / "image.nii.gz")
     ref = load_labels(data / case / "label.nii.gz", vol)
@@ -145,18 +159,25 @@ def run_case(case: str, data: Path, core: Any, organs: list[str], args: argparse
     preds: dict[str, dict[str, np.ndarray]] = {"atlas": {o: atlas.mask(o) for o in organs}}
     cache: dict[int, dict[int, Any]] = {}
 
-    def predictor(prior: Any, iou_threshold: float | None = None, track_refine: bool = True) -> CachedPredictor:
+    def predictor(prior: Any, iou_threshold: float | None = None, track_refine: bool = True,
+                  prompts: bool = False) -> CachedPredictor:
         kw = {} if iou_threshold is None else {"iou_threshold": iou_threshold}
         return CachedPredictor(core, prior=FixedPrior(prior), device=args.device, progress=False, cache=cache,
                                track_refine=track_refine, precision=args.precision,
-                               decoder_precision=args.decoder_precision, **kw)
+                               decoder_precision=args.decoder_precision,
+                               organ_prompts=table if prompts else False, **kw)
 
     t = time.perf_counter()
     shipped = predictor(atlas)
     res = segment(vol, organs, quiet=True, predictor=shipped)
     preds["organsam"] = _label_masks(res.labelmap, res.label_table)
     times["organsam (incl. slice encoding)"] = time.perf_counter() - t
-    if set(args.rows) <= {"organsam", "atlas"}:
+    if "organ_prompts" in args.rows:
+        t = time.perf_counter()
+        res = segment(vol, organs, quiet=True, predictor=predictor(atlas, prompts=True))
+        preds["organ_prompts"] = _label_masks(res.labelmap, res.label_table)
+        times["with organ prompts"] = time.perf_counter() - t
+    if set(args.rows) <= {"organsam", "atlas", "organ_prompts"}:
         return preds, ref, vol, times
 
     t = time.perf_counter()
@@ -196,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="decoder precision of model rows (default: --precision)")
     ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS),
                     help="rows to compute (default all; 'organsam atlas' skips the other decoder runs)")
+    ap.add_argument("--organ-prompts", default=None, metavar="PATH",
+                    help="organ prompt table of the organ_prompts row (default: the packaged one)")
     ap.add_argument("--json", default=None, help="also write all per-case rows and summaries to this file")
     ap.add_argument("--png", default=None, help="also write a per-organ Dice bar chart of all rows (PNG)")
     ap.add_argument("-v", "--verbose", action="store_true")
@@ -234,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
         f"## organsam validation ({proto.name} organs, AMOS reference labels)",
         "",
         f"Command: `{command}`  ",
-        f"Cases: {', '.join(args.cases)} (manual AMOS22 reference labels; organsam trains nothing on them). "
+        f"Cases: {', '.join(args.cases)} (manual AMOS22 reference labels). Organ prompt table: "
+        f"{table_info(args.organ_prompts)}. "
         f"Atlas registration: {'fast' if args.fast else 'full'}. Device: {args.device}, encoder {args.precision}, "
         f"decoder {args.decoder_precision or args.precision}. "
         f"Total {total:.0f} s.  ",

@@ -23,6 +23,7 @@ DESIGN_MODULES: dict[str, str] = {
     "seg_sam": "organsam.model.designs.seg_sam",
     "pg_sam": "organsam.model.designs.pg_sam",
     "organsam": "organsam.model.designs.organsam",
+    "organ_prompts": "organsam.model.designs.organ_prompts",
 }
 
 

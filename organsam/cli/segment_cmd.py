@@ -36,6 +36,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-slice-mm", type=float, default=None, metavar="MM",
                    help="segment thinner-sliced volumes on slices this far apart and interpolate the masks "
                         "back: faster on thin-slice CTs, approximate (default 0 = every input slice)")
+    p.add_argument("--organ-prompts", default=None, metavar="packaged|PATH",
+                   help="add learned organ prompt tokens to the atlas/user boxes: 'packaged' for the table shipped "
+                        "in the package (trained on ../shared/data), or a table exported by "
+                        "`python -m organsam.inference.organ_prompt_table`; default off (plain LiteMedSAM boxes: "
+                        "the tokens did not help on the held-out validation CT, see README)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     b = p.add_argument_group("batch (when -i is a folder of volumes or a manifest)")
     b.add_argument("--workers", type=_positive, default=None, metavar="N",
@@ -57,6 +62,13 @@ def _positive(value: str) -> int:
     if n < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value!r}")
     return n
+
+
+def _organ_prompts(value: str | None) -> str | bool:
+    """``--organ-prompts``: None/'off' -> none, 'packaged' -> the packaged table, else a path."""
+    if value is None or value.lower() in ("off", "none", "false", "0"):
+        return False
+    return True if value.lower() in ("packaged", "default", "on") else value
 
 
 def run_batch_cmd(args: argparse.Namespace) -> int:
@@ -88,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
     result = segment(args.input, args.organs, all_organs=args.all, output=args.output, design=args.design,
                      checkpoint=args.checkpoint, device=args.device, fast=args.fast, quiet=args.quiet,
                      modality=args.modality,
-                     **({} if args.min_slice_mm is None else {"min_slice_mm": args.min_slice_mm}))
+                     **({} if args.min_slice_mm is None else {"min_slice_mm": args.min_slice_mm}),
+                     organ_prompts=_organ_prompts(args.organ_prompts))
     if not args.quiet:
         rows = result.report["organs"]
         for oid, r in rows.items():

@@ -160,7 +160,8 @@ def segment(input: str | os.PathLike[str] | Volume, organs: str | list[str] | No
             all_organs: bool = False, output: str | os.PathLike[str] | None = None,
             design: str = DEFAULT_DESIGN, checkpoint: str | None = None, device: str = "cpu",
             fast: bool = False, quiet: bool = False, modality: str | None = None,
-            predictor: Any = None, min_slice_mm: float = DEFAULT_MIN_SLICE_MM) -> SegmentationResult:
+            predictor: Any = None, min_slice_mm: float = DEFAULT_MIN_SLICE_MM,
+            organ_prompts: str | os.PathLike[str] | bool = False) -> SegmentationResult:
     """Segment organs in a CT/MR volume from a text prompt.
 
     Args:
@@ -182,6 +183,10 @@ def segment(input: str | os.PathLike[str] | Volume, organs: str | list[str] | No
             interpolation along z) and the masks interpolated back onto every input slice (faster on
             sub-millimetre CTs; approximate: see ``bench/slice_spacing.py``); 0 (default) segments every
             input slice. Volumes with slices at least this thick are not touched.
+        organ_prompts: learned organ prompt tokens added to the box prompts: ``True`` the packaged table
+            (the shipped checkpoint), a path to an exported table, ``False`` (default) plain LiteMedSAM boxes;
+            off by default because on the held-out AMOS slab they did not help the full pipeline (README,
+            ``bench/quality.py``). See :mod:`organsam.inference.organ_prompt_table`. Ignored with ``predictor``.
 
     Returns:
         :class:`SegmentationResult`.
@@ -216,7 +221,8 @@ def segment(input: str | os.PathLike[str] | Volume, organs: str | list[str] | No
             prior = AtlasPrior(default_atlas(), fast=True)
             precision = "bf16" if bf16_is_fast(device) else None
         predictor = VolumePredictor(build_lite_medsam(checkpoint) if checkpoint else None, prior=prior,
-                                    device=device, progress=not quiet, precision=precision)
+                                    device=device, progress=not quiet, precision=precision,
+                                    organ_prompts=organ_prompts)
     work = model_grid(volume, min_slice_mm)
     state = predictor.init_state(work)
     for oid in organ_ids:

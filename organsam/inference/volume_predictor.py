@@ -18,6 +18,7 @@ below ``iou_threshold``.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterator
 from typing import Any, Protocol
@@ -27,6 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from organsam.inference.fast_encoder import PRECISIONS, FastImageEncoder
+from organsam.inference.organ_prompt_table import OrganPromptTable, load_prompt_table
 from organsam.inference.state import Box, InferenceState, OrganPrompt, OrganResult
 from organsam.inference.track_refine import TrackRefiner
 from organsam.io import Volume
@@ -90,13 +92,18 @@ class VolumePredictor:
             text-prompted organ from its most confident slice, keeping the better of the prior's and the
             tracked mask per slice (:class:`organsam.inference.track_refine.TrackRefiner`); ``False`` keeps
             the plain prior pass.
+        organ_prompts: learned organ prompt tokens appended to every box prompt of an organ the table holds
+            (:mod:`organsam.inference.organ_prompt_table`): ``True`` the packaged table (trained on
+            ``../shared/data``, SHA-256 checked), a path to another exported table, a ready
+            :class:`OrganPromptTable`, or ``False``/``None`` (default) for plain LiteMedSAM box prompts.
     """
 
     def __init__(self, core: SamCore | None = None, *, prior: LocationPrior | str | None = "atlas",
                  device: str | torch.device = "cpu", batch_size: int | None = None, iou_threshold: float = 0.5,
                  box_margin_mm: float = 8.0, track_margin_px: int = 3, progress: bool = True,
                  precision: str | None = None, fast_encoder: bool = True, quantize: bool = False,
-                 track_refine: bool = True, decoder_precision: str | None = None) -> None:
+                 track_refine: bool = True, decoder_precision: str | None = None,
+                 organ_prompts: OrganPromptTable | str | bool | None = False) -> None:
         self.device = torch.device(device)
         self.core = (core if core is not None else build_lite_medsam()).to(self.device).eval()
         if precision is None:
@@ -125,6 +132,11 @@ class VolumePredictor:
         self.track_refine = bool(track_refine)
         self.encoded_slices = 0
         self.refine_decodes = 0
+        if organ_prompts is True:
+            organ_prompts = load_prompt_table()
+        elif isinstance(organ_prompts, (str, os.PathLike)):
+            organ_prompts = load_prompt_table(organ_prompts)
+        self.organ_prompts: OrganPromptTable | None = organ_prompts or None
 
     @staticmethod
     def default_batch_size(device: str | torch.device) -> int:
@@ -262,14 +274,19 @@ class VolumePredictor:
         pos = {z: i for i, z in enumerate(slices)}
         geom = state.geometry
         out: list[tuple[np.ndarray, float]] = []
-        groups: dict[tuple[bool, bool, int], list[int]] = {}
-        for j, (_, _, box, pts) in enumerate(jobs):
+        table = self.organ_prompts
+        groups: dict[tuple[bool, bool, int, bool], list[int]] = {}
+        for j, (_, organ, box, pts) in enumerate(jobs):
             npts = 0 if pts is None else len(pts[0])
-            groups.setdefault((box is not None, pts is not None, npts), []).append(j)
+            tokens = table is not None and box is not None and pts is None and organ in table
+            groups.setdefault((box is not None, pts is not None, npts, tokens), []).append(j)
         results: list[tuple[np.ndarray, float] | None] = [None] * len(jobs)
-        for (has_box, has_pts, _), idx in groups.items():
+        for (has_box, has_pts, _, tokens), idx in groups.items():
             image_index = torch.tensor([pos[jobs[j][0]] for j in idx], device=self.device)
-            boxes = points = None
+            boxes = points = extra = None
+            if tokens:
+                assert table is not None
+                extra = table.lookup([jobs[j][1] for j in idx], self.device)
             if has_box:
                 boxes = torch.from_numpy(np.stack([geom.box_to_model(jobs[j][2]) for j in idx])).to(self.device)
             if has_pts:
@@ -277,7 +294,8 @@ class VolumePredictor:
                 labels = np.stack([jobs[j][3][1] for j in idx])
                 points = (torch.from_numpy(coords).to(self.device), torch.from_numpy(labels).to(self.device))
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.decoder_precision == "bf16"):
-                logits, iou = self.core.decode(emb, boxes=boxes, points=points, image_index=image_index)
+                logits, iou = self.core.decode(emb, boxes=boxes, points=points, sparse_extra=extra,
+                                                 image_index=image_index)
             full = geom.logits_to_original(logits.float())
             masks = (full[:, 0] > 0).cpu().numpy()
             for k, j in enumerate(idx):

@@ -56,6 +56,9 @@ class DataConfig:
         balance_power: inverse organ-frequency exponent of the sampler (1 = balanced organs).
         box_prompt_prob: probability that a step's batch gets box prompts (from the label, jittered).
         box_jitter: largest box side shift, model pixels.
+        box_jitter_rel: atlas-like box jitter: centre shift and log-size change relative to the box size (0: off;
+            ``organsam.training.transforms.box_from_mask``).
+        box_margin: margin added around jittered boxes, model pixels (with ``box_jitter_rel``).
         augment: augmentation (MONAI; no flips).
         num_workers: DataLoader worker processes.
         feature_cache: train from cached frozen-encoder features (turns augmentation off).
@@ -79,6 +82,8 @@ class DataConfig:
     balance_power: float = 1.0
     box_prompt_prob: float = 0.0
     box_jitter: float = 5.0
+    box_jitter_rel: float = 0.0
+    box_margin: float = 0.0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     num_workers: int = 0
     feature_cache: bool = False
@@ -124,6 +129,8 @@ class ValConfig:
         organs: organs to score (empty: every prompted organ present in the case).
         presence_gate: count a mask only where the design's presence logit is > 0.
         batch_size: slices encoded together.
+        box_margin: validate with box prompts: each organ's tight box on each slice where it is present, grown by
+            this many model pixels (``null``: text prompts only; designs that need boxes set it).
     """
 
     every: int = 500
@@ -131,6 +138,7 @@ class ValConfig:
     organs: tuple[str, ...] = ()
     presence_gate: bool = True
     batch_size: int = 4
+    box_margin: float | None = None
 
 
 @dataclass

@@ -266,7 +266,8 @@ class Trainer:
                 "unaugmented slices)"
             )
             augment = None
-        dataset = SliceDataset(store, SliceTransform(augment, d.box_jitter), min_area=d.min_area)
+        transform = SliceTransform(augment, d.box_jitter, d.box_jitter_rel, d.box_margin)
+        dataset = SliceDataset(store, transform, min_area=d.min_area)
         val_store = None
         if val_cases and dist_info.is_main and self.cfg.val.every >= 0:
             val_store = CaseStore(val_cases, model.organ_ids, window=d.window, cache_dir=d.case_cache_dir)
@@ -452,6 +453,7 @@ class Trainer:
                         presence_gate=cfg.val.presence_gate,
                         batch_size=cfg.val.batch_size,
                         autocast=autocast(),
+                        box_margin=cfg.val.box_margin,
                     )
                     mlog.log_val(done, last_val.rows, last_val.per_organ, last_val.mean_dice)
                     if math.isfinite(last_val.mean_dice) and last_val.mean_dice > best:

@@ -57,15 +57,27 @@ class AugmentConfig:
 
 
 def box_from_mask(
-    mask: np.ndarray, jitter: float, rng: np.random.Generator, fallback: tuple[float, float, float, float]
+    mask: np.ndarray,
+    jitter: float,
+    rng: np.random.Generator,
+    fallback: tuple[float, float, float, float],
+    jitter_rel: float = 0.0,
+    margin: float = 0.0,
 ) -> np.ndarray:
-    """Tight xyxy box of a (256, 256) mask with each side moved by up to ``jitter`` pixels.
+    """Tight xyxy box of a (256, 256) mask, jittered.
+
+    Two jitters, applied in this order: an atlas-like one (``jitter_rel`` > 0: the centre moves by a normal
+    shift of ``jitter_rel`` x the box's width/height, each side length is scaled by ``exp(N(0, 4/3 jitter_rel))``
+    and the box grows by ``margin`` x U(0.5, 1.5) on every side, as a registered atlas's box widened by a
+    margin does), then each side moves by up to ``jitter`` pixels.
 
     Args:
         mask: (H, W) bool.
         jitter: largest random shift of each coordinate, in model pixels.
         rng: random generator.
         fallback: box returned for an empty mask (e.g. the whole image area).
+        jitter_rel: relative centre shift / size change (0: off).
+        margin: box margin in model pixels (used with ``jitter_rel``).
 
     Returns:
         (4,) float32 x_min, y_min, x_max, y_max within the image.
@@ -74,6 +86,13 @@ def box_from_mask(
     if ys.size == 0:
         return np.asarray(fallback, dtype=np.float32)
     box = np.array([xs.min(), ys.min(), xs.max(), ys.max()], dtype=np.float64)
+    if jitter_rel > 0:
+        w, h = box[2] - box[0] + 1, box[3] - box[1] + 1
+        cx = (box[0] + box[2]) / 2 + rng.normal(0, jitter_rel) * w
+        cy = (box[1] + box[3]) / 2 + rng.normal(0, jitter_rel) * h
+        sw = w * np.exp(rng.normal(0, 4 * jitter_rel / 3)) + 2 * margin * rng.uniform(0.5, 1.5)
+        sh = h * np.exp(rng.normal(0, 4 * jitter_rel / 3)) + 2 * margin * rng.uniform(0.5, 1.5)
+        box = np.array([cx - sw / 2, cy - sh / 2, cx + sw / 2, cy + sh / 2])
     if jitter > 0:
         box += rng.uniform(-jitter, jitter, size=4)
     h, w = mask.shape
@@ -96,11 +115,16 @@ class SliceTransform:
     Args:
         augment: augmentation settings (``None`` or ``enabled=False``: none).
         box_jitter: largest shift of each box side, model pixels.
+        box_jitter_rel: atlas-like relative box jitter (see :func:`box_from_mask`; 0: off).
+        box_margin: box margin in model pixels, with ``box_jitter_rel``.
     """
 
-    def __init__(self, augment: AugmentConfig | None = None, box_jitter: float = 5.0) -> None:
+    def __init__(self, augment: AugmentConfig | None = None, box_jitter: float = 5.0, box_jitter_rel: float = 0.0,
+                 box_margin: float = 0.0) -> None:
         self.augment = augment if augment is not None and augment.enabled else None
         self.box_jitter = float(box_jitter)
+        self.box_jitter_rel = float(box_jitter_rel)
+        self.box_margin = float(box_margin)
         self._compose = self._build(self.augment) if self.augment is not None else None
 
     @staticmethod
@@ -155,7 +179,8 @@ class SliceTransform:
             target = (_plain(out["mask"]).float() > 0.5).float()
         h, w = geom.resized_shape
         rng = np.random.default_rng([int(seed), 1])
-        box = box_from_mask(target[0].numpy() > 0.5, self.box_jitter, rng, (0.0, 0.0, w - 1.0, h - 1.0))
+        box = box_from_mask(target[0].numpy() > 0.5, self.box_jitter, rng, (0.0, 0.0, w - 1.0, h - 1.0),
+                           self.box_jitter_rel, self.box_margin)
         return {
             "image": image.expand(3, -1, -1).contiguous(),
             "mask": target.contiguous(),

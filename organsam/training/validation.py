@@ -48,6 +48,14 @@ def _pick(slices: np.ndarray, max_slices: int) -> np.ndarray:
     return slices[idx]
 
 
+def _margin_box(mask: np.ndarray, margin: float) -> np.ndarray:
+    """(4,) float32 xyxy tight box of a non-empty (256, 256) mask grown by ``margin`` pixels, inside the image."""
+    ys, xs = np.nonzero(mask)
+    h, w = mask.shape
+    box = np.array([xs.min() - margin, ys.min() - margin, xs.max() + margin, ys.max() + margin], dtype=np.float32)
+    return np.clip(box, 0, [w - 1, h - 1, w - 1, h - 1]).astype(np.float32)
+
+
 @torch.no_grad()
 def validate(
     model: torch.nn.Module,
@@ -58,6 +66,7 @@ def validate(
     presence_gate: bool = True,
     batch_size: int = 4,
     autocast: contextlib.AbstractContextManager | None = None,
+    box_margin: float | None = None,
 ) -> ValResult:
     """Score a design on the val cases.
 
@@ -70,6 +79,8 @@ def validate(
         presence_gate: gate masks by the presence logit.
         batch_size: slices encoded together.
         autocast: context manager for mixed precision (default: none).
+        box_margin: prompt with boxes: each organ's tight reference box grown by this many model pixels, on the
+            slices where the organ is present (absent organs are not prompted there); ``None``: text only.
 
     Returns:
         :class:`ValResult`.
@@ -97,13 +108,23 @@ def validate(
                 with autocast or contextlib.nullcontext():
                     enc = model.encode_plain(torch.from_numpy(imgs).to(device))
                     for b, z in enumerate(chunk):
-                        out = model(None, organ_index, encoded=model.select_encoded(enc, b))
+                        gts = [geom.mask_to_model(store.organ_mask(ci, int(z), int(k))) for k in scored]
+                        pred_np = np.zeros((scored.size, *gts[0].shape), dtype=bool)
+                        rows_b = np.arange(scored.size)
+                        boxes = None
+                        if box_margin is not None:
+                            rows_b = np.array([j for j, g in enumerate(gts) if g.any()], dtype=np.int64)
+                            if rows_b.size == 0:
+                                continue
+                            boxes = torch.from_numpy(np.stack([_margin_box(gts[j], box_margin) for j in rows_b]))
+                            boxes = boxes.to(device)
+                        out = model(None, organ_index[torch.from_numpy(rows_b).to(device)], boxes,
+                                    encoded=model.select_encoded(enc, b))
                         pred = out.masks[:, 0].float() > 0
                         if presence_gate:
                             pred &= (out.presence_logit.float() > 0)[:, None, None]
-                        pred_np = pred.cpu().numpy()
-                        for j, k in enumerate(scored):
-                            gt = geom.mask_to_model(store.organ_mask(ci, int(z), int(k)))
+                        pred_np[rows_b] = pred.cpu().numpy()
+                        for j, gt in enumerate(gts):
                             inter[j] += np.logical_and(pred_np[j], gt).sum()
                             psum[j] += pred_np[j].sum()
                             tsum[j] += gt.sum()

@@ -31,7 +31,8 @@ def amos13():
     ref = load_labels(data_path("amos_0013_slab", "label.nii.gz"), vol)
     info = labelmap_info("amos22")
     refs = {o: np.isin(ref, info.values_for(o)) for o in ORGANS}
-    predictor = VolumePredictor(progress=False, track_refine=False)
+    # plain LiteMedSAM boxes: these figures measure the refinement alone
+    predictor = VolumePredictor(progress=False, track_refine=False, organ_prompts=False)
     state = predictor.init_state(vol)
     for oid in ORGANS:
         predictor.add_text_prompt(state, oid)

@@ -123,3 +123,35 @@ def test_lr_schedule_warmup_cosine_poly():
         sched.step()
     assert lrs[0] == pytest.approx(1e-5) and max(lrs) == pytest.approx(1e-3) and lrs[4] == pytest.approx(1e-3)
     assert all(a >= b for a, b in zip(lrs[4:], lrs[5:]))
+
+
+def test_atlas_like_box_jitter_moves_scales_and_widens():
+    mask = np.zeros((256, 256), bool)
+    mask[100:140, 80:160] = True  # 80 wide, 40 high
+    rng = np.random.default_rng(0)
+    boxes = np.stack([box_from_mask(mask, 0.0, rng, (0.0, 0.0, 255.0, 255.0), jitter_rel=0.15, margin=5.0)
+                      for _ in range(400)])
+    assert np.all(boxes >= 0) and np.all(boxes <= 255) and np.all(boxes[:, 2] > boxes[:, 0])
+    cx = (boxes[:, 0] + boxes[:, 2]) / 2
+    width = boxes[:, 2] - boxes[:, 0]
+    assert 0.10 * 80 < cx.std() < 0.20 * 80  # centre shift ~ 15 % of the width
+    assert np.median(width) > 80 + 5  # the margin widens the box on both sides
+    # the same seed gives the same boxes; jitter_rel=0 keeps the tight box
+    again = box_from_mask(mask, 0.0, np.random.default_rng(0), (0.0, 0.0, 255.0, 255.0), jitter_rel=0.15, margin=5.0)
+    assert np.array_equal(again, boxes[0])
+    tight = box_from_mask(mask, 0.0, rng, (0.0, 0.0, 255.0, 255.0), jitter_rel=0.0, margin=5.0)
+    assert tight.tolist() == [80.0, 100.0, 159.0, 139.0]
+
+
+def test_validation_with_reference_boxes_scores_the_untrained_prompt_design(store):
+    from organsam.registry import build_design
+    from organsam.training.validation import validate
+
+    model = build_design("organ_prompts", [{"organs": ["liver", "spleen", "kidney_left", "aorta"]}])
+    vstore = CaseStore(store.cases, model.organ_ids)
+    res = validate(model, vstore, max_slices=3, presence_gate=False, box_margin=5.0)
+    # untrained tokens are zero: this is LiteMedSAM with reference boxes grown by 5 px
+    assert set(res.per_organ) == {"liver", "spleen", "kidney_left", "aorta"}
+    assert res.per_organ["liver"] > 0.85 and res.mean_dice > 0.75
+    text_only = validate(model, vstore, max_slices=3, presence_gate=False)
+    assert text_only.mean_dice < res.mean_dice  # the whole-slice box is no substitute for a located one
