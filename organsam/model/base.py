@@ -29,7 +29,14 @@ Freezing: ``freeze_image_encoder`` (default on), ``freeze_prompt_encoder`` (on),
 (off). A frozen image encoder stays in eval mode (its batch norms keep their statistics) and runs without
 autograd unless a design injects into it. Core parameters a design never uses (the multimask hypernetworks
 when only the single-mask output is used) are frozen too, so every trainable parameter gets a gradient.
-LoRA adapters are not implemented yet.
+
+LoRA: ``lora_rank > 0`` adds low-rank adapters (:mod:`organsam.model.components.lora`) to the image
+encoder's linear layers named by ``lora_targets`` (default: attention ``qkv`` and ``proj`` of every TinyViT
+attention block). The adapted layers' base weights always stay frozen and only ``lora_A``/``lora_B`` train;
+with a frozen encoder these are its only trainable tensors. The encoder then runs with autograd (so the
+adapters get gradients) but stays in eval mode (batch norms keep their statistics; the adapters' own
+dropout follows the model's mode). The adapters start as an exact no-op (``lora_B`` = 0). Cached encoder
+features would bypass them, so the training feature cache refuses a design with adapters.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ import torch
 from torch import Tensor, nn
 
 from organsam.model.components.image_encoder import EncoderOutput
+from organsam.model.components.lora import TINYVIT_LORA_TARGETS, apply_lora, is_lora_parameter, lora_modules
 from organsam.model.components.text_cache import TextEmbeddingCache, VocabularyEmbeddings, embed_vocabulary
 from organsam.model.sam_core import EMBED_DIM, EMBED_SIZE, IMAGE_SIZE, SamCore, build_lite_medsam
 
@@ -66,6 +74,17 @@ class SegmenterConfig:
         freeze_image_encoder: keep the TinyViT encoder fixed.
         freeze_prompt_encoder: keep SAM's prompt encoder fixed.
         freeze_mask_decoder: keep SAM's mask decoder fixed.
+        lora_rank: rank of the LoRA adapters in the image encoder (0: no adapters).
+        lora_alpha: adapter scale numerator (the low-rank update is scaled by ``lora_alpha / lora_rank``).
+        lora_targets: image-encoder linear layers to adapt, as name suffixes (``attn.qkv``, ``attn.proj``,
+            ``mlp.fc1``, ``mlp.fc2`` of the TinyViT attention blocks, or a full name such as
+            ``layers.3.blocks.1.attn.qkv``).
+        lora_dropout: dropout on the adapters' inputs while training.
+
+    The organ text table is precomputed by the text encoder (through its on-disk cache), so the designs hold no
+    text encoder to adapt; :func:`organsam.model.components.lora.apply_lora` also adapts a
+    :class:`~organsam.model.components.text_encoder.TextEncoder`'s Hugging Face model when fine-tuning it on
+    its own (e.g. targets ``("query", "value")`` for BERT-like encoders).
     """
 
     pretrained: bool = True
@@ -76,6 +95,10 @@ class SegmenterConfig:
     freeze_image_encoder: bool = True
     freeze_prompt_encoder: bool = True
     freeze_mask_decoder: bool = False
+    lora_rank: int = 0
+    lora_alpha: float = 8.0
+    lora_targets: tuple[str, ...] = TINYVIT_LORA_TARGETS
+    lora_dropout: float = 0.0
 
 
 @dataclass
@@ -180,6 +203,11 @@ def _is_frozen(module: nn.Module) -> bool:
     return not any(p.requires_grad for p in module.parameters())
 
 
+def _base_frozen(module: nn.Module) -> bool:
+    """No trainable parameter apart from LoRA adapters (the module's own weights are fixed)."""
+    return not any(p.requires_grad for n, p in module.named_parameters() if not is_lora_parameter(n))
+
+
 # ---------------------------------------------------------------------------------------------------- base
 class OrganSegmenter(nn.Module):
     """Base class of the text-prompted designs; see the module docstring for the contract.
@@ -194,6 +222,7 @@ class OrganSegmenter(nn.Module):
         core: the SAM core.
         organ_ids: the K organ ids, in ``organ_index`` order.
         text_fingerprint: fingerprint of the text encoder the table comes from.
+        lora_layers: qualified names (inside ``core.image_encoder``) of the layers with LoRA adapters.
     """
 
     design_name: ClassVar[str] = "base"
@@ -203,6 +232,7 @@ class OrganSegmenter(nn.Module):
         super().__init__()
         self.config = config
         self.core: SamCore = build_lite_medsam(config.sam_checkpoint, pretrained=config.pretrained)
+        self.lora_layers: list[str] = []
         if text is None:
             text = vocabulary_embeddings(config.organs, config.text_model, config.text_cache_dir)
         self.organ_ids: list[str] = list(text.ids)
@@ -219,16 +249,38 @@ class OrganSegmenter(nn.Module):
         return len(self.organ_ids)
 
     def _finish_init(self) -> None:
-        """Apply the freezing options and switch to eval mode (call at the end of a subclass __init__)."""
+        """Add the LoRA adapters, apply the freezing options and switch to eval mode (call at the end of a
+        subclass __init__; the adapters come after the design's own modules, so with the same seed those are
+        initialised identically with and without adapters)."""
+        self.lora_layers = self._add_lora(self.config)
         self.apply_freezing()
         self.eval()
+
+    def _add_lora(self, config: SegmenterConfig) -> list[str]:
+        """Put LoRA adapters into the image encoder as the config asks (returns the adapted layer names)."""
+        rank = config.lora_rank
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
+            raise ValueError(f"config lora_rank must be an integer >= 0 (0: no adapters), got {rank!r}")
+        if rank == 0:
+            return []
+        if not config.lora_targets:
+            raise ValueError("config lora_targets is empty while lora_rank > 0; name the image-encoder layers to "
+                             f"adapt, e.g. {list(TINYVIT_LORA_TARGETS)}")
+        if not config.freeze_image_encoder:
+            logger.warning("lora_rank %d with freeze_image_encoder: false: the adapted layers keep their base "
+                           "weights frozen, every other encoder weight trains fully", rank)
+        return apply_lora(self.core.image_encoder, rank, float(config.lora_alpha), tuple(config.lora_targets),
+                          dropout=float(config.lora_dropout))
 
     def unused_core_modules(self) -> list[nn.Module]:
         """Core modules whose parameters never influence this design's outputs (kept frozen)."""
         return list(self.core.mask_decoder.output_hypernetworks_mlps[1:])
 
     def apply_freezing(self) -> None:
-        """Set ``requires_grad`` from the config: frozen core parts and unused core modules off, the rest on."""
+        """Set ``requires_grad`` from the config: frozen core parts and unused core modules off, the rest on.
+
+        LoRA adapters always train; the base weights of the layers they adapt never do.
+        """
         cfg = self.config
         _set_trainable(self, True)
         _set_trainable(self.core.image_encoder, not cfg.freeze_image_encoder)
@@ -236,14 +288,26 @@ class OrganSegmenter(nn.Module):
         _set_trainable(self.core.mask_decoder, not cfg.freeze_mask_decoder)
         for m in self.unused_core_modules():
             _set_trainable(m, False)
+        for lora in lora_modules(self.core.image_encoder):
+            lora.weight.requires_grad_(False)
+            if lora.bias is not None:
+                lora.bias.requires_grad_(False)
+            lora.lora_A.requires_grad_(True)
+            lora.lora_B.requires_grad_(True)
 
     def train(self, mode: bool = True) -> OrganSegmenter:
-        """Like ``nn.Module.train``, but frozen core parts stay in eval mode (batch-norm statistics kept)."""
+        """Like ``nn.Module.train``, but frozen core parts stay in eval mode (batch-norm statistics kept).
+
+        A frozen image encoder with LoRA adapters counts as frozen: it stays in eval mode, only its adapters
+        follow ``mode`` (their dropout).
+        """
         super().train(mode)
         if mode:
             for m in (self.core.image_encoder, self.core.prompt_encoder, self.core.mask_decoder):
-                if _is_frozen(m):
+                if _base_frozen(m):
                     m.eval()
+                    for lora in lora_modules(m):
+                        lora.train(mode)
         return self
 
     def parameter_counts(self) -> dict[str, int]:
@@ -308,7 +372,9 @@ class OrganSegmenter(nn.Module):
     def encode_plain(self, images: Tensor) -> EncoderOutput:
         """Encode images with the (unconditioned) image encoder.
 
-        Runs without autograd when the encoder is frozen. Keeps the levels in ``encoder_levels``.
+        Runs without autograd when the encoder is frozen and has no LoRA adapters (with adapters it runs
+        with autograd whenever autograd is on, so the adapters get gradients). Keeps the levels in
+        ``encoder_levels``.
 
         Args:
             images: (B, 3, 256, 256) in [0, 1].

@@ -6,14 +6,16 @@
   the organ text table is a non-persistent buffer (never saved; the sidecar records the text encoder's
   fingerprint instead), and of the SAM core only the tensors that differ from the LiteMedSAM weights
   the design was built on are kept (all core tensors when it was built with ``pretrained: false``).
-  Every non-core tensor is saved.
+  Every non-core tensor is saved, and so is every LoRA adapter tensor (``...lora_A``/``...lora_B`` inside
+  the image encoder; the adapted layers keep their base keys, which match the LiteMedSAM weights).
 * ``model.json`` (same stem): format, design name, the resolved config, vocabulary version and organ ids,
   text-encoder fingerprint, package and torch versions, the SHA-256 of the tensor file and of the base
   LiteMedSAM weights, and ``extra`` (caller metadata: epoch, metrics, ...).
 
 Both files are written atomically (temporary file in the same folder, then ``os.replace``), tensors
 first. ``load_checkpoint(path)`` rebuilds the design from the stored config (loading the same base
-weights) and checks everything, failing with a message that names the file and the mismatch.
+weights; ``lora_rank`` & co. recreate the adapters) and checks everything, failing with a message that names
+the file and the mismatch (a missing adapter tensor included).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 
 import torch
 
+from organsam.model.components.lora import is_lora_parameter
 from organsam.model.sam_core import CheckpointError
 
 logger = logging.getLogger(__name__)
@@ -123,8 +126,9 @@ def save_checkpoint(model: torch.nn.Module, path: str | os.PathLike[str], *, des
         reference = load_checkpoint_state(base[0])
     tensors: dict[str, torch.Tensor] = {}
     n_core = 0
+    n_lora = sum(1 for key in state if is_lora_parameter(key))
     for key, value in state.items():
-        if key.startswith(_CORE) and base is not None:
+        if key.startswith(_CORE) and base is not None and not is_lora_parameter(key):
             ref = reference.get(key[len(_CORE):])
             same = ref is not None and ref.shape == value.shape and ref.dtype == value.dtype
             if same and torch.equal(ref, value.cpu()):
@@ -146,6 +150,7 @@ def save_checkpoint(model: torch.nn.Module, path: str | os.PathLike[str], *, des
         "tensor_sha256": sha256_of(p),
         "num_tensors": len(tensors),
         "core_tensors_saved": n_core,
+        "lora_tensors_saved": n_lora,
         "base_weights": None if base is None else {"name": "lite_medsam", "sha256": base[1]},
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "extra": extra,
@@ -156,8 +161,8 @@ def save_checkpoint(model: torch.nn.Module, path: str | os.PathLike[str], *, des
         Path(tmp).write_text(text + "\n", encoding="utf-8")
 
     _atomic_write(side, write_json)
-    logger.info("saved %s checkpoint %s (%d tensors, %d changed core tensors) + %s", design, p, len(tensors),
-                n_core, side.name)
+    logger.info("saved %s checkpoint %s (%d tensors, %d changed core tensors, %d LoRA tensors) + %s", design, p,
+                len(tensors), n_core, n_lora, side.name)
     return p
 
 
@@ -270,7 +275,7 @@ def load_checkpoint(path: str | os.PathLike[str], *, design: str | None = None,
         raise CheckpointError(f"{p}: cannot read as safetensors ({e})") from e
     expected = model.state_dict()
     unexpected = sorted(k for k in tensors if k not in expected)
-    required = [k for k in expected if not k.startswith(_CORE) or base is None]
+    required = [k for k in expected if not k.startswith(_CORE) or base is None or is_lora_parameter(k)]
     missing = sorted(k for k in required if k not in tensors)
     shapes = sorted(f"{k} {tuple(v.shape)} vs {tuple(expected[k].shape)}" for k, v in tensors.items()
                     if k in expected and v.shape != expected[k].shape)

@@ -359,8 +359,8 @@ class SynapseReader(DatasetReader):
 
     ``train_npz/caseXXXX_sliceYYY.npz`` (keys ``image`` in [0, 1] after clipping HU to [-125, 275], ``label``)
     are grouped per case into volumes; ``test_vol_h5/caseXXXX.npy.h5`` (keys ``image``, ``label``, (Z, H, W))
-    need ``h5py`` (not a dependency of organsam: ``pip install h5py``). Splits follow TransUNet's 18 train /
-    12 test cases (:data:`SYNAPSE_TRAIN_CASES`, :data:`SYNAPSE_TEST_CASES`).
+    need ``h5py`` (the ``train`` extra: ``pip install "organsam[train]"``, or ``pip install h5py``). Splits
+    follow TransUNet's 18 train / 12 test cases (:data:`SYNAPSE_TRAIN_CASES`, :data:`SYNAPSE_TEST_CASES`).
 
     The arrays carry no affine, so the in-plane orientation cannot be checked: ``inplane`` (``"none"``,
     ``"transpose"``, ``"flipud"``, ``"fliplr"``, ``"rot90"``, ``"rot270"``) maps them to organsam's layout
@@ -784,7 +784,7 @@ def _load_h5(case: Case, window: str) -> LoadedCase:
     except ImportError as e:
         raise DatasetError(
             f"{case.image}: reading TransUNet .h5 volumes needs h5py, which is not installed "
-            f"(pip install h5py), or use the train_npz slices"
+            f"(pip install h5py, or the organsam[train] extra), or use the train_npz slices"
         ) from e
     with h5py.File(case.image, "r") as f:
         image = np.asarray(f["image"], dtype=np.float32)

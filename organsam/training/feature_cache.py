@@ -9,7 +9,8 @@ never reads stale features. Writes are atomic.
 
 Cached features are those of the *unaugmented* slice: training with the cache turns spatial and
 intensity augmentation off (box jitter and organ sampling still vary). Only designs whose image
-encoder is frozen can use it (``freeze_image_encoder: true``); crisp_sam2 injects text into the encoder
+encoder is frozen and has no LoRA adapters can use it (``freeze_image_encoder: true``, ``lora_rank: 0``:
+cached features would bypass the adapters); crisp_sam2 injects text into the encoder
 from level 2 on, so it re-runs stage 3 and the neck from the cached level 2 (still skipping most of the
 encoder).
 """
@@ -56,12 +57,22 @@ class FeatureCache:
         tag: preprocessing tag (e.g. ``"abdomen|to_model_input-v1"``) mixed into the hash.
 
     Raises:
-        ValueError: the image encoder has trainable parameters.
+        ValueError: the image encoder has LoRA adapters or trainable parameters.
     """
 
     def __init__(
         self, root: str | Path, model: torch.nn.Module, dtype: str = "float32", tag: str = ""
     ) -> None:
+        from organsam.model.components.lora import lora_modules
+
+        n_lora = len(lora_modules(model.core.image_encoder))  # type: ignore[union-attr, arg-type]
+        if n_lora:
+            raise ValueError(
+                f"the feature cache cannot be used with LoRA adapters in the image encoder ({n_lora} adapted "
+                f"layers, lora_rank {getattr(getattr(model, 'config', None), 'lora_rank', '?')}): cached "
+                f"features would bypass the adapters, which would then never train; set data.feature_cache: "
+                f"false (or model lora_rank: 0)"
+            )
         if any(p.requires_grad for p in model.core.image_encoder.parameters()):  # type: ignore[union-attr]
             raise ValueError(
                 "the feature cache needs a frozen image encoder; set freeze_image_encoder: true in the "

@@ -51,7 +51,7 @@ class MetricsLogger:
             except ImportError:
                 logger.warning(
                     "tensorboard is not installed: metrics are written to %s/metrics.csv only "
-                    "(pip install tensorboard for TensorBoard logs)",
+                    "(pip install tensorboard, or the organsam[train] extra, for TensorBoard logs)",
                     self.out_dir,
                 )
             else:

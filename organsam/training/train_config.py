@@ -4,7 +4,10 @@ Schema (defaults in brackets); every key can be overridden on the command line a
 
     design: organsam             # registry name (organsam designs)
     model: {}                    # overrides of the design preset (organsam/configs/<design>.yaml),
-                                 # e.g. freeze_image_encoder: true, optimizer_iterations: 0
+                                 # e.g. freeze_image_encoder: true, optimizer_iterations: 0; LoRA adapters
+                                 # in the image encoder: lora_rank: 8 (0: off), lora_alpha: 8.0,
+                                 # lora_targets: [attn.qkv, attn.proj], lora_dropout: 0.0 (not with
+                                 # data.feature_cache: cached features would bypass the adapters)
     data: {dataset: shared, root: null, options: {}, organs: [], ...}     (DataConfig)
     optim: {lr: 1.0e-4, weight_decay: 0.01, schedule: cosine, warmup_steps: 100, ...}  (OptimConfig)
     val: {every: 500, max_slices: 0, organs: [], presence_gate: true}     (ValConfig)
@@ -61,7 +64,8 @@ class DataConfig:
         box_margin: margin added around jittered boxes, model pixels (with ``box_jitter_rel``).
         augment: augmentation (MONAI; no flips).
         num_workers: DataLoader worker processes.
-        feature_cache: train from cached frozen-encoder features (turns augmentation off).
+        feature_cache: train from cached frozen-encoder features (turns augmentation off; not with
+            ``model.lora_rank > 0``).
         feature_cache_dir: cache folder (``null``: ``<out_dir>/feature_cache``).
         feature_cache_dtype: float32, float16 or bfloat16.
     """
@@ -184,6 +188,14 @@ class TrainConfig:
         if not isinstance(self.model, dict):
             raise ConfigError(
                 f"model must be a mapping of design config overrides, got {type(self.model).__name__}"
+            )
+        rank = self.model.get("lora_rank", 0)
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
+            raise ConfigError(f"model.lora_rank must be an integer >= 0 (0: no LoRA adapters), got {rank!r}")
+        if rank > 0 and self.data.feature_cache:
+            raise ConfigError(
+                f"model.lora_rank {rank} needs data.feature_cache: false (cached encoder features would bypass "
+                f"the image-encoder LoRA adapters)"
             )
 
 

@@ -1,6 +1,7 @@
 """The training loop behind ``organsam train``: one YAML -> a trained design checkpoint.
 
-* **Model**: ``build_design(config.design, [config.model])`` (freezing options are design config keys);
+* **Model**: ``build_design(config.design, [config.model])`` (freezing and LoRA options, e.g.
+  ``model.lora_rank: 8``, are design config keys; the feature cache refuses LoRA adapters);
   AdamW over the trainable parameters (no weight decay on 1D tensors), linear warm-up then cosine/poly
   decay (:mod:`organsam.training.schedule`), gradient clipping, gradient accumulation.
 * **Precision**: ``auto`` = bf16 autocast on a GPU that supports it (fp16 + GradScaler otherwise), fp32 on
@@ -196,6 +197,16 @@ class Trainer:
         model = build_design(self.cfg.design, [self.cfg.model])
         return model.to(dist_info.device)
 
+    def _check_feature_cache(self, model: torch.nn.Module) -> None:
+        """Refuse the feature cache for a design with image-encoder LoRA adapters (before any data is read)."""
+        rank = int(getattr(model.config, "lora_rank", 0) or 0)
+        if self.cfg.data.feature_cache and rank > 0:
+            raise ConfigError(
+                f"data.feature_cache cannot be used with model.lora_rank {rank}: cached encoder features bypass "
+                f"the image-encoder LoRA adapters, which would never train; set data.feature_cache: false or "
+                f"model.lora_rank: 0"
+            )
+
     def _organ_indices(self, model: torch.nn.Module, organs: tuple[str, ...], what: str) -> list[int] | None:
         if not organs:
             return None
@@ -322,6 +333,7 @@ class Trainer:
         dev = di.device
         amp_dtype, use_scaler = self._precision(dev)
         model = self._build_model(di)
+        self._check_feature_cache(model)
         resume = self._resume_path()
         state = self._check_state(resume, model) if resume is not None else None
         data = self._build_data(model, di)
