@@ -1,4 +1,4 @@
-"""Train the four registered designs with the same budget and compare their validation Dice per organ.
+"""Train the registered designs with the same budget and compare their validation Dice per organ.
 
 What it measures: each design (``crisp_sam2``, ``seg_sam``, ``pg_sam``, ``organsam``; presets in
 ``organsam/configs``) is trained by :func:`organsam.training.trainer.train` from ``train_default.yaml`` with the
@@ -9,6 +9,11 @@ only, in training and validation (no boxes). Each design is then scored by the t
 (:func:`organsam.training.validation.validate`) on ``amos_0013`` (manual AMOS labels, never trained on): Dice per
 organ over all its labelled slices on the 256x256 model grid, masks gated by the presence logit. With three
 training patients this is a tiny-data comparison of the designs, not a benchmark.
+
+``--prompts box`` compares them where the shipped pipeline uses them: every training sample also gets its organ's
+box, shifted and resized like a registered atlas's box, and validation prompts each organ with its reference box
+grown by 5 px (no presence gate); ``organ_prompts`` (learned tokens added to the box prompt) joins the four. This
+measures what each design's modules add to a box-prompted LiteMedSAM, which a CPU budget can train.
 
 Output: one Markdown table on stdout (rows: organs, mean, trainable parameters, wall seconds, seconds per step;
 columns: designs); logs go to stderr. Runs live in ``<out>/<design>`` (the trainer's checkpoints, ``metrics.csv``
@@ -55,6 +60,12 @@ logger = logging.getLogger("bench.compare_designs")
 SYNAPSE8 = ("liver", "spleen", "kidney_right", "kidney_left", "gallbladder", "stomach", "aorta", "pancreas")
 TRAIN_CASES = ("ts_a", "ts_b", "amos_0001")
 VAL_CASE = "amos_0013"
+#: ``--prompts box``: every training sample also gets its organ's box, shifted and resized like a registered atlas's
+#: box (as the shipped ``organ_prompts`` checkpoint is trained, ``train_organ_prompts.yaml``); validation boxes are
+#: the reference boxes grown by the same margin (model pixels).
+BOX_PROMPTS: dict[str, Any] = {"box_prompt_prob": 1.0, "box_jitter": 0.0, "box_jitter_rel": 0.15, "box_margin": 5.0}
+#: Designs compared by default: the four text-only designs; with boxes also ``organ_prompts`` (box tokens only).
+TEXT_DESIGNS = ("crisp_sam2", "seg_sam", "pg_sam", "organsam")
 #: Model settings common to all designs (the rest comes from each design's preset).
 MODEL = {"freeze_image_encoder": True, "freeze_prompt_encoder": True, "freeze_mask_decoder": False}
 
@@ -68,13 +79,14 @@ def make_config(design: str, args: argparse.Namespace) -> TrainConfig:
             "root": str(args.data) if args.data else None,
             "options": {"cases": cases},
             "organs": list(args.organs),
-            "box_prompt_prob": 0.0,
+            **(BOX_PROMPTS if args.prompts == "box" else {"box_prompt_prob": 0.0}),
             "num_workers": 0,
             "feature_cache": True,
             "feature_cache_dir": str(args.out / "feature_cache"),
         },
         "optim": {"lr": args.lr, "warmup_steps": max(1, args.steps // 10)},
-        "val": {"every": 0, "organs": list(args.organs), "max_slices": args.val_slices},
+        "val": {"every": 0, "organs": list(args.organs), "max_slices": args.val_slices,
+                **({"box_margin": BOX_PROMPTS["box_margin"], "presence_gate": False} if args.prompts == "box" else {})},
         "steps": args.steps,
         "batch_size": args.batch_size,
         "device": args.device,
@@ -92,7 +104,7 @@ def make_config(design: str, args: argparse.Namespace) -> TrainConfig:
 def budget_of(cfg: TrainConfig) -> dict[str, Any]:
     """What must match for a recorded result to be reused."""
     return {"steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.optim.lr, "organs": list(cfg.data.organs),
-            "val_slices": cfg.val.max_slices, "seed": cfg.seed}
+            "val_slices": cfg.val.max_slices, "seed": cfg.seed, "box_prompt_prob": cfg.data.box_prompt_prob}
 
 
 def read_record(cfg: TrainConfig) -> dict[str, Any]:
@@ -138,7 +150,7 @@ def fill_feature_caches(designs: list[str], args: argparse.Namespace) -> None:
         enc = core.encode(images.to(device), keep_levels=True)
         for i, (ci, z) in enumerate(chunk):
             for cache in caches.values():
-                cache._store(cache.path(store.cases[ci].case_id, z), enc, i)  # stores the levels it needs
+                cache.put(store.cases[ci].case_id, z, enc, i)  # stores the levels it needs
 
 
 def run_design(design: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -187,12 +199,19 @@ def table(results: dict[str, dict[str, Any]], args: argparse.Namespace, cache_s:
     slices = f"{args.val_slices} slices" if args.val_slices else "all labelled slices"
     cache = ("cache filled lazily while training" if args.no_prefill else
              f"cache filled in {cache_s:.0f} s, not in the wall times" if cache_s >= 1 else "cache already filled")
+    if args.prompts == "box":
+        prompts = (f"text + box prompts (training boxes shifted/resized by up to {BOX_PROMPTS['box_jitter_rel']:.0%} "
+                   f"like an atlas's, grown by {BOX_PROMPTS['box_margin']:g} px; validation: reference boxes grown by "
+                   f"{BOX_PROMPTS['box_margin']:g} px)")
+        gate = "box-prompted on each slice where the organ is present"
+    else:
+        prompts, gate = "text prompts only", "presence-gated"
     lines = [
         f"Design comparison, tiny data: {args.steps} steps x batch {args.batch_size} per design (seed 0, AdamW lr "
         f"{args.lr:g}, {max(1, args.steps // 10)} warm-up steps, cosine), trained on 3 patients "
         f"({', '.join(TRAIN_CASES)}) from {data}; frozen LiteMedSAM image encoder (cached features, one encoder "
-        f"pass for all designs, {cache}; no augmentation); text prompts only. Validation Dice (%) on {VAL_CASE} "
-        f"(manual AMOS labels, never trained on; {slices}, 256x256 model grid, presence-gated).",
+        f"pass for all designs, {cache}; no augmentation); {prompts}. Validation Dice (%) on {VAL_CASE} "
+        f"(manual AMOS labels, never trained on; {slices}, 256x256 model grid, {gate}).",
         "",
         "| organ | " + " | ".join(results) + " |",
         "|---|" + "---:|" * len(results),
@@ -218,8 +237,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=20, help="optimizer steps per design (default 20)")
     p.add_argument("--batch-size", type=int, default=4, help="slices per step (default 4)")
     designs = list(DESIGN_MODULES)
-    p.add_argument("--designs", nargs="+", choices=designs, default=designs, help="default: all four")
-    p.add_argument("--out", type=Path, default=REPO / "runs" / "compare_designs", help="run folders")
+    p.add_argument("--designs", nargs="+", choices=designs, default=None,
+                   help="default: the four text designs; with --prompts box also organ_prompts")
+    p.add_argument("--prompts", choices=["text", "box"], default="text",
+                   help="text: text prompts only (default); box: text + atlas-like jittered boxes, validated with "
+                        "reference boxes (what each design adds to LiteMedSAM where the pipeline gives it a box)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="run folders (default runs/compare_designs, runs/compare_designs_box with --prompts box)")
     p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (default 1e-4, as train_default)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--organs", nargs="+", default=list(SYNAPSE8), help="organs trained and scored (Synapse-8)")
@@ -228,7 +252,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-prefill", action="store_true",
                    help="let the trainer fill the feature caches lazily (quicker for a handful of steps)")
     p.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.designs is None:
+        args.designs = [*TEXT_DESIGNS, "organ_prompts"] if args.prompts == "box" else list(TEXT_DESIGNS)
+    elif args.prompts == "text" and "organ_prompts" in args.designs:
+        p.error("organ_prompts only adds tokens to box prompts: compare it with --prompts box")
+    if args.out is None:
+        args.out = REPO / "runs" / ("compare_designs_box" if args.prompts == "box" else "compare_designs")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

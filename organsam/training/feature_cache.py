@@ -91,9 +91,24 @@ class FeatureCache:
         """File of one slice's features."""
         return self.root / case_id / f"{int(z):04d}.safetensors"
 
-    def _store(self, path: Path, enc: EncoderOutput, i: int) -> None:
+    def put(self, case_id: str, z: int, enc: EncoderOutput, i: int) -> Path:
+        """Store item ``i`` of a batch of encoder outputs as the features of slice ``z`` of ``case_id``.
+
+        Only the embedding and the levels this cache keeps are written (atomically); one encoder pass with
+        ``keep_levels=True`` can fill several caches of different level sets.
+
+        Args:
+            case_id: the case the slice belongs to.
+            z: slice index.
+            enc: encoder outputs of a batch: ``embedding`` (B, 256, 64, 64) and ``levels``.
+            i: the item of the batch to store.
+
+        Returns:
+            The file written.
+        """
         from safetensors.torch import save_file
 
+        path = self.path(case_id, z)
         tensors = {"embedding": enc.embedding[i].detach().to("cpu", self.dtype).contiguous()}
         for lv in self.levels:
             tensors[f"level_{lv}"] = enc.levels[lv][i].detach().to("cpu", self.dtype).contiguous()
@@ -106,6 +121,7 @@ class FeatureCache:
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+        return path
 
     def _load(self, path: Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
@@ -141,8 +157,7 @@ class FeatureCache:
             self.misses += len(missing)
             enc = model.encode_plain(images[missing])  # type: ignore[operator]
             for j, i in enumerate(missing):
-                self._store(self.path(*keys[i]), enc, j)
-                rows[i] = self._load(self.path(*keys[i]))
+                rows[i] = self._load(self.put(*keys[i], enc, j))
         dev = images.device
         emb = torch.stack([r["embedding"] for r in rows]).to(dev, torch.float32)  # type: ignore[index]
         levels: list[torch.Tensor] = []

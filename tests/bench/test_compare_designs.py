@@ -37,3 +37,26 @@ def test_compare_designs_one_step_then_reuse(tmp_path):
     assert second.returncode == 0, second.stderr[-3000:]
     assert "reusing the finished run" in second.stderr and "saved training state" not in second.stderr
     assert second.stdout.splitlines()[2:] == first.stdout.splitlines()[2:]
+
+
+@pytest.mark.slow
+def test_compare_designs_box_prompts_score_like_litemedsam(tmp_path):
+    """With --prompts box every design gets LiteMedSAM's box path: after one step the box-prompted masks of the
+    validation slice are already good (a text-only design after one step scores about 0)."""
+    root = data_path()
+    cmd = [sys.executable, str(SCRIPT), "--prompts", "box", "--steps", "1", "--batch-size", "1",
+           "--designs", "organ_prompts", "--val-slices", "1", "--no-prefill", "--device", "cpu",
+           "--data", str(root), "--out", str(tmp_path / "runs"), "--json", str(tmp_path / "result.json")]
+    run = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    header = run.stdout.strip().splitlines()[0]
+    assert "text + box prompts" in header and "box-prompted" in header
+    result = json.loads((tmp_path / "result.json").read_text())["results"]["organ_prompts"]
+    assert result["steps_this_run"] == 1 and result["nonfinite_losses"] == 0
+    assert result["mean_dice"] > 0.6, result
+
+
+def test_organ_prompts_needs_box_prompts():
+    run = subprocess.run([sys.executable, str(SCRIPT), "--designs", "organ_prompts"], capture_output=True,
+                         text=True, cwd=REPO, timeout=120)
+    assert run.returncode == 2 and "--prompts box" in run.stderr
