@@ -124,6 +124,11 @@ def export_prompt_table(checkpoint: str | os.PathLike[str], out: str | os.PathLi
     if src.resolve() == dst.resolve():
         raise ValueError(f"{dst}: the table would overwrite its checkpoint; choose another output path")
     model = load_checkpoint(src, design="organ_prompts")
+    cfg = model.config  # type: ignore[attr-defined]
+    if getattr(model, "lora_layers", None) or not (cfg.freeze_mask_decoder and cfg.freeze_prompt_encoder):
+        raise ValueError(f"{src}: this organ_prompts checkpoint also changed the SAM core (LoRA adapters or a trained "
+                         f"prompt encoder / mask decoder), which a prompt table cannot carry; load the checkpoint "
+                         f"itself (organsam.model.checkpoint.load_checkpoint) or retrain with the core frozen")
     table = model.prompt_table()  # type: ignore[operator]
     ids = list(table)
     info = read_checkpoint_info(src)

@@ -50,3 +50,19 @@ def test_learned_tokens_help_the_liver_prior_pass() -> None:
         dice[prompts] = _dice(state.results["liver"].mask, ref)
     # atlas boxes around the liver also hold stomach, kidney and bowel; the tokens say which one is wanted
     assert dice[True] > dice[False] + 0.03, dice
+
+
+@pytest.mark.parametrize("overrides", [{"lora_rank": 2}, {"freeze_mask_decoder": False}])
+def test_export_refuses_checkpoints_that_changed_the_core(tmp_path, overrides) -> None:
+    """A prompt table holds tokens only: a checkpoint whose core was adapted (LoRA) or trained must not be
+    exported as a table that would silently drop those changes."""
+    from organsam.inference.organ_prompt_table import export_prompt_table
+    from organsam.model.checkpoint import save_checkpoint
+    from organsam.registry import build_design
+
+    model = build_design("organ_prompts", [{"pretrained": False, "organs": ["liver", "spleen"], **overrides}])
+    ckpt = tmp_path / "model.safetensors"
+    save_checkpoint(model, ckpt, design="organ_prompts")
+    with pytest.raises(ValueError, match="prompt table cannot carry"):
+        export_prompt_table(ckpt, tmp_path / "table.safetensors")
+    assert not (tmp_path / "table.safetensors").exists()
