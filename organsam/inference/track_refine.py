@@ -13,9 +13,9 @@ twice the previous slice's mask, and centred inside the prior's box (widened by 
 prior has one; beyond the prior's extent it needs a predicted IoU of at least ``extend_iou``. Slices with
 a user box or points are never changed. Every decode of a slice is batched across organs.
 
-With ``track_refine`` the predictor also widens prior boxes that cut the organ (a mask touching a box side:
-that side moves out by the margin and the slice is decoded again, see
-``VolumePredictor._widen_cut_boxes``). Measured by ``bench/quality.py`` (row "without track refinement"),
+Before that, during the prior pass, :func:`widen_cut_boxes` widens prior boxes that cut the organ (a mask
+touching a box side: that side moves out by the margin and the slice is decoded again). ``VolumePredictor(
+track_refine=False)`` turns both off. Measured by ``bench/quality.py`` (row "without track refinement"),
 see the README.
 """
 
@@ -33,7 +33,7 @@ from organsam.priors.boxes import box_of_slice
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TrackRefiner", "box_iou"]
+__all__ = ["TrackRefiner", "box_iou", "widen_cut_boxes"]
 
 #: ``decode(state, jobs) -> [(mask (Y, X) bool, predicted IoU)]`` with jobs (slice, organ, box, points).
 Decoder = Callable[[InferenceState, list[tuple[int, str, Box | None, Any]]], list[tuple[np.ndarray, float]]]
@@ -50,6 +50,48 @@ def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
 def _as_box(mask2d: np.ndarray, margin_px: int) -> Box | None:
     b = box_of_slice(mask2d, margin_px)
     return None if b is None else tuple(float(v) for v in b)  # type: ignore[return-value]
+
+
+def widen_cut_boxes(state: InferenceState, jobs: list[tuple[int, str, Box | None, Any]],
+                    decoded: list[tuple[np.ndarray, float]], decode: Decoder, margin_px: int
+                    ) -> list[tuple[np.ndarray, float]]:
+    """Decode again the prior boxes that cut their organ, each widened on the sides its mask touches.
+
+    Where a prior-box mask touches a side of its box, that side is moved out by ``margin_px`` and the slice is
+    decoded again (all such jobs in one ``decode`` call); the result with the higher predicted IoU is kept.
+    User boxes (``state.prompts[organ].boxes``) and point prompts are left as they are.
+
+    Args:
+        state: the session (its volume gives the slice size, its prompts the user boxes).
+        jobs: the decoded jobs, (slice, organ, box (x0, y0, x1, y1) pixels or None, points or None).
+        decoded: their results, (mask (Y, X) bool, predicted IoU) per job.
+        decode: the predictor's decoder (``VolumePredictor.decode``).
+        margin_px: how far a touched side moves out, pixels.
+
+    Returns:
+        ``decoded`` with the widened results where they scored higher.
+    """
+    H, W = state.volume.array.shape[1:]
+    again: list[tuple[int, tuple[int, str, Box | None, Any]]] = []
+    for j, ((z, oid, box, pts), (m, _)) in enumerate(zip(jobs, decoded)):
+        if box is None or pts is not None or z in state.prompts[oid].boxes or not m.any():
+            continue
+        x0, y0, x1, y1 = box
+        ys, xs = np.nonzero(m)
+        grow = (xs.min() <= x0 + 1, ys.min() <= y0 + 1, xs.max() >= x1 - 1, ys.max() >= y1 - 1)
+        if not any(grow):
+            continue
+        wide = (max(0.0, x0 - margin_px * grow[0]), max(0.0, y0 - margin_px * grow[1]),
+                min(W - 1.0, x1 + margin_px * grow[2]), min(H - 1.0, y1 + margin_px * grow[3]))
+        if wide != box:
+            again.append((j, (z, oid, wide, None)))
+    if not again:
+        return decoded
+    out = list(decoded)
+    for (j, _), (m, iou) in zip(again, decode(state, [job for _, job in again])):
+        if m.any() and iou > out[j][1]:
+            out[j] = (m, iou)
+    return out
 
 
 def _centred_in(mask2d: np.ndarray, box: Box, slack: float = 0.25) -> bool:

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from organsam.inference.fast_encoder import PRECISIONS, FastImageEncoder
 from organsam.inference.organ_prompt_table import OrganPromptTable, load_prompt_table
 from organsam.inference.state import Box, InferenceState, OrganPrompt, OrganResult
-from organsam.inference.track_refine import TrackRefiner
+from organsam.inference.track_refine import TrackRefiner, widen_cut_boxes
 from organsam.io import Volume
 from organsam.model.components.image_encoder import TinyViT
 from organsam.model.sam_core import SamCore, build_lite_medsam
@@ -364,7 +364,7 @@ class VolumePredictor:
                 self._prefetch(state, z, direction, needed)
                 decoded = self.decode(state, jobs)
                 if self.track_refine:
-                    decoded = self._widen_cut_boxes(state, jobs, decoded)
+                    decoded = widen_cut_boxes(state, jobs, decoded, self.decode, self.margin_px(state))
                 for (_, oid, _, _), (m, iou) in zip(jobs, decoded):
                     res = state.results[oid]
                     if oid in done:
@@ -386,34 +386,6 @@ class VolumePredictor:
             ids = [oid for oid, res in state.results.items() if res.mask[z].any()]
             if ids:
                 yield z, ids, np.stack([state.results[oid].mask[z] for oid in ids])
-
-    def _widen_cut_boxes(self, state: InferenceState, jobs: list[tuple[int, str, Box | None, Any]],
-                         decoded: list[tuple[np.ndarray, float]]) -> list[tuple[np.ndarray, float]]:
-        """Prior boxes that cut the organ: where a prior-box mask touches a side of its box, that side is moved
-        out by the box margin and the slice decoded again; the result with the higher predicted IoU is kept.
-        User boxes and point prompts are left as they are."""
-        margin = self.margin_px(state)
-        H, W = state.volume.array.shape[1:]
-        again: list[tuple[int, tuple[int, str, Box | None, Any]]] = []
-        for j, ((z, oid, box, pts), (m, _)) in enumerate(zip(jobs, decoded)):
-            if box is None or pts is not None or z in state.prompts[oid].boxes or not m.any():
-                continue
-            x0, y0, x1, y1 = box
-            ys, xs = np.nonzero(m)
-            grow = (xs.min() <= x0 + 1, ys.min() <= y0 + 1, xs.max() >= x1 - 1, ys.max() >= y1 - 1)
-            if not any(grow):
-                continue
-            wide = (max(0.0, x0 - margin * grow[0]), max(0.0, y0 - margin * grow[1]),
-                    min(W - 1.0, x1 + margin * grow[2]), min(H - 1.0, y1 + margin * grow[3]))
-            if wide != box:
-                again.append((j, (z, oid, wide, None)))
-        if not again:
-            return decoded
-        out = list(decoded)
-        for (j, _), (m, iou) in zip(again, self.decode(state, [job for _, job in again])):
-            if m.any() and iou > out[j][1]:
-                out[j] = (m, iou)
-        return out
 
     def _prefetch(self, state: InferenceState, z: int, direction: range, needed: set[int]) -> None:
         """Encode ``z`` together with the next needed slices in the direction of travel (one batch)."""
