@@ -9,6 +9,9 @@ Modules (import what you need; the package import itself is light):
 * :mod:`~organsam.training.sampling`: ``OrganBalancedSampler``, ``StepBatchSampler``.
 * :mod:`~organsam.training.transforms`: ``SliceTransform`` (model space + MONAI augmentation, no flips).
 * :mod:`~organsam.training.slice_dataset`: ``SliceDataset``.
+* :mod:`~organsam.training.sequence_sampling`, :mod:`~organsam.training.sequence_dataset`,
+  :mod:`~organsam.training.sequence_loss`: memory training over short slice sequences
+  (``data.sequence_length``): ``SequenceSampler``, ``SequenceDataset``, ``SequenceLoss``.
 * :mod:`~organsam.training.feature_cache`: ``FeatureCache``.
 * :mod:`~organsam.training.schedule`, :mod:`~organsam.training.distributed`,
   :mod:`~organsam.training.validation`, :mod:`~organsam.training.metrics_logger`.

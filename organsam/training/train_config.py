@@ -8,7 +8,8 @@ Schema (defaults in brackets); every key can be overridden on the command line a
                                  # in the image encoder: lora_rank: 8 (0: off), lora_alpha: 8.0,
                                  # lora_targets: [attn.qkv, attn.proj], lora_dropout: 0.0 (not with
                                  # data.feature_cache: cached features would bypass the adapters)
-    data: {dataset: shared, root: null, options: {}, organs: [], ...}     (DataConfig)
+    data: {dataset: shared, root: null, options: {}, organs: [], ...}     (DataConfig; memory training over
+                                 # short slice sequences: sequence_length: 3, sequence_stride: 1)
     optim: {lr: 1.0e-4, weight_decay: 0.01, schedule: cosine, warmup_steps: 100, ...}  (OptimConfig)
     val: {every: 500, max_slices: 0, organs: [], presence_gate: true}     (ValConfig)
     steps: 1000, batch_size: 4, grad_accum: 1, precision: auto, device: auto, seed: 0,
@@ -68,6 +69,15 @@ class DataConfig:
             ``model.lora_rank > 0``).
         feature_cache_dir: cache folder (``null``: ``<out_dir>/feature_cache``).
         feature_cache_dtype: float32, float16 or bfloat16.
+        sequence_length: 0: every sample is one independent slice. T >= 2: memory training: every sample
+            is T consecutive slices of one case (``sequence_stride`` apart) with one prompted organ, centred
+            on an organ-balanced (slice, organ) pair and shifted inwards at the volume's ends (slices without
+            the organ get empty targets, ``present = 0``); a step takes ``batch_size`` sequences through
+            ``model.forward_sequence`` and averages the loss over the T slices, so a design's slice memory
+            (crisp_sam2) trains; designs without a memory see T independent slices. Half of the sequences
+            run from the last slice to the first. Augmentation, when on, applies the same spatial and
+            intensity transform to all T slices of a sequence (box jitter differs per slice). 1 is refused.
+        sequence_stride: slice step inside a sequence (>= 1; with ``sequence_length >= 2``).
     """
 
     dataset: str = "shared"
@@ -93,6 +103,8 @@ class DataConfig:
     feature_cache: bool = False
     feature_cache_dir: str | None = None
     feature_cache_dtype: str = "float32"
+    sequence_length: int = 0
+    sequence_stride: int = 1
 
 
 @dataclass
@@ -183,6 +195,17 @@ class TrainConfig:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
         if self.optim.schedule not in ("cosine", "poly", "constant"):
             raise ConfigError(f"optim.schedule must be cosine, poly or constant, got {self.optim.schedule!r}")
+        seq = self.data.sequence_length
+        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0 or seq == 1:
+            raise ConfigError(
+                f"data.sequence_length must be 0 (independent slices) or an integer >= 2 (slices per training "
+                f"sequence, memory training), got {seq!r}"
+            )
+        stride = self.data.sequence_stride
+        if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
+            raise ConfigError(
+                f"data.sequence_stride must be an integer >= 1 (slice step in a sequence), got {stride!r}"
+            )
         if not 0.0 <= self.data.box_prompt_prob <= 1.0:
             raise ConfigError(f"data.box_prompt_prob must be in [0, 1], got {self.data.box_prompt_prob}")
         if not isinstance(self.model, dict):

@@ -12,6 +12,12 @@
 * **Data**: see :mod:`organsam.training.sampling` and :mod:`organsam.training.transforms`; organs the
   data does not label are left out of the class loss (their targets are set to the model's own detached
   prediction, so their binary cross-entropy has zero gradient).
+* **Memory training** (``data.sequence_length`` T >= 2): a sample is T consecutive slices of one case
+  (:mod:`organsam.training.sequence_sampling`, same organ balancing), a step takes ``batch_size`` of them and
+  the loss is ``compute_loss`` averaged over the T outputs of ``model.forward_sequence``
+  (:mod:`organsam.training.sequence_loss`), so a design's slice memory (crisp_sam2's memory encoder and
+  memory attention) learns; designs without a memory see T independent slices. Augmentation stays on and
+  applies the same transform to all T slices of a sequence. ``samples_per_s`` then counts sequences.
 * **Checkpoints**: ``<out_dir>/checkpoints/step_XXXXXXX.pt`` (model, optimizer, scheduler, scaler, RNG
   states, step; atomic writes, ``keep_checkpoints`` kept) and ``<out_dir>/train_state.pt`` (the latest);
   ``resume: auto`` continues from it. The final model goes through
@@ -226,6 +232,8 @@ class Trainer:
         from organsam.training.datasets import read_dataset
         from organsam.training.manifest import check_patient_split, split_cases
         from organsam.training.sampling import OrganBalancedSampler
+        from organsam.training.sequence_dataset import SequenceDataset
+        from organsam.training.sequence_sampling import SequenceSampler
         from organsam.training.slice_dataset import SliceDataset
         from organsam.training.transforms import SliceTransform
 
@@ -262,14 +270,19 @@ class Trainer:
         )
         prompt = self._organ_indices(model, d.organs, "data.organs")
         store = CaseStore(train_cases, model.organ_ids, window=d.window, cache_dir=d.case_cache_dir)
-        sampler = OrganBalancedSampler.from_store(
-            store,
-            prompt_organs=prompt,
-            min_area=d.min_area,
-            absent_fraction=d.absent_fraction,
-            balance_power=d.balance_power,
-            seed=self.cfg.seed,
-        )
+        sampling = {
+            "prompt_organs": prompt,
+            "min_area": d.min_area,
+            "absent_fraction": d.absent_fraction,
+            "balance_power": d.balance_power,
+            "seed": self.cfg.seed,
+        }
+        if d.sequence_length >= 2:
+            sampler: OrganBalancedSampler = SequenceSampler.from_store(
+                store, length=d.sequence_length, stride=d.sequence_stride, **sampling
+            )
+        else:
+            sampler = OrganBalancedSampler.from_store(store, **sampling)
         augment = d.augment
         if d.feature_cache and augment.enabled:
             logger.warning(
@@ -278,7 +291,16 @@ class Trainer:
             )
             augment = None
         transform = SliceTransform(augment, d.box_jitter, d.box_jitter_rel, d.box_margin)
-        dataset = SliceDataset(store, transform, min_area=d.min_area)
+        if d.sequence_length >= 2:
+            logger.info(
+                "memory training: sequences of %d slices (stride %d)%s",
+                d.sequence_length,
+                d.sequence_stride,
+                ", one augmentation per sequence" if transform.augment is not None else "",
+            )
+            dataset: Any = SequenceDataset(store, transform, min_area=d.min_area)
+        else:
+            dataset = SliceDataset(store, transform, min_area=d.min_area)
         val_store = None
         if val_cases and dist_info.is_main and self.cfg.val.every >= 0:
             val_store = CaseStore(val_cases, model.organ_ids, window=d.window, cache_dir=d.case_cache_dir)
@@ -365,12 +387,17 @@ class Trainer:
                 root, model, cfg.data.feature_cache_dtype, tag=f"{cfg.data.window}|to_model_input"
             )
 
+        sequences = cfg.data.sequence_length >= 2
         net: torch.nn.Module = model
+        if sequences:
+            from organsam.training.sequence_loss import SequenceLoss
+
+            net = SequenceLoss(model, cache)  # one module call per micro-step (what DDP wraps)
         if di.distributed:
             from torch.nn.parallel import DistributedDataParallel
 
             net = DistributedDataParallel(
-                model,
+                net,
                 device_ids=[dev.index] if dev.type == "cuda" else None,
                 find_unused_parameters=cfg.find_unused_parameters,
             )
@@ -416,7 +443,10 @@ class Trainer:
                     ctx = net.no_sync() if (di.distributed and not sync) else contextlib.nullcontext()
                     with ctx:
                         with autocast():
-                            terms = self._loss(net, model, batch, dev, use_boxes, cache)
+                            if sequences:
+                                terms = net(batch, use_boxes)
+                            else:
+                                terms = self._loss(net, model, batch, dev, use_boxes, cache)
                         loss = terms["total"] / cfg.grad_accum
                         (scaler.scale(loss) if scaler is not None else loss).backward()
                     for k, v in terms.items():

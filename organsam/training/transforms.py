@@ -156,13 +156,16 @@ class SliceTransform:
             ]
         )
 
-    def __call__(self, image_hw: np.ndarray, mask_hw: np.ndarray, seed: int) -> dict[str, torch.Tensor]:
+    def __call__(self, image_hw: np.ndarray, mask_hw: np.ndarray, seed: int,
+                 box_seed: int | None = None) -> dict[str, torch.Tensor]:
         """Transform one slice.
 
         Args:
             image_hw: (H, W) display intensities in [0, 255].
             mask_hw: (H, W) bool organ mask (all False for an absent organ).
-            seed: the sample's seed.
+            seed: the sample's seed (augmentation and, by default, box jitter).
+            box_seed: seed of the box jitter alone (slices of one sequence share ``seed``, hence the
+                augmentation, but not their box jitter).
 
         Returns:
             ``image`` (3, 256, 256) float32 in [0, 1], ``mask`` (1, 256, 256) float32 {0, 1}, ``box`` (4,)
@@ -178,7 +181,7 @@ class SliceTransform:
             image = _plain(out["image"]).float().clamp_(0.0, 1.0)
             target = (_plain(out["mask"]).float() > 0.5).float()
         h, w = geom.resized_shape
-        rng = np.random.default_rng([int(seed), 1])
+        rng = np.random.default_rng([int(seed if box_seed is None else box_seed), 1])
         box = box_from_mask(target[0].numpy() > 0.5, self.box_jitter, rng, (0.0, 0.0, w - 1.0, h - 1.0),
                            self.box_jitter_rel, self.box_margin)
         return {
