@@ -243,7 +243,11 @@ def main(argv: list[str] | None = None) -> int:
             rows[key] += score_case(masks, ref, vol.spacing, proto, ref_labelmap=REF_LABELMAP, case=case,
                                     rule=RULE)
         logger.info("%s done: %s", case, timings[case])
-    results = [EvaluationResult(proto, ROWS[k], rows[k], RULE, "mm", REF_LABELMAP) for k in rows]
+    labels = dict(ROWS)
+    if args.organ_prompts:  # not the packaged table: say which one the row used
+        table_name = Path(args.organ_prompts).name
+        labels["organ_prompts"] = f"(c) + learned organ prompt tokens (table {table_name}, see header)"
+    results = [EvaluationResult(proto, labels[k], rows[k], RULE, "mm", REF_LABELMAP) for k in rows]
     total = time.perf_counter() - t0
 
     names = proto.organ_names()
@@ -291,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
                "empty_rule": RULE,
                "fast": args.fast, "device": args.device, "seconds": round(total, 1), "timings": timings,
                "precision": args.precision, "decoder_precision": args.decoder_precision or args.precision,
-               "rows": {k: {"label": ROWS[k], "summary": r.summary(), "scores": r.rows}
+               "rows": {k: {"label": labels[k], "summary": r.summary(), "scores": r.rows}
                         for k, r in zip(rows, results)}}
         Path(args.json).write_text(json.dumps(jsonable(doc), indent=2) + "\n", encoding="utf-8")
     return 0

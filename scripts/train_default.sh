@@ -8,6 +8,8 @@
 #   output  runs/organ_prompts/ (model.safetensors + model.json, metrics.csv, val.csv), then
 #           organsam/assets/organ_prompts.safetensors (the packaged table) and its SHA-256 in organsam/weights.py
 #
+# Leave-one-patient-out check of this recipe: scripts/lopo_organ_prompts.sh (amos_0001 held out).
+#
 # Usage (from the repository root):
 #   scripts/train_default.sh                          # train (or resume) and export
 #   EXPORT=0 scripts/train_default.sh out_dir=runs/lopo 'data.options.cases=[ts_a,ts_b,amos_0013]'
