@@ -1,4 +1,5 @@
-"""A quick-look PNG: axial and coronal slices with coloured organ overlays and a legend."""
+"""A quick-look PNG: axial and coronal slices with coloured organ overlays and a legend, in radiological display
+orientation (axial: anterior up, patient's right on the image's left; coronal: superior up)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from organsam.preprocessing.orientation import display_slice
 
 __all__ = ["PALETTE", "render_overview"]
 
@@ -45,9 +48,9 @@ def render_overview(display: np.ndarray, labels: np.ndarray, table: Mapping[int,
     Z, Y, X = labels.shape
     fg = np.argwhere(labels > 0)
     cz, cy, _ = (fg.mean(axis=0).astype(int) if len(fg) else (Z // 2, Y // 2, X // 2))
-    axial = _overlay(display[cz], labels[cz], alpha)
-    # coronal: rows superior (top) -> inferior, columns as axial (patient's right on the left)
-    cor = _overlay(display[::-1, cy, :], labels[::-1, cy, :], alpha)
+    # radiological display: axial anterior up, coronal superior up, patient's right on the image's left
+    axial = _overlay(display_slice(display, "axial", cz), display_slice(labels, "axial", cz), alpha)
+    cor = _overlay(display_slice(display, "coronal", cy), display_slice(labels, "coronal", cy), alpha)
     h = 384
     ax_img = Image.fromarray(axial).resize((max(1, round(h * X * spacing[2] / (Y * spacing[1]))), h))
     cor_h = max(1, round(Z * spacing[0] / (X * spacing[2]) * ax_img.width))

@@ -20,10 +20,12 @@ import numpy as np
 
 __all__ = [
     "CANONICAL_AXCODES_ZYX",
+    "DISPLAY_VIEWS",
     "LPS_TO_RAS",
     "axcodes",
     "canonical_index_affine",
     "canonical_transform",
+    "display_slice",
     "from_canonical",
     "spacing_from_affine",
     "to_canonical",
@@ -190,3 +192,37 @@ def spacing_from_affine(affine: np.ndarray) -> tuple[float, float, float]:
     a = _check_affine(affine)
     n = np.linalg.norm(a[:3, :3], axis=0)
     return float(n[0]), float(n[1]), float(n[2])
+
+
+#: The three display planes, in the order of the canonical axis each one cuts (z, y, x).
+DISPLAY_VIEWS: tuple[str, str, str] = ("axial", "coronal", "sagittal")
+
+
+def display_slice(array: np.ndarray, view: str, index: int) -> np.ndarray:
+    """One slice of a canonical (Z, Y, X[, C]) array in radiological display orientation.
+
+    * axial slice ``z``: rows anterior (top) -> posterior, columns patient right (image left) -> left:
+      ``image[r, c] = array[z, Y-1-r, c]``;
+    * coronal slice ``y``: rows superior (top) -> inferior, columns patient right -> left:
+      ``image[r, c] = array[Z-1-r, y, c]``;
+    * sagittal slice ``x``: rows superior -> inferior, columns anterior (image left) -> posterior:
+      ``image[r, c] = array[Z-1-r, Y-1-c, x]``.
+
+    Args:
+        array: canonical (Z, Y, X) or (Z, Y, X, C) array.
+        view: one of :data:`DISPLAY_VIEWS`.
+        index: slice index along the view's canonical axis (z, y or x).
+
+    Returns:
+        (H, W[, C]) view (no copy): axial (Y, X), coronal (Z, X), sagittal (Z, Y).
+
+    Raises:
+        ValueError: unknown view.
+    """
+    if view == "axial":
+        return array[index, ::-1, :]
+    if view == "coronal":
+        return array[::-1, index, :]
+    if view == "sagittal":
+        return array[::-1, ::-1, index]
+    raise ValueError(f"unknown view {view!r}; use one of {', '.join(DISPLAY_VIEWS)}")

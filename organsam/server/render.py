@@ -18,6 +18,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from PIL import Image
 
+from organsam.preprocessing.orientation import DISPLAY_VIEWS, display_slice
+
 __all__ = [
     "PALETTE",
     "VIEWS",
@@ -29,7 +31,7 @@ __all__ = [
     "voxel_to_display",
 ]
 
-VIEWS = ("axial", "coronal", "sagittal")
+VIEWS = DISPLAY_VIEWS
 
 #: label colours (RGB), label value v uses PALETTE[(v - 1) % len(PALETTE)]
 PALETTE: tuple[tuple[int, int, int], ...] = (
@@ -105,11 +107,7 @@ def extract(array: np.ndarray, view: str, index: int) -> np.ndarray:
         ValueError: unknown view. IndexError: index out of range.
     """
     _check_index(array.shape, view, index)
-    if view == "axial":
-        return array[index, ::-1, :]
-    if view == "coronal":
-        return array[::-1, index, :]
-    return array[::-1, ::-1, index]
+    return display_slice(array, view, index)
 
 
 def display_to_voxel(
