@@ -27,7 +27,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--organs", help='free text, e.g. "liver, left kidney, pancreas"')
     g.add_argument("--all", action="store_true", help="segment the default organ set")
     p.add_argument("--design", default="organsam", help="model design (see `organsam designs`)")
-    p.add_argument("--checkpoint", default=None, help="trained checkpoint of the design")
+    p.add_argument("--checkpoint", default=None,
+                   help="a design checkpoint written by `organsam train` (model.safetensors with its model.json), "
+                        "or a SAM-family .pth (LiteMedSAM layout) for the default pipeline's core")
+    p.add_argument("--design-prompts", choices=["prior", "text"], default="prior",
+                   help="with a design checkpoint: 'prior' gives the design the atlas prior's box on each slice "
+                        "with the organ (default), 'text' asks it on every slice with the text alone")
     p.add_argument("-d", "--device", type=_device, default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--modality", choices=["CT", "MR"], default=None, help="override the modality guess")
     p.add_argument("--fast", action="store_true",
@@ -75,6 +80,9 @@ def run_batch_cmd(args: argparse.Namespace) -> int:
     """Batch mode: segment every volume of a folder or manifest; exit 1 when any volume failed."""
     from organsam.inference.batch import run_batch
 
+    if args.design_prompts != "prior" or _organ_prompts(args.organ_prompts):
+        raise ValueError("--design-prompts text and --organ-prompts apply to one volume at a time; batches run "
+                         "with the defaults (segment each volume on its own to use them)")
     summary = run_batch(args.input, args.organs, args.output, all_organs=args.all, workers=args.workers,
                         ray=args.ray, resume=args.resume, design=args.design, checkpoint=args.checkpoint,
                         device=args.device, fast=args.fast, modality=args.modality, progress=not args.quiet)
@@ -101,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
                      checkpoint=args.checkpoint, device=args.device, fast=args.fast, quiet=args.quiet,
                      modality=args.modality,
                      **({} if args.min_slice_mm is None else {"min_slice_mm": args.min_slice_mm}),
-                     organ_prompts=_organ_prompts(args.organ_prompts))
+                     organ_prompts=_organ_prompts(args.organ_prompts), design_prompts=args.design_prompts)
     if not args.quiet:
         rows = result.report["organs"]
         for oid, r in rows.items():

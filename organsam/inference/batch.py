@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from organsam.inference.segment import DEFAULT_DESIGN
+from organsam.inference.predictor_factory import DEFAULT_DESIGN, build_predictor, check_design
 from organsam.vocabulary import load_vocabulary, parse_prompt
 
 logger = logging.getLogger(__name__)
@@ -353,15 +353,6 @@ def _resolve_organs(organs: str | Sequence[str] | None, all_organs: bool) -> tup
     return tuple(ids)
 
 
-def _check_design(design: str) -> None:
-    if design != DEFAULT_DESIGN:
-        from organsam.registry import get_design
-
-        get_design(design)  # unknown name: KeyError with a suggestion
-        raise ValueError(f"design {design!r} has no trained checkpoint shipped yet; whole-volume inference "
-                         f"runs with --design {DEFAULT_DESIGN} (LiteMedSAM core + atlas prior)")
-
-
 # --------------------------------------------------------------------------------------------- workers
 @dataclass(frozen=True)
 class CaseJob:
@@ -426,21 +417,9 @@ class CaseRunner:
     def predictor(self) -> Any:
         """The :class:`VolumePredictor` (built once, as :func:`segment` builds it)."""
         if self._predictor is None:
-            from organsam.inference.volume_predictor import VolumePredictor
-            from organsam.model.sam_core import build_lite_medsam
-
             s = self.settings
-            prior: Any = "atlas"
-            precision = None
-            if s.fast:
-                from organsam.inference.fast_encoder import bf16_is_fast
-                from organsam.priors import AtlasPrior, default_atlas
-
-                prior = AtlasPrior(default_atlas(), fast=True)
-                precision = "bf16" if bf16_is_fast(s.device) else None
-            self._predictor = VolumePredictor(build_lite_medsam(s.checkpoint) if s.checkpoint else None,
-                                              prior=prior, device=s.device, progress=self.progress,
-                                              precision=precision)
+            self._predictor = build_predictor(s.design, s.checkpoint, device=s.device, fast=s.fast,
+                                              progress=self.progress)
         return self._predictor
 
     def run(self, input_path: str | os.PathLike[str], case_dir: str | os.PathLike[str],
@@ -868,7 +847,7 @@ def run_batch(source: str | os.PathLike[str] | Sequence[BatchCase], organs: str 
             raise BatchInputError("the batch is empty: no cases given")
         _unique(cases, Path("<cases>"))
     organ_ids = _resolve_organs(organs, all_organs)
-    _check_design(design)
+    check_design(design, checkpoint)
     ck_sha = None
     if checkpoint is not None:
         if not Path(checkpoint).is_file():

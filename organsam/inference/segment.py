@@ -20,6 +20,7 @@ import numpy as np
 
 from organsam import __version__
 from organsam.inference.postprocess import merge_labelmap, postprocess_mask
+from organsam.inference.predictor_factory import DEFAULT_DESIGN, build_predictor, check_design
 from organsam.io import Volume, VolumeMeta, load_volume, write_dicom_seg, write_labelmap, write_masks
 from organsam.preprocessing.resample import resample_z
 from organsam.vocabulary import load_vocabulary, parse_prompt
@@ -28,7 +29,6 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["SegmentationResult", "segment", "DEFAULT_DESIGN"]
 
-DEFAULT_DESIGN = "organsam"
 #: Thinner slices are segmented on a coarser z grid (see :func:`model_grid`), in mm; 0: every input slice.
 #: Off by default: halving the slices of our 2-5 mm CTs cost 0.07-0.11 mean Dice (bench/slice_spacing.py).
 DEFAULT_MIN_SLICE_MM = 0.0
@@ -161,7 +161,8 @@ def segment(input: str | os.PathLike[str] | Volume, organs: str | list[str] | No
             design: str = DEFAULT_DESIGN, checkpoint: str | None = None, device: str = "cpu",
             fast: bool = False, quiet: bool = False, modality: str | None = None,
             predictor: Any = None, min_slice_mm: float = DEFAULT_MIN_SLICE_MM,
-            organ_prompts: str | os.PathLike[str] | bool = False) -> SegmentationResult:
+            organ_prompts: str | os.PathLike[str] | bool = False, design_prompts: str = "prior"
+            ) -> SegmentationResult:
     """Segment organs in a CT/MR volume from a text prompt.
 
     Args:
@@ -170,8 +171,11 @@ def segment(input: str | os.PathLike[str] | Volume, organs: str | list[str] | No
         all_organs: segment the default organ set (``"all organs"``).
         output: folder to write the outputs to (see :meth:`SegmentationResult.save`); None: keep in memory.
         design: model design; ``"organsam"`` (LiteMedSAM core placed by the atlas prior) runs without a
-            trained checkpoint; the research designs need ``checkpoint``.
-        checkpoint: trained checkpoint of ``design``.
+            trained checkpoint; the research designs need ``checkpoint`` (see
+            :mod:`organsam.inference.predictor_factory`).
+        checkpoint: a design checkpoint written by ``organsam train`` (``model.safetensors`` with its
+            ``model.json``; run by :class:`~organsam.inference.design_predictor.DesignPredictor`), or a SAM-family
+            ``.pth`` (LiteMedSAM layout) for the shipped pipeline's core.
         device: ``"cpu"`` or ``"cuda"``.
         fast: faster, approximate settings: coarser registration of the location prior, and the image
             encoder in bfloat16 where the hardware runs it natively (about 2x faster encoding on CPUs with
@@ -187,6 +191,9 @@ def segment(input: str | os.PathLike[str] | Volume, organs: str | list[str] | No
             (the shipped checkpoint), a path to an exported table, ``False`` (default) plain LiteMedSAM boxes;
             off by default because on the held-out AMOS slab they did not help the full pipeline (README,
             ``bench/quality.py``). See :mod:`organsam.inference.organ_prompt_table`. Ignored with ``predictor``.
+        design_prompts: with a design checkpoint, where the text-prompted organs are looked for: ``"prior"``
+            (text + the atlas prior's box on each slice where it has the organ) or ``"text"`` (text alone on
+            every slice, kept where the design's presence probability is at least 0.5).
 
     Returns:
         :class:`SegmentationResult`.
@@ -200,29 +207,13 @@ def segment(input: str | os.PathLike[str] | Volume, organs: str | list[str] | No
         for oid in (parse_prompt(t) if t not in load_vocabulary() else [t]):
             if oid not in organ_ids:
                 organ_ids.append(oid)
-    if design != DEFAULT_DESIGN:
-        from organsam.registry import get_design
-
-        get_design(design)  # raises with a suggestion for an unknown name
-        raise ValueError(f"design {design!r} has no trained checkpoint shipped yet; whole-volume inference runs "
-                         f"with --design {DEFAULT_DESIGN} (LiteMedSAM core + atlas prior)")
+    if predictor is None:
+        check_design(design, checkpoint)  # before reading the volume: a wrong name or path fails at once
     volume = input if isinstance(input, Volume) else load_volume(input, modality=modality)
     t_load = time.perf_counter()
     if predictor is None:
-        from organsam.inference.volume_predictor import VolumePredictor
-        from organsam.model.sam_core import build_lite_medsam
-
-        prior: Any = "atlas"
-        precision = None  # the predictor's default: fp32 on CPU, bf16 on CUDA
-        if fast:
-            from organsam.inference.fast_encoder import bf16_is_fast
-            from organsam.priors import AtlasPrior, default_atlas
-
-            prior = AtlasPrior(default_atlas(), fast=True)
-            precision = "bf16" if bf16_is_fast(device) else None
-        predictor = VolumePredictor(build_lite_medsam(checkpoint) if checkpoint else None, prior=prior,
-                                    device=device, progress=not quiet, precision=precision,
-                                    organ_prompts=organ_prompts)
+        predictor = build_predictor(design, checkpoint, device=device, fast=fast, progress=not quiet,
+                                    organ_prompts=organ_prompts, design_prompts=design_prompts)
     work = model_grid(volume, min_slice_mm)
     state = predictor.init_state(work)
     for oid in organ_ids:
@@ -242,7 +233,7 @@ def segment(input: str | os.PathLike[str] | Volume, organs: str | list[str] | No
     report = {
         "organsam_version": __version__,
         "input": str(volume.path) if volume.path else None,
-        "design": design,
+        "design": getattr(getattr(predictor, "model", None), "design_name", DEFAULT_DESIGN),
         "modality": volume.modality,
         "shape_zyx": list(volume.array.shape),
         "spacing_zyx_mm": [float(s) for s in volume.spacing],

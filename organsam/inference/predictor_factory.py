@@ -1,0 +1,103 @@
+"""Which predictor a ``segment`` call runs: the shipped pipeline or a trained design checkpoint.
+
+One place for what :func:`organsam.inference.segment.segment`, the batch workers and the CLI accept:
+
+* ``design="organsam"`` without a checkpoint, or with a SAM-family ``.pth`` (LiteMedSAM layout): the shipped
+  pipeline (LiteMedSAM core placed by the atlas prior, :class:`VolumePredictor`);
+* any design with a checkpoint written by ``organsam train`` (``model.safetensors`` + ``model.json``): that
+  trained design (:class:`~organsam.inference.design_predictor.DesignPredictor`); ``design`` must match the
+  checkpoint's (``"organsam"``, the default, accepts any);
+* another design without a checkpoint: an error saying that none ships and how to make one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DEFAULT_DESIGN", "is_design_checkpoint", "check_design", "build_predictor"]
+
+#: The shipped pipeline's name (also a registered research design, used when a checkpoint of it is given).
+DEFAULT_DESIGN = "organsam"
+
+
+def is_design_checkpoint(checkpoint: str | os.PathLike[str] | None) -> bool:
+    """Whether ``checkpoint`` is a design checkpoint of ``organsam train`` (a tensor file with its JSON sidecar),
+    as opposed to a SAM-family weight file for the core."""
+    if checkpoint is None:
+        return False
+    from organsam.model.checkpoint import sidecar_path
+
+    p = Path(checkpoint)
+    return p.suffix != ".json" and sidecar_path(p).is_file()
+
+
+def check_design(design: str, checkpoint: str | os.PathLike[str] | None) -> None:
+    """Fail early (before any volume is read) for a design that cannot run.
+
+    Raises:
+        KeyError: unknown design name (with a suggestion).
+        ValueError: a research design without a trained checkpoint.
+        FileNotFoundError: the checkpoint does not exist.
+    """
+    from organsam.registry import get_design
+
+    get_design(design)  # unknown name: KeyError with a suggestion
+    if checkpoint is not None and not Path(checkpoint).exists():
+        raise FileNotFoundError(f"{checkpoint}: checkpoint file does not exist; check the path")
+    if design != DEFAULT_DESIGN and not is_design_checkpoint(checkpoint):
+        raise ValueError(
+            f"design {design!r} needs a trained checkpoint: pass --checkpoint runs/<run>/model.safetensors written by "
+            f"`organsam train --config ...` (with its model.json beside it); no checkpoint of it ships. Without one, "
+            f"use --design {DEFAULT_DESIGN} (LiteMedSAM core + atlas prior)")
+
+
+def build_predictor(design: str = DEFAULT_DESIGN, checkpoint: str | os.PathLike[str] | None = None, *,
+                    device: str = "cpu", fast: bool = False, progress: bool = True,
+                    organ_prompts: str | os.PathLike[str] | bool = False, design_prompts: str = "prior") -> Any:
+    """The predictor of a segment call.
+
+    Args:
+        design: design name (see the module docstring).
+        checkpoint: a design checkpoint of ``organsam train``, or a SAM-family ``.pth`` for the shipped pipeline.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
+        fast: coarser atlas registration and bfloat16 where the hardware runs it natively.
+        progress: show progress bars.
+        organ_prompts: learned organ prompt tokens for the shipped pipeline (see :class:`VolumePredictor`).
+        design_prompts: with a design checkpoint: ``"prior"`` (text + the atlas prior's boxes) or ``"text"``.
+
+    Returns:
+        A :class:`VolumePredictor` (or its :class:`DesignPredictor` subclass).
+    """
+    from organsam.inference.volume_predictor import VolumePredictor
+
+    check_design(design, checkpoint)
+    prior: Any = "atlas"
+    precision = None  # the predictor's default: fp32 on CPU, bf16 on CUDA
+    if fast:
+        from organsam.inference.fast_encoder import bf16_is_fast
+        from organsam.priors import AtlasPrior, default_atlas
+
+        prior = AtlasPrior(default_atlas(), fast=True)
+        precision = "bf16" if bf16_is_fast(device) else None
+    if is_design_checkpoint(checkpoint):
+        from organsam.inference.design_predictor import DesignPredictor
+        from organsam.model.checkpoint import load_checkpoint
+
+        if organ_prompts:
+            raise ValueError("--organ-prompts adds tokens to the shipped pipeline's boxes; a design checkpoint "
+                             "brings its own prompts (for organ_prompts checkpoints use the design itself)")
+        assert checkpoint is not None
+        model = load_checkpoint(checkpoint, design=None if design == DEFAULT_DESIGN else design)
+        logger.info("segmenting with the trained %s design from %s (prompts: %s)",
+                    type(model).__name__, checkpoint, design_prompts)
+        return DesignPredictor(model, prompts=design_prompts, prior=prior, device=device, progress=progress,
+                               precision=precision)
+    from organsam.model.sam_core import build_lite_medsam
+
+    return VolumePredictor(build_lite_medsam(checkpoint) if checkpoint else None, prior=prior, device=device,
+                           progress=progress, precision=precision, organ_prompts=organ_prompts)

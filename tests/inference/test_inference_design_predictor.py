@@ -1,0 +1,82 @@
+"""Trained design checkpoints in whole-volume inference (`segment(design=..., checkpoint=...)`), on a real CT with
+manual labels (AMOS 0013 slab)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import data_path
+
+from organsam.inference.design_predictor import DesignPredictor
+from organsam.inference.predictor_factory import check_design, is_design_checkpoint
+from organsam.inference.segment import segment
+from organsam.io import load_labels, load_volume
+from organsam.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from organsam.registry import build_design
+from organsam.vocabulary import labelmap_info
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return float(2 * (a & b).sum() / max(int(a.sum() + b.sum()), 1))
+
+
+@pytest.fixture(scope="module")
+def organ_prompts_checkpoint(tmp_path_factory):
+    """An organ_prompts design as built before training: pretrained LiteMedSAM and zero prompt tokens."""
+    model = build_design("organ_prompts", [{"organs": ["liver", "spleen", "kidney_left", "kidney_right"]}])
+    path = tmp_path_factory.mktemp("ckpt") / "model.safetensors"
+    save_checkpoint(model, path, design="organ_prompts")
+    return path
+
+
+@pytest.mark.slow
+def test_design_checkpoint_segments_through_segment(organ_prompts_checkpoint, tmp_path) -> None:
+    """The design path with atlas boxes reproduces a box-prompted LiteMedSAM on held-out organs, writes the
+    usual outputs and names the design in the report."""
+    vol = load_volume(data_path("amos_0013_slab", "image.nii.gz"))
+    labels = load_labels(data_path("amos_0013_slab", "label.nii.gz"), vol)
+    amos = labelmap_info("amos22")
+    res = segment(vol, "liver, spleen", design="organ_prompts", checkpoint=str(organ_prompts_checkpoint),
+                  output=tmp_path / "out", quiet=True)
+    assert res.report["design"] == "organ_prompts"
+    assert (tmp_path / "out" / "segmentation.nii.gz").is_file() and (tmp_path / "out" / "report.json").is_file()
+    for organ in ("liver", "spleen"):
+        ref = np.isin(labels, amos.values_for(organ))
+        assert _dice(res.masks[organ], ref) > 0.8, organ  # plain LiteMedSAM prior pass: liver 0.88, spleen 0.91
+    with pytest.raises(ValueError, match="organ 'pancreas' is not in the vocabulary"):
+        segment(vol, "pancreas", design="organ_prompts", checkpoint=str(organ_prompts_checkpoint), quiet=True)
+
+
+@pytest.mark.slow
+def test_text_only_prompts_decode_every_slice_without_a_prior() -> None:
+    vol = load_volume(data_path("amos_0013_slab", "image.nii.gz"))
+    model = build_design("organsam", [{"organs": ["liver", "spleen"]}])  # trained heads would come from a checkpoint
+    predictor = DesignPredictor(model, prompts="text", score_threshold=0.0, progress=False)
+    state = predictor.init_state(vol)
+    predictor.add_text_prompt(state, "liver and spleen")
+    yielded = list(predictor.propagate(state))
+    assert state.prior is None  # text alone: no atlas registration
+    assert predictor.encoded_slices == vol.array.shape[0]  # every slice asked, each encoded once for both organs
+    scored = {z for oid in ("liver", "spleen") for z in
+              (*state.results[oid].slice_scores, *state.results[oid].rejected)}
+    assert scored == set(range(vol.array.shape[0]))
+    for _z, ids, masks in yielded:
+        assert masks.shape == (len(ids), *vol.array.shape[1:]) and masks.dtype == bool
+    with pytest.raises(ValueError, match="prompts must be one of"):
+        DesignPredictor(model, prompts="boxes")
+
+
+def test_design_checks_name_the_fix(organ_prompts_checkpoint, tmp_path) -> None:
+    assert is_design_checkpoint(organ_prompts_checkpoint)
+    assert not is_design_checkpoint(None)
+    check_design("organsam", None)  # the shipped pipeline needs no checkpoint
+    with pytest.raises(ValueError, match="needs a trained checkpoint.*organsam train"):
+        check_design("seg_sam", None)
+    with pytest.raises(KeyError, match="seg_sam"):
+        check_design("seg_samm", None)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        check_design("seg_sam", tmp_path / "missing.safetensors")
+    with pytest.raises(CheckpointError):
+        load_checkpoint(organ_prompts_checkpoint, design="seg_sam")
+    with pytest.raises(ValueError, match="needs a trained checkpoint"):  # before the volume is read
+        segment(tmp_path / "not_read.nii.gz", "liver", design="pg_sam")
