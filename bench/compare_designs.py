@@ -47,6 +47,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from organsam.model.base import DesignOutput, OrganSegmenter, resolve_organ_ids  # noqa: E402
+from organsam.model.sam_core import build_lite_medsam  # noqa: E402
 from organsam.preprocessing.slices import to_model_input  # noqa: E402
 from organsam.registry import DESIGN_MODULES, build_design  # noqa: E402
 from organsam.training.case_store import CaseStore  # noqa: E402
@@ -54,6 +56,7 @@ from organsam.training.datasets import default_shared_root, read_dataset  # noqa
 from organsam.training.feature_cache import FeatureCache  # noqa: E402
 from organsam.training.train_config import TrainConfig, load_train_config  # noqa: E402
 from organsam.training.trainer import train  # noqa: E402
+from organsam.training.validation import validate  # noqa: E402
 
 logger = logging.getLogger("bench.compare_designs")
 
@@ -66,6 +69,8 @@ VAL_CASE = "amos_0013"
 BOX_PROMPTS: dict[str, Any] = {"box_prompt_prob": 1.0, "box_jitter": 0.0, "box_jitter_rel": 0.15, "box_margin": 5.0}
 #: Designs compared by default: the four text-only designs; with boxes also ``organ_prompts`` (box tokens only).
 TEXT_DESIGNS = ("crisp_sam2", "seg_sam", "pg_sam", "organsam")
+#: Column name of the untrained reference of ``--prompts box``.
+BOX_ONLY = "LiteMedSAM, box only"
 #: Model settings common to all designs (the rest comes from each design's preset).
 MODEL = {"freeze_image_encoder": True, "freeze_prompt_encoder": True, "freeze_mask_decoder": False}
 
@@ -193,6 +198,44 @@ def run_design(design: str, args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+class BoxOnlyLiteMedSam(torch.nn.Module):
+    """The reference column of ``--prompts box``: LiteMedSAM as released, given each organ's box and no text, in
+    the interface the trainer's validation calls (``encode_plain``, ``select_encoded``, ``forward``)."""
+
+    def __init__(self, core: torch.nn.Module) -> None:
+        super().__init__()
+        self.core = core
+        self.select_encoded = OrganSegmenter.select_encoded
+
+    def encode_plain(self, images: torch.Tensor) -> Any:
+        """(B, 3, 256, 256) -> the core's encoder output."""
+        return self.core.encode(images, keep_levels=False)
+
+    def forward(self, images: None, organ_index: torch.Tensor, boxes: torch.Tensor, *, encoded: Any) -> DesignOutput:
+        """(B,) organs of one slice with (B, 4) boxes -> (B, 1, 256, 256) masks; the organ index is not used."""
+        B = organ_index.shape[0]
+        image_index = torch.zeros(B, dtype=torch.long, device=organ_index.device)
+        masks, iou = self.core.decode(encoded.embedding, boxes=boxes, image_index=image_index)
+        return DesignOutput(masks=masks, iou=iou, presence_logit=torch.zeros(B, device=masks.device))
+
+
+def run_box_only_baseline(args: argparse.Namespace) -> dict[str, Any]:
+    """Validation of :class:`BoxOnlyLiteMedSam` on the comparison's validation case (nothing trained)."""
+    cfg = make_config(TEXT_DESIGNS[0], args)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if args.device == "auto" else args.device)
+    core = build_lite_medsam().to(device).eval()
+    organ_ids = resolve_organ_ids(cfg.data.organs)
+    store = CaseStore(read_dataset("shared", cfg.data.root, cases=[VAL_CASE]), organ_ids, window=cfg.data.window)
+    t0 = time.perf_counter()
+    val = validate(BoxOnlyLiteMedSam(core), store, [organ_ids.index(o) for o in args.organs],
+                   max_slices=cfg.val.max_slices, presence_gate=False, batch_size=cfg.val.batch_size,
+                   box_margin=cfg.val.box_margin)
+    return {"dice": val.per_organ, "mean_dice": val.mean_dice, "trainable_params": 0,
+            "total_params": sum(p.numel() for p in core.parameters()), "wall_s": time.perf_counter() - t0,
+            "median_step_s": math.nan, "steps_this_run": 0, "final_loss": math.nan, "nonfinite_losses": 0}
+
+
 def table(results: dict[str, dict[str, Any]], args: argparse.Namespace, cache_s: float) -> str:
     """The Markdown comparison table (Dice in %); ``cache_s``: seconds spent filling the feature caches."""
     data = args.data or default_shared_root()
@@ -228,7 +271,8 @@ def table(results: dict[str, dict[str, Any]], args: argparse.Namespace, cache_s:
     row("**mean**", [f"**{pct(r['mean_dice'])}**" for r in results.values()])
     row("trainable params", [f"{r['trainable_params'] / 1e6:.2f} M" for r in results.values()])
     row("wall s (train + val)", [f"{r['wall_s']:.0f}" for r in results.values()])
-    row("s / step (median)", [f"{r['median_step_s']:.2f}" for r in results.values()])
+    row("s / step (median)", ["-" if math.isnan(r["median_step_s"]) else f"{r['median_step_s']:.2f}"
+                              for r in results.values()])
     return "\n".join(lines)
 
 
@@ -271,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
         fill_feature_caches(todo, args)
     cache_s = time.perf_counter() - t0
     results = {d: run_design(d, args) for d in args.designs}
+    if args.prompts == "box":  # what the boxes alone give: the column every design is measured against
+        results = {BOX_ONLY: run_box_only_baseline(args), **results}
     print(table(results, args, cache_s))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,8 @@ Rows, so that each part's contribution is visible (Synapse-8 organs, AMOS refere
   predicted-IoU rejection -> track refinement -> post-processing -> merged label map); and the same with the
   learned organ prompt tokens of the shipped checkpoint added to every box (what the trained part adds; off by
   default in ``segment``).
+- (e) with ``--checkpoint PATH``: a design trained by ``organsam train`` run by ``segment(design=...,
+  checkpoint=...)``, given the text and the atlas boxes, or the text alone on every slice.
 - (d) (c) without track refinement and box widening (the prior pass alone); and that prior pass without post-processing,
   and without the IoU rejection (``iou_threshold=0``).
 
@@ -49,6 +51,7 @@ from organsam.evaluation import EvaluationResult, comparison_markdown, get_proto
 from organsam.evaluation.report import bar_chart, format_value, jsonable, markdown_table  # noqa: E402
 from organsam.inference.organ_prompt_table import load_prompt_table  # noqa: E402
 from organsam.inference.postprocess import merge_labelmap, postprocess_mask  # noqa: E402
+from organsam.inference.predictor_factory import build_predictor  # noqa: E402
 from organsam.inference.segment import segment  # noqa: E402
 from organsam.inference.state import InferenceState  # noqa: E402
 from organsam.inference.volume_predictor import VolumePredictor  # noqa: E402
@@ -67,6 +70,8 @@ ROWS: dict[str, str] = {
     "atlas": "(b) atlas masks alone (ts_a registered)",
     "organsam": "(c) organsam: atlas boxes + LiteMedSAM (segment, text prompt)",
     "organ_prompts": "(c) + learned organ prompt tokens (shipped checkpoint, opt-in: --organ-prompts packaged)",
+    "checkpoint_prior": "(e) trained design checkpoint (--checkpoint): text + atlas boxes",
+    "checkpoint_text": "(e) trained design checkpoint (--checkpoint): text only, every slice",
     "no_track_refine": "(d) (c) without track refinement and box widening (prior pass only)",
     "no_postprocess": "(d) prior pass without post-processing",
     "no_iou_rejection": "(d) prior pass without IoU rejection (iou_threshold=0)",
@@ -177,7 +182,15 @@ def run_case(case: str, data: Path, core: Any, organs: list[str], args: argparse
         res = segment(vol, organs, quiet=True, predictor=predictor(atlas, prompts=True))
         preds["organ_prompts"] = _label_masks(res.labelmap, res.label_table)
         times["with organ prompts"] = time.perf_counter() - t
-    if set(args.rows) <= {"organsam", "atlas", "organ_prompts"}:
+    for mode in ("prior", "text"):
+        if f"checkpoint_{mode}" in args.rows:
+            t = time.perf_counter()
+            design_predictor = build_predictor(checkpoint=args.checkpoint, device=args.device, progress=False,
+                                               design_prompts=mode, prior=FixedPrior(atlas))  # same registration
+            res = segment(vol, organs, quiet=True, predictor=design_predictor)
+            preds[f"checkpoint_{mode}"] = _label_masks(res.labelmap, res.label_table)
+            times[f"checkpoint, {mode}"] = time.perf_counter() - t
+    if set(args.rows) <= {"organsam", "atlas", "organ_prompts", "checkpoint_prior", "checkpoint_text"}:
         return preds, ref, vol, times
 
     t = time.perf_counter()
@@ -219,10 +232,18 @@ def main(argv: list[str] | None = None) -> int:
                     help="rows to compute (default all; 'organsam atlas' skips the other decoder runs)")
     ap.add_argument("--organ-prompts", default=None, metavar="PATH",
                     help="organ prompt table of the organ_prompts row (default: the packaged one)")
+    ap.add_argument("--checkpoint", default=None, metavar="PATH",
+                    help="a design checkpoint of `organsam train` for the rows (e) (give --rows checkpoint_prior "
+                         "checkpoint_text ...)")
     ap.add_argument("--json", default=None, help="also write all per-case rows and summaries to this file")
     ap.add_argument("--png", default=None, help="also write a per-organ Dice bar chart of all rows (PNG)")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
+    ckpt_rows = [r for r in args.rows if r.startswith("checkpoint_")]
+    if args.checkpoint is None and ckpt_rows and args.rows != list(ROWS):
+        ap.error(f"rows {ckpt_rows} need --checkpoint PATH")
+    if args.checkpoint is None:  # the default row list holds them; without a checkpoint they are left out
+        args.rows = [r for r in args.rows if not r.startswith("checkpoint_")]
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(name)s: %(message)s")
     command = " ".join(["python bench/quality.py", *(argv if argv is not None else sys.argv[1:])])

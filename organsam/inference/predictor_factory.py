@@ -58,7 +58,8 @@ def check_design(design: str, checkpoint: str | os.PathLike[str] | None) -> None
 
 def build_predictor(design: str = DEFAULT_DESIGN, checkpoint: str | os.PathLike[str] | None = None, *,
                     device: str = "cpu", fast: bool = False, progress: bool = True,
-                    organ_prompts: str | os.PathLike[str] | bool = False, design_prompts: str = "prior") -> Any:
+                    organ_prompts: str | os.PathLike[str] | bool = False, design_prompts: str = "prior",
+                    prior: Any = None) -> Any:
     """The predictor of a segment call.
 
     Args:
@@ -69,6 +70,8 @@ def build_predictor(design: str = DEFAULT_DESIGN, checkpoint: str | os.PathLike[
         progress: show progress bars.
         organ_prompts: learned organ prompt tokens for the shipped pipeline (see :class:`VolumePredictor`).
         design_prompts: with a design checkpoint: ``"prior"`` (text + the atlas prior's boxes) or ``"text"``.
+        prior: a location prior to use instead of the atlas prior (e.g. one fitted beforehand); ``None``: the
+            atlas prior (coarser with ``fast``).
 
     Returns:
         A :class:`VolumePredictor` (or its :class:`DesignPredictor` subclass).
@@ -76,14 +79,17 @@ def build_predictor(design: str = DEFAULT_DESIGN, checkpoint: str | os.PathLike[
     from organsam.inference.volume_predictor import VolumePredictor
 
     check_design(design, checkpoint)
-    prior: Any = "atlas"
     precision = None  # the predictor's default: fp32 on CPU, bf16 on CUDA
     if fast:
         from organsam.inference.fast_encoder import bf16_is_fast
-        from organsam.priors import AtlasPrior, default_atlas
 
-        prior = AtlasPrior(default_atlas(), fast=True)
         precision = "bf16" if bf16_is_fast(device) else None
+    if prior is None:
+        prior = "atlas"
+        if fast:
+            from organsam.priors import AtlasPrior, default_atlas
+
+            prior = AtlasPrior(default_atlas(), fast=True)
     if is_design_checkpoint(checkpoint):
         from organsam.inference.design_predictor import DesignPredictor
         from organsam.model.checkpoint import load_checkpoint

@@ -49,11 +49,15 @@ def test_compare_designs_box_prompts_score_like_litemedsam(tmp_path):
            "--data", str(root), "--out", str(tmp_path / "runs"), "--json", str(tmp_path / "result.json")]
     run = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
-    header = run.stdout.strip().splitlines()[0]
-    assert "text + box prompts" in header and "box-prompted" in header
-    result = json.loads((tmp_path / "result.json").read_text())["results"]["organ_prompts"]
+    lines = run.stdout.strip().splitlines()
+    assert "text + box prompts" in lines[0] and "box-prompted" in lines[0]
+    assert lines[2] == "| organ | LiteMedSAM, box only | organ_prompts |"  # the untrained reference comes first
+    results = json.loads((tmp_path / "result.json").read_text())["results"]
+    result = results["organ_prompts"]
     assert result["steps_this_run"] == 1 and result["nonfinite_losses"] == 0
     assert result["mean_dice"] > 0.6, result
+    baseline = results["LiteMedSAM, box only"]
+    assert baseline["trainable_params"] == 0 and baseline["mean_dice"] > 0.6, baseline
 
 
 def test_organ_prompts_needs_box_prompts():
