@@ -25,7 +25,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["OrganPromptTable", "export_prompt_table", "load_prompt_table"]
+__all__ = ["OrganPromptTable", "compare_tables", "export_prompt_table", "load_prompt_table"]
 
 _FORMAT = "organsam-organ-prompt-table-v1"
 
@@ -149,14 +149,41 @@ def export_prompt_table(checkpoint: str | os.PathLike[str], out: str | os.PathLi
     return dst
 
 
+def compare_tables(a: OrganPromptTable, b: OrganPromptTable) -> dict[str, float]:
+    """How far two tables' tokens are apart, over the organs both hold.
+
+    Returns:
+        ``max_abs`` (largest absolute token difference), ``rel`` (that over the largest absolute token of ``a``),
+        ``organs`` (how many organs were compared).
+
+    Raises:
+        ValueError: the tables share no organ or their tokens differ in shape.
+    """
+    common = [o for o in a.organ_ids if o in set(b.organ_ids)]
+    if not common:
+        raise ValueError(f"tables {a.path} and {b.path} hold no common organ")
+    ta, tb = a.lookup(common).float(), b.lookup(common).float()
+    if ta.shape != tb.shape:
+        raise ValueError(f"token shapes differ: {tuple(ta.shape)} vs {tuple(tb.shape)}")
+    diff = float((ta - tb).abs().max())
+    return {"max_abs": diff, "rel": diff / max(float(ta.abs().max()), 1e-12), "organs": float(len(common))}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Export the organ prompt table of a trained organ_prompts checkpoint.")
     p.add_argument("checkpoint", type=Path, help="trained checkpoint (runs/organ_prompts/model.safetensors)")
     p.add_argument("out", type=Path, help="table file to write (e.g. organsam/assets/organ_prompts.safetensors)")
     p.add_argument("--command", default="", help="the training command, stored as provenance")
+    p.add_argument("--compare-to", default=None, metavar="TABLE",
+                   help="after exporting, print how far the new table is from TABLE ('packaged': the shipped one)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    export_prompt_table(args.checkpoint, args.out, args.command)
+    out = export_prompt_table(args.checkpoint, args.out, args.command)
+    if args.compare_to:
+        ref = load_prompt_table(None if args.compare_to == "packaged" else args.compare_to)
+        d = compare_tables(ref, load_prompt_table(out))
+        print(f"{out} vs {ref.path}: {int(d['organs'])} organs, max |token difference| {d['max_abs']:.3g} "
+              f"({d['rel']:.2%} of the largest token)")
     return 0
 
 

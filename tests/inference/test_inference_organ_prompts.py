@@ -66,3 +66,19 @@ def test_export_refuses_checkpoints_that_changed_the_core(tmp_path, overrides) -
     with pytest.raises(ValueError, match="prompt table cannot carry"):
         export_prompt_table(ckpt, tmp_path / "table.safetensors")
     assert not (tmp_path / "table.safetensors").exists()
+
+
+def test_compare_tables_measures_the_token_difference() -> None:
+    """What scripts/reproduce_default.sh prints: the largest token difference between two tables."""
+    from organsam.inference.organ_prompt_table import OrganPromptTable, compare_tables
+
+    shipped = load_prompt_table()
+    assert compare_tables(shipped, shipped)["max_abs"] == 0.0
+    tokens = shipped.tokens.clone()
+    tokens[shipped.organ_ids.index("liver"), 0, 7] += 0.25
+    moved = OrganPromptTable(tokens.flip(0).contiguous(), shipped.organ_ids[::-1])  # other row order, same organs
+    d = compare_tables(shipped, moved)
+    assert d["organs"] == len(shipped.organ_ids)
+    assert abs(d["max_abs"] - 0.25) < 1e-6 and 0 < d["rel"] < 1
+    with pytest.raises(ValueError, match="no common organ"):
+        compare_tables(shipped, OrganPromptTable(tokens[:1], ["not_an_organ"]))
