@@ -25,3 +25,24 @@ def data_path(*parts: str) -> Path:
 def shared_data() -> Path:
     """The shared real-data folder (skips when absent)."""
     return data_path()
+
+
+def amos_liver_slice(slice_index: int = 10, margin: float = 6.0) -> dict:
+    """Model input (1, 3, 256, 256), liver mask (1, 1, 256, 256) and the liver's box grown by ``margin`` model
+    pixels (1, 4) of one AMOS 0013 slab slice (skips without the shared data)."""
+    import numpy as np
+    import torch
+
+    from organsam.io import load_labels, load_volume
+    from organsam.preprocessing.intensity import window_ct
+    from organsam.preprocessing.slices import to_model_input
+
+    vol = load_volume(data_path("amos_0013_slab", "image.nii.gz"))
+    lab = load_labels(data_path("amos_0013_slab", "label.nii.gz"), like=vol)
+    x, geom = to_model_input(window_ct(vol.array[slice_index], "abdomen"))
+    mask = geom.mask_to_model(np.asarray(lab[slice_index]) == 6)  # AMOS label 6: liver
+    ys, xs = np.nonzero(mask)
+    assert ys.size > 1000, f"slice {slice_index} should show a large liver section"
+    box = torch.tensor([[xs.min() - margin, ys.min() - margin, xs.max() + margin, ys.max() + margin]],
+                       dtype=torch.float32).clamp(0, 255)
+    return {"image": torch.from_numpy(x)[None], "mask": torch.from_numpy(mask)[None, None].float(), "box": box}

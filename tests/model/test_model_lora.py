@@ -10,10 +10,9 @@ from __future__ import annotations
 import copy
 import json
 
-import numpy as np
 import pytest
 import torch
-from conftest import data_path
+from conftest import amos_liver_slice
 from torch import nn
 
 from organsam.model.checkpoint import (
@@ -38,7 +37,6 @@ from organsam.registry import build_design
 DESIGN = "organ_prompts"
 RANK = 4
 SLICE = 10
-LIVER_LABEL = 6  # AMOS
 
 
 # ------------------------------------------------------------------------------------------ unit: the layer
@@ -104,18 +102,7 @@ def test_apply_lora_on_tinyvit_names_and_errors():
 @pytest.fixture(scope="module")
 def real() -> dict[str, torch.Tensor]:
     """Model input (1, 3, 256, 256), liver mask (1, 1, 256, 256) and its box (1, 4) of AMOS 0013 slice 10."""
-    from organsam.io import load_labels, load_volume
-    from organsam.preprocessing.intensity import window_ct
-    from organsam.preprocessing.slices import to_model_input
-
-    vol = load_volume(data_path("amos_0013_slab", "image.nii.gz"))
-    lab = load_labels(data_path("amos_0013_slab", "label.nii.gz"), like=vol)
-    x, geom = to_model_input(window_ct(vol.array[SLICE], "abdomen"))
-    mask = geom.mask_to_model(np.asarray(lab[SLICE]) == LIVER_LABEL)
-    ys, xs = np.nonzero(mask)
-    assert ys.size > 1000, "slice 10 should show a large liver section"
-    box = torch.tensor([[xs.min() - 4.0, ys.min() - 4.0, xs.max() + 4.0, ys.max() + 4.0]])
-    return {"image": torch.from_numpy(x)[None], "mask": torch.from_numpy(mask)[None, None].float(), "box": box}
+    return amos_liver_slice(SLICE, margin=4.0)
 
 
 def _build(rank: int):

@@ -7,32 +7,20 @@ predicted IoU, and the exported inference table round-trips (and refuses bad fil
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from conftest import data_path
+from conftest import amos_liver_slice
 
 from organsam.model.components.organ_prompt import OrganPromptTokens
 from organsam.registry import build_design
 
 SLICE = 10
-LIVER_LABEL = 6  # AMOS
 
 
 @pytest.fixture(scope="module")
 def liver_slice() -> dict[str, torch.Tensor]:
     """Model input (1, 3, 256, 256), liver mask (1, 1, 256, 256) and a loose liver box (1, 4) of slice 10."""
-    from organsam.io import load_labels, load_volume
-    from organsam.preprocessing.intensity import window_ct
-    from organsam.preprocessing.slices import to_model_input
-
-    vol = load_volume(data_path("amos_0013_slab", "image.nii.gz"))
-    lab = load_labels(data_path("amos_0013_slab", "label.nii.gz"), like=vol)
-    x, geom = to_model_input(window_ct(vol.array[SLICE], "abdomen"))
-    mask = geom.mask_to_model(np.asarray(lab[SLICE]) == LIVER_LABEL)
-    ys, xs = np.nonzero(mask)
-    box = torch.tensor([[xs.min() - 6, ys.min() - 6, xs.max() + 6, ys.max() + 6]], dtype=torch.float32).clamp(0, 255)
-    return {"image": torch.from_numpy(x)[None], "mask": torch.from_numpy(mask)[None, None].float(), "box": box}
+    return amos_liver_slice(SLICE, margin=6.0)
 
 
 @pytest.fixture(scope="module")
