@@ -847,12 +847,8 @@ def run_batch(source: str | os.PathLike[str] | Sequence[BatchCase], organs: str 
             raise BatchInputError("the batch is empty: no cases given")
         _unique(cases, Path("<cases>"))
     organ_ids = _resolve_organs(organs, all_organs)
-    check_design(design, checkpoint)
-    ck_sha = None
-    if checkpoint is not None:
-        if not Path(checkpoint).is_file():
-            raise FileNotFoundError(f"{checkpoint}: checkpoint file does not exist; check the path")
-        ck_sha = _file_sha256(Path(checkpoint))
+    check_design(design, checkpoint)  # also: the checkpoint file exists
+    ck_sha = None if checkpoint is None else _file_sha256(Path(checkpoint))
     if ray is not None:
         from organsam.inference.ray_backend import require_ray
 

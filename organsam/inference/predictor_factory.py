@@ -47,7 +47,7 @@ def check_design(design: str, checkpoint: str | os.PathLike[str] | None) -> None
     from organsam.registry import get_design
 
     get_design(design)  # unknown name: KeyError with a suggestion
-    if checkpoint is not None and not Path(checkpoint).exists():
+    if checkpoint is not None and not Path(checkpoint).is_file():
         raise FileNotFoundError(f"{checkpoint}: checkpoint file does not exist; check the path")
     if design != DEFAULT_DESIGN and not is_design_checkpoint(checkpoint):
         raise ValueError(

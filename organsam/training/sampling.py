@@ -141,16 +141,17 @@ class OrganBalancedSampler:
                 return SampleSpec(ci, z, int(cand[rng.integers(cand.size)]), False, seed)
         return None
 
+    def _draw_one(self, rng: np.random.Generator) -> SampleSpec:
+        """One (slice, organ) sample: absent for ``absent_fraction`` of the draws (when one exists), else positive."""
+        absent = rng.random() < self.absent_fraction
+        seed = int(rng.integers(2**31 - 1))
+        spec = self._absent(rng, seed) if absent else None
+        return spec if spec is not None else self._positive(rng, seed)
+
     def draw(self, step: int, micro: int, n: int) -> list[SampleSpec]:
         """The ``n`` samples of (``step``, ``micro``): a pure function of the seed, step and micro-step."""
         rng = np.random.default_rng([self.seed, int(step), int(micro)])
-        out = []
-        for _ in range(n):
-            absent = rng.random() < self.absent_fraction
-            seed = int(rng.integers(2**31 - 1))
-            spec = self._absent(rng, seed) if absent else None
-            out.append(spec if spec is not None else self._positive(rng, seed))
-        return out
+        return [self._draw_one(rng) for _ in range(n)]
 
 
 class StepBatchSampler:

@@ -14,18 +14,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
-from torch.utils.data import Dataset
 
-from organsam.training.case_store import CaseStore
 from organsam.training.sequence_sampling import SequenceSpec
-from organsam.training.transforms import SliceTransform
+from organsam.training.slice_dataset import SliceDataset
 
 __all__ = ["SequenceDataset"]
 
 
-class SequenceDataset(Dataset):
+class SequenceDataset(SliceDataset):
     """Training sequences of a :class:`CaseStore`.
 
     Args:
@@ -41,37 +38,20 @@ class SequenceDataset(Dataset):
     distances are ``(z_memory - z) * spacing``, so a stride is accounted for).
     """
 
-    def __init__(self, store: CaseStore, transform: SliceTransform, min_area: float = 4.0) -> None:
-        self.store = store
-        self.transform = transform
-        self.min_area = float(min_area)
-
-    def __len__(self) -> int:  # the dataset is indexed by SequenceSpec, not by position
-        return sum(int(a.shape[0]) for a in self.store.areas)
-
-    def __getitem__(self, spec: SequenceSpec) -> dict[str, Any]:
-        st = self.store
-        scale = st.model_scale(spec.case) ** 2
-        rows: dict[str, list[torch.Tensor]] = {k: [] for k in ("image", "mask", "box", "present", "class_targets",
-                                                               "class_known")}
+    def __getitem__(self, spec: SequenceSpec) -> dict[str, Any]:  # type: ignore[override]
+        keys = ("image", "mask", "box", "present", "class_targets", "class_known")
+        rows: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
         for t, z in enumerate(spec.zs):
-            image = st.image_slice(spec.case, z)
-            mask = st.organ_mask(spec.case, z, spec.organ) if spec.present[t] else np.zeros(image.shape, bool)
-            out = self.transform(image, mask, spec.seed, box_seed=spec.seed + 7919 * (t + 1))
-            model_area = st.areas[spec.case][z] * scale
-            known = st.known[spec.case] & ((model_area >= self.min_area) | (model_area == 0))
-            rows["image"].append(out["image"])
-            rows["mask"].append(out["mask"])
-            rows["box"].append(out["box"])
-            rows["present"].append(torch.tensor(float(bool(out["mask"].any()))))
-            rows["class_targets"].append(torch.from_numpy((model_area >= self.min_area).astype(np.float32)))
-            rows["class_known"].append(torch.from_numpy(known))
+            out = self.slice_item(spec.case, z, spec.organ, spec.present[t], spec.seed,
+                                  box_seed=spec.seed + 7919 * (t + 1))
+            for k in keys:
+                rows[k].append(out[k])
         item: dict[str, Any] = {k: torch.stack(v) for k, v in rows.items()}
         item.update(
             organ_index=torch.tensor(spec.organ, dtype=torch.long),
             case=spec.case,
             zs=tuple(spec.zs),
-            case_id=st.cases[spec.case].case_id,
-            spacing=float(st.data[spec.case].spacing[0]),
+            case_id=self.store.cases[spec.case].case_id,
+            spacing=float(self.store.data[spec.case].spacing[0]),
         )
         return item

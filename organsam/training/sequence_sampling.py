@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -68,30 +69,16 @@ class SequenceSampler(OrganBalancedSampler):
         pixel_scales: per case, model pixels per original pixel.
         length: slices per sequence (T >= 2).
         stride: slice step inside a sequence (>= 1).
-        prompt_organs: indices of organs that may be prompted (default: all K).
-        min_area: smallest organ area in model pixels for a positive anchor.
-        absent_fraction: share of sequences anchored on a slice without the organ.
-        balance_power: exponent of the inverse organ frequency.
-        seed: sampling seed.
+        **sampling: the :class:`OrganBalancedSampler` options (``prompt_organs``, ``min_area``,
+            ``absent_fraction``: share of sequences anchored on a slice without the organ, ``balance_power``,
+            ``seed``).
 
     Raises:
         ValueError: ``length`` < 2 or ``stride`` < 1; no case is long enough; no positive pair.
     """
 
-    def __init__(
-        self,
-        areas: Sequence[np.ndarray],
-        known: Sequence[np.ndarray],
-        pixel_scales: Sequence[float],
-        *,
-        length: int,
-        stride: int = 1,
-        prompt_organs: Sequence[int] | None = None,
-        min_area: float = 4.0,
-        absent_fraction: float = 0.1,
-        balance_power: float = 1.0,
-        seed: int = 0,
-    ) -> None:
+    def __init__(self, areas: Sequence[np.ndarray], known: Sequence[np.ndarray], pixel_scales: Sequence[float], *,
+                 length: int, stride: int = 1, **sampling: Any) -> None:
         if int(length) < 2:
             raise ValueError(f"sequence length must be >= 2, got {length}")
         if int(stride) < 1:
@@ -108,16 +95,7 @@ class SequenceSampler(OrganBalancedSampler):
             )
         # cases too short for a window are left out: their organs and slices are never drawn
         known = [np.asarray(k, dtype=bool) & ok for k, ok in zip(known, long_enough)]
-        super().__init__(
-            areas,
-            known,
-            pixel_scales,
-            prompt_organs=prompt_organs,
-            min_area=min_area,
-            absent_fraction=absent_fraction,
-            balance_power=balance_power,
-            seed=seed,
-        )
+        super().__init__(areas, known, pixel_scales, **sampling)
 
     def window(self, case: int, z: int) -> tuple[list[int], int]:
         """The ascending window of ``length`` slices around slice ``z`` of ``case``, and the anchor's position.
@@ -142,11 +120,4 @@ class SequenceSampler(OrganBalancedSampler):
     def draw(self, step: int, micro: int, n: int) -> list[SequenceSpec]:  # type: ignore[override]
         """The ``n`` sequences of (``step``, ``micro``): a pure function of the seed, step and micro-step."""
         rng = np.random.default_rng([self.seed, int(step), int(micro), self.length])
-        out = []
-        for _ in range(n):
-            absent = rng.random() < self.absent_fraction
-            seed = int(rng.integers(2**31 - 1))
-            spec = self._absent(rng, seed) if absent else None
-            spec = spec if spec is not None else self._positive(rng, seed)
-            out.append(self._sequence(spec, rng))
-        return out
+        return [self._sequence(self._draw_one(rng), rng) for _ in range(n)]

@@ -41,22 +41,42 @@ class SliceDataset(Dataset):
     def __len__(self) -> int:  # the dataset is indexed by SampleSpec, not by position
         return sum(int(a.shape[0]) for a in self.store.areas)
 
-    def __getitem__(self, spec: SampleSpec) -> dict[str, Any]:
+    def slice_item(self, case: int, z: int, organ: int, present: bool, seed: int,
+                   box_seed: int | None = None) -> dict[str, torch.Tensor]:
+        """One slice in model space with its targets for one prompted organ.
+
+        Args:
+            case: case index in the store.
+            z: slice index.
+            organ: prompted organ (vocabulary index).
+            present: whether the organ is on the slice (False: an empty target without reading its mask).
+            seed: augmentation seed (and box-jitter seed unless ``box_seed`` is given).
+            box_seed: seed of the box jitter alone.
+
+        Returns:
+            ``image`` (3, 256, 256), ``mask`` (1, 256, 256), ``box`` (4,), ``present`` () float (the organ is on
+            the transformed slice), ``class_targets`` (K,) float, ``class_known`` (K,) bool.
+        """
         st = self.store
-        image = st.image_slice(spec.case, spec.z)
-        mask = st.organ_mask(spec.case, spec.z, spec.organ) if spec.present else np.zeros(image.shape, bool)
-        out = self.transform(image, mask, spec.seed)
-        model_area = st.areas[spec.case][spec.z] * st.model_scale(spec.case) ** 2
-        known = st.known[spec.case] & ((model_area >= self.min_area) | (model_area == 0))
-        present = bool(spec.present) and bool(out["mask"].any())
+        image = st.image_slice(case, z)
+        mask = st.organ_mask(case, z, organ) if present else np.zeros(image.shape, bool)
+        out = self.transform(image, mask, seed, box_seed=box_seed)
+        model_area = st.areas[case][z] * st.model_scale(case) ** 2
+        known = st.known[case] & ((model_area >= self.min_area) | (model_area == 0))
         out.update(
-            organ_index=torch.tensor(spec.organ, dtype=torch.long),
-            present=torch.tensor(float(present)),
+            present=torch.tensor(float(bool(present) and bool(out["mask"].any()))),
             class_targets=torch.from_numpy((model_area >= self.min_area).astype(np.float32)),
             class_known=torch.from_numpy(known),
+        )
+        return out
+
+    def __getitem__(self, spec: SampleSpec) -> dict[str, Any]:
+        out: dict[str, Any] = self.slice_item(spec.case, spec.z, spec.organ, spec.present, spec.seed)
+        out.update(
+            organ_index=torch.tensor(spec.organ, dtype=torch.long),
             case=spec.case,
             z=spec.z,
-            case_id=st.cases[spec.case].case_id,
+            case_id=self.store.cases[spec.case].case_id,
         )
         return out
 
