@@ -7,16 +7,17 @@ Nothing is ever downloaded at run time; every file is checked against its SHA-25
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from organsam.io.files import file_sha256
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["WeightSpec", "WEIGHTS", "WeightsError", "find_weight", "sha256_of", "describe_weights"]
+__all__ = ["WeightSpec", "WEIGHTS", "WeightsError", "find_weight", "describe_weights"]
 
 
 class WeightsError(FileNotFoundError):
@@ -86,15 +87,6 @@ WEIGHTS: dict[str, WeightSpec] = {
 _VERIFIED: dict[Path, float] = {}
 
 
-def sha256_of(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
-    """SHA-256 hex digest of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _candidates(spec: WeightSpec) -> list[Path]:
     out: list[Path] = []
     home = os.environ.get("ORGANSAM_HOME")
@@ -118,7 +110,7 @@ def verify(path: Path, spec: WeightSpec) -> Path:
     mtime = path.stat().st_mtime
     if _VERIFIED.get(path) == mtime:
         return path
-    digest = sha256_of(path)
+    digest = file_sha256(path)
     if digest != spec.sha256:
         raise WeightsError(
             f"{path}: SHA-256 is {digest}, expected {spec.sha256} for {spec.name}; the file is corrupt "

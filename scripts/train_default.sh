@@ -29,7 +29,7 @@ if [ "$EXPORT" = "1" ]; then
   for a in "$@"; do case "$a" in out_dir=*) OUT_DIR="${a#out_dir=}";; esac; done
   "$PYTHON" -m organsam.inference.organ_prompt_table "$OUT_DIR/model.safetensors" \
     organsam/assets/organ_prompts.safetensors --command "scripts/train_default.sh $*"
-  SHA=$("$PYTHON" -c "from organsam.weights import sha256_of; print(sha256_of('organsam/assets/organ_prompts.safetensors'))")
+  SHA=$("$PYTHON" -c "from organsam.io.files import file_sha256; print(file_sha256('organsam/assets/organ_prompts.safetensors'))")
   sed -i "s/^ORGAN_PROMPTS_SHA256 = \".*\"/ORGAN_PROMPTS_SHA256 = \"$SHA\"/" organsam/weights.py
   echo "exported organsam/assets/organ_prompts.safetensors (SHA-256 $SHA)"
 fi

@@ -7,14 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from organsam.weights import WEIGHTS, WeightsError, find_weight, sha256_of
+from organsam.io.files import file_sha256
+from organsam.weights import WEIGHTS, WeightsError, find_weight
 
 
 def test_installed_weights_verify() -> None:
     for name in WEIGHTS:
         p = find_weight(name)
         assert p.is_file()
-        assert sha256_of(p) == WEIGHTS[name].sha256
+        assert file_sha256(p) == WEIGHTS[name].sha256
 
 
 def test_organsam_home_takes_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"organsam {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error instead of one line (anywhere on the command line)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for modname in COMMANDS.values():
         try:
@@ -53,26 +55,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def error_line(exc: BaseException) -> str:
+    """One line for an error that reached the top of the CLI: what went wrong and, where known, how to fix it."""
+    if isinstance(exc, KeyError) and exc.args:
+        return str(exc.args[0])
+    if isinstance(exc, (CLIError, ValueError, FileNotFoundError)) and str(exc):
+        return str(exc)
+    if isinstance(exc, OSError):
+        where = f"{exc.filename}: " if exc.filename else ""
+        what = exc.strerror or str(exc) or type(exc).__name__
+        return f"{where}{what}. Fix: check the path, its permissions and the free disk space"
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if len(text) > 300:
+        text = text[:297] + "..."
+    return (f"{type(exc).__name__}: {text}. Fix: check the input and options; run again with --debug for the "
+            f"traceback and report it if the input is valid")
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # accepted anywhere, also after the subcommand
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args([a for a in argv if a != "--debug"])
     level = logging.WARNING - 10 * min(args.verbose, 2)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.DEBUG if debug else level, format="%(levelname)s %(name)s: %(message)s")
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
     try:
         return int(args.func(args) or 0)
-    except CLIError as e:
-        print(f"organsam {args.command}: error: {e}", file=sys.stderr)
-        return e.code
-    except (FileNotFoundError, ValueError, KeyError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"organsam {args.command}: error: {msg}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("organsam: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        if debug:
+            raise
+        print(f"organsam {args.command}: error: {error_line(e)}", file=sys.stderr)
+        if isinstance(e, CLIError):
+            return e.code
+        return 2 if isinstance(e, (ValueError, KeyError, FileNotFoundError)) else 1
 
 
 if __name__ == "__main__":

@@ -32,8 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from organsam.evaluation.metrics import EmptyRule, empty_rule, score_organ
+from organsam.evaluation.metrics import METRICS, EmptyRule, empty_rule, score_organ
 from organsam.evaluation.protocols import Protocol, get_protocol
+from organsam.evaluation.report import bar_chart, jsonable, result_markdown, write_csv
 from organsam.io import Volume, load_labels, load_volume
 from organsam.vocabulary import labelmap_info, load_labelmap, load_vocabulary
 
@@ -45,8 +46,6 @@ __all__ = ["METRICS", "EvaluationError", "EvaluationResult", "evaluate", "load_p
 PathLike = str | os.PathLike[str]
 
 #: metric key -> (display title, unit shown in tables, scale for display)
-METRICS: dict[str, tuple[str, str, float]] = {"dice": ("Dice", "%", 100.0), "hd95": ("HD95", "mm", 1.0),
-                                              "nsd": ("NSD", "%", 100.0)}
 
 _LABEL_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".npz")
 _GENERIC_STEMS = {"label", "labels", "seg", "segmentation", "gt", "mask", "reference", "ground_truth"}
@@ -378,14 +377,10 @@ class EvaluationResult:
     def to_markdown(self, title: str | None = None) -> str:
         """Markdown report: description, one table per metric (rows = cases + mean, columns = organs +
         mean)."""
-        from organsam.evaluation.report import result_markdown
-
         return result_markdown(self, title)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready content (NaN written as null)."""
-        from organsam.evaluation.report import jsonable
-
         return jsonable({"protocol": self.protocol.name, "method": self.method, "empty_rule": self.rule,
                          "hd95_unit": self.hd95_unit, "ref_labelmap": self.ref_labelmap,
                          "description": self.describe(), "organs": self.organs, "cases": self.cases,
@@ -398,8 +393,6 @@ class EvaluationResult:
         Returns:
             name -> written path.
         """
-        from organsam.evaluation.report import bar_chart, write_csv
-
         out = Path(outdir).expanduser()
         out.mkdir(parents=True, exist_ok=True)
         written = {"markdown": out / "evaluation.md", "csv": out / "evaluation.csv",

@@ -35,9 +35,13 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "DEFAULT_NSD_TOLERANCE_MM", "EMPTY_RULES", "NSD_TOLERANCE_MM", "EmptyOutcome", "EmptyRule", "OrganScore",
+    "DEFAULT_NSD_TOLERANCE_MM", "EMPTY_RULES", "METRICS", "NSD_TOLERANCE_MM", "EmptyOutcome", "EmptyRule", "OrganScore",
     "dice", "empty_rule", "grid_diagonal", "hausdorff", "nsd_tolerance", "score_organ", "surface_dice",
 ]
+
+#: metric key -> (display name, unit, factor from the stored value to the displayed one)
+METRICS: dict[str, tuple[str, str, float]] = {"dice": ("Dice", "%", 100.0), "hd95": ("HD95", "mm", 1.0),
+                                              "nsd": ("NSD", "%", 100.0)}
 
 NA = float("nan")
 

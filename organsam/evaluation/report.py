@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from organsam.evaluation.metrics import METRICS
+
 if TYPE_CHECKING:
     from organsam.evaluation.evaluate import EvaluationResult
 
@@ -29,8 +31,6 @@ _PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 
 
 
 def _metric(metric: str) -> tuple[str, str, float]:
-    from organsam.evaluation.evaluate import METRICS
-
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
     return METRICS[metric]

@@ -18,10 +18,11 @@ import argparse
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import torch
+
+from organsam.io.files import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -135,16 +136,8 @@ def export_prompt_table(checkpoint: str | os.PathLike[str], out: str | os.PathLi
     meta = {"format": _FORMAT, "organ_ids": json.dumps(ids), "design": "organ_prompts",
             "text_fingerprint": str(model.text_fingerprint), "command": command,
             "checkpoint_step": str((info.get("extra") or {}).get("step", ""))}
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({"tokens": torch.stack([table[o] for o in ids]).contiguous()}, tmp, metadata=meta)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(dst) as tmp:
+        save_file({"tokens": torch.stack([table[o] for o in ids]).contiguous()}, str(tmp), metadata=meta)
     logger.info("wrote the organ prompt table of %s (%d organs) to %s", src, len(ids), dst)
     return dst
 

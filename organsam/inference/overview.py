@@ -10,14 +10,10 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from organsam.preprocessing.orientation import display_slice
+from organsam.vocabulary.palette import label_color
 
-__all__ = ["PALETTE", "render_overview"]
+__all__ = ["render_overview"]
 
-PALETTE: tuple[tuple[int, int, int], ...] = (
-    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-    (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255),
-    (170, 110, 40), (255, 250, 200), (128, 0, 0), (170, 255, 195), (128, 128, 0), (255, 215, 180),
-)
 
 
 def _overlay(gray: np.ndarray, labels: np.ndarray, alpha: float) -> np.ndarray:
@@ -25,7 +21,7 @@ def _overlay(gray: np.ndarray, labels: np.ndarray, alpha: float) -> np.ndarray:
     for v in np.unique(labels):
         if v == 0:
             continue
-        colour = np.array(PALETTE[(int(v) - 1) % len(PALETTE)], dtype=np.float32)
+        colour = np.array(label_color(v), dtype=np.float32)
         sel = labels == v
         rgb[sel] = (1 - alpha) * rgb[sel] + alpha * colour
     return rgb.clip(0, 255).astype(np.uint8)
@@ -62,7 +58,7 @@ def render_overview(display: np.ndarray, labels: np.ndarray, table: Mapping[int,
     draw = ImageDraw.Draw(canvas)
     x0 = ax_img.width + cor_img.width + 10
     for i, (v, name) in enumerate(sorted(table.items())):
-        colour = PALETTE[(int(v) - 1) % len(PALETTE)]
+        colour = label_color(v)
         draw.rectangle([x0, 10 + 18 * i, x0 + 12, 22 + 18 * i], fill=colour)
         draw.text((x0 + 18, 10 + 18 * i), f"{v} {name}", fill=(255, 255, 255))
     draw.text((4, 4), f"axial z={cz}", fill=(255, 255, 0))

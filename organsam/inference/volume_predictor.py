@@ -34,14 +34,14 @@ from organsam.inference.track_refine import TrackRefiner, widen_cut_boxes
 from organsam.io import Volume
 from organsam.model.components.image_encoder import TinyViT
 from organsam.model.sam_core import SamCore, build_lite_medsam
-from organsam.preprocessing.intensity import display_scheme, normalize_mr, window_ct
+from organsam.preprocessing.intensity import model_intensities
 from organsam.preprocessing.slices import geometry_for, to_model_input_batch
 from organsam.priors.boxes import box_of_slice
 from organsam.vocabulary import load_vocabulary, parse_prompt
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["VolumePredictor", "LocationPrior", "model_intensities"]
+__all__ = ["VolumePredictor", "LocationPrior"]
 
 
 class LocationPrior(Protocol):
@@ -51,17 +51,6 @@ class LocationPrior(Protocol):
         """Fit on a (Z, Y, X) HU array; returns an object with ``boxes(organ_id, margin_px)`` and
         ``present(organ_id)``."""
         ...
-
-
-def model_intensities(volume: Volume, window: str = "abdomen") -> np.ndarray:
-    """(Z, Y, X) float32 in [0, 255] as the model expects them: CT windowed, MR percentile-normalised,
-    already 8-bit data kept."""
-    scheme = display_scheme(volume)
-    if scheme == "prewindowed":
-        return volume.array.astype(np.float32, copy=False)
-    if scheme == "ct_window":
-        return window_ct(volume.array, window)
-    return normalize_mr(volume.array)
 
 
 class VolumePredictor:
@@ -153,8 +142,9 @@ class VolumePredictor:
                               geometry=geometry_for(volume.array.shape[1:]))
 
     def add_text_prompt(self, state: InferenceState, text: str) -> list[str]:
-        """Resolve free text to organ ids and add them; returns the ids (raises on unknown terms)."""
-        ids = parse_prompt(text)
+        """Resolve free text (or a vocabulary id) to organ ids and add them; returns the ids (raises on unknown
+        terms)."""
+        ids = [text] if text in load_vocabulary() else parse_prompt(text)
         for oid in ids:
             state.prompts.setdefault(oid, OrganPrompt(oid, text=text))
             state.results.pop(oid, None)

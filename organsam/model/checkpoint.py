@@ -24,12 +24,12 @@ import datetime
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from organsam.io.files import atomic_path
 from organsam.model.components.lora import is_lora_parameter
 from organsam.model.sam_core import CheckpointError
 
@@ -52,26 +52,20 @@ def sidecar_path(path: str | os.PathLike[str]) -> Path:
 
 
 def _atomic_write(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        write(str(tmp))
 
 
 def _base_weights(config: Any) -> tuple[Path, str] | None:
     """Path and SHA-256 of the LiteMedSAM weights a pretrained design starts from (None if not pretrained)."""
     if not getattr(config, "pretrained", False):
         return None
-    from organsam.weights import WEIGHTS, find_weight, sha256_of
+    from organsam.io.files import file_sha256
+    from organsam.weights import WEIGHTS, find_weight
 
     ckpt = getattr(config, "sam_checkpoint", None)
     path = find_weight("lite_medsam", ckpt, check_hash=ckpt is None)
-    sha = WEIGHTS["lite_medsam"].sha256 if ckpt is None else sha256_of(path)
+    sha = WEIGHTS["lite_medsam"].sha256 if ckpt is None else file_sha256(path)
     return path, str(sha)
 
 
@@ -96,9 +90,9 @@ def save_checkpoint(model: torch.nn.Module, path: str | os.PathLike[str], *, des
 
     import organsam
     from organsam.config import to_dict
+    from organsam.io.files import file_sha256
     from organsam.registry import get_design
     from organsam.vocabulary import VOCAB_VERSION
-    from organsam.weights import sha256_of
 
     p = Path(path)
     side = sidecar_path(p)
@@ -147,7 +141,7 @@ def save_checkpoint(model: torch.nn.Module, path: str | os.PathLike[str], *, des
         "package_version": organsam.__version__,
         "torch_version": torch.__version__,
         "tensor_file": p.name,
-        "tensor_sha256": sha256_of(p),
+        "tensor_sha256": file_sha256(p),
         "num_tensors": len(tensors),
         "core_tensors_saved": n_core,
         "lora_tensors_saved": n_lora,
@@ -220,9 +214,9 @@ def load_checkpoint(path: str | os.PathLike[str], *, design: str | None = None,
     from safetensors.torch import load_file
 
     from organsam.config import ConfigError, from_dict
+    from organsam.io.files import file_sha256
     from organsam.registry import build_design, get_design
     from organsam.vocabulary import VOCAB_VERSION
-    from organsam.weights import sha256_of
 
     p = Path(path)
     info = read_checkpoint_info(p)
@@ -239,7 +233,7 @@ def load_checkpoint(path: str | os.PathLike[str], *, design: str | None = None,
         raise CheckpointError(f"{p}: trained with organ vocabulary version {info['vocabulary_version']}, this "
                               f"organsam has vocabulary version {VOCAB_VERSION}; use the organsam release the "
                               f"checkpoint was made with, or fine-tune it again")
-    digest = sha256_of(p)
+    digest = file_sha256(p)
     if digest != info["tensor_sha256"]:
         raise CheckpointError(f"{p}: SHA-256 {digest[:16]}... does not match {info['tensor_sha256'][:16]}... "
                               f"recorded in {side.name}; the tensor file was modified or is corrupt")

@@ -27,6 +27,7 @@ __all__ = [
     "presence_loss",
     "mask_alignment_loss",
     "downsample_target",
+    "neutral_class_targets",
 ]
 
 
@@ -193,3 +194,24 @@ def mask_alignment_loss(logits_a: Tensor, logits_b: Tensor) -> Tensor:
 def downsample_target(target: Tensor, size: int) -> Tensor:
     """Area-average (B, C, H, W) targets to (B, C, size, size) soft targets in [0, 1]."""
     return F.adaptive_avg_pool2d(target.float(), size)
+
+
+def neutral_class_targets(output: Any, targets: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    """Class targets with the unknown organs (not labelled by the sample's dataset) taken out of the loss.
+
+    Unknown entries get ``sigmoid(logit).detach()`` as target, so their binary cross-entropy has zero
+    gradient (its value is a constant). Designs without ``aux["class_logits"]`` get the targets unchanged.
+
+    Args:
+        output: the design's ``DesignOutput``.
+        targets: (B, K) float 0/1 class targets.
+        known: (B, K) bool, organ labelled by the sample's dataset.
+
+    Returns:
+        (B, K) float targets.
+    """
+    logits = output.aux.get("class_logits") if hasattr(output, "aux") else None
+    if logits is None or tuple(logits.shape) != tuple(targets.shape):
+        return targets
+    neutral = torch.sigmoid(logits.detach().float())
+    return torch.where(known, targets.float(), neutral)

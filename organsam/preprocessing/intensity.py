@@ -24,6 +24,8 @@ __all__ = [
     "check_ct_intensities",
     "display_scheme",
     "guess_modality",
+    "is_ct_in_hu",
+    "model_intensities",
     "is_prewindowed_8bit",
     "normalize_mr",
     "resolve_window",
@@ -311,6 +313,28 @@ def display_scheme(volume: Volume) -> str:
     if volume.modality == "CT":
         return "ct_window"
     return "mr_percentile"
+
+
+def model_intensities(volume: Volume, window: str = "abdomen") -> np.ndarray:
+    """The one rule for what the model sees (training and inference): (Z, Y, X) float32 in [0, 255], CT windowed,
+    MR (and unknown modalities) percentile-normalised, 8-bit display data kept (clipped to 0..255).
+
+    Args:
+        volume: an :class:`organsam.io.Volume`.
+        window: CT window name (see :class:`CTWindow`).
+    """
+    scheme = display_scheme(volume)
+    if scheme == "prewindowed":
+        return np.clip(volume.array, 0, 255).astype(np.float32, copy=False)
+    if scheme == "ct_window":
+        return window_ct(volume.array, window)
+    return normalize_mr(volume.array)
+
+
+def is_ct_in_hu(volume: Volume) -> bool:
+    """The one rule for "this volume holds CT Hounsfield units" (HU thresholds, ``mean_hu`` in reports):
+    a CT whose values are not 0..255 display values."""
+    return display_scheme(volume) == "ct_window"
 
 
 class DisplayConverter:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from organsam.server.segmenter import JobCancelledError, run_segmentation, write_downloads
+from organsam.server.segmenter import JobCancelledError, run_session, write_downloads
 from organsam.server.sessions import Correction, ServerBusyError, Session
 from organsam.server.settings import ServerSettings
 
@@ -251,7 +251,7 @@ class JobQueue:
             if self._predictor is None:
                 job.stage = "loading the model"
                 self._predictor = self._factory()
-            result = run_segmentation(
+            result = run_session(
                 self._predictor,
                 session,
                 job.organs,

@@ -21,7 +21,6 @@ from PIL import Image
 from organsam.preprocessing.orientation import DISPLAY_VIEWS, display_slice
 
 __all__ = [
-    "PALETTE",
     "VIEWS",
     "display_to_voxel",
     "extract",
@@ -33,29 +32,6 @@ __all__ = [
 
 VIEWS = DISPLAY_VIEWS
 
-#: label colours (RGB), label value v uses PALETTE[(v - 1) % len(PALETTE)]
-PALETTE: tuple[tuple[int, int, int], ...] = (
-    (230, 25, 75),
-    (60, 180, 75),
-    (255, 225, 25),
-    (0, 130, 200),
-    (245, 130, 48),
-    (145, 30, 180),
-    (70, 240, 240),
-    (240, 50, 230),
-    (210, 245, 60),
-    (250, 190, 212),
-    (0, 128, 128),
-    (220, 190, 255),
-    (170, 110, 40),
-    (255, 250, 200),
-    (128, 0, 0),
-    (170, 255, 195),
-    (128, 128, 0),
-    (255, 215, 180),
-    (0, 0, 128),
-    (128, 128, 128),
-)
 
 
 def _check_view(view: str) -> None:

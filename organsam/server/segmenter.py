@@ -8,7 +8,6 @@ correction reuses the slice embeddings and the fitted prior and only decodes aga
 from __future__ import annotations
 
 import logging
-import time
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -16,23 +15,16 @@ from typing import Any
 
 import numpy as np
 
-from organsam import __version__
-from organsam.inference.postprocess import merge_labelmap, postprocess_mask
-from organsam.inference.segment import DEFAULT_DESIGN, SegmentationResult, _organ_report
+from organsam.inference.options import OrganRequest
+from organsam.inference.pipeline import JobCancelledError, ProgressFn, run_segmentation
+from organsam.inference.result import SegmentationResult
+from organsam.io.output_folder import write_output_folder
 from organsam.priors.boxes import box_of_slice
 from organsam.server.sessions import Correction, Session
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["JobCancelledError", "correction_box", "run_segmentation", "write_downloads"]
-
-#: progress(stage, done, total)
-ProgressFn = Callable[[str, int, int], None]
-
-
-class JobCancelledError(RuntimeError):
-    """The session was deleted (or the server is stopping) while its job ran."""
-
+__all__ = ["JobCancelledError", "correction_box", "run_session", "write_downloads"]
 
 def correction_box(
     mask_slice: np.ndarray | None,
@@ -105,7 +97,7 @@ def _apply_corrections(
                 predictor.add_box(state, oid, z, box)
 
 
-def run_segmentation(
+def run_session(
     predictor: Any,
     session: Session,
     organ_ids: Sequence[str],
@@ -114,7 +106,9 @@ def run_segmentation(
     cancelled: Callable[[], bool],
     encode_chunk: int = 2,
 ) -> SegmentationResult:
-    """Segment ``organ_ids`` in the session's volume with the shared predictor (call from the worker only).
+    """Segment ``organ_ids`` in the session's volume with the shared predictor (call from the worker only):
+    the one pipeline (:func:`organsam.inference.pipeline.run_segmentation`) with the session's state, its
+    prompt text and the translation of its viewer corrections.
 
     Args:
         predictor: the :class:`organsam.inference.VolumePredictor`.
@@ -128,67 +122,19 @@ def run_segmentation(
     Returns:
         The result (masks and label map in the canonical (Z, Y, X) layout, report).
     """
-    t0 = time.perf_counter()
-    volume = session.volume
     if session.state is None:
-        session.state = predictor.init_state(volume)
-    state = session.state
-    predictor.reset(state)  # keeps the slice embeddings and the fitted prior
-    for oid in organ_ids:
-        predictor.add_text_prompt(state, oid)
-    progress("locating the organs (atlas prior)", 0, 0)
-    t_prior = time.perf_counter()
-    predictor.fit_prior(state)
-    t_model = time.perf_counter()
+        session.state = predictor.init_state(session.volume)
     previous = session.result.masks if session.result is not None else None
-    margin = int(round(8.0 / min(volume.spacing[1], volume.spacing[2])))
-    _apply_corrections(predictor, state, corrections, previous, margin)
-    all_ids = list(state.prompts)
-    needed: set[int] = set()
-    for oid, p in state.prompts.items():
-        if p.text is not None:
-            needed |= set(predictor.prior_boxes(state, oid))
-        needed |= set(p.boxes) | set(p.points)
-    todo = sorted(z for z in needed if z not in state.embeddings)
-    chunk = max(1, int(encode_chunk))
-    for i in range(0, len(todo), chunk):
-        if cancelled():
-            raise JobCancelledError(session.id)
-        progress("encoding slices", i, len(todo))
-        predictor.encode_slices(state, todo[i : i + chunk])
-    Z = volume.shape[0]
-    progress("segmenting", 0, Z)
-    for z, _, _ in predictor.propagate(state):
-        if cancelled():
-            raise JobCancelledError(session.id)
-        progress("segmenting", z + 1, Z)
-    t_post = time.perf_counter()
-    progress("post-processing", Z, Z)
-    hu = volume.array if volume.modality == "CT" and not volume.meta.is_8bit else None
-    masks = {oid: postprocess_mask(oid, state.results[oid].mask, hu) for oid in all_ids}
-    labelmap, table = merge_labelmap(masks, all_ids)
-    t_end = time.perf_counter()
-    timings = {
-        "prior": t_model - t_prior,
-        "model": t_post - t_model,
-        "postprocess": t_end - t_post,
-        "total": t_end - t0,
-    }
-    report = {
-        "organsam_version": __version__,
-        "input": session.filename,
-        "design": DEFAULT_DESIGN,
-        "modality": volume.modality,
-        "shape_zyx": list(volume.array.shape),
-        "spacing_zyx_mm": [float(s) for s in volume.spacing],
-        "prompt": session.prompt,
-        "corrections": [c.as_dict() for c in corrections],
-        "labels": {str(v): k for v, k in table.items()},
-        "organs": {oid: _organ_report(oid, masks[oid], volume, state.results.get(oid)) for oid in all_ids},
-        "encoded_slices": len(state.embeddings),
-        "timings_s": {k: round(v, 2) for k, v in timings.items()},
-    }
-    return SegmentationResult(volume, all_ids, masks, labelmap, table, report, timings)
+
+    def add_corrections(predictor: Any, state: Any) -> None:
+        _apply_corrections(predictor, state, corrections, previous, predictor.margin_px(state))
+
+    result = run_segmentation(
+        predictor, session.volume, OrganRequest(session.prompt or "", tuple(organ_ids)),
+        state=session.state, corrections=add_corrections, progress=progress, cancelled=cancelled,
+        encode_chunk=encode_chunk, report_extra={"corrections": [c.as_dict() for c in corrections]})
+    result.report["input"] = session.filename
+    return result
 
 
 def write_downloads(result: SegmentationResult, outdir: Path) -> dict[str, Path]:
@@ -201,13 +147,15 @@ def write_downloads(result: SegmentationResult, outdir: Path) -> dict[str, Path]
     Returns:
         ``labelmap`` / ``masks_zip`` / ``report`` (/ ``dicom_seg`` for DICOM input) -> path.
     """
-    written = result.save(outdir, overview=False)
-    files = {"labelmap": written["segmentation"], "report": written["report"]}
-    if "dicom_seg" in written:
-        files["dicom_seg"] = written["dicom_seg"]
-    zpath = outdir / "masks.zip"
-    with zipfile.ZipFile(zpath, "w", compression=zipfile.ZIP_STORED) as zf:
-        for p in sorted(written["masks"].glob("*.nii.gz")):
-            zf.write(p, arcname=f"masks/{p.name}")
-    files["masks_zip"] = zpath
-    return files
+    def build(folder: Path) -> dict[str, Path]:
+        written = result.write_files(folder, overview=False)
+        files = {"labelmap": written["segmentation"], "report": written["report"]}
+        if "dicom_seg" in written:
+            files["dicom_seg"] = written["dicom_seg"]
+        files["masks_zip"] = folder / "masks.zip"
+        with zipfile.ZipFile(files["masks_zip"], "w", compression=zipfile.ZIP_STORED) as zf:
+            for p in sorted(written["masks"].glob("*.nii.gz")):
+                zf.write(p, arcname=f"masks/{p.name}")
+        return files
+
+    return write_output_folder(outdir, build)

@@ -22,7 +22,7 @@ import numpy as np
 
 from organsam.io import Volume, load_volume
 from organsam.io.loader import normalize_modality
-from organsam.preprocessing.intensity import display_scheme, normalize_mr, window_ct
+from organsam.preprocessing.intensity import display_scheme, is_ct_in_hu, normalize_mr, window_ct
 from organsam.server.render import extract
 from organsam.server.settings import ServerSettings
 from organsam.server.uploads import UploadError, UploadTooLargeError, copy_limited, store_upload
@@ -128,7 +128,7 @@ class Session:
     @property
     def windows(self) -> list[str]:
         """Window presets offered for this volume."""
-        if self.volume.modality == "CT" and display_scheme(self.volume) == "ct_window":
+        if is_ct_in_hu(self.volume):
             return [*CT_WINDOW_PRESETS, "raw"]
         return ["raw"]
 

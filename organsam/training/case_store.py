@@ -14,12 +14,12 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from organsam.io.files import atomic_path
 from organsam.training.datasets import LoadedCase, load_case
 from organsam.training.manifest import Case
 
@@ -150,10 +150,8 @@ class CaseStore:
         loaded = load_case(case, self.window)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         for path, arr in ((img_p, loaded.image.astype(np.float32)), (lab_p, loaded.labels)):
-            fd, tmp = tempfile.mkstemp(dir=self.cache_dir, suffix=".npy.tmp")
-            with os.fdopen(fd, "wb") as f:
+            with atomic_path(path) as tmp, open(tmp, "wb") as f:
                 np.save(f, np.ascontiguousarray(arr))
-            os.replace(tmp, path)
         meta_p.write_text(
             json.dumps(
                 {

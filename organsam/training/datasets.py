@@ -44,6 +44,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from organsam.preprocessing.intensity import model_intensities
 from organsam.training.manifest import Case, ManifestError, read_manifest
 
 logger = logging.getLogger(__name__)
@@ -57,7 +58,6 @@ __all__ = [
     "get_dataset_reader",
     "read_dataset",
     "load_case",
-    "display_intensities",
     "SYNAPSE_TRAIN_CASES",
     "SYNAPSE_TEST_CASES",
     "register_loader",
@@ -703,24 +703,6 @@ def resolve_labelmap(labelmap: Any) -> dict[int, str | None]:
     return load_labelmap(str(labelmap))
 
 
-def display_intensities(volume: Any, window: str = "abdomen") -> np.ndarray:
-    """(Z, Y, X) float32 in [0, 255] as the model sees them: CT windowed, MR percentile-normalised, 8-bit
-    data kept (the same rule as inference).
-
-    Args:
-        volume: an :class:`organsam.io.Volume`.
-        window: CT window name.
-    """
-    from organsam.preprocessing.intensity import display_scheme, normalize_mr, window_ct
-
-    scheme = display_scheme(volume)
-    if scheme == "prewindowed":
-        return np.clip(volume.array, 0, 255).astype(np.float32, copy=False)
-    if scheme == "ct_window":
-        return window_ct(volume.array, window)
-    return normalize_mr(volume.array)
-
-
 def load_case(case: Case, window: str = "abdomen") -> LoadedCase:
     """Read a case: image as display intensities, labels on its grid, label map resolved.
 
@@ -754,7 +736,7 @@ def _load_volume_case(case: Case, window: str) -> LoadedCase:
         labels = load_labels(case.label, vol)
     return LoadedCase(
         case,
-        display_intensities(vol, window),
+        model_intensities(vol, window),
         np.ascontiguousarray(labels),
         tuple(vol.spacing),
         vol.modality,
@@ -828,5 +810,5 @@ def _load_ts_subject(case: Case, window: str) -> LoadedCase:
             unknown[0],
         )
     return LoadedCase(
-        case, display_intensities(vol, window), labels, tuple(vol.spacing), vol.modality, dict(lm.organs)
+        case, model_intensities(vol, window), labels, tuple(vol.spacing), vol.modality, dict(lm.organs)
     )

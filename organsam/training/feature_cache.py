@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from organsam.io.files import atomic_path
 from organsam.model.components.image_encoder import EncoderOutput
 
 logger = logging.getLogger(__name__)
@@ -112,15 +111,8 @@ class FeatureCache:
         tensors = {"embedding": enc.embedding[i].detach().to("cpu", self.dtype).contiguous()}
         for lv in self.levels:
             tensors[f"level_{lv}"] = enc.levels[lv][i].detach().to("cpu", self.dtype).contiguous()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata={"hash": self.hash})
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"hash": self.hash})
         return path
 
     def _load(self, path: Path) -> dict[str, torch.Tensor]:

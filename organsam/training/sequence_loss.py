@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from organsam.training.trainer import neutral_class_targets
+from organsam.model.losses import neutral_class_targets
 
 __all__ = ["SequenceLoss"]
 

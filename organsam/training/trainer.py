@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import random
 import shutil
 import time
@@ -43,6 +42,8 @@ import numpy as np
 import torch
 
 from organsam.config import ConfigError, to_dict
+from organsam.io.files import atomic_path
+from organsam.model.losses import neutral_class_targets
 from organsam.training.distributed import (
     DistInfo,
     all_reduce_mean,
@@ -55,7 +56,7 @@ from organsam.training.validation import ValResult, validate
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Trainer", "TrainResult", "train", "STATE_FORMAT", "load_train_state", "neutral_class_targets"]
+__all__ = ["Trainer", "TrainResult", "train", "STATE_FORMAT", "load_train_state"]
 
 STATE_FORMAT = "organsam-train-state-v1"
 STATE_FILE = "train_state.pt"
@@ -79,27 +80,6 @@ class TrainResult:
     checkpoint: Path | None
     history: list[dict[str, float]] = field(default_factory=list)
     val: ValResult | None = None
-
-
-def neutral_class_targets(output: Any, targets: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
-    """Class targets with the unknown organs (not labelled by the sample's dataset) taken out of the loss.
-
-    Unknown entries get ``sigmoid(logit).detach()`` as target, so their binary cross-entropy has zero
-    gradient (its value is a constant). Designs without ``aux["class_logits"]`` get the targets unchanged.
-
-    Args:
-        output: the design's ``DesignOutput``.
-        targets: (B, K) float 0/1 class targets.
-        known: (B, K) bool, organ labelled by the sample's dataset.
-
-    Returns:
-        (B, K) float targets.
-    """
-    logits = output.aux.get("class_logits") if hasattr(output, "aux") else None
-    if logits is None or tuple(logits.shape) != tuple(targets.shape):
-        return targets
-    neutral = torch.sigmoid(logits.detach().float())
-    return torch.where(known, targets.float(), neutral)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -151,14 +131,8 @@ def load_train_state(path: str | Path) -> dict[str, Any]:
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _config_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -580,16 +554,8 @@ class Trainer:
         path = ckpt_dir / f"step_{step:07d}.pt"
         _atomic_torch_save(state, path)
         latest = self.out_dir / STATE_FILE
-        tmp = latest.with_name(f".{latest.name}.{os.getpid()}.tmp")
-        try:
-            try:
-                os.link(path, tmp)
-            except OSError:
-                shutil.copy2(path, tmp)
-            os.replace(tmp, latest)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        with atomic_path(latest) as tmp:
+            shutil.copy2(path, tmp)
         if self.cfg.keep_checkpoints > 0:
             old = sorted(ckpt_dir.glob("step_*.pt"))[: -self.cfg.keep_checkpoints]
             for p in old:

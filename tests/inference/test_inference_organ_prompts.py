@@ -10,8 +10,9 @@ from conftest import data_path
 from organsam.inference.organ_prompt_table import load_prompt_table
 from organsam.inference.volume_predictor import VolumePredictor
 from organsam.io import load_labels, load_volume
+from organsam.io.files import file_sha256
 from organsam.vocabulary import labelmap_info
-from organsam.weights import WEIGHTS, WeightsError, sha256_of
+from organsam.weights import WEIGHTS, WeightsError
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -20,7 +21,7 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 
 def test_packaged_table_is_hash_checked(tmp_path) -> None:
     table = load_prompt_table()
-    assert sha256_of(table.path) == WEIGHTS["organ_prompts"].sha256
+    assert file_sha256(table.path) == WEIGHTS["organ_prompts"].sha256
     assert table.path.stat().st_size < 25 * 2**20  # the size cap for shipped weights
     assert {"liver", "pancreas", "kidney_left"} <= set(table.organ_ids)
     assert table.lookup(["liver"]).abs().sum() > 0  # trained, not the zero initialisation

@@ -60,7 +60,11 @@ def test_outputs_on_input_grid_and_report(amos13_result) -> None:
         assert np.array_equal(m.affine, src.affine)
         assert bool(np.asarray(m.dataobj).any()) == report["organs"][oid]["present"]
     assert (out / "overview.png").stat().st_size > 1000
-    assert not [p for p in out.iterdir() if p.name.startswith(".organsam-")]  # no temp leftovers
+    # no staging leftovers beside the folder; its marker lists exactly the files written
+    assert not [p for p in out.parent.iterdir() if p.name.startswith((".organsam-stage-", ".organsam-old-"))]
+    listed = json.loads((out / ".organsam-output.json").read_text())["files"]
+    assert sorted(listed) == sorted(p.relative_to(out).as_posix() for p in out.rglob("*")
+                                    if p.is_file() and p.name != ".organsam-output.json")
 
 
 def test_cli_unknown_organ_fails_cleanly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -107,7 +111,7 @@ def test_keep_largest_and_merge() -> None:
 
 
 def test_model_grid_coarsens_thin_slices_and_maps_masks_back() -> None:
-    from organsam.inference.segment import model_grid, to_input_grid
+    from organsam.inference.pipeline import model_grid, to_input_grid
     from organsam.io import Volume
 
     arr = np.linspace(-100, 300, 30, dtype=np.float32)[:, None, None] * np.ones((30, 8, 8), np.float32)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import data_path
 
+from organsam.io.files import file_sha256
 from organsam.model.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointError,
@@ -18,7 +19,6 @@ from organsam.model.checkpoint import (
     sidecar_path,
 )
 from organsam.registry import build_design
-from organsam.weights import sha256_of
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,7 @@ def test_round_trip_gives_identical_outputs(trained, encoded):
     model, path = trained
     info = read_checkpoint_info(path)
     assert info["format"] == CHECKPOINT_FORMAT and info["design"] == "seg_sam"
-    assert info["tensor_sha256"] == sha256_of(path)
+    assert info["tensor_sha256"] == file_sha256(path)
     assert info["extra"] == {"epoch": 3, "val_dice": 0.5}
     assert info["organ_ids"] == model.organ_ids and info["vocabulary_version"]
     assert info["base_weights"]["name"] == "lite_medsam"
@@ -143,7 +143,7 @@ def test_missing_and_unexpected_tensors_are_listed(trained, tmp_path):
     dst = tmp_path / "keys.safetensors"
     save_file(tensors, str(dst))
     info = json.loads(sidecar_path(path).read_text())
-    info["tensor_sha256"] = sha256_of(dst)
+    info["tensor_sha256"] = file_sha256(dst)
     sidecar_path(dst).write_text(json.dumps(info))
     with pytest.raises(CheckpointError, match=r"missing tensors: text_proj\.fc1\.weight.*unexpected tensors: bogus"):
         load_checkpoint(dst)

@@ -234,7 +234,7 @@ def test_merge_gives_the_unmerged_outputs(trained, plain, plain_out, real):
 def test_checkpoint_round_trip_recreates_the_adapters(trained, real, tmp_path):
     from safetensors.torch import load_file, save_file
 
-    from organsam.weights import sha256_of
+    from organsam.io.files import file_sha256
 
     model = trained["model"]
     path = save_checkpoint(model, tmp_path / "lora.safetensors", extra={"step": 1})
@@ -260,7 +260,7 @@ def test_checkpoint_round_trip_recreates_the_adapters(trained, real, tmp_path):
     bad = tmp_path / "no_adapter.safetensors"
     save_file(tensors, str(bad))
     side = json.loads(sidecar_path(path).read_text())
-    side["tensor_sha256"] = sha256_of(bad)
+    side["tensor_sha256"] = file_sha256(bad)
     sidecar_path(bad).write_text(json.dumps(side))
     with pytest.raises(CheckpointError, match=f"missing tensors: {dropped.replace('.', '[.]')}"):
         load_checkpoint(bad)

@@ -204,3 +204,24 @@ def test_resolve_class_name() -> None:
     assert resolve_class_name("Kidney (L)") == "kidney_left"
     with pytest.raises(ValueError, match="'lungs' names several organs"):  # no combined entry for both lungs
         resolve_class_name("lungs")
+
+
+def test_overview_and_viewer_draw_a_label_in_the_same_colour(tmp_path) -> None:
+    """One palette: label 19 (navy) is drawn in the same colour in overview.png and in the viewer's overlay."""
+    import numpy as np
+    from PIL import Image
+
+    from organsam.inference.overview import render_overview
+    from organsam.server.render import overlay_rgba
+    from organsam.vocabulary.palette import label_color
+
+    navy = (0, 0, 128)
+    assert label_color(19) == navy and label_color(1) == label_color(21)
+    labels = np.zeros((4, 32, 32), dtype=np.uint8)
+    labels[1:3, 8:24, 8:24] = 19
+    png = render_overview(np.full(labels.shape, 90, np.uint8), labels, {19: "Liver"}, (3.0, 1.0, 1.0),
+                          tmp_path / "overview.png")
+    pixels = np.asarray(Image.open(png).convert("RGB")).reshape(-1, 3)
+    assert (pixels == navy).all(axis=1).any()  # the legend swatch of label 19
+    rgba = overlay_rgba({"liver": labels == 19}, {"liver": label_color(19)}, labels.shape, "axial", 1)
+    assert (rgba[..., :3].reshape(-1, 3) == navy).all(axis=1).any()  # the viewer's opaque outline

@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from organsam.io.files import atomic_path
 from organsam.model.components.text_encoder import TextEncoder, TextEncoderSpec, resolve_text_encoder
 
 logger = logging.getLogger(__name__)
@@ -118,20 +118,12 @@ class TextEmbeddingCache:
 
         meta = {"format": _FORMAT, "fingerprint": fp, "texts": json.dumps(texts, ensure_ascii=False),
                 "model_dir": str(self._spec.model_dir)}
-        tmp = None
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=path.parent)
-            os.close(fd)
-            save_file({"embeddings": emb.detach().cpu().float().contiguous()}, tmp, metadata=meta)
-            os.replace(tmp, path)
-            tmp = None
+            with atomic_path(path, suffix=".safetensors") as tmp:
+                save_file({"embeddings": emb.detach().cpu().float().contiguous()}, str(tmp), metadata=meta)
             logger.debug("wrote %d text embeddings to %s", len(texts), path)
         except OSError as e:
             logger.warning("cannot write the text-embedding cache %s (%s); keeping it in memory only", path, e)
-        finally:
-            if tmp is not None and os.path.exists(tmp):
-                os.unlink(tmp)
 
     def get(self, texts: Sequence[str]) -> Tensor:
         """Embeddings of ``texts``, from memory, disk or the encoder (then stored).

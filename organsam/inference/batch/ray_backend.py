@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from organsam.inference.batch import BatchSettings, CaseJob, CaseOutcome, CaseRunner, error_text, worker_name
+from organsam.inference.batch.worker import BatchSettings, CaseJob, CaseOutcome, CaseRunner, error_text, worker_name
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,206 @@
+"""The one segmentation pipeline: every entry point (``organsam.segment``, the CLI, batch workers, the server)
+calls :func:`run_segmentation`.
+
+Stages, in the order data flows through them:
+
+1. **model grid** (:func:`model_grid`): thin-sliced volumes may be segmented on a coarser z grid
+   (``min_slice_mm``); otherwise the input volume itself.
+2. **prompts**: the requested organs become text prompts; an interactive caller adds its user boxes and points
+   (``corrections``) once the prior is fitted.
+3. **location prior** (``predictor.fit_prior``): the atlas registered onto the volume gives each organ a box per
+   slice where it lies.
+4. **slice encoding** (``predictor.encode_slices``): the slices that any prompt needs, in chunks, with progress and
+   cancellation between chunks.
+5. **decoding and propagation** (``predictor.propagate``): boxes -> masks, predicted-IoU rejection, box widening,
+   track refinement.
+6. **post-processing** (:func:`organsam.inference.postprocess.postprocess_mask`): masks back on the input grid,
+   HU cleanup, connected components; one merged label map.
+7. **report** (:func:`organ_report`): per-organ facts, the prompt, the settings and timings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from organsam import __version__
+from organsam.inference.options import OrganRequest, SegmentOptions
+from organsam.inference.postprocess import merge_labelmap, postprocess_mask
+from organsam.inference.predictor_factory import DEFAULT_DESIGN
+from organsam.inference.result import SegmentationResult
+from organsam.inference.state import InferenceState, OrganResult
+from organsam.io import Volume, VolumeMeta
+from organsam.preprocessing.intensity import is_ct_in_hu
+from organsam.preprocessing.resample import resample_z
+from organsam.vocabulary import load_vocabulary
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["JobCancelledError", "ProgressFn", "model_grid", "organ_report", "run_segmentation", "to_input_grid"]
+
+#: progress(stage, done, total)
+ProgressFn = Callable[[str, int, int], None]
+#: corrections(predictor, state): adds user boxes/points to the state once the prior is fitted
+CorrectionsFn = Callable[[Any, InferenceState], None]
+
+
+class JobCancelledError(RuntimeError):
+    """``cancelled()`` returned True while the run was working."""
+
+
+def model_grid(volume: Volume, min_slice_mm: float) -> Volume:
+    """The volume the model runs on: ``volume`` itself, or, when its slices are thinner than
+    ``min_slice_mm`` (> 0), a copy linearly resampled along z to slices about ``min_slice_mm`` apart."""
+    sz = float(volume.spacing[0])
+    Z = volume.array.shape[0]
+    if min_slice_mm <= 0 or sz >= min_slice_mm or Z < 2:
+        return volume
+    new_z = max(2, int(round(Z * sz / min_slice_mm)))
+    if new_z >= Z:
+        return volume
+    logger.info("%d slices of %.2f mm: segmenting %d slices of %.2f mm, masks interpolated back", Z, sz, new_z,
+                Z * sz / new_z)
+    spacing = (Z * sz / new_z, float(volume.spacing[1]), float(volume.spacing[2]))
+    meta = VolumeMeta(modality_source=volume.meta.modality_source, is_8bit=volume.meta.is_8bit)
+    return dataclasses.replace(volume, array=resample_z(volume.array, new_z), spacing=spacing, meta=meta)
+
+
+def to_input_grid(mask: np.ndarray, volume: Volume) -> np.ndarray:
+    """(z, Y, X) bool mask on the model grid -> (Z, Y, X) bool on ``volume``'s slices (linear along z, > 0.5)."""
+    Z = volume.array.shape[0]
+    if mask.shape[0] == Z:
+        return mask
+    return resample_z(mask, Z) > 0.5
+
+
+def organ_report(organ_id: str, mask: np.ndarray, volume: Volume, res: OrganResult | None) -> dict[str, Any]:
+    """The report entry of one organ: presence, size, intensity, extent, confidence and where it came from."""
+    voxel_ml = float(np.prod(volume.spacing)) / 1000.0
+    entry: dict[str, Any] = {
+        "name": load_vocabulary()[organ_id].name,
+        "present": bool(mask.any()),
+        "voxels": int(mask.sum()),
+        "volume_ml": round(int(mask.sum()) * voxel_ml, 2),
+        "confidence": round(res.confidence, 4) if res is not None else 0.0,
+        "slices": int(mask.reshape(mask.shape[0], -1).any(axis=1).sum()),
+        "rejected_slices": len(res.rejected) if res is not None else 0,
+        "source": res.source if res is not None else "",
+    }
+    key = "mean_hu" if is_ct_in_hu(volume) else "mean_intensity"
+    entry[key] = round(float(volume.array[mask].mean()), 1) if mask.any() else None
+    if mask.any():
+        idx = np.argwhere(volume.to_file_layout(mask))
+        entry["bbox_voxels"] = {"min": idx.min(axis=0).tolist(), "max": idx.max(axis=0).tolist(),
+                                "axes": "file array order"}
+    else:
+        entry["bbox_voxels"] = None
+        entry["absent_reason"] = ("no slice passed the predicted-IoU check" if res is not None and res.rejected
+                                  else "not located by the prior")
+    return entry
+
+
+def _needed_slices(predictor: Any, state: InferenceState) -> list[int]:
+    """Slices any prompt decodes on the first pass (prior boxes of text prompts, user boxes and points)."""
+    needed: set[int] = set()
+    for oid, p in state.prompts.items():
+        if p.text is not None:
+            needed |= set(predictor.prior_boxes(state, oid))
+        needed |= set(p.boxes) | set(p.points)
+    return sorted(z for z in needed if z not in state.embeddings)
+
+
+def run_segmentation(predictor: Any, volume: Volume, request: OrganRequest, *,
+                     options: SegmentOptions | None = None, state: InferenceState | None = None,
+                     corrections: CorrectionsFn | None = None, progress: ProgressFn | None = None,
+                     cancelled: Callable[[], bool] | None = None, encode_chunk: int | None = None,
+                     report_extra: dict[str, Any] | None = None) -> SegmentationResult:
+    """Segment the requested organs of ``volume``: every stage from the location prior to the report.
+
+    Args:
+        predictor: a :class:`~organsam.inference.volume_predictor.VolumePredictor` (or a design predictor), e.g.
+            from :meth:`SegmentOptions.build_predictor`.
+        volume: the input volume.
+        request: the organs and the prompt they came from (:func:`~organsam.inference.options.resolve_organs`).
+        options: the run's settings (the model grid and the report use them; the predictor already carries
+            the others); default :class:`SegmentOptions()`.
+        state: a session state to reuse (an interactive session keeps its slice embeddings and fitted prior
+            between runs); it must be on the model grid of ``volume``. None: a new one.
+        corrections: called once the prior is fitted to add user boxes/points (organs not in the request are
+            then tracked from them and reported too).
+        progress: called with (stage, done, total) as the work advances.
+        cancelled: polled between steps; when it returns True the run stops with :class:`JobCancelledError`.
+        encode_chunk: slices encoded between two progress reports (default: the predictor's batch size).
+        report_extra: entries added to the report (e.g. the server's corrections).
+
+    Returns:
+        The :class:`SegmentationResult` (masks on the input grid, merged label map, report, timings).
+    """
+    options = options or SegmentOptions()
+
+    def report_progress(stage: str, done: int, total: int) -> None:
+        if progress is not None:
+            progress(stage, done, total)
+
+    def check_cancelled() -> None:
+        if cancelled is not None and cancelled():
+            raise JobCancelledError("the segmentation was cancelled")
+
+    t0 = time.perf_counter()
+    work = model_grid(volume, options.min_slice_mm)
+    if state is None:
+        state = predictor.init_state(work)
+    elif state.volume.array.shape != work.array.shape:
+        raise ValueError(f"the session state is on a {state.volume.array.shape} grid, the volume's model grid is "
+                         f"{work.array.shape}; start a new state")
+    predictor.reset(state)  # keeps the slice embeddings and the fitted prior
+    for oid in request.organ_ids:
+        predictor.add_text_prompt(state, oid)
+    report_progress("locating the organs (atlas prior)", 0, 0)
+    predictor.fit_prior(state)
+    t_prior = time.perf_counter()
+    if corrections is not None:
+        corrections(predictor, state)
+    todo = _needed_slices(predictor, state)
+    chunk = max(1, int(encode_chunk or getattr(predictor, "batch_size", 1) or 1))
+    for i in range(0, len(todo), chunk):
+        check_cancelled()
+        report_progress("encoding slices", i, len(todo))
+        predictor.encode_slices(state, todo[i:i + chunk])
+    t_encode = time.perf_counter()
+    Z = work.array.shape[0]
+    report_progress("segmenting", 0, Z)
+    for z, _, _ in predictor.propagate(state):
+        check_cancelled()
+        report_progress("segmenting", z + 1, Z)
+    t_model = time.perf_counter()
+    report_progress("post-processing", Z, Z)
+    organ_ids = list(state.prompts)  # requested organs first, then organs only a correction named
+    hu = volume.array if is_ct_in_hu(volume) else None
+    masks = {oid: postprocess_mask(oid, to_input_grid(state.results[oid].mask, volume), hu) for oid in organ_ids}
+    labelmap, table = merge_labelmap(masks, organ_ids)
+    t_end = time.perf_counter()
+    timings = {"prior": t_prior - t0, "encode": t_encode - t_prior, "model": t_model - t_encode,
+               "postprocess": t_end - t_model, "total": t_end - t0}
+    report: dict[str, Any] = {
+        "organsam_version": __version__,
+        "input": str(volume.path) if volume.path else None,
+        "prompt": request.prompt,
+        "organ_ids": list(request.organ_ids),
+        "design": getattr(getattr(predictor, "model", None), "design_name", DEFAULT_DESIGN),
+        "modality": volume.modality,
+        "shape_zyx": list(volume.array.shape),
+        "spacing_zyx_mm": [float(s) for s in volume.spacing],
+        "corrections": [],
+        "labels": {str(v): k for v, k in table.items()},
+        "organs": {oid: organ_report(oid, masks[oid], volume, state.results.get(oid)) for oid in organ_ids},
+        "encoded_slices": len(state.embeddings),
+        "model_slices": int(Z),
+        "timings_s": {k: round(v, 2) for k, v in timings.items()},
+    }
+    report.update(report_extra or {})
+    return SegmentationResult(volume, organ_ids, masks, labelmap, table, report, timings)

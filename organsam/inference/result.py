@@ -1,0 +1,104 @@
+"""What a segmentation run returns (:class:`SegmentationResult`) and how it is written to disk."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from organsam.io import Volume, write_dicom_seg, write_labelmap, write_masks
+from organsam.io.output_folder import check_output_folder, write_output_folder
+from organsam.vocabulary import load_vocabulary
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SegmentationResult", "check_output", "input_paths"]
+
+
+def input_paths(volume: Volume) -> list[Path]:
+    """The files and folder a volume was read from (never written over or into)."""
+    paths = [Path(s) for s in volume.meta.sources]
+    if volume.path is not None:
+        paths.append(Path(volume.path))
+    return paths
+
+
+def check_output(output: str | os.PathLike[str], input: Any) -> Path:
+    """Check an output folder against an input (a path or a :class:`Volume`) before any compute.
+
+    Raises:
+        organsam.io.output_folder.OutputFolderError: the folder cannot be used (one line with the fix).
+    """
+    inputs = input_paths(input) if isinstance(input, Volume) else [Path(input)]
+    return check_output_folder(output, inputs)
+
+
+@dataclass
+class SegmentationResult:
+    """Output of a segmentation run (:func:`organsam.inference.pipeline.run_segmentation`).
+
+    Attributes:
+        volume: the input volume (canonical (Z, Y, X)).
+        organ_ids: the segmented organs, in prompt order (label values 1..N follow this order).
+        masks: organ id -> (Z, Y, X) bool, canonical layout; overlaps allowed; empty when absent.
+        labelmap: (Z, Y, X) merged label map (smaller organs win overlaps).
+        label_table: label value -> organ id.
+        report: per-organ facts (present, volume_ml, mean intensity, bbox, confidence, ...).
+        timings: seconds per stage.
+    """
+
+    volume: Volume
+    organ_ids: list[str]
+    masks: dict[str, np.ndarray]
+    labelmap: np.ndarray
+    label_table: dict[int, str]
+    report: dict[str, Any]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def write_files(self, folder: Path, overview: bool = True) -> dict[str, Path]:
+        """Write every output file into ``folder`` (an empty folder; not atomic: see :meth:`save`).
+
+        Returns:
+            ``segmentation`` / ``masks`` / ``report`` (/ ``overview``, ``dicom_seg``) -> path in ``folder``.
+        """
+        vocab = load_vocabulary()
+        written = {"segmentation": write_labelmap(self.labelmap, self.volume, folder / "segmentation.nii.gz")}
+        write_masks(self.masks, self.volume, folder / "masks")
+        written["masks"] = folder / "masks"
+        if self.volume.meta.file_format == "dicom":
+            try:
+                written["dicom_seg"] = write_dicom_seg(
+                    {k: v for k, v in self.masks.items() if v.any()}, self.volume, folder / "segmentation.dcm",
+                    organ_names={k: vocab[k].name for k in self.masks})
+            except Exception as e:  # DICOM-SEG is a bonus next to the NIfTI outputs
+                logger.warning("DICOM-SEG not written: %s", e)
+        if overview:
+            from organsam.inference.overview import render_overview
+            from organsam.preprocessing.intensity import to_uint8_display
+
+            written["overview"] = render_overview(
+                to_uint8_display(self.volume), self.labelmap,
+                {v: vocab[k].name for v, k in self.label_table.items()},
+                tuple(self.volume.spacing), folder / "overview.png")
+        (folder / "report.json").write_text(json.dumps(self.report, indent=2))
+        written["report"] = folder / "report.json"
+        return written
+
+    def save(self, outdir: str | os.PathLike[str], overview: bool = True) -> dict[str, Path]:
+        """Write ``segmentation.nii.gz``, ``masks/<organ>.nii.gz``, ``report.json``, ``overview.png`` (and
+        ``segmentation.dcm`` for DICOM input) on the input's grid and orientation into ``outdir``.
+
+        The whole folder is built beside ``outdir`` and switched into place in one step
+        (:func:`organsam.io.output_folder.write_output_folder`): ``outdir`` shows the previous result or this
+        one, never a mix. A folder that holds files organsam did not write, or that holds the input, is refused.
+
+        Returns:
+            name -> written path.
+        """
+        return write_output_folder(outdir, lambda folder: self.write_files(folder, overview),
+                                   input_paths(self.volume))

@@ -1,0 +1,169 @@
+"""One pipeline behind every entry point, and outputs that never destroy data.
+
+- The CLI (``organsam.segment``), a batch and the server write reports with the same keys for one input.
+- Output folders that hold the input, an existing file, a loop, an unwritable place: one-line errors before any
+  compute, the input untouched.
+- Errors that are not the user's fault reach the terminal as one line; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from conftest import data_path
+
+from organsam.cli.main import error_line
+from organsam.cli.main import main as cli
+from organsam.inference.options import SegmentOptions
+from organsam.vocabulary import UnknownOrganError
+
+AMOS = ("amos_0013_slab", "image.nii.gz")
+PROMPT = "liver, spleen"
+
+
+@pytest.fixture
+def no_compute(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail loudly if a run gets as far as building the model: these errors must come before any compute."""
+
+    def refuse(self: SegmentOptions, progress: bool = True) -> None:
+        raise AssertionError("the model was built: the error came after the compute started")
+
+    monkeypatch.setattr(SegmentOptions, "build_predictor", refuse)
+
+
+def _one_line_error(capsys: pytest.CaptureFixture[str], *needles: str) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    for n in needles:
+        assert n in err, err
+    return err
+
+
+def test_input_inside_the_output_folder_is_refused_and_kept(tmp_path: Path, capsys, no_compute) -> None:
+    out = tmp_path / "out"
+    (out / "masks").mkdir(parents=True)
+    ct = out / "masks" / "ct.nii.gz"
+    shutil.copy(data_path(*AMOS), ct)
+    code = cli(["segment", "-i", str(ct), "-o", str(out), "--organs", "liver", "-q"])
+    assert code == 2
+    _one_line_error(capsys, str(out), "contains the input", "Fix:")
+    assert ct.read_bytes() == data_path(*AMOS).read_bytes()
+
+
+def test_dicom_series_named_masks_is_never_deleted(tmp_path: Path, capsys, no_compute) -> None:
+    series = tmp_path / "study" / "masks"
+    shutil.copytree(data_path("ts_b_dicom", "dicom"), series)
+    before = sorted(p.name for p in series.iterdir())
+    code = cli(["segment", "-i", str(series), "-o", str(tmp_path / "study"), "--organs", "liver", "-q"])
+    assert code == 2
+    _one_line_error(capsys, "contains the input")
+    assert sorted(p.name for p in series.iterdir()) == before
+
+
+@pytest.mark.parametrize("case", ["existing file", "the input itself", "symlink loop", "read-only place"])
+def test_bad_output_is_refused_before_compute(case: str, tmp_path: Path, capsys, no_compute) -> None:
+    ct = tmp_path / "ct.nii.gz"
+    shutil.copy(data_path(*AMOS), ct)
+    if case == "existing file":
+        out = tmp_path / "report.txt"
+        out.write_text("keep me")
+        needle = "is an existing file"
+    elif case == "the input itself":
+        out, needle = ct, "is an existing file"
+    elif case == "symlink loop":
+        out = tmp_path / "a"
+        out.symlink_to(tmp_path / "b")
+        (tmp_path / "b").symlink_to(out)
+        needle = "symbolic-link loop"
+    else:
+        out, needle = Path("/proc/organsam-out"), "cannot be written"
+    code = cli(["segment", "-i", str(ct), "-o", str(out), "--organs", "liver", "-q"])
+    assert code == 2
+    _one_line_error(capsys, needle, "Fix:")
+    assert ct.read_bytes() == data_path(*AMOS).read_bytes()
+    if case == "existing file":
+        assert out.read_text() == "keep me"
+
+
+def test_cuda_on_a_cpu_build_is_one_line(tmp_path: Path, capsys, no_compute) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU: --device cuda is valid here")
+    code = cli(["segment", "-i", str(data_path(*AMOS)), "-o", str(tmp_path / "o"), "--organs", "liver",
+                "--device", "cuda", "-q"])
+    assert code == 2
+    _one_line_error(capsys, "sees no CUDA GPU", "--device cpu")
+    assert not (tmp_path / "o").exists()
+
+
+def test_unexpected_errors_are_one_line_and_debug_shows_the_traceback(tmp_path: Path, capsys) -> None:
+    import SimpleITK as sitk  # noqa: N813
+
+    junk = tmp_path / "junk.mha"
+    junk.write_bytes(b"not an image at all\n" * 10)
+    try:
+        sitk.ReadImage(str(junk))
+    except RuntimeError as e:  # what SimpleITK raises: a multi-line message with C++ file names
+        line = error_line(e)
+        assert "\n" not in line and line.startswith("RuntimeError:") and "--debug" in line
+    else:
+        pytest.fail("SimpleITK read a junk file")
+    perm = PermissionError(13, "Permission denied", "/data/out/report.json")
+    assert error_line(perm) == ("/data/out/report.json: Permission denied. Fix: check the path, its permissions "
+                                "and the free disk space")
+    with pytest.raises(UnknownOrganError):  # --debug (anywhere on the line) lets the real exception through
+        cli(["segment", "-i", str(data_path(*AMOS)), "-o", str(tmp_path / "o"), "--organs", "livr", "--debug"])
+    assert cli(["segment", "-i", str(data_path(*AMOS)), "-o", str(tmp_path / "o"), "--organs", "livr"]) == 2
+    _one_line_error(capsys, "did you mean")
+
+
+def _keys(obj: object, prefix: str = "") -> set[str]:
+    """Every key path of a nested report (organ ids and label values are data, not keys: collapsed)."""
+    if not isinstance(obj, dict):
+        return set()
+    out: set[str] = set()
+    for k, v in obj.items():
+        name = "*" if prefix.endswith(("organs", "labels")) else str(k)
+        out.add(prefix + name)
+        out |= _keys(v, prefix + name + ".")
+    return out
+
+
+def test_cli_batch_and_server_reports_have_the_same_keys(tmp_path: Path) -> None:
+    import json
+
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from organsam.inference.batch import run_batch
+    from organsam.server import ServerSettings, create_app
+
+    src = data_path(*AMOS)
+    assert cli(["segment", "-i", str(src), "-o", str(tmp_path / "cli"), "--organs", PROMPT, "-q"]) == 0
+    cli_report = json.loads((tmp_path / "cli" / "report.json").read_text())
+    folder = tmp_path / "batch_in"
+    folder.mkdir()
+    shutil.copy(src, folder / "amos0013.nii.gz")
+    summary = run_batch(folder, PROMPT, tmp_path / "batch_out", progress=False)
+    assert summary.exit_code == 0
+    batch_report = json.loads((tmp_path / "batch_out" / "amos0013" / "report.json").read_text())
+    app = create_app(ServerSettings(workdir=tmp_path / "serve"))
+    with TestClient(app) as client, open(src, "rb") as f:
+        sid = client.post("/api/sessions", files={"file": ("amos.nii.gz", f)}).json()["id"]
+        job = client.post(f"/api/sessions/{sid}/segment", json={"prompt": PROMPT}).json()
+        t0 = time.monotonic()
+        while client.get(f"/api/jobs/{job['id']}").json()["state"] in ("queued", "running"):
+            assert time.monotonic() - t0 < 600
+            time.sleep(0.25)
+        server_report = client.get(f"/api/sessions/{sid}/result").json()["report"]
+    assert _keys(cli_report) == _keys(batch_report) == _keys(server_report)
+    for report in (cli_report, batch_report, server_report):
+        assert report["prompt"] == PROMPT and report["organ_ids"] == ["liver", "spleen"]
+    # the same pipeline gives the same masks: identical organ volumes from all three entry points
+    vols = [{k: r["organs"][k]["voxels"] for k in ("liver", "spleen")}
+            for r in (cli_report, batch_report, server_report)]
+    assert vols[0] == vols[1] == vols[2], vols
