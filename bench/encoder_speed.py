@@ -31,8 +31,8 @@ import numpy as np
 import torch
 from _common import data_dir, golden_dice, model_input, sync
 
-from organsam.inference.fast_encoder import FastImageEncoder
 from organsam.io import load_volume
+from organsam.model.components.fast_image_encoder import FastImageEncoder
 from organsam.model.sam_core import SamCore, build_lite_medsam
 
 #: The eight organs of the golden test (tests/model/test_model_golden.py); the adrenal glands, oesophagus, IVC

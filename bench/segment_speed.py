@@ -109,7 +109,7 @@ def run_case(case: str, args: argparse.Namespace) -> dict:
         out["bare_encoder_s"], out["bare_encoder_cpu_s"] = bare(prep_encode_ref)
         if not args.no_ours_all and (not args.reference_encoder or args.precision != "fp32"):
             out["pipeline_encoder_all_s"], out["pipeline_encoder_all_cpu_s"] = bare(
-                lambda idx: predictor.encode_images(
+                lambda idx: predictor.decoder.encode_images(
                     torch.from_numpy(to_model_input_batch(windowed[idx])[0]).to(device)))
     out["peak_rss_with_bare_mb"] = peak_rss_mb()
     out["ratio"] = out["pipeline_s"] / out["bare_encoder_s"]

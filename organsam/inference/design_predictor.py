@@ -1,9 +1,9 @@
 """Whole-volume inference with a trained design checkpoint (``organsam train`` output).
 
-:class:`DesignPredictor` is the :class:`~organsam.inference.volume_predictor.VolumePredictor` session API
+:func:`design_predictor` composes the :class:`~organsam.inference.volume_predictor.VolumePredictor` session API
 (``init_state`` / ``add_text_prompt`` / ``add_box`` / ``add_points`` / ``propagate``) with a trained design
-(``crisp_sam2``, ``seg_sam``, ``pg_sam``, ``organsam``, ``organ_prompts``; see ``organsam designs``) in place of
-the plain LiteMedSAM core:
+(``crisp_sam2``, ``seg_sam``, ``pg_sam``, ``organsam``, ``organ_prompts``; see ``organsam designs``) as its
+:class:`~organsam.inference.decoders.DesignDecoder`, in place of the plain LiteMedSAM core:
 
 * every slice is encoded once with the design's encoder (``encode_plain``) and kept for all organs;
 * each (slice, organ) job runs ``design(None, organ_index, boxes, points, encoded=...)``: the organ's text
@@ -11,14 +11,15 @@ the plain LiteMedSAM core:
 * where the text places the organ: ``prompts="prior"`` (default) gives the design the location prior's box on
   each slice where the prior has the organ (as the shipped pipeline does for LiteMedSAM; designs trained with
   ``data.box_prompt_prob > 0`` know boxes), ``prompts="text"`` asks the design on every slice with the text
-  alone (the designs' prompt-free promise; no prior is fitted);
+  alone (the designs' prompt-free promise; no atlas is registered: :class:`EverySlice` places each organ on
+  every slice, without a box);
 * a slice's mask is kept when the design's presence probability (its "is the organ on this slice" head; for
   ``organ_prompts`` the decoder's predicted IoU) is at least ``score_threshold``.
 
 Track refinement (a LiteMedSAM box-tracking heuristic) is off: a design brings its own refinement.
 
     model = load_checkpoint("runs/organsam/model.safetensors")
-    predictor = DesignPredictor(model, prompts="text")
+    predictor = design_predictor(model, prompts="text")
     state = predictor.init_state(volume)
     predictor.add_text_prompt(state, "liver")
     for z, ids, masks in predictor.propagate(state): ...
@@ -30,27 +31,45 @@ build one.
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 import numpy as np
 import torch
 
-from organsam.inference.state import Box, InferenceState
+from organsam.inference.decoders import DesignDecoder
 from organsam.inference.volume_predictor import LocationPrior, VolumePredictor
 from organsam.model.base import OrganSegmenter
-from organsam.preprocessing.slices import to_model_input_batch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DesignPredictor", "PROMPT_MODES"]
+__all__ = ["EverySlice", "PROMPT_MODES", "design_predictor"]
 
 #: Where a text-prompted organ is looked for: the location prior's boxes, or every slice by text alone.
 PROMPT_MODES: tuple[str, str] = ("prior", "text")
 
 
-class DesignPredictor(VolumePredictor):
-    """Text/box/point-prompted 3D segmentation with a trained design.
+class EverySlice:
+    """The placement of text-only prompts: every organ on every slice, with no box (nothing is registered)."""
+
+    class Fitted:
+        def __init__(self, num_slices: int) -> None:
+            self.num_slices = num_slices
+
+        def present(self, organ_id: str) -> bool:
+            return True
+
+        def boxes(self, organ_id: str, margin_px: int = 0) -> dict[int, None]:
+            return dict.fromkeys(range(self.num_slices))
+
+    def fit(self, array: np.ndarray, spacing: tuple[float, float, float]) -> EverySlice.Fitted:
+        return EverySlice.Fitted(int(array.shape[0]))
+
+
+def design_predictor(model: OrganSegmenter, *, prompts: str = "prior", prior: LocationPrior | str | None = "atlas",
+                     score_threshold: float = 0.5, device: str | torch.device = "cpu", precision: str | None = None,
+                     decoder_precision: str | None = None, batch_size: int | None = None,
+                     **kwargs: Any) -> VolumePredictor:
+    """A :class:`VolumePredictor` whose masks a trained design draws.
 
     Args:
         model: a trained design (:func:`organsam.model.checkpoint.load_checkpoint`).
@@ -59,76 +78,19 @@ class DesignPredictor(VolumePredictor):
         prior: location prior for ``prompts="prior"`` (``"atlas"`` default; see :class:`VolumePredictor`).
         score_threshold: minimum presence probability for a slice mask to be kept.
         device: torch device.
-        **kwargs: other :class:`VolumePredictor` options (``batch_size``, ``box_margin_mm``, ``progress``, ...).
+        precision: encoder precision (default ``"bf16"`` on CUDA, ``"fp32"`` elsewhere); decoder_precision: the
+            design's decoding precision (default ``precision``).
+        batch_size: slices per encoder pass.
+        **kwargs: other :class:`VolumePredictor` options (``box_margin_mm``, ``progress``, ...).
     """
-
-    def __init__(self, model: OrganSegmenter, *, prompts: str = "prior", prior: LocationPrior | str | None = "atlas",
-                 score_threshold: float = 0.5, device: str | torch.device = "cpu", **kwargs: Any) -> None:
-        if prompts not in PROMPT_MODES:
-            raise ValueError(f"prompts must be one of {PROMPT_MODES}, got {prompts!r}")
-        if not isinstance(model, OrganSegmenter):
-            raise TypeError(f"model must be a design (OrganSegmenter), got {type(model).__name__}; load one with "
-                            f"organsam.model.checkpoint.load_checkpoint")
-        for key in ("core", "organ_prompts", "track_refine", "fast_encoder", "quantize"):
-            if key in kwargs:
-                raise TypeError(f"DesignPredictor does not take {key!r}: the design brings its own core and prompts")
-        super().__init__(model.core, prior=prior if prompts == "prior" else None, device=device,
-                         iou_threshold=score_threshold, track_refine=False, fast_encoder=False, **kwargs)
-        self.model = model.to(self.device).eval()
-        self.prompts = prompts
-
-    # ------------------------------------------------------------------ prior
-    def prior_boxes(self, state: InferenceState, organ_id: str) -> dict[int, Box]:
-        """``prompts="prior"``: the prior's boxes; ``prompts="text"``: every slice, with no box (``None``)."""
-        self.model.organ_index_of([organ_id])  # an organ outside the design's vocabulary fails here, named
-        if self.prompts == "text":
-            return dict.fromkeys(range(state.num_slices))  # type: ignore[arg-type]
-        return super().prior_boxes(state, organ_id)
-
-    # ------------------------------------------------------------------ model
-    @torch.inference_mode()
-    def encode_slices(self, state: InferenceState, slices: list[int]) -> list[Any]:
-        """The design's encoder outputs (batch 1 each) of the given slices, encoded once and kept in the state."""
-        missing = [z for z in slices if z not in state.embeddings]
-        for i in range(0, len(missing), self.batch_size):
-            chunk = missing[i:i + self.batch_size]
-            t0 = time.perf_counter()
-            imgs, _ = to_model_input_batch(state.intensities[chunk])
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-                enc = self.model.encode_plain(torch.from_numpy(imgs).to(self.device))
-            for k, z in enumerate(chunk):
-                state.embeddings[z] = self.model.select_encoded(enc, k)
-            self.encode_seconds += time.perf_counter() - t0
-            self.encoded_slices += len(chunk)
-        return [state.embeddings[z] for z in slices]
-
-    @torch.inference_mode()
-    def decode(self, state: InferenceState, jobs: list[tuple[int, str, Box | None, Any]]
-               ) -> list[tuple[np.ndarray, float]]:
-        """Run the design on (slice, organ, box, points) jobs; per job the (H, W) bool mask and its presence
-        probability."""
-        if not jobs:
-            return []
-        geom = state.geometry
-        results: list[tuple[np.ndarray, float] | None] = [None] * len(jobs)
-        groups: dict[tuple[int, bool, bool, int], list[int]] = {}
-        for j, (z, _, box, pts) in enumerate(jobs):
-            groups.setdefault((z, box is not None, pts is not None, 0 if pts is None else len(pts[0])), []).append(j)
-        for (z, has_box, has_pts, _), idx in groups.items():
-            (enc,) = self.encode_slices(state, [z])
-            organ_index = self.model.organ_index_of([jobs[j][1] for j in idx]).to(self.device)
-            boxes = points = None
-            if has_box:
-                boxes = torch.from_numpy(np.stack([geom.box_to_model(jobs[j][2]) for j in idx])
-                                         ).float().to(self.device)
-            if has_pts:
-                coords = np.stack([geom.points_to_model(jobs[j][3][0]) for j in idx])
-                labels = np.stack([jobs[j][3][1] for j in idx])
-                points = (torch.from_numpy(coords).to(self.device), torch.from_numpy(labels).to(self.device))
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.decoder_precision == "bf16"):
-                out = self.model(None, organ_index, boxes, points, encoded=enc)
-            score = torch.sigmoid(out.presence_logit.float()).reshape(-1).cpu()
-            masks = (geom.logits_to_original(out.masks.float())[:, 0] > 0).cpu().numpy()
-            for k, j in enumerate(idx):
-                results[j] = (masks[k], float(score[k]))
-        return [r for r in results if r is not None]
+    if prompts not in PROMPT_MODES:
+        raise ValueError(f"prompts must be one of {PROMPT_MODES}, got {prompts!r}")
+    for key in ("core", "organ_prompts", "track_refine", "fast_encoder", "quantize", "decoder"):
+        if key in kwargs:
+            raise TypeError(f"a design predictor does not take {key!r}: the design brings its own core and prompts")
+    dev = torch.device(device)
+    precision = precision or ("bf16" if dev.type == "cuda" else "fp32")
+    batch_size = int(batch_size if batch_size is not None else VolumePredictor.default_batch_size(dev))
+    decoder = DesignDecoder(model, dev, precision, decoder_precision, batch_size)
+    return VolumePredictor(prior=prior if prompts == "prior" else EverySlice(), device=dev, batch_size=batch_size,
+                           iou_threshold=score_threshold, track_refine=False, decoder=decoder, **kwargs)

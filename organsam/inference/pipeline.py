@@ -174,14 +174,17 @@ def run_segmentation(predictor: Any, volume: Volume, request: OrganRequest, *,
     t_encode = time.perf_counter()
     Z = work.array.shape[0]
     report_progress("segmenting", 0, Z)
-    for z, _, _ in predictor.propagate(state):
+    organ_ids = list(state.prompts)  # requested organs first, then organs only a correction named
+    model_masks = {oid: np.zeros(work.array.shape, dtype=bool) for oid in organ_ids}
+    for z, ids, slice_masks in predictor.propagate(state):  # each slice yielded once it is final
+        for oid, m in zip(ids, slice_masks):
+            model_masks[oid][z] = m
         check_cancelled()
         report_progress("segmenting", z + 1, Z)
     t_model = time.perf_counter()
     report_progress("post-processing", Z, Z)
-    organ_ids = list(state.prompts)  # requested organs first, then organs only a correction named
     hu = volume.array if is_ct_in_hu(volume) else None
-    masks = {oid: postprocess_mask(oid, to_input_grid(state.results[oid].mask, volume), hu) for oid in organ_ids}
+    masks = {oid: postprocess_mask(oid, to_input_grid(model_masks[oid], volume), hu) for oid in organ_ids}
     labelmap, table = merge_labelmap(masks, organ_ids)
     t_end = time.perf_counter()
     timings = {"prior": t_prior - t0, "encode": t_encode - t_prior, "model": t_model - t_encode,
@@ -191,7 +194,7 @@ def run_segmentation(predictor: Any, volume: Volume, request: OrganRequest, *,
         "input": str(volume.path) if volume.path else None,
         "prompt": request.prompt,
         "organ_ids": list(request.organ_ids),
-        "design": getattr(getattr(predictor, "model", None), "design_name", DEFAULT_DESIGN),
+        "design": getattr(predictor, "design_name", DEFAULT_DESIGN),
         "modality": volume.modality,
         "shape_zyx": list(volume.array.shape),
         "spacing_zyx_mm": [float(s) for s in volume.spacing],

@@ -5,7 +5,7 @@ One place for what :func:`organsam.inference.segment.segment`, the batch workers
 * ``design="organsam"`` without a checkpoint, or with a SAM-family ``.pth`` (LiteMedSAM layout): the shipped
   pipeline (LiteMedSAM core placed by the atlas prior, :class:`VolumePredictor`);
 * any design with a checkpoint written by ``organsam train`` (``model.safetensors`` + ``model.json``): that
-  trained design (:class:`~organsam.inference.design_predictor.DesignPredictor`); ``design`` must match the
+  trained design (:func:`~organsam.inference.design_predictor.design_predictor`); ``design`` must match the
   checkpoint's (``"organsam"``, the default, accepts any);
 * another design without a checkpoint: an error saying that none ships and how to make one.
 """
@@ -74,14 +74,14 @@ def build_predictor(design: str = DEFAULT_DESIGN, checkpoint: str | os.PathLike[
             atlas prior (coarser with ``fast``).
 
     Returns:
-        A :class:`VolumePredictor` (or its :class:`DesignPredictor` subclass).
+        A :class:`VolumePredictor` (drawing with the LiteMedSAM core, or with the trained design).
     """
     from organsam.inference.volume_predictor import VolumePredictor
 
     check_design(design, checkpoint)
     precision = None  # the predictor's default: fp32 on CPU, bf16 on CUDA
     if fast:
-        from organsam.inference.fast_encoder import bf16_is_fast
+        from organsam.model.components.fast_image_encoder import bf16_is_fast
 
         precision = "bf16" if bf16_is_fast(device) else None
     if prior is None:
@@ -91,7 +91,7 @@ def build_predictor(design: str = DEFAULT_DESIGN, checkpoint: str | os.PathLike[
 
             prior = AtlasPrior(default_atlas(), fast=True)
     if is_design_checkpoint(checkpoint):
-        from organsam.inference.design_predictor import DesignPredictor
+        from organsam.inference.design_predictor import design_predictor
         from organsam.model.checkpoint import load_checkpoint
 
         if organ_prompts:
@@ -101,7 +101,7 @@ def build_predictor(design: str = DEFAULT_DESIGN, checkpoint: str | os.PathLike[
         model = load_checkpoint(checkpoint, design=None if design == DEFAULT_DESIGN else design)
         logger.info("segmenting with the trained %s design from %s (prompts: %s)",
                     type(model).__name__, checkpoint, design_prompts)
-        return DesignPredictor(model, prompts=design_prompts, prior=prior, device=device, progress=progress,
+        return design_predictor(model, prompts=design_prompts, prior=prior, device=device, progress=progress,
                                precision=precision)
     from organsam.model.sam_core import build_lite_medsam
 

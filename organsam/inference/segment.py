@@ -39,7 +39,7 @@ def segment(input: str | os.PathLike[str] | Volume, organs: str | list[str] | Or
             trained checkpoint; the research designs need ``checkpoint`` (see
             :mod:`organsam.inference.predictor_factory`).
         checkpoint: a design checkpoint written by ``organsam train`` (``model.safetensors`` with its
-            ``model.json``; run by :class:`~organsam.inference.design_predictor.DesignPredictor`), or a SAM-family
+            ``model.json``; run by :func:`~organsam.inference.design_predictor.design_predictor`), or a SAM-family
             ``.pth`` (LiteMedSAM layout) for the shipped pipeline's core.
         device: ``"cpu"`` or ``"cuda"``.
         fast: faster, approximate settings: coarser registration of the location prior, and the image

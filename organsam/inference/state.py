@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -11,9 +11,29 @@ import torch
 from organsam.io import Volume
 from organsam.preprocessing.slices import SliceGeometry
 
-__all__ = ["OrganPrompt", "InferenceState", "OrganResult"]
+__all__ = ["Box", "Candidate", "DecodeJob", "InferenceState", "OrganPrompt", "OrganResult", "Points"]
 
+#: (x0, y0, x1, y1) in a slice's pixels (x = column of the canonical slice)
 Box = tuple[float, float, float, float]
+#: (coords (N, 2) xy pixels, labels (N,) 1 = inside, 0 = outside)
+Points = tuple[np.ndarray, np.ndarray]
+
+
+class DecodeJob(NamedTuple):
+    """One decode: an organ on a slice, prompted by a box and/or points (neither: the organ's text alone, for
+    designs that read text)."""
+
+    z: int
+    organ_id: str
+    box: Box | None
+    points: Points | None
+
+
+class Candidate(NamedTuple):
+    """A decoded mask and its score (LiteMedSAM's predicted IoU, or a design's presence probability)."""
+
+    mask: np.ndarray
+    score: float
 
 
 @dataclass
@@ -57,6 +77,10 @@ class OrganResult:
     @property
     def present(self) -> bool:
         return bool(self.mask.any())
+
+    def copy(self) -> OrganResult:
+        """An independent copy (the mask and the score tables are copied)."""
+        return OrganResult(self.mask.copy(), dict(self.slice_scores), dict(self.rejected), self.source)
 
 
 @dataclass

@@ -24,19 +24,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
-from organsam.inference.state import Box, InferenceState
+from organsam.inference.state import Box, Candidate, DecodeJob, InferenceState, OrganResult
 from organsam.priors.boxes import box_of_slice
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["TrackRefiner", "box_iou", "widen_cut_boxes"]
 
-#: ``decode(state, jobs) -> [(mask (Y, X) bool, predicted IoU)]`` with jobs (slice, organ, box, points).
-Decoder = Callable[[InferenceState, list[tuple[int, str, Box | None, Any]]], list[tuple[np.ndarray, float]]]
+#: ``decode(state, jobs) -> candidates``: one (mask (Y, X) bool, score) per job, in order.
+Decoder = Callable[[InferenceState, list[DecodeJob]], list[Candidate]]
 
 
 def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
@@ -52,9 +51,8 @@ def _as_box(mask2d: np.ndarray, margin_px: int) -> Box | None:
     return None if b is None else tuple(float(v) for v in b)  # type: ignore[return-value]
 
 
-def widen_cut_boxes(state: InferenceState, jobs: list[tuple[int, str, Box | None, Any]],
-                    decoded: list[tuple[np.ndarray, float]], decode: Decoder, margin_px: int
-                    ) -> list[tuple[np.ndarray, float]]:
+def widen_cut_boxes(state: InferenceState, jobs: list[DecodeJob], decoded: list[Candidate], decode: Decoder,
+                    margin_px: int) -> list[Candidate]:
     """Decode again the prior boxes that cut their organ, each widened on the sides its mask touches.
 
     Where a prior-box mask touches a side of its box, that side is moved out by ``margin_px`` and the slice is
@@ -69,10 +67,10 @@ def widen_cut_boxes(state: InferenceState, jobs: list[tuple[int, str, Box | None
         margin_px: how far a touched side moves out, pixels.
 
     Returns:
-        ``decoded`` with the widened results where they scored higher.
+        A new list: ``decoded`` with the widened results where they scored higher.
     """
     H, W = state.volume.array.shape[1:]
-    again: list[tuple[int, tuple[int, str, Box | None, Any]]] = []
+    again: list[tuple[int, DecodeJob]] = []
     for j, ((z, oid, box, pts), (m, _)) in enumerate(zip(jobs, decoded)):
         if box is None or pts is not None or z in state.prompts[oid].boxes or not m.any():
             continue
@@ -84,13 +82,13 @@ def widen_cut_boxes(state: InferenceState, jobs: list[tuple[int, str, Box | None
         wide = (max(0.0, x0 - margin_px * grow[0]), max(0.0, y0 - margin_px * grow[1]),
                 min(W - 1.0, x1 + margin_px * grow[2]), min(H - 1.0, y1 + margin_px * grow[3]))
         if wide != box:
-            again.append((j, (z, oid, wide, None)))
+            again.append((j, DecodeJob(z, oid, wide, None)))
     if not again:
-        return decoded
+        return list(decoded)
     out = list(decoded)
     for (j, _), (m, iou) in zip(again, decode(state, [job for _, job in again])):
         if m.any() and iou > out[j][1]:
-            out[j] = (m, iou)
+            out[j] = Candidate(m, iou)
     return out
 
 
@@ -120,19 +118,23 @@ class TrackRefiner:
     rebox_below: float = 0.85
     decodes: int = 0
 
-    def refine(self, state: InferenceState, planned: dict[str, dict[int, Box]], decode: Decoder,
-               margin_px: int) -> None:
-        """Refine ``state.results`` of the prior-placed organs in place.
+    def refine(self, state: InferenceState, planned: dict[str, dict[int, Box | None]], decode: Decoder,
+               margin_px: int) -> dict[str, OrganResult]:
+        """The refined results of the prior-placed organs (``state`` is read, not changed).
 
         Args:
             state: the session after the prior pass (``results[organ].mask`` / ``slice_scores`` filled).
             planned: organ id -> {slice: box} the prior (or the user) placed.
             decode: the predictor's batched decoder.
             margin_px: margin around a mask's box, in slice pixels.
+
+        Returns:
+            organ id -> refined result (new objects), for the organs of ``planned``.
         """
         Z = state.num_slices
-        seeds = {oid: max(state.results[oid].slice_scores, key=state.results[oid].slice_scores.__getitem__)
-                 for oid in planned if state.results[oid].slice_scores}
+        results = {oid: state.results[oid].copy() for oid in planned}
+        seeds = {oid: max(results[oid].slice_scores, key=results[oid].slice_scores.__getitem__)
+                 for oid in planned if results[oid].slice_scores}
         for direction in (1, -1):
             active = set(seeds)
             for z in (range(Z) if direction == 1 else range(Z - 1, -1, -1)):
@@ -143,19 +145,19 @@ class TrackRefiner:
                     p = state.prompts[oid]
                     if z in p.boxes or z in p.points:  # the user's prompt on this slice wins
                         continue
-                    box = _as_box(state.results[oid].mask[z - direction], margin_px)
+                    box = _as_box(results[oid].mask[z - direction], margin_px)
                     if box is None:
                         active.discard(oid)
                         continue
                     todo.append((oid, box))
                 if todo:
-                    for oid in self._slice(state, z, direction, todo, planned, decode, margin_px):
+                    for oid in self._slice(state, results, z, direction, todo, planned, decode, margin_px):
                         active.discard(oid)
         logger.debug("track refinement: %d decodes", self.decodes)
+        return results
 
-    def _agrees(self, state: InferenceState, planned: dict[str, dict[int, Box]], oid: str, z: int, box: Box,
+    def _agrees(self, res: OrganResult, planned: dict[str, dict[int, Box | None]], oid: str, z: int, box: Box,
                 margin_px: int) -> bool:
-        res = state.results[oid]
         prior_box = planned[oid].get(z)
         if z not in res.slice_scores or prior_box is None:
             return False
@@ -164,18 +166,19 @@ class TrackRefiner:
         own = _as_box(res.mask[z], margin_px)
         return own is not None and box_iou(box, own) >= self.rebox_below
 
-    def _slice(self, state: InferenceState, z: int, direction: int, todo: list[tuple[str, Box]],
-               planned: dict[str, dict[int, Box]], decode: Decoder, margin_px: int) -> list[str]:
-        """Refine one slice for several organs; returns the organs whose track ends here."""
+    def _slice(self, state: InferenceState, results: dict[str, OrganResult], z: int, direction: int,
+               todo: list[tuple[str, Box]], planned: dict[str, dict[int, Box | None]], decode: Decoder,
+               margin_px: int) -> list[str]:
+        """Refine one slice for several organs in ``results``; returns the organs whose track ends here."""
         # a track box close to the box the accepted prior-pass mask came from, or to that mask's own box,
         # would decode (nearly) the same mask: not decoded
-        run = [(oid, box) for oid, box in todo if not self._agrees(state, planned, oid, z, box, margin_px)]
-        decoded = dict(zip([oid for oid, _ in run], decode(state, [(z, oid, box, None) for oid, box in run])))
+        run = [(oid, box) for oid, box in todo if not self._agrees(results[oid], planned, oid, z, box, margin_px)]
+        decoded = dict(zip([oid for oid, _ in run], decode(state, [DecodeJob(z, oid, box, None) for oid, box in run])))
         self.decodes += len(run)
         ended: list[str] = []
         best: dict[str, tuple[float, np.ndarray, Box]] = {}
         for oid, box in todo:
-            res = state.results[oid]
+            res = results[oid]
             prior_box = planned[oid].get(z)
             cands: list[tuple[float, np.ndarray, Box]] = []
             if z in res.slice_scores and prior_box is not None:
@@ -200,13 +203,13 @@ class TrackRefiner:
             if box is not None and box_iou(box, used) < self.rebox_below:
                 rebox.append((oid, box))
         if rebox:
-            again = decode(state, [(z, oid, box, None) for oid, box in rebox])
+            again = decode(state, [DecodeJob(z, oid, box, None) for oid, box in rebox])
             self.decodes += len(rebox)
             for (oid, _), (mask, iou) in zip(rebox, again):
                 if mask.any() and iou > best[oid][0]:
                     best[oid] = (iou, mask, best[oid][2])
         for oid, (iou, mask, _) in best.items():
-            res = state.results[oid]
+            res = results[oid]
             res.mask[z] = mask
             res.slice_scores[z] = iou
             res.rejected.pop(z, None)

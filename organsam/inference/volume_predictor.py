@@ -7,6 +7,10 @@
     for z, organ_ids, masks in predictor.propagate(state):
         ...
 
+What draws the masks is a :class:`~organsam.inference.decoders.SliceDecoder` composed into the predictor: the
+LiteMedSAM core by default (:class:`~organsam.inference.decoders.SamCoreDecoder`), or a trained research design
+(:class:`~organsam.inference.decoders.DesignDecoder`, see :func:`organsam.inference.design_predictor.design_predictor`).
+
 Where a text-prompted organ gets its location from: a location prior (by default the atlas prior of
 ``organsam.priors``, which registers a labelled CT onto the volume and turns each warped organ mask
 into per-slice boxes). Organs prompted only by a box or points on some slices are tracked from those
@@ -19,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import Iterator
 from typing import Any, Protocol
 
@@ -27,37 +30,48 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from organsam.inference.fast_encoder import PRECISIONS, FastImageEncoder
+from organsam.inference.decoders import SamCoreDecoder, SliceDecoder
 from organsam.inference.organ_prompt_table import OrganPromptTable, load_prompt_table
-from organsam.inference.state import Box, InferenceState, OrganPrompt, OrganResult
+from organsam.inference.state import Box, Candidate, DecodeJob, InferenceState, OrganPrompt, OrganResult
 from organsam.inference.track_refine import TrackRefiner, widen_cut_boxes
 from organsam.io import Volume
-from organsam.model.components.image_encoder import TinyViT
 from organsam.model.sam_core import SamCore, build_lite_medsam
 from organsam.preprocessing.intensity import model_intensities
-from organsam.preprocessing.slices import geometry_for, to_model_input_batch
+from organsam.preprocessing.slices import geometry_for
 from organsam.priors.boxes import box_of_slice
 from organsam.vocabulary import load_vocabulary, parse_prompt
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["VolumePredictor", "LocationPrior"]
+__all__ = ["FittedPrior", "LocationPrior", "VolumePredictor"]
+
+
+class FittedPrior(Protocol):
+    """A location prior fitted on one volume: where each organ is."""
+
+    def present(self, organ_id: str) -> bool:
+        """Whether the prior places the organ anywhere in this volume."""
+        ...
+
+    def boxes(self, organ_id: str, margin_px: int = 0) -> dict[int, Any]:
+        """slice index -> (x0, y0, x1, y1) box in the slice's pixels grown by ``margin_px`` (or ``None``: look on
+        that slice without a box)."""
+        ...
 
 
 class LocationPrior(Protocol):
     """Something that, fitted on a volume, says where each organ is (per-slice boxes)."""
 
-    def fit(self, array: np.ndarray, spacing: tuple[float, float, float]) -> Any:
-        """Fit on a (Z, Y, X) HU array; returns an object with ``boxes(organ_id, margin_px)`` and
-        ``present(organ_id)``."""
+    def fit(self, array: np.ndarray, spacing: tuple[float, float, float]) -> FittedPrior:
+        """Fit on a (Z, Y, X) HU array."""
         ...
 
 
 class VolumePredictor:
-    """Text/box/point-prompted 3D segmentation with a SAM core.
+    """Text/box/point-prompted 3D segmentation with a SAM core (or a trained design, through ``decoder``).
 
     Args:
-        core: the SAM core (default: LiteMedSAM weights, hash-checked).
+        core: the SAM core (default: LiteMedSAM weights, hash-checked); not with ``decoder``.
         prior: location prior for text prompts; ``"atlas"`` builds the default atlas prior lazily,
             ``None`` disables text-only prompts (box/point prompts still work).
         device: torch device.
@@ -70,7 +84,7 @@ class VolumePredictor:
             (bfloat16 autocast: 2-3x faster encoding on CPUs with AVX512-BF16/AMX and on GPUs; masks differ
             slightly: golden-protocol Dice within 0.005 on the 8 large organs, up to 0.03 on the adrenal
             glands). Default: ``"bf16"`` on CUDA, ``"fp32"`` elsewhere.
-        fast_encoder: encode with :class:`organsam.inference.fast_encoder.FastImageEncoder` (batch norms
+        fast_encoder: encode with :class:`organsam.model.components.fast_image_encoder.FastImageEncoder` (batch norms
             folded, channels-last; same embeddings to float rounding) when the core's encoder is a TinyViT.
             It copies the encoder's weights on first use: build a new predictor after changing them.
             ``False`` calls ``core.encode`` as is.
@@ -85,6 +99,9 @@ class VolumePredictor:
             (:mod:`organsam.inference.organ_prompt_table`): ``True`` the packaged table (trained on
             ``../shared/data``, SHA-256 checked), a path to another exported table, a ready
             :class:`OrganPromptTable`, or ``False``/``None`` (default) for plain LiteMedSAM box prompts.
+        decoder: what encodes slices and draws masks; default a :class:`SamCoreDecoder` built from ``core``,
+            ``precision``, ``decoder_precision``, ``fast_encoder``, ``quantize`` and ``organ_prompts`` (which
+            must then be left at their defaults).
     """
 
     def __init__(self, core: SamCore | None = None, *, prior: LocationPrior | str | None = "atlas",
@@ -92,40 +109,49 @@ class VolumePredictor:
                  box_margin_mm: float = 8.0, track_margin_px: int = 3, progress: bool = True,
                  precision: str | None = None, fast_encoder: bool = True, quantize: bool = False,
                  track_refine: bool = True, decoder_precision: str | None = None,
-                 organ_prompts: OrganPromptTable | str | bool | None = False) -> None:
+                 organ_prompts: OrganPromptTable | str | bool | None = False,
+                 decoder: SliceDecoder | None = None) -> None:
         self.device = torch.device(device)
-        self.core = (core if core is not None else build_lite_medsam()).to(self.device).eval()
-        if precision is None:
-            precision = "bf16" if self.device.type == "cuda" else "fp32"
-        if decoder_precision is None:
-            decoder_precision = precision
-        for name, value in (("precision", precision), ("decoder_precision", decoder_precision)):
-            if value not in PRECISIONS:
-                raise ValueError(f"{name} must be one of {PRECISIONS}, got {value!r}")
-        if quantize and not fast_encoder:
-            raise ValueError("quantize=True needs fast_encoder=True")
-        self.precision = precision
-        self.decoder_precision = decoder_precision
-        self.fast_encoder = bool(fast_encoder)
-        self.quantize = bool(quantize)
-        self._fast: FastImageEncoder | None = None
-        self.encode_seconds = 0.0
-        self._prior = prior
         self.batch_size = int(batch_size if batch_size is not None else self.default_batch_size(self.device))
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if decoder is None:
+            if precision is None:
+                precision = "bf16" if self.device.type == "cuda" else "fp32"
+            if organ_prompts is True:
+                organ_prompts = load_prompt_table()
+            elif isinstance(organ_prompts, (str, os.PathLike)):
+                organ_prompts = load_prompt_table(organ_prompts)
+            decoder = SamCoreDecoder(core if core is not None else build_lite_medsam(), self.device, precision,
+                                     decoder_precision, fast_encoder, quantize, organ_prompts or None,
+                                     self.batch_size)
+        elif core is not None or organ_prompts or precision is not None or decoder_precision is not None:
+            raise TypeError("give either a decoder or the core's settings (core, precision, organ_prompts), not both")
+        self.decoder: SliceDecoder = decoder
+        self._prior = prior
         self.iou_threshold = float(iou_threshold)
         self.box_margin_mm = float(box_margin_mm)
         self.track_margin_px = int(track_margin_px)
         self.progress = progress
         self.track_refine = bool(track_refine)
-        self.encoded_slices = 0
         self.refine_decodes = 0
-        if organ_prompts is True:
-            organ_prompts = load_prompt_table()
-        elif isinstance(organ_prompts, (str, os.PathLike)):
-            organ_prompts = load_prompt_table(organ_prompts)
-        self.organ_prompts: OrganPromptTable | None = organ_prompts or None
+
+    @property
+    def design_name(self) -> str:
+        """The design whose masks this predictor draws (recorded in reports)."""
+        return self.decoder.design_name
+
+    @property
+    def precision(self) -> str:
+        return self.decoder.precision
+
+    @property
+    def encoded_slices(self) -> int:
+        return self.decoder.encoded_slices
+
+    @property
+    def encode_seconds(self) -> float:
+        return self.decoder.encode_seconds
 
     @staticmethod
     def default_batch_size(device: str | torch.device) -> int:
@@ -146,12 +172,14 @@ class VolumePredictor:
         terms)."""
         ids = [text] if text in load_vocabulary() else parse_prompt(text)
         for oid in ids:
+            self.decoder.check_organ(oid)
             state.prompts.setdefault(oid, OrganPrompt(oid, text=text))
             state.results.pop(oid, None)
         return ids
 
     def _organ(self, state: InferenceState, organ: str) -> OrganPrompt:
         oid = organ if organ in load_vocabulary() else parse_prompt(organ)[0]
+        self.decoder.check_organ(oid)
         state.results.pop(oid, None)
         return state.prompts.setdefault(oid, OrganPrompt(oid))
 
@@ -185,7 +213,7 @@ class VolumePredictor:
         state.results.clear()
 
     # ------------------------------------------------------------------ prior
-    def fit_prior(self, state: InferenceState) -> Any:
+    def fit_prior(self, state: InferenceState) -> FittedPrior | None:
         """Fit the location prior on the session's volume once (kept in ``state.prior``); None without a prior."""
         if state.prior is None and self._prior is not None:
             prior = self._prior
@@ -197,8 +225,9 @@ class VolumePredictor:
             state.prior = prior.fit(state.volume.array, tuple(state.volume.spacing))
         return state.prior
 
-    def prior_boxes(self, state: InferenceState, organ_id: str) -> dict[int, Box]:
-        """The prior's per-slice boxes of an organ, widened by ``box_margin_mm`` ({} when the prior lacks it)."""
+    def prior_boxes(self, state: InferenceState, organ_id: str) -> dict[int, Box | None]:
+        """The prior's per-slice boxes of an organ, widened by ``box_margin_mm`` ({} when the prior lacks it;
+        ``None`` on a slice: look for the organ there without a box)."""
         fitted = self.fit_prior(state)
         if fitted is None:
             raise ValueError(f"organ {organ_id!r} has only a text prompt and no location prior is configured: "
@@ -207,7 +236,8 @@ class VolumePredictor:
             logger.warning("%s: not in the location prior's atlas; give a box to segment it", organ_id)
             return {}
         margin = self.margin_px(state)
-        return {int(z): tuple(float(v) for v in b) for z, b in fitted.boxes(organ_id, margin_px=margin).items()}
+        return {int(z): None if b is None else tuple(float(v) for v in b)  # type: ignore[misc]
+                for z, b in fitted.boxes(organ_id, margin_px=margin).items()}
 
     def margin_px(self, state: InferenceState) -> int:
         """``box_margin_mm`` in pixels of the session's slices (finest in-plane spacing)."""
@@ -215,83 +245,14 @@ class VolumePredictor:
         return int(round(self.box_margin_mm / min(sy, sx)))
 
     # ------------------------------------------------------------------ model
-    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """Image embeddings with this predictor's encoder settings.
+    def encode_slices(self, state: InferenceState, slices: list[int]) -> None:
+        """Encode the given slices not yet in ``state.embeddings`` (in batches of ``batch_size``); they are kept
+        there for every organ and every later run of the session."""
+        self.decoder.encode(state, list(slices))
 
-        Args:
-            images: (B, 3, 256, 256) float in [0, 1] on the predictor's device.
-
-        Returns:
-            (B, 256, 64, 64) float32 embeddings.
-        """
-        use_fast = self.fast_encoder and isinstance(self.core.image_encoder, TinyViT)
-        if use_fast:
-            if self._fast is None:
-                self._fast = FastImageEncoder(self.core.image_encoder, precision=self.precision,
-                                              quantize=self.quantize and self.device.type == "cpu",
-                                              channels_last=True).to(self.device)
-            return self._fast(images)
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16,
-                                                    enabled=self.precision == "bf16"):
-            return self.core.encode(images, keep_levels=False).embedding.float()
-
-    @torch.inference_mode()
-    def encode_slices(self, state: InferenceState, slices: list[int]) -> torch.Tensor:
-        """(len(slices), 256, 64, 64) embeddings of the given slices; the ones not yet in ``state.embeddings``
-        are encoded (in batches of ``batch_size``) and kept there."""
-        missing = [z for z in slices if z not in state.embeddings]
-        for i in range(0, len(missing), self.batch_size):
-            chunk = missing[i:i + self.batch_size]
-            t0 = time.perf_counter()
-            imgs, _ = to_model_input_batch(state.intensities[chunk])
-            emb = self.encode_images(torch.from_numpy(imgs).to(self.device))
-            for z, e in zip(chunk, emb):
-                state.embeddings[z] = e
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            self.encode_seconds += time.perf_counter() - t0
-            self.encoded_slices += len(chunk)
-        return torch.stack([state.embeddings[z] for z in slices])
-
-    @torch.inference_mode()
-    def decode(self, state: InferenceState, jobs: list[tuple[int, str, Box | None, Any]]
-               ) -> list[tuple[np.ndarray, float]]:
-        """Decode (slice, organ, box, points) jobs; returns per job (H, W) bool mask and predicted IoU."""
-        if not jobs:
-            return []
-        slices = sorted({z for z, *_ in jobs})
-        emb = self.encode_slices(state, slices)
-        pos = {z: i for i, z in enumerate(slices)}
-        geom = state.geometry
-        out: list[tuple[np.ndarray, float]] = []
-        table = self.organ_prompts
-        groups: dict[tuple[bool, bool, int, bool], list[int]] = {}
-        for j, (_, organ, box, pts) in enumerate(jobs):
-            npts = 0 if pts is None else len(pts[0])
-            tokens = table is not None and box is not None and pts is None and organ in table
-            groups.setdefault((box is not None, pts is not None, npts, tokens), []).append(j)
-        results: list[tuple[np.ndarray, float] | None] = [None] * len(jobs)
-        for (has_box, has_pts, _, tokens), idx in groups.items():
-            image_index = torch.tensor([pos[jobs[j][0]] for j in idx], device=self.device)
-            boxes = points = extra = None
-            if tokens:
-                assert table is not None
-                extra = table.lookup([jobs[j][1] for j in idx], self.device)
-            if has_box:
-                boxes = torch.from_numpy(np.stack([geom.box_to_model(jobs[j][2]) for j in idx])).to(self.device)
-            if has_pts:
-                coords = np.stack([geom.points_to_model(jobs[j][3][0]) for j in idx])
-                labels = np.stack([jobs[j][3][1] for j in idx])
-                points = (torch.from_numpy(coords).to(self.device), torch.from_numpy(labels).to(self.device))
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.decoder_precision == "bf16"):
-                logits, iou = self.core.decode(emb, boxes=boxes, points=points, sparse_extra=extra,
-                                                 image_index=image_index)
-            full = geom.logits_to_original(logits.float())
-            masks = (full[:, 0] > 0).cpu().numpy()
-            for k, j in enumerate(idx):
-                results[j] = (masks[k], float(iou[k, 0]))
-        out = [r for r in results if r is not None]
-        return out
+    def decode(self, state: InferenceState, jobs: list[DecodeJob]) -> list[Candidate]:
+        """One candidate (mask (Y, X) bool, score) per job (slice, organ, box or None, points or None)."""
+        return self.decoder.decode(state, [DecodeJob(*job) for job in jobs])
 
     # ------------------------------------------------------------------ propagation
     def propagate(self, state: InferenceState, reverse: bool = False
@@ -313,7 +274,7 @@ class VolumePredictor:
         if not state.prompts:
             raise ValueError("no prompt given: call add_text_prompt, add_box or add_points first")
         Z, Y, X = state.volume.array.shape
-        planned: dict[str, dict[int, Box]] = {}
+        planned: dict[str, dict[int, Box | None]] = {}
         tracked: list[str] = []
         for oid, p in state.prompts.items():
             state.results[oid] = OrganResult(mask=np.zeros((Z, Y, X), dtype=bool))
@@ -331,10 +292,10 @@ class VolumePredictor:
         done: dict[str, set[int]] = {oid: set() for oid in tracked}
         for direction in ((order,) if not tracked else (order, order[::-1])):
             for z in direction:
-                jobs: list[tuple[int, str, Box | None, Any]] = []
+                jobs: list[DecodeJob] = []
                 for oid, boxes in planned.items():
                     if direction is order and z in boxes:
-                        jobs.append((z, oid, boxes[z], state.prompts[oid].points.get(z)))
+                        jobs.append(DecodeJob(z, oid, boxes[z], state.prompts[oid].points.get(z)))
                 step = -1 if direction.step == -1 else 1
                 for oid in tracked:
                     if z in done[oid]:
@@ -346,7 +307,7 @@ class VolumePredictor:
                         b = box_of_slice(state.results[oid].mask[prev], self.track_margin_px)
                         box = tuple(float(v) for v in b) if b is not None else None
                     if box is not None or z in p.points:
-                        jobs.append((z, oid, box, p.points.get(z)))
+                        jobs.append(DecodeJob(z, oid, box, p.points.get(z)))
                 if not jobs:
                     if direction is order:
                         bar.update(1)
@@ -370,7 +331,7 @@ class VolumePredictor:
         bar.close()
         if self.track_refine and planned:
             refiner = TrackRefiner(iou_threshold=self.iou_threshold)
-            refiner.refine(state, planned, self.decode, self.margin_px(state))
+            state.results.update(refiner.refine(state, planned, self.decode, self.margin_px(state)))
             self.refine_decodes += refiner.decodes
         for z in order:
             ids = [oid for oid, res in state.results.items() if res.mask[z].any()]

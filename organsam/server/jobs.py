@@ -57,17 +57,18 @@ class Job:
 
 
 def default_predictor_factory(settings: ServerSettings) -> Callable[[], Any]:
-    """A function building the server's single VolumePredictor (LiteMedSAM core, atlas prior)."""
+    """A function building the server's single predictor (the shipped pipeline, through the one factory
+    :func:`organsam.inference.predictor_factory.build_predictor`; ``fast_prior``: coarser atlas registration)."""
 
     def build() -> Any:
-        from organsam.inference.volume_predictor import VolumePredictor
+        from organsam.inference.predictor_factory import build_predictor
 
-        prior: Any = "atlas"
+        prior: Any = None
         if settings.fast_prior:
             from organsam.priors import AtlasPrior, default_atlas
 
             prior = AtlasPrior(default_atlas(), fast=True)
-        return VolumePredictor(prior=prior, device=settings.device, progress=False)
+        return build_predictor(device=settings.device, progress=False, prior=prior)
 
     return build
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import data_path
 
-from organsam.inference.design_predictor import DesignPredictor
+from organsam.inference.design_predictor import EverySlice, design_predictor
 from organsam.inference.predictor_factory import check_design, is_design_checkpoint
 from organsam.inference.segment import segment
 from organsam.io import load_labels, load_volume
@@ -51,11 +51,11 @@ def test_design_checkpoint_segments_through_segment(organ_prompts_checkpoint, tm
 def test_text_only_prompts_decode_every_slice_without_a_prior() -> None:
     vol = load_volume(data_path("amos_0013_slab", "image.nii.gz"))
     model = build_design("organsam", [{"organs": ["liver", "spleen"]}])  # trained heads would come from a checkpoint
-    predictor = DesignPredictor(model, prompts="text", score_threshold=0.0, progress=False)
+    predictor = design_predictor(model, prompts="text", score_threshold=0.0, progress=False)
     state = predictor.init_state(vol)
     predictor.add_text_prompt(state, "liver and spleen")
     yielded = list(predictor.propagate(state))
-    assert state.prior is None  # text alone: no atlas registration
+    assert isinstance(state.prior, EverySlice.Fitted)  # text alone: every slice, no atlas registration
     assert predictor.encoded_slices == vol.array.shape[0]  # every slice asked, each encoded once for both organs
     scored = {z for oid in ("liver", "spleen") for z in
               (*state.results[oid].slice_scores, *state.results[oid].rejected)}
@@ -63,7 +63,7 @@ def test_text_only_prompts_decode_every_slice_without_a_prior() -> None:
     for _z, ids, masks in yielded:
         assert masks.shape == (len(ids), *vol.array.shape[1:]) and masks.dtype == bool
     with pytest.raises(ValueError, match="prompts must be one of"):
-        DesignPredictor(model, prompts="boxes")
+        design_predictor(model, prompts="boxes")
 
 
 def test_design_checks_name_the_fix(organ_prompts_checkpoint, tmp_path) -> None:

@@ -199,7 +199,7 @@ class TinyViTBlock(nn.Module):
         self.local_conv = Conv2dBN(dim, dim, 3, 1, 1, groups=dim)
         self.mlp = _FeedForward(dim, int(dim * mlp_ratio))
 
-    def _windowed_attention(self, x: torch.Tensor) -> torch.Tensor:
+    def windowed_attention(self, x: torch.Tensor) -> torch.Tensor:
         """(B, H, W, C) -> (B, H, W, C)."""
         B, H, W, C = x.shape
         ws = self.window
@@ -215,7 +215,7 @@ class TinyViTBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, H, W, C) channels-last -> (B, H, W, C)."""
-        x = x + self._windowed_attention(x)
+        x = x + self.windowed_attention(x)
         x = self.local_conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         return x + self.mlp(x)
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 from conftest import data_path
 
-from organsam.inference.fast_encoder import FastImageEncoder, fold_conv_bn
 from organsam.inference.volume_predictor import VolumePredictor
 from organsam.model.components.blocks import Conv2dBN
+from organsam.model.components.fast_image_encoder import FastImageEncoder, fold_conv_bn
 from organsam.model.sam_core import build_lite_medsam
 
 
@@ -97,11 +97,11 @@ def test_volume_predictor_encoder_options() -> None:
     fast = VolumePredictor(core, prior=None, progress=False)
     assert fast.precision == "fp32" and fast.batch_size == VolumePredictor.default_batch_size("cpu")
     x = torch.rand(1, 3, 64, 64)
-    a = fast.encode_images(x)
-    assert isinstance(fast._fast, FastImageEncoder)
+    a = fast.decoder.encode_images(x)
+    assert isinstance(fast.decoder._fast, FastImageEncoder)
     with torch.inference_mode():
         b = core.image_encoder(x)
     assert float((a - b).norm() / b.norm()) < 1e-5
     plain = VolumePredictor(core, prior=None, fast_encoder=False, progress=False)
     with pytest.raises(ValueError, match="256"):  # the plain path goes through SamCore.encode's checks
-        plain.encode_images(x)
+        plain.decoder.encode_images(x)

@@ -196,7 +196,7 @@ def _patch_merging(pm: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def _tinyvit_block(blk: TinyViTBlock, x: torch.Tensor) -> torch.Tensor:
     """:class:`TinyViTBlock` forward on (B, H, W, C) with the MLP activation in place."""
-    x = x + blk._windowed_attention(x)
+    x = x + blk.windowed_attention(x)
     x = blk.local_conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
     mlp = blk.mlp
     h = _gelu_(mlp.fc1(mlp.norm(x)))

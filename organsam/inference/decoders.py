@@ -1,0 +1,247 @@
+"""What turns prompts on a slice into masks: the :class:`SliceDecoder` seam of the volume predictor.
+
+Two implementations, composed into :class:`~organsam.inference.volume_predictor.VolumePredictor`:
+
+* :class:`SamCoreDecoder`: the LiteMedSAM core (the shipped pipeline): the image encoder (fused, optionally
+  bfloat16) once per slice, then the prompt encoder and mask decoder for every (box, points) job, the
+  image side computed once per slice, optionally with learned organ prompt tokens next to each box;
+* :class:`DesignDecoder`: a trained research design (``organsam train`` checkpoint): its own encoder once per
+  slice, then ``design(None, organ_index, boxes, points, encoded=...)``; the score is the design's presence
+  probability.
+
+Both keep a slice's encoding in ``state.embeddings`` and return one :class:`Candidate` per :class:`DecodeJob`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from organsam.inference.organ_prompt_table import OrganPromptTable
+from organsam.inference.state import Candidate, DecodeJob, InferenceState
+from organsam.model.base import OrganSegmenter
+from organsam.model.components.fast_image_encoder import PRECISIONS, FastImageEncoder
+from organsam.model.components.image_encoder import TinyViT
+from organsam.model.sam_core import SamCore
+from organsam.preprocessing.slices import to_model_input_batch
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DesignDecoder", "SamCoreDecoder", "SliceDecoder"]
+
+
+class SliceDecoder(Protocol):
+    """Encodes slices and decodes prompts on them.
+
+    Attributes:
+        design_name: the design recorded in reports (``"organsam"`` for the shipped pipeline).
+        device: where the model runs.
+        precision: the encoder's compute precision (``"fp32"`` / ``"bf16"``).
+        batch_size: slices per encoder pass.
+        encoded_slices: slices encoded so far; encode_seconds: seconds spent encoding.
+    """
+
+    design_name: str
+    device: torch.device
+    precision: str
+    batch_size: int
+    encoded_slices: int
+    encode_seconds: float
+
+    def check_organ(self, organ_id: str) -> None:
+        """Raise when this decoder cannot segment ``organ_id`` (e.g. outside a design's vocabulary)."""
+
+    def encode(self, state: InferenceState, slices: list[int]) -> None:
+        """Encode the slices not yet in ``state.embeddings`` (in batches of ``batch_size``) and keep them there."""
+
+    def decode(self, state: InferenceState, jobs: list[DecodeJob]) -> list[Candidate]:
+        """One candidate (mask (Y, X) bool on the slice, score) per job, in order."""
+
+
+def _check_precisions(precision: str, decoder_precision: str) -> None:
+    for name, value in (("precision", precision), ("decoder_precision", decoder_precision)):
+        if value not in PRECISIONS:
+            raise ValueError(f"{name} must be one of {PRECISIONS}, got {value!r}")
+
+
+class _Timed:
+    """Encodes missing slices in batches, counting slices and seconds."""
+
+    device: torch.device
+    batch_size: int = 1
+    encoded_slices: int = 0
+    encode_seconds: float = 0.0
+
+    def _encode_missing(self, state: InferenceState, slices: list[int], encode_batch: Any) -> None:
+        missing = [z for z in dict.fromkeys(slices) if z not in state.embeddings]
+        for i in range(0, len(missing), self.batch_size):
+            chunk = missing[i:i + self.batch_size]
+            t0 = time.perf_counter()
+            imgs, _ = to_model_input_batch(state.intensities[chunk])
+            for z, enc in zip(chunk, encode_batch(imgs)):
+                state.embeddings[z] = enc
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.encode_seconds += time.perf_counter() - t0
+            self.encoded_slices += len(chunk)
+
+
+class SamCoreDecoder(_Timed):
+    """The LiteMedSAM core as a :class:`SliceDecoder`.
+
+    Args:
+        core: the SAM core (LiteMedSAM weights).
+        device: torch device.
+        precision: encoder precision, ``"fp32"`` or ``"bf16"``.
+        decoder_precision: mask decoder precision (default: ``precision``).
+        fast_encoder: encode with :class:`FastImageEncoder` (batch norms folded, channels-last) when the
+            encoder is a TinyViT.
+        quantize: dynamic int8 linear layers in the fast encoder's attention stages (CPU only).
+        organ_prompts: learned organ prompt tokens appended to every box prompt of an organ the table holds.
+        batch_size: slices per encoder pass.
+    """
+
+    design_name = "organsam"
+
+    def __init__(self, core: SamCore, device: torch.device, precision: str = "fp32",
+                 decoder_precision: str | None = None, fast_encoder: bool = True, quantize: bool = False,
+                 organ_prompts: OrganPromptTable | None = None, batch_size: int = 1) -> None:
+        decoder_precision = decoder_precision or precision
+        _check_precisions(precision, decoder_precision)
+        if quantize and not fast_encoder:
+            raise ValueError("quantize=True needs fast_encoder=True")
+        self.device = device
+        self.core = core.to(device).eval()
+        self.precision, self.decoder_precision = precision, decoder_precision
+        self.fast_encoder, self.quantize = bool(fast_encoder), bool(quantize)
+        self.organ_prompts = organ_prompts
+        self.batch_size = int(batch_size)
+        self._fast: FastImageEncoder | None = None
+        self.encoded_slices, self.encode_seconds = 0, 0.0
+
+    def check_organ(self, organ_id: str) -> None:
+        return None  # boxes and points work for any organ
+
+    @torch.inference_mode()
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, 256, 256) model inputs -> (B, 256, 64, 64) float32 embeddings."""
+        if self.fast_encoder and isinstance(self.core.image_encoder, TinyViT):
+            if self._fast is None:
+                self._fast = FastImageEncoder(self.core.image_encoder, precision=self.precision,
+                                              quantize=self.quantize and self.device.type == "cpu",
+                                              channels_last=True).to(self.device)
+            return self._fast(images)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            return self.core.encode(images, keep_levels=False).embedding.float()
+
+    @torch.inference_mode()
+    def encode(self, state: InferenceState, slices: list[int]) -> None:
+        self._encode_missing(state, slices, lambda imgs: self.encode_images(torch.from_numpy(imgs).to(self.device)))
+
+    @torch.inference_mode()
+    def decode(self, state: InferenceState, jobs: list[DecodeJob]) -> list[Candidate]:
+        if not jobs:
+            return []
+        slices = sorted({job.z for job in jobs})
+        self.encode(state, slices)
+        emb = torch.stack([state.embeddings[z] for z in slices])
+        pos = {z: i for i, z in enumerate(slices)}
+        geom = state.geometry
+        table = self.organ_prompts
+        groups: dict[tuple[bool, bool, int, bool], list[int]] = {}
+        for j, job in enumerate(jobs):
+            npts = 0 if job.points is None else len(job.points[0])
+            tokens = table is not None and job.box is not None and job.points is None and job.organ_id in table
+            groups.setdefault((job.box is not None, job.points is not None, npts, tokens), []).append(j)
+        results: list[Candidate | None] = [None] * len(jobs)
+        for (has_box, has_pts, _, tokens), idx in groups.items():
+            image_index = torch.tensor([pos[jobs[j].z] for j in idx], device=self.device)
+            boxes = points = extra = None
+            if tokens:
+                assert table is not None
+                extra = table.lookup([jobs[j].organ_id for j in idx], self.device)
+            if has_box:
+                boxes = torch.from_numpy(np.stack([geom.box_to_model(jobs[j].box) for j in idx])).to(self.device)
+            if has_pts:
+                coords = np.stack([geom.points_to_model(jobs[j].points[0]) for j in idx])  # type: ignore[index]
+                labels = np.stack([jobs[j].points[1] for j in idx])  # type: ignore[index]
+                points = (torch.from_numpy(coords).to(self.device), torch.from_numpy(labels).to(self.device))
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.decoder_precision == "bf16"):
+                logits, iou = self.core.decode(emb, boxes=boxes, points=points, sparse_extra=extra,
+                                               image_index=image_index)
+            masks = (geom.logits_to_original(logits.float())[:, 0] > 0).cpu().numpy()
+            for k, j in enumerate(idx):
+                results[j] = Candidate(masks[k], float(iou[k, 0]))
+        return [r for r in results if r is not None]
+
+
+class DesignDecoder(_Timed):
+    """A trained research design as a :class:`SliceDecoder`.
+
+    Args:
+        model: a trained design (:func:`organsam.model.checkpoint.load_checkpoint`).
+        device: torch device.
+        precision: encoder precision; decoder_precision: the design's decoding precision (default: ``precision``).
+        batch_size: slices per encoder pass.
+    """
+
+    def __init__(self, model: OrganSegmenter, device: torch.device, precision: str = "fp32",
+                 decoder_precision: str | None = None, batch_size: int = 1) -> None:
+        if not isinstance(model, OrganSegmenter):
+            raise TypeError(f"model must be a design (OrganSegmenter), got {type(model).__name__}; load one with "
+                            f"organsam.model.checkpoint.load_checkpoint")
+        decoder_precision = decoder_precision or precision
+        _check_precisions(precision, decoder_precision)
+        self.device = device
+        self.model = model.to(device).eval()
+        self.design_name = str(getattr(model, "design_name", type(model).__name__))
+        self.precision, self.decoder_precision = precision, decoder_precision
+        self.batch_size = int(batch_size)
+        self.encoded_slices, self.encode_seconds = 0, 0.0
+
+    def check_organ(self, organ_id: str) -> None:
+        self.model.organ_index_of([organ_id])  # an organ outside the design's vocabulary fails here, named
+
+    @torch.inference_mode()
+    def _encode_batch(self, imgs: np.ndarray) -> list[Any]:
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            enc = self.model.encode_plain(torch.from_numpy(imgs).to(self.device))
+        return [self.model.select_encoded(enc, k) for k in range(len(imgs))]
+
+    @torch.inference_mode()
+    def encode(self, state: InferenceState, slices: list[int]) -> None:
+        self._encode_missing(state, slices, self._encode_batch)
+
+    @torch.inference_mode()
+    def decode(self, state: InferenceState, jobs: list[DecodeJob]) -> list[Candidate]:
+        if not jobs:
+            return []
+        geom = state.geometry
+        results: list[Candidate | None] = [None] * len(jobs)
+        groups: dict[tuple[int, bool, bool, int], list[int]] = {}
+        for j, job in enumerate(jobs):
+            npts = 0 if job.points is None else len(job.points[0])
+            groups.setdefault((job.z, job.box is not None, job.points is not None, npts), []).append(j)
+        for (z, has_box, has_pts, _), idx in groups.items():
+            self.encode(state, [z])
+            enc = state.embeddings[z]
+            organ_index = self.model.organ_index_of([jobs[j].organ_id for j in idx]).to(self.device)
+            boxes = points = None
+            if has_box:
+                boxes = torch.from_numpy(np.stack([geom.box_to_model(jobs[j].box) for j in idx])
+                                         ).float().to(self.device)
+            if has_pts:
+                coords = np.stack([geom.points_to_model(jobs[j].points[0]) for j in idx])  # type: ignore[index]
+                labels = np.stack([jobs[j].points[1] for j in idx])  # type: ignore[index]
+                points = (torch.from_numpy(coords).to(self.device), torch.from_numpy(labels).to(self.device))
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.decoder_precision == "bf16"):
+                out = self.model(None, organ_index, boxes, points, encoded=enc)
+            score = torch.sigmoid(out.presence_logit.float()).reshape(-1).cpu()
+            masks = (geom.logits_to_original(out.masks.float())[:, 0] > 0).cpu().numpy()
+            for k, j in enumerate(idx):
+                results[j] = Candidate(masks[k], float(score[k]))
+        return [r for r in results if r is not None]
