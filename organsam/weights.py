@@ -54,8 +54,23 @@ class WeightSpec:
         )
 
 
-#: SHA-256 of the packaged organ prompt table (rewritten by scripts/train_default.sh when it exports a new one).
-ORGAN_PROMPTS_SHA256 = "3943408c5c3bf490ef0889d76203841af37ab1a78ccd26eab88eee32ded561a1"
+#: The SHA-256 of every file shipped in ``organsam/assets`` (``sha256sum`` format), rewritten by the scripts that
+#: build them (scripts/train_default.sh, scripts/build_atlas.sh).
+ASSET_SUMS = Path(__file__).resolve().parent / "assets" / "SHA256SUMS"
+
+
+def asset_sha256(name: str) -> str | None:
+    """The recorded SHA-256 of a packaged asset (``None`` when ``SHA256SUMS`` does not list it)."""
+    try:
+        lines = ASSET_SUMS.read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        parts = line.split()
+        if len(parts) == 2 and parts[1].lstrip("*") == name:
+            return parts[0]
+    return None
+
 
 WEIGHTS: dict[str, WeightSpec] = {
     "lite_medsam": WeightSpec(
@@ -79,12 +94,20 @@ WEIGHTS: dict[str, WeightSpec] = {
         package="organsam",
         pip_name="organsam",
         relpath="assets/organ_prompts.safetensors",
-        sha256=ORGAN_PROMPTS_SHA256,
+        sha256=asset_sha256("organ_prompts.safetensors"),
         licence="Apache-2.0 (trained by organsam on ../shared/data; see scripts/train_default.sh)",
+    ),
+    "atlas": WeightSpec(
+        name="atlas",
+        package="organsam",
+        pip_name="organsam",
+        relpath="assets/atlas_ts_a.npz",
+        sha256=asset_sha256("atlas_ts_a.npz"),
+        licence="Apache-2.0 (TotalSegmentator example CT and its labels; see NOTICE, scripts/build_atlas.sh)",
     ),
 }
 
-_VERIFIED: dict[Path, float] = {}
+_VERIFIED: dict[tuple[Path, str], float] = {}
 
 
 def _candidates(spec: WeightSpec) -> list[Path]:
@@ -106,9 +129,12 @@ def _candidates(spec: WeightSpec) -> list[Path]:
 def verify(path: Path, spec: WeightSpec) -> Path:
     """Check ``path`` against ``spec.sha256`` (cached per file modification time)."""
     if spec.sha256 is None:
+        if spec.package == "organsam":
+            raise WeightsError(f"{path}: {ASSET_SUMS} records no SHA-256 for {spec.relpath}; the installation is "
+                               f"incomplete: {spec.install_hint()}")
         return path
     mtime = path.stat().st_mtime
-    if _VERIFIED.get(path) == mtime:
+    if _VERIFIED.get((path, spec.sha256)) == mtime:
         return path
     digest = file_sha256(path)
     if digest != spec.sha256:
@@ -116,7 +142,7 @@ def verify(path: Path, spec: WeightSpec) -> Path:
             f"{path}: SHA-256 is {digest}, expected {spec.sha256} for {spec.name}; the file is corrupt "
             f"or a different release. Re-install: {spec.install_hint()}"
         )
-    _VERIFIED[path] = mtime
+    _VERIFIED[(path, spec.sha256)] = mtime
     return path
 
 

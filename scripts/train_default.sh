@@ -6,7 +6,7 @@
 #   config  organsam/configs/train_organ_prompts.yaml (200 steps x batch 16, AdamW 1e-3, cosine, cached encoder
 #           features, atlas-like box jitter); about 10 minutes on a 2-core CPU (first run: + ~3 min to cache)
 #   output  runs/organ_prompts/ (model.safetensors + model.json, metrics.csv, val.csv), then
-#           organsam/assets/organ_prompts.safetensors (the packaged table) and its SHA-256 in organsam/weights.py
+#           organsam/assets/organ_prompts.safetensors (the packaged table) and its SHA-256 in organsam/assets/SHA256SUMS
 #
 # Leave-one-patient-out check of this recipe: scripts/lopo_organ_prompts.sh (amos_0001 held out).
 #
@@ -29,7 +29,6 @@ if [ "$EXPORT" = "1" ]; then
   for a in "$@"; do case "$a" in out_dir=*) OUT_DIR="${a#out_dir=}";; esac; done
   "$PYTHON" -m organsam.inference.organ_prompt_table "$OUT_DIR/model.safetensors" \
     organsam/assets/organ_prompts.safetensors --command "scripts/train_default.sh $*"
-  SHA=$("$PYTHON" -c "from organsam.io.files import file_sha256; print(file_sha256('organsam/assets/organ_prompts.safetensors'))")
-  sed -i "s/^ORGAN_PROMPTS_SHA256 = \".*\"/ORGAN_PROMPTS_SHA256 = \"$SHA\"/" organsam/weights.py
-  echo "exported organsam/assets/organ_prompts.safetensors (SHA-256 $SHA)"
+  bash scripts/update_asset_sums.sh
+  echo "exported organsam/assets/organ_prompts.safetensors ($(grep organ_prompts organsam/assets/SHA256SUMS))"
 fi

@@ -17,6 +17,7 @@ from organsam import __version__
 # subcommand name -> module in organsam.cli
 COMMANDS: dict[str, str] = {
     "weights": "organsam.cli.weights_cmd",
+    "atlas": "organsam.cli.atlas_cmd",
     "organs": "organsam.cli.organs_cmd",
     "designs": "organsam.cli.designs_cmd",
     "segment": "organsam.cli.segment_cmd",

@@ -113,7 +113,10 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:
         rows = result.report["organs"]
         for oid, r in rows.items():
-            state = f"{r['volume_ml']:8.1f} mL  conf {r['confidence']:.2f}" if r["present"] else "absent"
+            if r["present"]:
+                state = f"{r['volume_ml']:8.1f} mL  conf {r['confidence']:.2f}"
+            else:
+                state = {"absent": "absent (searched)", "not_locatable": "not located: give a box"}[r["status"]]
             print(f"{oid:<24} {state}")
         print(json.dumps({"output": args.output, "timings_s": result.report["timings_s"]}), file=sys.stderr)
     return 0

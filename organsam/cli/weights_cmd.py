@@ -20,5 +20,5 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
     else:
         for r in rows:
-            print(f"{r['name']:<12} {r['status']:<15} {r['licence']:<11} {r['path']}")
+            print(f"{r['name']:<14} {r['status']:<15} {r['path']}\n{'':<14} licence: {r['licence']}")
     return 0 if all(r["status"] == "ok" for r in rows) else 1

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from organsam import __version__
-from organsam.inference.options import OrganRequest, SegmentOptions
+from organsam.inference.options import ALL_ORGANS_TEXT, OrganRequest, SegmentOptions
 from organsam.inference.postprocess import merge_labelmap, postprocess_mask
 from organsam.inference.predictor_factory import DEFAULT_DESIGN
 from organsam.inference.result import SegmentationResult
@@ -41,7 +41,8 @@ from organsam.vocabulary import load_vocabulary
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["JobCancelledError", "ProgressFn", "model_grid", "organ_report", "run_segmentation", "to_input_grid"]
+__all__ = ["ORGAN_STATUSES", "JobCancelledError", "ProgressFn", "locatable_request", "model_grid", "organ_report",
+           "run_segmentation", "to_input_grid"]
 
 #: progress(stage, done, total)
 ProgressFn = Callable[[str, int, int], None]
@@ -78,11 +79,24 @@ def to_input_grid(mask: np.ndarray, volume: Volume) -> np.ndarray:
     return resample_z(mask, Z) > 0.5
 
 
-def organ_report(organ_id: str, mask: np.ndarray, volume: Volume, res: OrganResult | None) -> dict[str, Any]:
-    """The report entry of one organ: presence, size, intensity, extent, confidence and where it came from."""
+#: What a report says of an organ: drawn; searched and judged not there; or never searched because nothing
+#: places it from text (no prior for it: give a box).
+ORGAN_STATUSES = ("present", "absent", "not_locatable")
+
+
+def organ_report(organ_id: str, mask: np.ndarray, volume: Volume, res: OrganResult | None,
+                 locatable: bool = True) -> dict[str, Any]:
+    """The report entry of one organ: status, size, intensity, extent, confidence and where it came from.
+
+    Args:
+        locatable: whether anything placed the organ (False: a text prompt for an organ the location prior does
+            not have; the organ was not searched).
+    """
     voxel_ml = float(np.prod(volume.spacing)) / 1000.0
+    status = "present" if mask.any() else ("absent" if locatable else "not_locatable")
     entry: dict[str, Any] = {
         "name": load_vocabulary()[organ_id].name,
+        "status": status,
         "present": bool(mask.any()),
         "voxels": int(mask.sum()),
         "volume_ml": round(int(mask.sum()) * voxel_ml, 2),
@@ -99,9 +113,37 @@ def organ_report(organ_id: str, mask: np.ndarray, volume: Volume, res: OrganResu
                                 "axes": "file array order"}
     else:
         entry["bbox_voxels"] = None
-        entry["absent_reason"] = ("no slice passed the predicted-IoU check" if res is not None and res.rejected
-                                  else "not located by the prior")
+        if not locatable:
+            entry["absent_reason"] = ("cannot be located from text: the location atlas has no "
+                                      f"{load_vocabulary()[organ_id].name}; give a box on a slice (viewer or "
+                                      "VolumePredictor.add_box)")
+        elif res is not None and res.rejected:
+            entry["absent_reason"] = "searched: no slice passed the predicted-IoU check"
+        else:
+            entry["absent_reason"] = "searched: the location prior places it outside this scan"
     return entry
+
+
+def locatable_request(predictor: Any, request: OrganRequest) -> OrganRequest:
+    """"All organs" means the organs the predictor can place from text: the others are left out (named)."""
+    if request.prompt != ALL_ORGANS_TEXT or not hasattr(predictor, "locatable_organs"):
+        return request
+    known = predictor.locatable_organs()
+    if known is None:
+        return request
+    kept = tuple(o for o in request.organ_ids if o in known)
+    if len(kept) < len(request.organ_ids):
+        logger.warning("all organs: leaving out %s (the location atlas does not have them; give boxes to segment "
+                       "them)", ", ".join(o for o in request.organ_ids if o not in known))
+    return OrganRequest(request.prompt, kept)
+
+
+def _locatable(state: InferenceState, organ_id: str) -> bool:
+    """Whether something placed the organ: a user box/point, or a prior that has it."""
+    prompt = state.prompts[organ_id]
+    if prompt.boxes or prompt.points or prompt.text is None or state.prior is None:
+        return True
+    return bool(state.prior.present(organ_id))
 
 
 def _needed_slices(predictor: Any, state: InferenceState) -> list[int]:
@@ -158,6 +200,7 @@ def run_segmentation(predictor: Any, volume: Volume, request: OrganRequest, *,
         raise ValueError(f"the session state is on a {state.volume.array.shape} grid, the volume's model grid is "
                          f"{work.array.shape}; start a new state")
     predictor.reset(state)  # keeps the slice embeddings and the fitted prior
+    request = locatable_request(predictor, request)
     for oid in request.organ_ids:
         predictor.add_text_prompt(state, oid)
     report_progress("locating the organs (atlas prior)", 0, 0)
@@ -200,7 +243,8 @@ def run_segmentation(predictor: Any, volume: Volume, request: OrganRequest, *,
         "spacing_zyx_mm": [float(s) for s in volume.spacing],
         "corrections": [],
         "labels": {str(v): k for v, k in table.items()},
-        "organs": {oid: organ_report(oid, masks[oid], volume, state.results.get(oid)) for oid in organ_ids},
+        "organs": {oid: organ_report(oid, masks[oid], volume, state.results.get(oid), _locatable(state, oid))
+                   for oid in organ_ids},
         "encoded_slices": len(state.embeddings),
         "model_slices": int(Z),
         "timings_s": {k: round(v, 2) for k, v in timings.items()},

@@ -215,12 +215,8 @@ class VolumePredictor:
     # ------------------------------------------------------------------ prior
     def fit_prior(self, state: InferenceState) -> FittedPrior | None:
         """Fit the location prior on the session's volume once (kept in ``state.prior``); None without a prior."""
-        if state.prior is None and self._prior is not None:
-            prior = self._prior
-            if prior == "atlas":
-                from organsam.priors import AtlasPrior, default_atlas
-
-                prior = self._prior = AtlasPrior(default_atlas())
+        prior = self._location_prior()
+        if state.prior is None and prior is not None:
             logger.info("fitting the location prior")
             state.prior = prior.fit(state.volume.array, tuple(state.volume.spacing))
         return state.prior
@@ -238,6 +234,19 @@ class VolumePredictor:
         margin = self.margin_px(state)
         return {int(z): None if b is None else tuple(float(v) for v in b)  # type: ignore[misc]
                 for z, b in fitted.boxes(organ_id, margin_px=margin).items()}
+
+    def _location_prior(self) -> LocationPrior | None:
+        """The location prior, the default atlas prior built on first use."""
+        if self._prior == "atlas":
+            from organsam.priors import AtlasPrior, default_atlas
+
+            self._prior = AtlasPrior(default_atlas())
+        return self._prior  # type: ignore[return-value]
+
+    def locatable_organs(self) -> set[str] | None:
+        """The organs text prompts can be placed for (the location atlas's organs); None: any organ."""
+        atlas = getattr(self._location_prior(), "atlas", None)
+        return set(atlas.organ_ids()) if atlas is not None else None
 
     def margin_px(self, state: InferenceState) -> int:
         """``box_margin_mm`` in pixels of the session's slices (finest in-plane spacing)."""

@@ -1,12 +1,12 @@
 """Atlas organ prior: register a labelled CT onto the target and use its warped organ masks.
 
-No learning: one labelled CT (by default the TotalSegmentator example CT ``ts_a`` from the shared
-data folder) is registered onto the target CT (``registration.register_atlas``: z-level search,
-affine, Demons) and its organ labels are pulled onto the target grid. The warped masks are a
-coarse prior (mean Dice 0.56-0.57 over the 8 Synapse organs on the two AMOS slabs); their per-slice boxes, widened by a
-margin, are meant as box prompts for a SAM-style decoder. Example::
+No learning: one labelled CT (by default the TotalSegmentator example CT ``ts_a``, shipped in the package as
+``organsam/assets/atlas_ts_a.npz``, SHA-256 checked) is registered onto the target CT
+(``registration.register_atlas``: z-level search, affine, Demons) and its organ labels are pulled onto the target
+grid. The warped masks are a coarse prior (mean Dice 0.56-0.57 over the 8 Synapse organs on the two AMOS slabs);
+their per-slice boxes, widened by a margin, are meant as box prompts for a SAM-style decoder. Example::
 
-    prior = AtlasPrior()                      # default_atlas(): ts_a from the shared data folder
+    prior = AtlasPrior()                      # default_atlas(): $ORGANSAM_ATLAS or the packaged ts_a atlas
     result = prior.fit(volume)                # an organsam.io.Volume, or (array, spacing)
     if result.present("liver"):
         boxes = result.boxes("liver", margin_px=10)   # {slice index: (x0, y0, x1, y1)}
@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from organsam.priors.atlas_file import AtlasArrays, read_atlas_file, write_atlas_file
 from organsam.priors.boxes import Box, mask_to_boxes
 from organsam.priors.registration import (
     AtlasTransform,
@@ -34,12 +35,14 @@ from organsam.priors.registration import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Atlas", "AtlasNotFoundError", "AtlasPrior", "AtlasResult", "default_atlas", "ATLAS_ENV"]
+__all__ = ["ATLAS_ENV", "Atlas", "AtlasNotFoundError", "AtlasPrior", "AtlasResult", "atlas_source",
+           "default_atlas"]
 
-#: Environment variable naming a folder with ``image.nii.gz``, ``label.nii.gz`` and ``labelmap.json``.
+#: Environment variable naming an atlas file (``organsam atlas build``), or a folder with ``image.nii.gz``,
+#: ``label.nii.gz`` and ``labelmap.json``.
 ATLAS_ENV = "ORGANSAM_ATLAS"
-#: The shared-data atlas: folder name, image, labels, packaged label map name.
-_SHARED_ATLAS = ("ts_a", "image.nii.gz", "label_ts_v2_fast.nii.gz", "totalsegmentator_v2")
+#: The atlas shipped in the package (a key of ``organsam.weights.WEIGHTS``).
+PACKAGED_ATLAS = "atlas"
 
 
 class AtlasNotFoundError(FileNotFoundError):
@@ -58,6 +61,7 @@ class Atlas:
         label_to_organ: label value -> vocabulary organ id; values absent from it (or mapped to
             ``None`` in the source map) are ignored. Several values may share one organ id.
         name: a short name for logs.
+        meta: provenance (source, licence, how it was built) when read from an atlas file.
     """
 
     image: np.ndarray
@@ -65,6 +69,7 @@ class Atlas:
     labels: np.ndarray
     label_to_organ: dict[int, str]
     name: str = "atlas"
+    meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.image.ndim != 3 or self.labels.shape != self.image.shape:
@@ -107,6 +112,20 @@ class Atlas:
                     len(atlas.organ_ids()))
         return atlas
 
+    def save(self, path: str | Path, *, source: str = "", licence: str = "", command: str = "") -> Path:
+        """Write this atlas as one compact file (:mod:`organsam.priors.atlas_file`), with its provenance."""
+        labels, organs = self.compact_labels()
+        meta = {"name": self.name, "modality": "CT", "source": source, "licence": licence, "command": command}
+        return write_atlas_file(path, AtlasArrays(self.image, labels, organs, self.spacing, meta))
+
+    @classmethod
+    def load(cls, path: str | Path) -> Atlas:
+        """Read an atlas file written by :meth:`save` (``organsam atlas build``)."""
+        content = read_atlas_file(path)
+        return cls(image=content.image, spacing=content.spacing, labels=content.labels,
+                   label_to_organ={i + 1: o for i, o in enumerate(content.organs)},
+                   name=str(content.meta.get("name") or Path(path).stem), meta=content.meta)
+
     def organ_ids(self) -> list[str]:
         """Organ ids that have at least one voxel in the atlas, in label-value order."""
         present = set(np.unique(self.labels).tolist())
@@ -132,50 +151,46 @@ class Atlas:
         return lut[self.labels], organs
 
 
-def _shared_atlas_dirs() -> list[Path]:
-    repo = Path(__file__).resolve().parents[2]
-    dirs: list[Path] = []
-    if os.environ.get("ORGANSAM_DATA"):
-        dirs.append(Path(os.environ["ORGANSAM_DATA"]) / _SHARED_ATLAS[0])
-    for base in (repo.parent / "shared" / "data", Path.cwd().parent / "shared" / "data",
-                 Path.cwd() / "shared" / "data"):
-        d = base / _SHARED_ATLAS[0]
-        if d not in dirs:
-            dirs.append(d)
-    return dirs
+def atlas_source() -> str:
+    """Where :func:`default_atlas` takes the atlas from: ``$ORGANSAM_ATLAS`` or the packaged file."""
+    env = os.environ.get(ATLAS_ENV)
+    if env:
+        return f"${ATLAS_ENV}={env}"
+    from organsam.weights import find_weight
+
+    return str(find_weight(PACKAGED_ATLAS))
 
 
 def default_atlas() -> Atlas:
     """The atlas to use when none is given.
 
-    Looked for, in order: ``$ORGANSAM_ATLAS`` (a folder with ``image.nii.gz``, ``label.nii.gz`` and
-    ``labelmap.json`` = label value -> class name); then ``ts_a/`` (``image.nii.gz`` +
-    ``label_ts_v2_fast.nii.gz``, TotalSegmentator v2 classes) in ``$ORGANSAM_DATA``, in
-    ``../shared/data`` beside the repository or the current folder, or in ``./shared/data``.
+    ``$ORGANSAM_ATLAS`` when set: an atlas file (``organsam atlas build``) or a folder with ``image.nii.gz``,
+    ``label.nii.gz`` and ``labelmap.json`` (label value -> class name); otherwise the atlas shipped in the
+    package (the TotalSegmentator example CT ``ts_a``, SHA-256 checked; ``organsam weights`` lists it).
 
     Raises:
-        AtlasNotFoundError: none of these exists; the message lists where it looked and the fix.
+        AtlasNotFoundError: ``$ORGANSAM_ATLAS`` names something missing, or the packaged file is missing or
+            corrupt; the message says what to do.
     """
     env = os.environ.get(ATLAS_ENV)
     if env:
         d = Path(env)
+        if d.is_file():
+            return Atlas.load(d)
         files = [d / "image.nii.gz", d / "label.nii.gz", d / "labelmap.json"]
         missing = [str(f) for f in files if not f.is_file()]
         if missing:
-            raise AtlasNotFoundError(f"${ATLAS_ENV}={env} is set but {', '.join(missing)} is missing; the folder "
-                                     "needs image.nii.gz (CT in HU), label.nii.gz and labelmap.json "
-                                     "(label value -> class name)")
+            raise AtlasNotFoundError(f"${ATLAS_ENV}={env} is set but {', '.join(missing)} is missing; set it to an "
+                                     "atlas file (organsam atlas build) or a folder with image.nii.gz (CT in HU), "
+                                     "label.nii.gz and labelmap.json (label value -> class name)")
         return Atlas.from_files(files[0], files[1], files[2], name=d.name)
-    tried = _shared_atlas_dirs()
-    for d in tried:
-        img, lab = d / _SHARED_ATLAS[1], d / _SHARED_ATLAS[2]
-        if img.is_file() and lab.is_file():
-            return Atlas.from_files(img, lab, _SHARED_ATLAS[3], name=d.name)
-    raise AtlasNotFoundError(
-        "no atlas CT found. Looked for " + ", ".join(str(d / _SHARED_ATLAS[1]) for d in tried)
-        + f". Fix: put the shared data folder (with ts_a/{_SHARED_ATLAS[1]} and ts_a/{_SHARED_ATLAS[2]}) at "
-        f"../shared/data beside the repository, set ORGANSAM_DATA to it, or set {ATLAS_ENV} to a folder "
-        "with image.nii.gz, label.nii.gz and labelmap.json")
+    from organsam.weights import WeightsError, find_weight
+
+    try:
+        path = find_weight(PACKAGED_ATLAS)
+    except WeightsError as e:
+        raise AtlasNotFoundError(f"the packaged atlas is unusable: {e}; or set {ATLAS_ENV} to an atlas file") from e
+    return Atlas.load(path)
 
 
 class _LazyMasks(Mapping):

@@ -167,3 +167,27 @@ def test_cli_batch_and_server_reports_have_the_same_keys(tmp_path: Path) -> None
     vols = [{k: r["organs"][k]["voxels"] for k in ("liver", "spleen")}
             for r in (cli_report, batch_report, server_report)]
     assert vols[0] == vols[1] == vols[2], vols
+
+
+def test_reports_say_which_organs_text_cannot_locate(tmp_path: Path) -> None:
+    """An organ the location atlas lacks is "not_locatable" (with the fix), never "absent"; "all organs" leaves
+    such organs out."""
+    from organsam.inference.options import resolve_organs
+    from organsam.inference.pipeline import locatable_request, run_segmentation
+    from organsam.inference.predictor_factory import build_predictor
+    from organsam.io import load_volume
+
+    predictor = build_predictor(progress=False)
+    vol = load_volume(data_path(*AMOS))
+    res = run_segmentation(predictor, vol, resolve_organs("spleen, esophagus, rectum"))
+    organs = res.report["organs"]
+    assert organs["spleen"]["status"] == "present"
+    for oid in ("esophagus", "rectum"):
+        assert organs[oid]["status"] == "not_locatable" and not organs[oid]["present"]
+        assert "give a box" in organs[oid]["absent_reason"]
+    every = resolve_organs(None, all_organs=True)
+    assert {"esophagus", "rectum", "prostate_uterus"} <= set(every.organ_ids)
+    known = predictor.locatable_organs()
+    assert known is not None and "liver" in known and "esophagus" not in known
+    kept = locatable_request(predictor, every)
+    assert kept.organ_ids == tuple(o for o in every.organ_ids if o in known) and "esophagus" not in kept.organ_ids

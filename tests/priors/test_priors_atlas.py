@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
@@ -173,12 +174,39 @@ def test_fit_needs_spacing_for_plain_arrays(ts_a: Atlas) -> None:
         AtlasPrior(ts_a).fit(np.zeros((4, 8, 8), np.float32))
 
 
-def test_default_atlas_from_shared_data(monkeypatch: pytest.MonkeyPatch) -> None:
-    folder = data_path("ts_a")
+def test_packaged_atlas_is_the_shared_ts_a_lossless(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without $ORGANSAM_ATLAS the packaged file is used, from any folder and without ../shared; it holds exactly
+    the TotalSegmentator example CT and its organ labels (rebuilt by scripts/build_atlas.sh)."""
     monkeypatch.delenv(atlas_module.ATLAS_ENV, raising=False)
-    monkeypatch.setenv("ORGANSAM_DATA", str(folder.parent))
+    monkeypatch.setenv("ORGANSAM_DATA", "/nonexistent")
+    monkeypatch.chdir("/")
     atlas = default_atlas()
-    assert atlas.name == "ts_a" and "liver" in atlas.organ_ids()
+    assert atlas.name == "ts_a" and atlas.meta["licence"] == "Apache-2.0" and "TotalSegmentator" in atlas.meta["source"]
+    assert atlas_module.atlas_source().endswith("assets/atlas_ts_a.npz")
+    ref = Atlas.from_files(data_path("ts_a", "image.nii.gz"), data_path("ts_a", "label_ts_v2_fast.nii.gz"),
+                           "totalsegmentator_v2")
+    assert atlas.spacing == ref.spacing and np.array_equal(atlas.image, ref.image)
+    (a_lab, a_org), (r_lab, r_org) = atlas.compact_labels(), ref.compact_labels()
+    assert a_org == r_org and np.array_equal(a_lab, r_lab)
+
+
+def test_atlas_file_round_trip_and_env_file(tmp_path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    from organsam.cli.main import main as cli
+
+    out = tmp_path / "amos.npz"
+    code = cli(["atlas", "build", "--image", str(data_path("amos_0013_slab", "image.nii.gz")),
+                "--labels", str(data_path("amos_0013_slab", "label.nii.gz")), "--labelmap", "amos22", "-o", str(out),
+                "--source", "AMOS 0013 slab", "--licence", "AMOS22 terms"])
+    assert code == 0 and "12 organs" in capsys.readouterr().out  # the slab holds 12 of the 15 AMOS classes
+    monkeypatch.setenv(atlas_module.ATLAS_ENV, str(out))
+    atlas = default_atlas()
+    assert atlas.meta["source"] == "AMOS 0013 slab" and "atlas build" in atlas.meta["command"]
+    assert {"liver", "pancreas", "adrenal_gland_left", "duodenum"} <= set(atlas.organ_ids())
+    assert cli(["atlas", "info", "--json"]) == 0 and '"AMOS 0013 slab"' in capsys.readouterr().out
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match=r"bad\.npz: not a readable organsam atlas file.*organsam atlas build"):
+        Atlas.load(bad)
 
 
 def test_default_atlas_from_env_folder(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -196,8 +224,10 @@ def test_default_atlas_missing_gives_the_fix(tmp_path, monkeypatch: pytest.Monke
     with pytest.raises(AtlasNotFoundError, match="label.nii.gz"):
         default_atlas()
     monkeypatch.delenv(atlas_module.ATLAS_ENV)
-    monkeypatch.setattr(atlas_module, "_shared_atlas_dirs", lambda: [tmp_path / "ts_a"])
-    with pytest.raises(AtlasNotFoundError, match="ORGANSAM_ATLAS"):
-        default_atlas()
+    from organsam import weights
+
+    monkeypatch.setitem(weights.WEIGHTS, "atlas", dataclasses.replace(weights.WEIGHTS["atlas"], sha256="0" * 64))
+    with pytest.raises(AtlasNotFoundError, match="packaged atlas is unusable.*SHA-256.*ORGANSAM_ATLAS"):
+        default_atlas()  # a corrupt or swapped packaged file is refused
     with pytest.raises(FileNotFoundError):  # AtlasNotFoundError is a FileNotFoundError
         Atlas.from_files(tmp_path / "nope.nii.gz", tmp_path / "nope_label.nii.gz", "totalsegmentator_v2")
