@@ -138,12 +138,13 @@ def locatable_request(predictor: Any, request: OrganRequest) -> OrganRequest:
     return OrganRequest(request.prompt, kept)
 
 
-def _locatable(state: InferenceState, organ_id: str) -> bool:
-    """Whether something placed the organ: a user box/point, or a prior that has it."""
+def _locatable(state: InferenceState, organ_id: str, known: set[str] | None) -> bool:
+    """Whether the organ could be placed: a user box/point, or a prior that has it (``known``: the organs the
+    predictor's prior has; None: any)."""
     prompt = state.prompts[organ_id]
-    if prompt.boxes or prompt.points or prompt.text is None or state.prior is None:
+    if prompt.boxes or prompt.points or prompt.text is None or known is None:
         return True
-    return bool(state.prior.present(organ_id))
+    return organ_id in known
 
 
 def _needed_slices(predictor: Any, state: InferenceState) -> list[int]:
@@ -229,6 +230,7 @@ def run_segmentation(predictor: Any, volume: Volume, request: OrganRequest, *,
     hu = volume.array if is_ct_in_hu(volume) else None
     masks = {oid: postprocess_mask(oid, to_input_grid(model_masks[oid], volume), hu) for oid in organ_ids}
     labelmap, table = merge_labelmap(masks, organ_ids)
+    known = predictor.locatable_organs() if hasattr(predictor, "locatable_organs") else None
     t_end = time.perf_counter()
     timings = {"prior": t_prior - t0, "encode": t_encode - t_prior, "model": t_model - t_encode,
                "postprocess": t_end - t_model, "total": t_end - t0}
@@ -243,7 +245,7 @@ def run_segmentation(predictor: Any, volume: Volume, request: OrganRequest, *,
         "spacing_zyx_mm": [float(s) for s in volume.spacing],
         "corrections": [],
         "labels": {str(v): k for v, k in table.items()},
-        "organs": {oid: organ_report(oid, masks[oid], volume, state.results.get(oid), _locatable(state, oid))
+        "organs": {oid: organ_report(oid, masks[oid], volume, state.results.get(oid), _locatable(state, oid, known))
                    for oid in organ_ids},
         "encoded_slices": len(state.embeddings),
         "model_slices": int(Z),

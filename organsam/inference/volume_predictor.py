@@ -229,7 +229,11 @@ class VolumePredictor:
             raise ValueError(f"organ {organ_id!r} has only a text prompt and no location prior is configured: "
                              f"give a box (add_box) or use the atlas prior")
         if not fitted.present(organ_id):
-            logger.warning("%s: not in the location prior's atlas; give a box to segment it", organ_id)
+            known = self.locatable_organs()
+            if known is not None and organ_id not in known:
+                logger.warning("%s: the location atlas does not have it; give a box to segment it", organ_id)
+            else:
+                logger.info("%s: the location prior places it outside this scan", organ_id)
             return {}
         margin = self.margin_px(state)
         return {int(z): None if b is None else tuple(float(v) for v in b)  # type: ignore[misc]

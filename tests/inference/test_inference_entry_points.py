@@ -179,12 +179,15 @@ def test_reports_say_which_organs_text_cannot_locate(tmp_path: Path) -> None:
 
     predictor = build_predictor(progress=False)
     vol = load_volume(data_path(*AMOS))
-    res = run_segmentation(predictor, vol, resolve_organs("spleen, esophagus, rectum"))
+    res = run_segmentation(predictor, vol, resolve_organs("spleen, esophagus, rectum, urinary bladder"))
     organs = res.report["organs"]
     assert organs["spleen"]["status"] == "present"
     for oid in ("esophagus", "rectum"):
         assert organs[oid]["status"] == "not_locatable" and not organs[oid]["present"]
         assert "give a box" in organs[oid]["absent_reason"]
+    # the atlas has the bladder, but places it below this upper-abdominal slab: searched, absent
+    assert organs["urinary_bladder"]["status"] == "absent" and "outside this scan" in organs["urinary_bladder"][
+        "absent_reason"]
     every = resolve_organs(None, all_organs=True)
     assert {"esophagus", "rectum", "prostate_uterus"} <= set(every.organ_ids)
     known = predictor.locatable_organs()
