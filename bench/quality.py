@@ -57,6 +57,7 @@ from organsam.inference.state import InferenceState  # noqa: E402
 from organsam.inference.volume_predictor import VolumePredictor  # noqa: E402
 from organsam.io import Volume, load_labels, load_volume  # noqa: E402
 from organsam.model.sam_core import build_lite_medsam  # noqa: E402
+from organsam.preprocessing.intensity import is_ct_in_hu  # noqa: E402
 from organsam.priors import AtlasPrior, default_atlas, mask_to_boxes  # noqa: E402
 from organsam.vocabulary import labelmap_info  # noqa: E402
 
@@ -69,6 +70,7 @@ ROWS: dict[str, str] = {
     "oracle_10px": "(a) LiteMedSAM + oracle boxes, +10 px",
     "atlas": "(b) atlas masks alone (ts_a registered)",
     "organsam": "(c) organsam: atlas boxes + LiteMedSAM (segment, text prompt)",
+    "no_joint_assignment": "(c) without joint assignment (masks drawn on an anchor organ kept)",
     "organ_prompts": "(c) + learned organ prompt tokens (shipped checkpoint, opt-in: --organ-prompts packaged)",
     "checkpoint_prior": "(e) trained design checkpoint (--checkpoint): text + atlas boxes",
     "checkpoint_text": "(e) trained design checkpoint (--checkpoint): text only, every slice",
@@ -165,10 +167,11 @@ def run_case(case: str, data: Path, core: Any, organs: list[str], args: argparse
     cache: dict[int, dict[int, Any]] = {}
 
     def predictor(prior: Any, iou_threshold: float | None = None, track_refine: bool = True,
-                  prompts: bool = False) -> CachedPredictor:
+                  prompts: bool = False, joint_assignment: bool | None = None) -> CachedPredictor:
         kw = {} if iou_threshold is None else {"iou_threshold": iou_threshold}
+        assign = track_refine if joint_assignment is None else joint_assignment  # (d) rows: the plain prior pass
         return CachedPredictor(core, prior=FixedPrior(prior), device=args.device, progress=False, cache=cache,
-                               track_refine=track_refine, precision=args.precision,
+                               track_refine=track_refine, joint_assignment=assign, precision=args.precision,
                                decoder_precision=args.decoder_precision,
                                organ_prompts=table if prompts else False, **kw)
 
@@ -177,6 +180,11 @@ def run_case(case: str, data: Path, core: Any, organs: list[str], args: argparse
     res = segment(vol, organs, quiet=True, predictor=shipped)
     preds["organsam"] = _label_masks(res.labelmap, res.label_table)
     times["organsam (incl. slice encoding)"] = time.perf_counter() - t
+    if "no_joint_assignment" in args.rows:
+        t = time.perf_counter()
+        res = segment(vol, organs, quiet=True, predictor=predictor(atlas, joint_assignment=False))
+        preds["no_joint_assignment"] = _label_masks(res.labelmap, res.label_table)
+        times["without joint assignment"] = time.perf_counter() - t
     if "organ_prompts" in args.rows:
         t = time.perf_counter()
         res = segment(vol, organs, quiet=True, predictor=predictor(atlas, prompts=True))
@@ -190,14 +198,15 @@ def run_case(case: str, data: Path, core: Any, organs: list[str], args: argparse
             res = segment(vol, organs, quiet=True, predictor=design_predictor)
             preds[f"checkpoint_{mode}"] = _label_masks(res.labelmap, res.label_table)
             times[f"checkpoint, {mode}"] = time.perf_counter() - t
-    if set(args.rows) <= {"organsam", "atlas", "organ_prompts", "checkpoint_prior", "checkpoint_text"}:
+    if set(args.rows) <= {"organsam", "atlas", "no_joint_assignment", "organ_prompts", "checkpoint_prior",
+                          "checkpoint_text"}:
         return preds, ref, vol, times
 
     t = time.perf_counter()
     res = segment(vol, organs, quiet=True, predictor=predictor(atlas, track_refine=False))
     preds["no_track_refine"] = _label_masks(res.labelmap, res.label_table)
     state = _propagate(predictor(atlas, iou_threshold=0.0, track_refine=False), vol, organs)
-    hu = vol.array if vol.modality == "CT" and not vol.meta.is_8bit else None
+    hu = vol.array if is_ct_in_hu(vol) else None
     raw0 = {o: state.results[o].mask for o in organs}
     kept = {}
     for o in organs:

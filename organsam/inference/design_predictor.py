@@ -93,4 +93,5 @@ def design_predictor(model: OrganSegmenter, *, prompts: str = "prior", prior: Lo
     batch_size = int(batch_size if batch_size is not None else VolumePredictor.default_batch_size(dev))
     decoder = DesignDecoder(model, dev, precision, decoder_precision, batch_size)
     return VolumePredictor(prior=prior if prompts == "prior" else EverySlice(), device=dev, batch_size=batch_size,
-                           iou_threshold=score_threshold, track_refine=False, decoder=decoder, **kwargs)
+                           iou_threshold=score_threshold, track_refine=False, joint_assignment=False, decoder=decoder,
+                           **kwargs)

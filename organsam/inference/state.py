@@ -95,6 +95,8 @@ class InferenceState:
         prompts: organ id -> :class:`OrganPrompt`, in the order given.
         prior: the fitted location prior (e.g. an atlas result), computed on first need.
         results: organ id -> :class:`OrganResult` after :meth:`VolumePredictor.propagate`.
+        reassignments: slices of the last propagation where an organ had been drawn on an anchor organ
+            (:class:`organsam.inference.assignment.Reassignment`).
     """
 
     volume: Volume
@@ -104,6 +106,7 @@ class InferenceState:
     prompts: dict[str, OrganPrompt] = field(default_factory=dict)
     prior: Any = None
     results: dict[str, OrganResult] = field(default_factory=dict)
+    reassignments: list[Any] = field(default_factory=list)
 
     @property
     def num_slices(self) -> int:

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from organsam.inference.assignment import assign_against_anchors
 from organsam.inference.decoders import SamCoreDecoder, SliceDecoder
 from organsam.inference.organ_prompt_table import OrganPromptTable, load_prompt_table
 from organsam.inference.state import Box, Candidate, DecodeJob, InferenceState, OrganPrompt, OrganResult
@@ -95,6 +96,9 @@ class VolumePredictor:
             text-prompted organ from its most confident slice, keeping the better of the prior's and the
             tracked mask per slice (:class:`organsam.inference.track_refine.TrackRefiner`); ``False`` keeps
             the plain prior pass.
+        joint_assignment: decode again, without the anchor, the slices where a text-prompted organ was drawn
+            mostly inside an anchor organ's mask (liver, spleen, kidneys, aorta;
+            :mod:`organsam.inference.assignment`); ``False`` keeps such masks.
         organ_prompts: learned organ prompt tokens appended to every box prompt of an organ the table holds
             (:mod:`organsam.inference.organ_prompt_table`): ``True`` the packaged table (trained on
             ``../shared/data``, SHA-256 checked), a path to another exported table, a ready
@@ -108,7 +112,7 @@ class VolumePredictor:
                  device: str | torch.device = "cpu", batch_size: int | None = None, iou_threshold: float = 0.5,
                  box_margin_mm: float = 8.0, track_margin_px: int = 3, progress: bool = True,
                  precision: str | None = None, fast_encoder: bool = True, quantize: bool = False,
-                 track_refine: bool = True, decoder_precision: str | None = None,
+                 track_refine: bool = True, decoder_precision: str | None = None, joint_assignment: bool = True,
                  organ_prompts: OrganPromptTable | str | bool | None = False,
                  decoder: SliceDecoder | None = None) -> None:
         self.device = torch.device(device)
@@ -134,6 +138,7 @@ class VolumePredictor:
         self.track_margin_px = int(track_margin_px)
         self.progress = progress
         self.track_refine = bool(track_refine)
+        self.joint_assignment = bool(joint_assignment)
         self.refine_decodes = 0
 
     @property
@@ -211,6 +216,7 @@ class VolumePredictor:
         """Forget prompts and results (embeddings are kept)."""
         state.prompts.clear()
         state.results.clear()
+        state.reassignments = []
 
     # ------------------------------------------------------------------ prior
     def fit_prior(self, state: InferenceState) -> FittedPrior | None:
@@ -346,6 +352,10 @@ class VolumePredictor:
             refiner = TrackRefiner(iou_threshold=self.iou_threshold)
             state.results.update(refiner.refine(state, planned, self.decode, self.margin_px(state)))
             self.refine_decodes += refiner.decodes
+        if self.joint_assignment and planned:
+            results, state.reassignments = assign_against_anchors(state, state.results, planned, self.decode,
+                                                                  self.iou_threshold)
+            state.results.update(results)
         for z in order:
             ids = [oid for oid, res in state.results.items() if res.mask[z].any()]
             if ids:
