@@ -18,6 +18,7 @@ import resource
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,6 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from organsam.inference.state import InferenceState  # noqa: E402
+from organsam.inference.volume_predictor import VolumePredictor  # noqa: E402
 from organsam.io import Volume, load_labels, load_volume  # noqa: E402
 from organsam.model.sam_core import SamCore  # noqa: E402
 from organsam.preprocessing.intensity import window_ct  # noqa: E402
@@ -143,3 +146,16 @@ def golden_dice(model: SamCore, encode: Callable[[torch.Tensor], torch.Tensor],
         if gt.any():
             out[name] = float(2 * (gt & pred[v]).sum() / (gt.sum() + pred[v].sum()))
     return out
+
+
+class CachedPredictor(VolumePredictor):
+    """A VolumePredictor whose sessions on the same volume share one slice-embedding cache."""
+
+    def __init__(self, *args: Any, cache: dict[int, dict[int, Any]], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._cache = cache
+
+    def init_state(self, volume: Volume) -> InferenceState:
+        state = super().init_state(volume)
+        state.embeddings = self._cache.setdefault(id(volume), {})
+        return state

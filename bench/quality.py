@@ -47,8 +47,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from _common import CachedPredictor  # noqa: E402
+
 from organsam.evaluation import EvaluationResult, comparison_markdown, get_protocol, score_case  # noqa: E402
 from organsam.evaluation.report import bar_chart, format_value, jsonable, markdown_table  # noqa: E402
+from organsam.inference.options import SegmentOptions  # noqa: E402
 from organsam.inference.organ_prompt_table import load_prompt_table  # noqa: E402
 from organsam.inference.postprocess import merge_labelmap, postprocess_mask  # noqa: E402
 from organsam.inference.predictor_factory import build_predictor  # noqa: E402
@@ -71,6 +74,7 @@ ROWS: dict[str, str] = {
     "atlas": "(b) atlas masks alone (ts_a registered)",
     "organsam": "(c) organsam: atlas boxes + LiteMedSAM (segment, text prompt)",
     "no_joint_assignment": "(c) without joint assignment (masks drawn on an anchor organ kept)",
+    "no_verification": "(c) without verification (masks bigger than the organ can be kept)",
     "organ_prompts": "(c) + learned organ prompt tokens (shipped checkpoint, opt-in: --organ-prompts packaged)",
     "checkpoint_prior": "(e) trained design checkpoint (--checkpoint): text + atlas boxes",
     "checkpoint_text": "(e) trained design checkpoint (--checkpoint): text only, every slice",
@@ -102,19 +106,6 @@ class OracleBoxes:
 
     def boxes(self, organ_id: str, margin_px: int = 0) -> dict[int, tuple[int, int, int, int]]:
         return mask_to_boxes(self.masks[organ_id], self.margin_px) if self.present(organ_id) else {}
-
-
-class CachedPredictor(VolumePredictor):
-    """A VolumePredictor whose sessions on the same volume share one slice-embedding cache."""
-
-    def __init__(self, *args: Any, cache: dict[int, dict[int, Any]], **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._cache = cache
-
-    def init_state(self, volume: Volume) -> InferenceState:
-        state = super().init_state(volume)
-        state.embeddings = self._cache.setdefault(id(volume), {})
-        return state
 
 
 def _label_masks(labelmap: np.ndarray, table: dict[int, str]) -> dict[str, np.ndarray]:
@@ -185,6 +176,11 @@ def run_case(case: str, data: Path, core: Any, organs: list[str], args: argparse
         res = segment(vol, organs, quiet=True, predictor=predictor(atlas, joint_assignment=False))
         preds["no_joint_assignment"] = _label_masks(res.labelmap, res.label_table)
         times["without joint assignment"] = time.perf_counter() - t
+    if "no_verification" in args.rows:
+        t = time.perf_counter()
+        res = segment(vol, organs, quiet=True, predictor=shipped, options=SegmentOptions(verify=False))
+        preds["no_verification"] = _label_masks(res.labelmap, res.label_table)
+        times["without verification"] = time.perf_counter() - t
     if "organ_prompts" in args.rows:
         t = time.perf_counter()
         res = segment(vol, organs, quiet=True, predictor=predictor(atlas, prompts=True))
@@ -198,8 +194,8 @@ def run_case(case: str, data: Path, core: Any, organs: list[str], args: argparse
             res = segment(vol, organs, quiet=True, predictor=design_predictor)
             preds[f"checkpoint_{mode}"] = _label_masks(res.labelmap, res.label_table)
             times[f"checkpoint, {mode}"] = time.perf_counter() - t
-    if set(args.rows) <= {"organsam", "atlas", "no_joint_assignment", "organ_prompts", "checkpoint_prior",
-                          "checkpoint_text"}:
+    if set(args.rows) <= {"organsam", "atlas", "no_joint_assignment", "no_verification", "organ_prompts",
+                          "checkpoint_prior", "checkpoint_text"}:
         return preds, ref, vol, times
 
     t = time.perf_counter()

@@ -30,9 +30,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from _common import CachedPredictor  # noqa: E402
+
 from organsam.inference.options import resolve_organs  # noqa: E402
 from organsam.inference.pipeline import run_segmentation  # noqa: E402
-from organsam.inference.volume_predictor import VolumePredictor  # noqa: E402
 from organsam.io import load_labels, load_volume  # noqa: E402
 from organsam.priors import AtlasPrior, default_atlas  # noqa: E402
 from organsam.vocabulary import labelmap_info  # noqa: E402
@@ -62,19 +63,6 @@ class ShiftedPrior:
             if 0 <= zz < Z and b[2] - b[0] >= 2 and b[3] - b[1] >= 2:
                 out[zz] = b
         return out
-
-
-class _Cached(VolumePredictor):
-    """Sessions on the same volume share one slice-embedding cache."""
-
-    def __init__(self, *args: Any, cache: dict[int, Any], **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._cache = cache
-
-    def init_state(self, volume: Any) -> Any:
-        state = super().init_state(volume)
-        state.embeddings = self._cache.setdefault(id(volume), {})
-        return state
 
 
 def score(masks: dict[str, np.ndarray], ref: np.ndarray, organs: list[str]) -> tuple[float, list[str]]:
@@ -121,7 +109,7 @@ def main() -> None:
         for name, (dz, dy, dx) in shifts.items():
             for assign in (False, True):
                 prior = ShiftedPrior(fitted, dz, dy, dx, vol.array.shape)
-                pred = _Cached(prior=prior, progress=False, joint_assignment=assign, cache=cache)
+                pred = CachedPredictor(prior=prior, progress=False, joint_assignment=assign, cache=cache)
                 res = run_segmentation(pred, vol, request)
                 key = f"{name}, {'with' if assign else 'without'} joint assignment"
                 rows.setdefault(key, {})[case] = score(res.masks, ref, list(request.organ_ids))

@@ -72,6 +72,12 @@ def asset_sha256(name: str) -> str | None:
     return None
 
 
+def _packaged(name: str, filename: str, licence: str) -> WeightSpec:
+    """A file shipped in ``organsam/assets``, checked against ``SHA256SUMS``."""
+    return WeightSpec(name=name, package="organsam", pip_name="organsam", relpath=f"assets/{filename}",
+                      sha256=asset_sha256(filename), licence=licence)
+
+
 WEIGHTS: dict[str, WeightSpec] = {
     "lite_medsam": WeightSpec(
         name="lite_medsam",
@@ -89,22 +95,10 @@ WEIGHTS: dict[str, WeightSpec] = {
         sha256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
         licence="Apache-2.0",
     ),
-    "organ_prompts": WeightSpec(
-        name="organ_prompts",
-        package="organsam",
-        pip_name="organsam",
-        relpath="assets/organ_prompts.safetensors",
-        sha256=asset_sha256("organ_prompts.safetensors"),
-        licence="Apache-2.0 (trained by organsam on ../shared/data; see scripts/train_default.sh)",
-    ),
-    "atlas": WeightSpec(
-        name="atlas",
-        package="organsam",
-        pip_name="organsam",
-        relpath="assets/atlas_ts_a.npz",
-        sha256=asset_sha256("atlas_ts_a.npz"),
-        licence="Apache-2.0 (TotalSegmentator example CT and its labels; see NOTICE, scripts/build_atlas.sh)",
-    ),
+    "organ_prompts": _packaged("organ_prompts", "organ_prompts.safetensors",
+                               "Apache-2.0 (trained by organsam on ../shared/data; see scripts/train_default.sh)"),
+    "atlas": _packaged("atlas", "atlas_ts_a.npz",
+                       "Apache-2.0 (TotalSegmentator example CT and its labels; see NOTICE, scripts/build_atlas.sh)"),
 }
 
 _VERIFIED: dict[tuple[Path, str], float] = {}

@@ -116,7 +116,8 @@ def run(args: argparse.Namespace) -> int:
             if r["present"]:
                 state = f"{r['volume_ml']:8.1f} mL  conf {r['confidence']:.2f}"
             else:
-                state = {"absent": "absent (searched)", "not_locatable": "not located: give a box"}[r["status"]]
+                state = {"absent": "absent (searched)", "not_locatable": "not located: give a box",
+                         "rejected_by_verification": "rejected by verification (see report.json)"}[r["status"]]
             print(f"{oid:<24} {state}")
         print(json.dumps({"output": args.output, "timings_s": result.report["timings_s"]}), file=sys.stderr)
     return 0

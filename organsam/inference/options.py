@@ -86,6 +86,7 @@ class SegmentOptions:
         organ_prompts: learned organ prompt tokens on the pipeline's boxes: ``True`` (packaged table), a path,
             or ``False``.
         design_prompts: with a design checkpoint: ``"prior"`` (text + atlas boxes) or ``"text"`` (text alone).
+        verify: reject masks that cannot be the organ asked for (:mod:`organsam.inference.verification`).
     """
 
     design: str = DEFAULT_DESIGN
@@ -96,6 +97,7 @@ class SegmentOptions:
     min_slice_mm: float = DEFAULT_MIN_SLICE_MM
     organ_prompts: str | bool = False
     design_prompts: str = "prior"
+    verify: bool = True
 
     def __post_init__(self) -> None:
         if self.checkpoint is not None and not isinstance(self.checkpoint, str):

@@ -12,10 +12,12 @@ Stages, in the order data flows through them:
 4. **slice encoding** (``predictor.encode_slices``): the slices that any prompt needs, in chunks, with progress and
    cancellation between chunks.
 5. **decoding and propagation** (``predictor.propagate``): boxes -> masks, predicted-IoU rejection, box widening,
-   track refinement.
+   track refinement, joint assignment (no organ drawn on an anchor organ).
 6. **post-processing** (:func:`organsam.inference.postprocess.postprocess_mask`): masks back on the input grid,
    HU cleanup, connected components; one merged label map.
-7. **report** (:func:`organ_report`): per-organ facts, the prompt, the settings and timings.
+7. **verification** (:func:`organsam.inference.verification.verify_mask`): a text-prompted organ's mask that
+   cannot be that organ (e.g. bigger than it can be) is not drawn; the report says why.
+8. **report** (:func:`organ_report`): per-organ facts, the prompt, the settings and timings.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from organsam.inference.postprocess import merge_labelmap, postprocess_mask
 from organsam.inference.predictor_factory import DEFAULT_DESIGN
 from organsam.inference.result import SegmentationResult
 from organsam.inference.state import InferenceState, OrganResult
+from organsam.inference.verification import verify_mask
 from organsam.io import Volume, VolumeMeta
 from organsam.preprocessing.intensity import is_ct_in_hu
 from organsam.preprocessing.resample import resample_z
@@ -79,21 +82,23 @@ def to_input_grid(mask: np.ndarray, volume: Volume) -> np.ndarray:
     return resample_z(mask, Z) > 0.5
 
 
-#: What a report says of an organ: drawn; searched and judged not there; or never searched because nothing
-#: places it from text (no prior for it: give a box).
-ORGAN_STATUSES = ("present", "absent", "not_locatable")
+#: What a report says of an organ: drawn; searched and judged not there; never searched because nothing places
+#: it from text (no prior for it: give a box); or found but rejected by verification (not drawn; the reason).
+ORGAN_STATUSES = ("present", "absent", "not_locatable", "rejected_by_verification")
 
 
 def organ_report(organ_id: str, mask: np.ndarray, volume: Volume, res: OrganResult | None,
-                 locatable: bool = True) -> dict[str, Any]:
+                 locatable: bool = True, rejection: str | None = None) -> dict[str, Any]:
     """The report entry of one organ: status, size, intensity, extent, confidence and where it came from.
 
     Args:
         locatable: whether anything placed the organ (False: a text prompt for an organ the location prior does
             not have; the organ was not searched).
+        rejection: why verification rejected the organ's mask (then ``mask`` is empty).
     """
     voxel_ml = float(np.prod(volume.spacing)) / 1000.0
-    status = "present" if mask.any() else ("absent" if locatable else "not_locatable")
+    status = ("present" if mask.any() else "rejected_by_verification" if rejection
+              else "absent" if locatable else "not_locatable")
     entry: dict[str, Any] = {
         "name": load_vocabulary()[organ_id].name,
         "status": status,
@@ -113,7 +118,9 @@ def organ_report(organ_id: str, mask: np.ndarray, volume: Volume, res: OrganResu
                                 "axes": "file array order"}
     else:
         entry["bbox_voxels"] = None
-        if not locatable:
+        if rejection:
+            entry["absent_reason"] = rejection
+        elif not locatable:
             entry["absent_reason"] = ("cannot be located from text: the location atlas has no "
                                       f"{load_vocabulary()[organ_id].name}; give a box on a slice (viewer or "
                                       "VolumePredictor.add_box)")
@@ -229,6 +236,15 @@ def run_segmentation(predictor: Any, volume: Volume, request: OrganRequest, *,
     report_progress("post-processing", Z, Z)
     hu = volume.array if is_ct_in_hu(volume) else None
     masks = {oid: postprocess_mask(oid, to_input_grid(model_masks[oid], volume), hu) for oid in organ_ids}
+    rejections = {}
+    for oid in organ_ids:
+        if not options.verify or state.prompts[oid].text is None:
+            continue  # the user's own boxes/points are never second-guessed
+        reason = verify_mask(oid, masks[oid], tuple(volume.spacing))
+        if reason:
+            logger.warning("%s: %s", oid, reason)
+            rejections[oid] = reason
+            masks[oid] = np.zeros_like(masks[oid])
     labelmap, table = merge_labelmap(masks, organ_ids)
     known = predictor.locatable_organs() if hasattr(predictor, "locatable_organs") else None
     t_end = time.perf_counter()
@@ -245,8 +261,8 @@ def run_segmentation(predictor: Any, volume: Volume, request: OrganRequest, *,
         "spacing_zyx_mm": [float(s) for s in volume.spacing],
         "corrections": [],
         "labels": {str(v): k for v, k in table.items()},
-        "organs": {oid: organ_report(oid, masks[oid], volume, state.results.get(oid), _locatable(state, oid, known))
-                   for oid in organ_ids},
+        "organs": {oid: organ_report(oid, masks[oid], volume, state.results.get(oid), _locatable(state, oid, known),
+                                     rejections.get(oid)) for oid in organ_ids},
         "encoded_slices": len(state.embeddings),
         "model_slices": int(Z),
         "timings_s": {k: round(v, 2) for k, v in timings.items()},

@@ -52,6 +52,8 @@ class Organ:
         groups: names of the groups the structure belongs to.
         parts: ids of the structures whose union this one is (empty for most organs).
         knowledge: 3-6 factual sentences: location, neighbours, shape and CT appearance.
+        max_volume_ml: the largest volume a mask of this organ may have (verification rejects a bigger one as a
+            neighbour; see ``limits_note`` in ``organs.json``); None: no limit.
     """
 
     id: str
@@ -62,6 +64,7 @@ class Organ:
     groups: tuple[str, ...] = ()
     parts: tuple[str, ...] = ()
     knowledge: tuple[str, ...] = ()
+    max_volume_ml: float | None = None
 
     @property
     def knowledge_text(self) -> str:
@@ -79,6 +82,7 @@ class Organ:
             "id": self.id, "name": self.name, "synonyms": list(self.synonyms),
             "laterality": self.laterality, "pair": self.pair, "groups": list(self.groups),
             "parts": list(self.parts), "knowledge": list(self.knowledge),
+            **({} if self.max_volume_ml is None else {"max_volume_ml": self.max_volume_ml}),
         }
 
 
@@ -242,7 +246,8 @@ def vocabulary_from_dict(doc: dict[str, Any], source: str = "<dict>") -> Vocabul
             Organ(id=e["id"], name=e["name"], synonyms=tuple(e.get("synonyms", ())),
                   laterality=e.get("laterality", "midline"), pair=e.get("pair"),
                   groups=tuple(e.get("groups", ())), parts=tuple(e.get("parts", ())),
-                  knowledge=tuple(e["knowledge"]))
+                  knowledge=tuple(e["knowledge"]),
+                  max_volume_ml=None if e.get("max_volume_ml") is None else float(e["max_volume_ml"]))
             for e in doc["organs"]
         ]
         version = str(doc["version"])

@@ -1,0 +1,28 @@
+"""Verification with the numbers of organs.json, on real reference masks (AMOS 0001 slab, manual labels)."""
+
+from __future__ import annotations
+
+import numpy as np
+from conftest import data_path
+
+from organsam.inference.pipeline import organ_report
+from organsam.inference.verification import verify_mask
+from organsam.io import load_labels, load_volume
+from organsam.vocabulary import labelmap_info, load_vocabulary
+
+
+def test_a_mask_bigger_than_the_organ_can_be_is_rejected_and_reported() -> None:
+    vol = load_volume(data_path("amos_0001_slab", "image.nii.gz"))
+    ref = load_labels(data_path("amos_0001_slab", "label.nii.gz"), vol)
+    amos = labelmap_info("amos22")
+    adrenal = np.isin(ref, amos.values_for("adrenal_gland_left"))
+    ivc = np.isin(ref, amos.values_for("inferior_vena_cava"))
+    liver = np.isin(ref, amos.values_for("liver"))
+    assert load_vocabulary()["adrenal_gland_left"].max_volume_ml == 25
+    assert verify_mask("adrenal_gland_left", adrenal, vol.spacing) is None  # the real gland passes
+    assert verify_mask("inferior_vena_cava", ivc, vol.spacing) is None  # no limit for a vessel (coverage varies)
+    reason = verify_mask("adrenal_gland_left", liver, vol.spacing)  # the liver drawn for an adrenal
+    assert reason is not None and "more than the 25 mL" in reason and "left adrenal gland" in reason
+    entry = organ_report("adrenal_gland_left", np.zeros_like(liver), vol, None, True, reason)
+    assert entry["status"] == "rejected_by_verification" and entry["absent_reason"] == reason
+    assert not entry["present"]
