@@ -88,17 +88,17 @@ ORGAN_STATUSES = ("present", "absent", "not_locatable", "rejected_by_verificatio
 
 
 def organ_report(organ_id: str, mask: np.ndarray, volume: Volume, res: OrganResult | None,
-                 locatable: bool = True, rejection: str | None = None) -> dict[str, Any]:
+                 unlocatable: str | None = None, rejection: str | None = None) -> dict[str, Any]:
     """The report entry of one organ: status, size, intensity, extent, confidence and where it came from.
 
     Args:
-        locatable: whether anything placed the organ (False: a text prompt for an organ the location prior does
-            not have; the organ was not searched).
+        unlocatable: why nothing could place the organ from text (e.g. the location atlas does not have it), or
+            None when it could be placed.
         rejection: why verification rejected the organ's mask (then ``mask`` is empty).
     """
     voxel_ml = float(np.prod(volume.spacing)) / 1000.0
     status = ("present" if mask.any() else "rejected_by_verification" if rejection
-              else "absent" if locatable else "not_locatable")
+              else "not_locatable" if unlocatable else "absent")
     entry: dict[str, Any] = {
         "name": load_vocabulary()[organ_id].name,
         "status": status,
@@ -120,10 +120,8 @@ def organ_report(organ_id: str, mask: np.ndarray, volume: Volume, res: OrganResu
         entry["bbox_voxels"] = None
         if rejection:
             entry["absent_reason"] = rejection
-        elif not locatable:
-            entry["absent_reason"] = ("cannot be located from text: the location atlas has no "
-                                      f"{load_vocabulary()[organ_id].name}; give a box on a slice (viewer or "
-                                      "VolumePredictor.add_box)")
+        elif unlocatable:
+            entry["absent_reason"] = f"cannot be located from text: {unlocatable}"
         elif res is not None and res.rejected:
             entry["absent_reason"] = "searched: no slice passed the predicted-IoU check"
         else:
@@ -145,13 +143,20 @@ def locatable_request(predictor: Any, request: OrganRequest) -> OrganRequest:
     return OrganRequest(request.prompt, kept)
 
 
-def _locatable(state: InferenceState, organ_id: str, known: set[str] | None) -> bool:
-    """Whether the organ could be placed: a user box/point, or a prior that has it (``known``: the organs the
-    predictor's prior has; None: any)."""
+_GIVE_A_BOX = "give a box on a slice (viewer or VolumePredictor.add_box)"
+
+
+def _unlocatable(state: InferenceState, organ_id: str, known: set[str] | None, found: bool) -> str | None:
+    """Why nothing could place the organ from text, or None (``known``: the organs of the predictor's location
+    atlas, None: any; ``found``: whether a mask was drawn)."""
     prompt = state.prompts[organ_id]
     if prompt.boxes or prompt.points or prompt.text is None or known is None:
-        return True
-    return organ_id in known
+        return None
+    if organ_id not in known:
+        return f"the location atlas has no {load_vocabulary()[organ_id].name}; {_GIVE_A_BOX}"
+    if state.volume.modality == "MR" and not found:
+        return f"the location atlas is a CT and did not place it on this MR volume; {_GIVE_A_BOX}"
+    return None
 
 
 def _needed_slices(predictor: Any, state: InferenceState) -> list[int]:
@@ -261,7 +266,8 @@ def run_segmentation(predictor: Any, volume: Volume, request: OrganRequest, *,
         "spacing_zyx_mm": [float(s) for s in volume.spacing],
         "corrections": [],
         "labels": {str(v): k for v, k in table.items()},
-        "organs": {oid: organ_report(oid, masks[oid], volume, state.results.get(oid), _locatable(state, oid, known),
+        "organs": {oid: organ_report(oid, masks[oid], volume, state.results.get(oid),
+                                     _unlocatable(state, oid, known, bool(model_masks[oid].any())),
                                      rejections.get(oid)) for oid in organ_ids},
         "encoded_slices": len(state.embeddings),
         "model_slices": int(Z),
