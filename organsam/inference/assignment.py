@@ -31,7 +31,7 @@ from organsam.inference.track_refine import Decoder
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ANCHORS", "Reassignment", "assign_against_anchors", "excluding_boxes"]
+__all__ = ["ANCHORS", "Reassignment", "assign_against_anchors", "excluding_boxes", "neighbouring_anchors"]
 
 #: Organs the core draws reliably once placed (Dice ~0.9 with atlas boxes: bench/quality.py, issue 14).
 ANCHORS: tuple[str, ...] = ("liver", "spleen", "kidney_left", "kidney_right", "aorta")
@@ -81,6 +81,29 @@ def excluding_boxes(box: Box, anchor: np.ndarray, min_frac: float = 0.2) -> list
     parts = [(x0, y0, ax0 - 1, y1), (ax1 + 1, y0, x1, y1), (x0, y0, x1, ay0 - 1), (x0, ay1 + 1, x1, y1)]
     return [tuple(float(v) for v in p) for p in parts  # type: ignore[misc]
             if p[2] - p[0] >= max(4, min_frac * w) and p[3] - p[1] >= max(4, min_frac * h)]
+
+
+def neighbouring_anchors(planned: Mapping[str, Mapping[int, Box | None]],
+                         anchor_boxes: Mapping[str, Mapping[int, Box | None]]) -> list[str]:
+    """The anchors not asked for whose prior boxes overlap, on some slice, the box of an organ that was asked for
+    and is not an anchor: they are segmented too (and not reported) so that joint assignment can keep that organ
+    off them."""
+    out = []
+    for anchor, a_boxes in anchor_boxes.items():
+        if anchor in planned:
+            continue
+        for oid, boxes in planned.items():
+            if oid in ANCHORS:
+                continue
+            if any(b is not None and a_boxes.get(z) is not None and _overlaps(b, a_boxes[z])
+                   for z, b in boxes.items()):
+                out.append(anchor)
+                break
+    return out
+
+
+def _overlaps(a: Box, b: Box) -> bool:
+    return a[0] <= b[2] and b[0] <= a[2] and a[1] <= b[3] and b[1] <= a[3]
 
 
 def _deepest_point(region: np.ndarray) -> np.ndarray:

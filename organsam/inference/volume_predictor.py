@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from organsam.inference.assignment import assign_against_anchors
+from organsam.inference.assignment import ANCHORS, assign_against_anchors, neighbouring_anchors
 from organsam.inference.decoders import SamCoreDecoder, SliceDecoder
 from organsam.inference.organ_prompt_table import OrganPromptTable, load_prompt_table
 from organsam.inference.state import Box, Candidate, DecodeJob, InferenceState, OrganPrompt, OrganResult
@@ -245,6 +245,16 @@ class VolumePredictor:
         return {int(z): None if b is None else tuple(float(v) for v in b)  # type: ignore[misc]
                 for z, b in fitted.boxes(organ_id, margin_px=margin).items()}
 
+    def _hidden_anchors(self, state: InferenceState, planned: dict[str, dict[int, Box | None]]) -> list[str]:
+        """Anchor organs to segment without being asked, for joint assignment (those next to an organ asked for)."""
+        if not self.joint_assignment or not planned:
+            return []
+        known = self.locatable_organs()
+        candidates = [a for a in ANCHORS if a not in state.prompts and (known is None or a in known)]
+        if not candidates or state.prior is None and self._location_prior() is None:
+            return []
+        return neighbouring_anchors(planned, {a: self.prior_boxes(state, a) for a in candidates})
+
     def _location_prior(self) -> LocationPrior | None:
         """The location prior, the default atlas prior built on first use."""
         if self._prior == "atlas":
@@ -303,6 +313,11 @@ class VolumePredictor:
             else:
                 tracked.append(oid)
                 state.results[oid].source = "track"
+        hidden = self._hidden_anchors(state, planned)
+        for oid in hidden:  # segmented for joint assignment only: removed before anything is yielded
+            state.prompts[oid] = OrganPrompt(oid, text=oid)
+            state.results[oid] = OrganResult(mask=np.zeros((Z, Y, X), dtype=bool), source="prior")
+            planned[oid] = self.prior_boxes(state, oid)
         order = range(Z - 1, -1, -1) if reverse else range(Z)
         needed = {z for boxes in planned.values() for z in boxes}
         for oid in tracked:
@@ -356,6 +371,8 @@ class VolumePredictor:
             results, state.reassignments = assign_against_anchors(state, state.results, planned, self.decode,
                                                                   self.iou_threshold)
             state.results.update(results)
+        for oid in hidden:
+            del state.prompts[oid], state.results[oid]
         for z in order:
             ids = [oid for oid, res in state.results.items() if res.mask[z].any()]
             if ids:

@@ -58,3 +58,21 @@ def test_excluding_boxes_cut_the_anchor_out() -> None:
     parts = excluding_boxes((10.0, 10.0, 90.0, 90.0), anchor)
     assert parts == [(40.0, 10.0, 90.0, 90.0)]  # only the part right of the anchor is wide enough
     assert excluding_boxes((50.0, 10.0, 90.0, 90.0), anchor) == []  # no anchor inside the box: nothing to cut
+
+
+@pytest.mark.slow
+def test_stomach_alone_is_kept_off_the_liver_it_was_not_asked_for() -> None:
+    """Asked for the stomach alone, the neighbouring anchors (the liver here) are segmented too, used to keep the
+    stomach off them, and neither reported nor written."""
+    vol = load_volume(data_path("amos_0001_slab", "image.nii.gz"))
+    ref = load_labels(data_path("amos_0001_slab", "label.nii.gz"), vol)
+    predictor = build_predictor(progress=False)
+    state = predictor.init_state(vol)
+    res = run_segmentation(predictor, vol, resolve_organs("stomach"), state=state)
+    assert res.organ_ids == ["stomach"] and list(res.report["organs"]) == ["stomach"]
+    assert list(state.prompts) == ["stomach"] and list(state.results) == ["stomach"]
+    assert {r.anchor for r in state.reassignments} == {"liver"}
+    stomach = res.masks["stomach"]
+    amos = labelmap_info("amos22")
+    assert (stomach & np.isin(ref, amos.values_for("stomach"))).sum() > 0.5 * stomach.sum()
+    assert (stomach & np.isin(ref, amos.values_for("liver"))).sum() < 0.5 * stomach.sum()
