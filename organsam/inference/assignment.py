@@ -13,7 +13,9 @@ mask is decoded again without the anchor:
 
 the candidate with the highest score that lies at most ``max_inside`` inside any other organ's mask (anchor or
 not) and passes the predicted-IoU threshold wins; without one the slice is left empty (the organ is not drawn
-there). Slices with a user's box or points are never changed. Nothing is written into the session: new results
+there). Slices with a user's box or points are never changed. Anchors not asked for but next to an organ that
+was (:func:`neighbouring_anchors`) are segmented by the predictor for this and dropped before anything is
+reported. Nothing is written into the session: new results
 are returned.
 """
 
