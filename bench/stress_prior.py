@@ -76,8 +76,9 @@ def score(masks: dict[str, np.ndarray], ref: np.ndarray, organs: list[str]) -> t
             dices.append(2 * (m & own).sum() / (m.sum() + own.sum()))
         if m.any():
             for v, other in amos.organs.items():
-                if other != o and (m & (ref == v)).sum() > 0.5 * m.sum():
-                    neighbours.append(f"{o}->{other}")
+                inside = (m & (ref == v)).sum() / m.sum()
+                if other != o and inside > 0.5:
+                    neighbours.append(f"{o}->{other} ({100 * inside:.0f} %)")
     return float(np.mean(dices)) * 100, neighbours
 
 

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import re
-import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import numpy as np
 
 from organsam.io.base import suffix_of
 from organsam.io.errors import VolumeWriteError
+from organsam.io.files import atomic_path
 from organsam.io.volume import Volume
 from organsam.preprocessing.orientation import LPS_TO_RAS
 
@@ -55,15 +54,8 @@ def atomic_output(path: Path, like: Volume | None = None) -> Iterator[Path]:
                                    "choose another output path (e.g. an output folder).")
     if path.is_dir():
         raise VolumeWriteError(path, "is a folder, not a file name.", "give a file name such as labels.nii.gz.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = suffix_of(path)
-    tmp = path.parent / f".{path.name[: len(path.name) - len(suffix)]}.{uuid.uuid4().hex[:8]}.tmp{suffix}"
-    try:
+    with atomic_path(path, suffix=".tmp" + suffix_of(path)) as tmp:  # the writers pick the format by ending
         yield tmp
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def label_dtype(labels: np.ndarray) -> np.dtype:
