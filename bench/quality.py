@@ -74,6 +74,7 @@ ROWS: dict[str, str] = {
     "atlas": "(b) atlas masks alone (ts_a registered)",
     "organsam": "(c) organsam: atlas boxes + LiteMedSAM (segment, text prompt)",
     "no_joint_assignment": "(c) without joint assignment (masks drawn on an anchor organ kept)",
+    "no_anchor_refit": "(c) without anchor re-placement (the prior stays where registration put it)",
     "no_verification": "(c) without verification (masks bigger than the organ can be kept)",
     "organ_prompts": "(c) + learned organ prompt tokens (shipped checkpoint, opt-in: --organ-prompts packaged)",
     "checkpoint_prior": "(e) trained design checkpoint (--checkpoint): text + atlas boxes",
@@ -158,11 +159,14 @@ def run_case(case: str, data: Path, core: Any, organs: list[str], args: argparse
     cache: dict[int, dict[int, Any]] = {}
 
     def predictor(prior: Any, iou_threshold: float | None = None, track_refine: bool = True,
-                  prompts: bool = False, joint_assignment: bool | None = None) -> CachedPredictor:
+                  prompts: bool = False, joint_assignment: bool | None = None,
+                  anchor_refit: bool | None = None) -> CachedPredictor:
         kw = {} if iou_threshold is None else {"iou_threshold": iou_threshold}
         assign = track_refine if joint_assignment is None else joint_assignment  # (d) rows: the plain prior pass
+        refit = track_refine if anchor_refit is None else anchor_refit
         return CachedPredictor(core, prior=FixedPrior(prior), device=args.device, progress=False, cache=cache,
-                               track_refine=track_refine, joint_assignment=assign, precision=args.precision,
+                               track_refine=track_refine, joint_assignment=assign, anchor_refit=refit,
+                               precision=args.precision,
                                decoder_precision=args.decoder_precision,
                                organ_prompts=table if prompts else False, **kw)
 
@@ -176,6 +180,11 @@ def run_case(case: str, data: Path, core: Any, organs: list[str], args: argparse
         res = segment(vol, organs, quiet=True, predictor=predictor(atlas, joint_assignment=False))
         preds["no_joint_assignment"] = _label_masks(res.labelmap, res.label_table)
         times["without joint assignment"] = time.perf_counter() - t
+    if "no_anchor_refit" in args.rows:
+        t = time.perf_counter()
+        res = segment(vol, organs, quiet=True, predictor=predictor(atlas, anchor_refit=False))
+        preds["no_anchor_refit"] = _label_masks(res.labelmap, res.label_table)
+        times["without anchor re-placement"] = time.perf_counter() - t
     if "no_verification" in args.rows:
         t = time.perf_counter()
         res = segment(vol, organs, quiet=True, predictor=shipped, options=SegmentOptions(verify=False))
@@ -194,8 +203,8 @@ def run_case(case: str, data: Path, core: Any, organs: list[str], args: argparse
             res = segment(vol, organs, quiet=True, predictor=design_predictor)
             preds[f"checkpoint_{mode}"] = _label_masks(res.labelmap, res.label_table)
             times[f"checkpoint, {mode}"] = time.perf_counter() - t
-    if set(args.rows) <= {"organsam", "atlas", "no_joint_assignment", "no_verification", "organ_prompts",
-                          "checkpoint_prior", "checkpoint_text"}:
+    if set(args.rows) <= {"organsam", "atlas", "no_joint_assignment", "no_anchor_refit", "no_verification",
+                          "organ_prompts", "checkpoint_prior", "checkpoint_text"}:
         return preds, ref, vol, times
 
     t = time.perf_counter()

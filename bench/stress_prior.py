@@ -3,10 +3,10 @@ reports the organ as not found, or draws a neighbour.
 
 The atlas is registered once per case; every row moves all its per-slice boxes by the same offset (in z by whole
 slices, in plane by pixels, converted from mm; x runs towards the patient's left, y towards anterior, z towards
-the head) before the LiteMedSAM pass, track refinement and joint assignment
+the head) before the LiteMedSAM pass, track refinement, joint assignment and anchor re-placement
 run as in ``organsam segment``. Per row: mean Dice over the organs of the reference (manual AMOS labels) and the
 organs "drawn on a neighbour": a predicted mask lying more than half inside another organ's reference label
-(what must never happen). Each shift runs with and without joint assignment, so what that stage adds under
+(what must never happen). Each shift runs with and without anchor re-placement, so what that stage adds under
 misplacement is visible.
 
     .venv/bin/python bench/stress_prior.py [--cases amos_0013_slab amos_0001_slab] [--organs ...]
@@ -32,6 +32,7 @@ sys.path.insert(0, str(REPO))
 
 from _common import CachedPredictor  # noqa: E402
 
+from organsam.inference.anchor_refit import MovedPrior  # noqa: E402
 from organsam.inference.options import resolve_organs  # noqa: E402
 from organsam.inference.pipeline import run_segmentation  # noqa: E402
 from organsam.io import load_labels, load_volume  # noqa: E402
@@ -42,27 +43,13 @@ SYNAPSE8 = ["aorta", "gallbladder", "kidney_left", "kidney_right", "liver", "pan
 
 
 class ShiftedPrior:
-    """A fitted prior whose boxes are moved by (dz slices, dy px, dx px); ``fit`` returns it as it is."""
+    """A location prior whose ``fit`` returns the case's fitted prior moved by (dz slices, dy px, dx px)."""
 
     def __init__(self, fitted: Any, dz: int, dy: int, dx: int, shape: tuple[int, int, int]) -> None:
-        self.fitted, self.dz, self.dy, self.dx, self.shape = fitted, dz, dy, dx, shape
+        self.moved = MovedPrior(fitted, (dz, dy, dx), shape)
 
-    def fit(self, array: np.ndarray, spacing: tuple[float, float, float]) -> ShiftedPrior:
-        return self
-
-    def present(self, organ_id: str) -> bool:
-        return bool(self.fitted.present(organ_id))
-
-    def boxes(self, organ_id: str, margin_px: int = 0) -> dict[int, tuple[float, float, float, float]]:
-        Z, Y, X = self.shape
-        out = {}
-        for z, (x0, y0, x1, y1) in self.fitted.boxes(organ_id, margin_px=margin_px).items():
-            zz = z + self.dz
-            b = (min(max(x0 + self.dx, 0), X - 1), min(max(y0 + self.dy, 0), Y - 1),
-                 min(max(x1 + self.dx, 0), X - 1), min(max(y1 + self.dy, 0), Y - 1))
-            if 0 <= zz < Z and b[2] - b[0] >= 2 and b[3] - b[1] >= 2:
-                out[zz] = b
-        return out
+    def fit(self, array: np.ndarray, spacing: tuple[float, float, float]) -> MovedPrior:
+        return self.moved
 
 
 def score(masks: dict[str, np.ndarray], ref: np.ndarray, organs: list[str]) -> tuple[float, list[str]]:
@@ -108,11 +95,11 @@ def main() -> None:
             shifts[f"y {word}{args.xy_mm:g} mm"] = (0, sign * dy, 0)
         cache: dict[int, Any] = {}
         for name, (dz, dy, dx) in shifts.items():
-            for assign in (False, True):
+            for refit in (False, True):
                 prior = ShiftedPrior(fitted, dz, dy, dx, vol.array.shape)
-                pred = CachedPredictor(prior=prior, progress=False, joint_assignment=assign, cache=cache)
+                pred = CachedPredictor(prior=prior, progress=False, anchor_refit=refit, cache=cache)
                 res = run_segmentation(pred, vol, request)
-                key = f"{name}, {'with' if assign else 'without'} joint assignment"
+                key = f"{name}, {'with' if refit else 'without'} anchor re-placement"
                 rows.setdefault(key, {})[case] = score(res.masks, ref, list(request.organ_ids))
     out = ["## Stress test: the location prior shifted", "",
            f"Command: `python bench/stress_prior.py {' '.join(sys.argv[1:])}`  ",

@@ -97,6 +97,8 @@ class InferenceState:
         results: organ id -> :class:`OrganResult` after :meth:`VolumePredictor.propagate`.
         reassignments: slices of the last propagation where an organ had been drawn on an anchor organ
             (:class:`organsam.inference.assignment.Reassignment`).
+        prior_moves: how the fitted prior was moved onto the anchor organs (``{"step", "offset_mm"}`` each,
+            :mod:`organsam.inference.anchor_refit`); the in-plane search runs once per session.
     """
 
     volume: Volume
@@ -107,6 +109,7 @@ class InferenceState:
     prior: Any = None
     results: dict[str, OrganResult] = field(default_factory=dict)
     reassignments: list[Any] = field(default_factory=list)
+    prior_moves: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def num_slices(self) -> int:

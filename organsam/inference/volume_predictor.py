@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from organsam.inference.anchor_refit import MovedPrior, search_offset, z_offset
 from organsam.inference.assignment import ANCHORS, assign_against_anchors, neighbouring_anchors
 from organsam.inference.decoders import SamCoreDecoder, SliceDecoder
 from organsam.inference.organ_prompt_table import OrganPromptTable, load_prompt_table
@@ -103,6 +104,9 @@ class VolumePredictor:
             (:mod:`organsam.inference.organ_prompt_table`): ``True`` the packaged table (trained on
             ``../shared/data``, SHA-256 checked), a path to another exported table, a ready
             :class:`OrganPromptTable`, or ``False``/``None`` (default) for plain LiteMedSAM box prompts.
+        anchor_refit: when the anchor organs drawn sit away from the prior's boxes, move the prior onto them and
+            segment the text-prompted organs again (:mod:`organsam.inference.anchor_refit`); ``False`` keeps
+            the prior where registration put it.
         decoder: what encodes slices and draws masks; default a :class:`SamCoreDecoder` built from ``core``,
             ``precision``, ``decoder_precision``, ``fast_encoder``, ``quantize`` and ``organ_prompts`` (which
             must then be left at their defaults).
@@ -114,7 +118,7 @@ class VolumePredictor:
                  precision: str | None = None, fast_encoder: bool = True, quantize: bool = False,
                  track_refine: bool = True, decoder_precision: str | None = None, joint_assignment: bool = True,
                  organ_prompts: OrganPromptTable | str | bool | None = False,
-                 decoder: SliceDecoder | None = None) -> None:
+                 decoder: SliceDecoder | None = None, anchor_refit: bool = True) -> None:
         self.device = torch.device(device)
         self.batch_size = int(batch_size if batch_size is not None else self.default_batch_size(self.device))
         if self.batch_size < 1:
@@ -139,6 +143,7 @@ class VolumePredictor:
         self.progress = progress
         self.track_refine = bool(track_refine)
         self.joint_assignment = bool(joint_assignment)
+        self.anchor_refit = bool(anchor_refit)
         self.refine_decodes = 0
 
     @property
@@ -302,23 +307,71 @@ class VolumePredictor:
         """
         if not state.prompts:
             raise ValueError("no prompt given: call add_text_prompt, add_box or add_points first")
+        Z = state.volume.array.shape[0]
+        order = range(Z - 1, -1, -1) if reverse else range(Z)
+        if self.anchor_refit and any(p.text is not None for p in state.prompts.values()):
+            self._search_anchors(state)
+        planned, tracked, hidden = self._plan(state, tracked_too=True)
+        self._segment(state, planned, tracked, order)
+        dz = z_offset(planned, state.results, state.volume.spacing[0]) if self.anchor_refit else None
+        if dz is not None and state.prior is not None:
+            for oid in hidden:
+                del state.prompts[oid], state.results[oid]
+            state.prior = MovedPrior(state.prior, (dz, 0.0, 0.0), state.volume.array.shape)
+            state.prior_moves.append({"step": "anchor slice ranges",
+                                      "offset_mm": [round(dz * state.volume.spacing[0], 1), 0.0, 0.0]})
+            planned, _, hidden = self._plan(state, tracked_too=False)
+            self._segment(state, planned, [], order)
+        for oid in hidden:
+            del state.prompts[oid], state.results[oid]
+        for z in order:
+            ids = [oid for oid, res in state.results.items() if res.mask[z].any()]
+            if ids:
+                yield z, ids, np.stack([state.results[oid].mask[z] for oid in ids])
+
+    def _search_anchors(self, state: InferenceState) -> None:
+        """Move the fitted prior in plane where its anchor boxes fit the image clearly better moved."""
+        fitted = self.fit_prior(state)
+        known = self.locatable_organs()
+        if fitted is None or any(m["step"] == "anchor search" for m in state.prior_moves):
+            return
+        boxes = {a: self.prior_boxes(state, a) for a in ANCHORS if known is None or a in known}
+        boxes = {a: b for a, b in boxes.items() if b}
+        offset = search_offset(state, boxes, self.decode)
+        sy, sx = state.volume.spacing[1:]
+        state.prior_moves.append({"step": "anchor search", "offset_mm": [0.0, 0.0, 0.0] if offset is None else
+                                  [0.0, round(offset[0] * sy, 1), round(offset[1] * sx, 1)]})
+        if offset is not None:
+            state.prior = MovedPrior(fitted, (0.0, *offset), state.volume.array.shape)
+
+    def _plan(self, state: InferenceState, tracked_too: bool
+              ) -> tuple[dict[str, dict[int, Box | None]], list[str], list[str]]:
+        """Fresh results and the slices to decode: prior boxes of the text-prompted organs (user boxes override
+        them), the organs prompted only by boxes or points (with ``tracked_too``), and the hidden anchors added
+        to the prompts for joint assignment."""
         Z, Y, X = state.volume.array.shape
         planned: dict[str, dict[int, Box | None]] = {}
         tracked: list[str] = []
         for oid, p in state.prompts.items():
-            state.results[oid] = OrganResult(mask=np.zeros((Z, Y, X), dtype=bool))
             if p.text is not None:
+                state.results[oid] = OrganResult(mask=np.zeros((Z, Y, X), dtype=bool))
                 planned[oid] = {**self.prior_boxes(state, oid), **p.boxes}
                 state.results[oid].source = "prior" + ("+box" if p.boxes else "")
-            else:
+            elif tracked_too:
+                state.results[oid] = OrganResult(mask=np.zeros((Z, Y, X), dtype=bool), source="track")
                 tracked.append(oid)
-                state.results[oid].source = "track"
         hidden = self._hidden_anchors(state, planned)
         for oid in hidden:  # segmented for joint assignment only: removed before anything is yielded
             state.prompts[oid] = OrganPrompt(oid, text=oid)
             state.results[oid] = OrganResult(mask=np.zeros((Z, Y, X), dtype=bool), source="prior")
             planned[oid] = self.prior_boxes(state, oid)
-        order = range(Z - 1, -1, -1) if reverse else range(Z)
+        return planned, tracked, hidden
+
+    def _segment(self, state: InferenceState, planned: dict[str, dict[int, Box | None]], tracked: list[str],
+                 order: range) -> None:
+        """The prior pass (and tracking of box/point-prompted organs), then track refinement and joint
+        assignment; fills ``state.results``."""
+        Z = state.volume.array.shape[0]
         needed = {z for boxes in planned.values() for z in boxes}
         for oid in tracked:
             needed |= set(state.prompts[oid].boxes) | set(state.prompts[oid].points)
@@ -371,12 +424,6 @@ class VolumePredictor:
             results, state.reassignments = assign_against_anchors(state, state.results, planned, self.decode,
                                                                   self.iou_threshold)
             state.results.update(results)
-        for oid in hidden:
-            del state.prompts[oid], state.results[oid]
-        for z in order:
-            ids = [oid for oid, res in state.results.items() if res.mask[z].any()]
-            if ids:
-                yield z, ids, np.stack([state.results[oid].mask[z] for oid in ids])
 
     def _prefetch(self, state: InferenceState, z: int, direction: range, needed: set[int]) -> None:
         """Encode ``z`` together with the next needed slices in the direction of travel (one batch)."""
