@@ -85,7 +85,7 @@ def _along_z(boxes: Mapping[int, Box | None], mask: np.ndarray) -> float | None:
 
 
 def search_offset(state: InferenceState, anchor_boxes: Mapping[str, Mapping[int, Box | None]], decode: Decoder,
-                  *, steps_mm: Sequence[float] = (-20.0, -10.0, 0.0, 10.0, 20.0), slices_per_anchor: int = 3,
+                  *, steps_mm: Sequence[float] = (-20.0, -10.0, 0.0, 10.0, 20.0), slices_per_anchor: int = 2,
                   min_gain: float = 0.25) -> tuple[float, float] | None:
     """The in-plane (dy, dx) offset in pixels that the prior's anchor boxes fit best, or None (stay).
 

@@ -33,11 +33,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import numpy as np
 import torch
 
 from organsam.inference.decoders import DesignDecoder
 from organsam.inference.volume_predictor import LocationPrior, VolumePredictor
+from organsam.io import Volume
 from organsam.model.base import OrganSegmenter
 
 logger = logging.getLogger(__name__)
@@ -61,8 +61,8 @@ class EverySlice:
         def boxes(self, organ_id: str, margin_px: int = 0) -> dict[int, None]:
             return dict.fromkeys(range(self.num_slices))
 
-    def fit(self, array: np.ndarray, spacing: tuple[float, float, float]) -> EverySlice.Fitted:
-        return EverySlice.Fitted(int(array.shape[0]))
+    def fit(self, volume: Volume, spacing: tuple[float, float, float]) -> EverySlice.Fitted:
+        return EverySlice.Fitted(int(volume.array.shape[0]))
 
 
 def design_predictor(model: OrganSegmenter, *, prompts: str = "prior", prior: LocationPrior | str | None = "atlas",
@@ -93,5 +93,5 @@ def design_predictor(model: OrganSegmenter, *, prompts: str = "prior", prior: Lo
     batch_size = int(batch_size if batch_size is not None else VolumePredictor.default_batch_size(dev))
     decoder = DesignDecoder(model, dev, precision, decoder_precision, batch_size)
     return VolumePredictor(prior=prior if prompts == "prior" else EverySlice(), device=dev, batch_size=batch_size,
-                           iou_threshold=score_threshold, track_refine=False, joint_assignment=False, decoder=decoder,
-                           **kwargs)
+                           iou_threshold=score_threshold, track_refine=False, joint_assignment=False,
+                           anchor_refit=False, decoder=decoder, **kwargs)  # the search scores LiteMedSAM's IoU

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -11,7 +11,8 @@ import torch
 from organsam.io import Volume
 from organsam.preprocessing.slices import SliceGeometry
 
-__all__ = ["Box", "Candidate", "DecodeJob", "InferenceState", "OrganPrompt", "OrganResult", "Points"]
+__all__ = ["Box", "Candidate", "DecodeJob", "FittedPrior", "InferenceState", "LocationPrior", "OrganPrompt",
+           "OrganResult", "Points"]
 
 #: (x0, y0, x1, y1) in a slice's pixels (x = column of the canonical slice)
 Box = tuple[float, float, float, float]
@@ -34,6 +35,27 @@ class Candidate(NamedTuple):
 
     mask: np.ndarray
     score: float
+
+
+class FittedPrior(Protocol):
+    """A location prior fitted on one volume: where each organ is."""
+
+    def present(self, organ_id: str) -> bool:
+        """Whether the prior places the organ anywhere in this volume."""
+        ...
+
+    def boxes(self, organ_id: str, margin_px: int = 0) -> dict[int, Any]:
+        """slice index -> (x0, y0, x1, y1) box in the slice's pixels grown by ``margin_px`` (or ``None``: look on
+        that slice without a box)."""
+        ...
+
+
+class LocationPrior(Protocol):
+    """Something that, fitted on a volume, says where each organ is (per-slice boxes)."""
+
+    def fit(self, volume: Volume, spacing: tuple[float, float, float]) -> FittedPrior:
+        """Fit on a volume (canonical (Z, Y, X) ``array``: HU for CT; ``modality`` says whether it is an MR)."""
+        ...
 
 
 @dataclass

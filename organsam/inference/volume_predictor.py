@@ -12,11 +12,10 @@ LiteMedSAM core by default (:class:`~organsam.inference.decoders.SamCoreDecoder`
 (:class:`~organsam.inference.decoders.DesignDecoder`, see :func:`organsam.inference.design_predictor.design_predictor`).
 
 Where a text-prompted organ gets its location from: a location prior (by default the atlas prior of
-``organsam.priors``, which registers a labelled CT onto the volume and turns each warped organ mask
-into per-slice boxes). Organs prompted only by a box or points on some slices are tracked from those
-slices through the volume: each next slice is prompted with the box of the previous slice's mask.
-A slice's mask is rejected (the organ is judged absent there) when the decoder's predicted IoU falls
-below ``iou_threshold``.
+``organsam.priors``: a labelled CT registered onto the volume, each warped organ mask turned into per-slice boxes),
+moved onto the anchor organs where they show it is off (:mod:`organsam.inference.anchor_refit`). Organs prompted
+only by a box or points are tracked from those slices: each next slice gets the box of the previous slice's mask.
+A slice's mask is rejected (organ judged absent there) when the predicted IoU falls below ``iou_threshold``.
 """
 
 from __future__ import annotations
@@ -24,7 +23,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
-from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -34,7 +32,16 @@ from organsam.inference.anchor_refit import MovedPrior, search_offset, z_offset
 from organsam.inference.assignment import ANCHORS, assign_against_anchors, neighbouring_anchors
 from organsam.inference.decoders import SamCoreDecoder, SliceDecoder
 from organsam.inference.organ_prompt_table import OrganPromptTable, load_prompt_table
-from organsam.inference.state import Box, Candidate, DecodeJob, InferenceState, OrganPrompt, OrganResult
+from organsam.inference.state import (
+    Box,
+    Candidate,
+    DecodeJob,
+    FittedPrior,
+    InferenceState,
+    LocationPrior,
+    OrganPrompt,
+    OrganResult,
+)
 from organsam.inference.track_refine import TrackRefiner, widen_cut_boxes
 from organsam.io import Volume
 from organsam.model.sam_core import SamCore, build_lite_medsam
@@ -45,28 +52,7 @@ from organsam.vocabulary import load_vocabulary, parse_prompt
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FittedPrior", "LocationPrior", "VolumePredictor"]
-
-
-class FittedPrior(Protocol):
-    """A location prior fitted on one volume: where each organ is."""
-
-    def present(self, organ_id: str) -> bool:
-        """Whether the prior places the organ anywhere in this volume."""
-        ...
-
-    def boxes(self, organ_id: str, margin_px: int = 0) -> dict[int, Any]:
-        """slice index -> (x0, y0, x1, y1) box in the slice's pixels grown by ``margin_px`` (or ``None``: look on
-        that slice without a box)."""
-        ...
-
-
-class LocationPrior(Protocol):
-    """Something that, fitted on a volume, says where each organ is (per-slice boxes)."""
-
-    def fit(self, array: np.ndarray, spacing: tuple[float, float, float]) -> FittedPrior:
-        """Fit on a (Z, Y, X) HU array."""
-        ...
+__all__ = ["FittedPrior", "LocationPrior", "VolumePredictor"]  # the prior protocols live in state.py
 
 
 class VolumePredictor:
@@ -229,7 +215,7 @@ class VolumePredictor:
         prior = self._location_prior()
         if state.prior is None and prior is not None:
             logger.info("fitting the location prior")
-            state.prior = prior.fit(state.volume.array, tuple(state.volume.spacing))
+            state.prior = prior.fit(state.volume, tuple(state.volume.spacing))
         return state.prior
 
     def prior_boxes(self, state: InferenceState, organ_id: str) -> dict[int, Box | None]:
@@ -317,9 +303,7 @@ class VolumePredictor:
         if dz is not None and state.prior is not None:
             for oid in hidden:
                 del state.prompts[oid], state.results[oid]
-            state.prior = MovedPrior(state.prior, (dz, 0.0, 0.0), state.volume.array.shape)
-            state.prior_moves.append({"step": "anchor slice ranges",
-                                      "offset_mm": [round(dz * state.volume.spacing[0], 1), 0.0, 0.0]})
+            self._move_prior(state, (dz, 0.0, 0.0), "anchor slice ranges")
             planned, _, hidden = self._plan(state, tracked_too=False)
             self._segment(state, planned, [], order)
         for oid in hidden:
@@ -330,19 +314,21 @@ class VolumePredictor:
                 yield z, ids, np.stack([state.results[oid].mask[z] for oid in ids])
 
     def _search_anchors(self, state: InferenceState) -> None:
-        """Move the fitted prior in plane where its anchor boxes fit the image clearly better moved."""
-        fitted = self.fit_prior(state)
-        known = self.locatable_organs()
+        """Move the fitted prior in plane where its anchor boxes fit the image clearly better moved (once)."""
+        fitted, known = self.fit_prior(state), self.locatable_organs()
         if fitted is None or any(m["step"] == "anchor search" for m in state.prior_moves):
             return
-        boxes = {a: self.prior_boxes(state, a) for a in ANCHORS if known is None or a in known}
-        boxes = {a: b for a, b in boxes.items() if b}
-        offset = search_offset(state, boxes, self.decode)
-        sy, sx = state.volume.spacing[1:]
-        state.prior_moves.append({"step": "anchor search", "offset_mm": [0.0, 0.0, 0.0] if offset is None else
-                                  [0.0, round(offset[0] * sy, 1), round(offset[1] * sx, 1)]})
-        if offset is not None:
-            state.prior = MovedPrior(fitted, (0.0, *offset), state.volume.array.shape)
+        boxes = {a: b for a in ANCHORS if known is None or a in known for b in [self.prior_boxes(state, a)] if b}
+        decodes: list[int] = []
+        offset = search_offset(state, boxes, lambda s, jobs: decodes.append(len(jobs)) or self.decode(s, jobs))
+        self._move_prior(state, (0.0, *(offset or (0.0, 0.0))), "anchor search")
+        state.prior_moves[-1]["decodes"] = sum(decodes)
+
+    @staticmethod
+    def _move_prior(state: InferenceState, offset: tuple[float, float, float], step: str) -> None:
+        state.prior = MovedPrior(state.prior, offset, state.volume.array.shape)
+        state.prior_moves.append({"step": step, "offset_mm": [round(o * s, 1)
+                                                               for o, s in zip(offset, state.volume.spacing)]})
 
     def _plan(self, state: InferenceState, tracked_too: bool
               ) -> tuple[dict[str, dict[int, Box | None]], list[str], list[str]]:
@@ -395,9 +381,8 @@ class VolumePredictor:
                         box = tuple(float(v) for v in b) if b is not None else None
                     if box is not None or z in p.points:
                         jobs.append(DecodeJob(z, oid, box, p.points.get(z)))
+                bar.update(1 if direction is order else 0)
                 if not jobs:
-                    if direction is order:
-                        bar.update(1)
                     continue
                 self._prefetch(state, z, direction, needed)
                 decoded = self.decode(state, jobs)
@@ -413,8 +398,6 @@ class VolumePredictor:
                         continue
                     res.mask[z] = m
                     res.slice_scores[z] = iou
-                if direction is order:
-                    bar.update(1)
         bar.close()
         if self.track_refine and planned:
             refiner = TrackRefiner(iou_threshold=self.iou_threshold)

@@ -18,7 +18,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ import numpy as np
 
 from organsam.priors.atlas_file import AtlasArrays, read_atlas_file, write_atlas_file
 from organsam.priors.boxes import Box, mask_to_boxes
+from organsam.priors.pseudo_ct import registration_image
 from organsam.priors.registration import (
     AtlasTransform,
     RegistrationSettings,
@@ -325,8 +326,8 @@ class AtlasPrior:
         """Register the atlas onto a target CT and warp its organ labels onto the target grid.
 
         Args:
-            volume: (Z, Y, X) target CT in HU in the canonical layout, or an ``organsam.io.Volume``
-                (its ``array`` and ``spacing`` are used).
+            volume: (Z, Y, X) target CT in HU in the canonical layout, or an ``organsam.io.Volume`` (its
+                ``spacing`` and :func:`~organsam.priors.pseudo_ct.registration_image`: an MR becomes a pseudo-CT).
             spacing: (sz, sy, sx) in mm; required for a plain array.
 
         Returns:
@@ -336,18 +337,19 @@ class AtlasPrior:
             ValueError: no spacing for a plain array, or the registration cannot run
                 (``RegistrationError``).
         """
+        settings = self.settings
         if hasattr(volume, "array") and hasattr(volume, "spacing"):
-            if getattr(volume, "modality", "CT") == "MR":
-                logger.warning("atlas prior: the atlas is a CT; registering it onto an MR volume is unreliable")
             spacing = volume.spacing if spacing is None else spacing
-            volume = volume.array
+            if getattr(volume, "modality", "CT") == "MR":  # Demons compares intensities: not across modalities
+                settings = replace(settings or RegistrationSettings.default(self.fast), demons_levels=())
+            volume = registration_image(volume)  # an MR becomes a pseudo-CT
         if spacing is None:
             raise ValueError("AtlasPrior.fit: give the target's spacing (sz, sy, sx) in mm with a plain array")
         array = np.asarray(volume)
         sp = tuple(float(s) for s in spacing)
         atlas = self.atlas
         t0 = time.perf_counter()
-        tx = register_atlas(array, sp, atlas.image, atlas.spacing, fast=self.fast, settings=self.settings)
+        tx = register_atlas(array, sp, atlas.image, atlas.spacing, fast=self.fast, settings=settings)
         if self._compact is None:
             self._compact = atlas.compact_labels()
         compact, organs = self._compact

@@ -309,6 +309,11 @@ class RegistrationSettings:
     z_offset_mm: float | None = None
 
     @classmethod
+    def default(cls, fast: bool = False) -> RegistrationSettings:
+        """The settings ``register_atlas`` uses without explicit ones: :meth:`fast_settings` or the full ones."""
+        return cls.fast_settings() if fast else cls()
+
+    @classmethod
     def fast_settings(cls) -> RegistrationSettings:
         """Coarser grid, fewer affine runs and iterations, no Demons: about a second per volume."""
         return cls(grid_mm=5.0, affine_iterations=60, affine_sampling=0.15, affine_runs=2, demons_levels=())
@@ -354,7 +359,7 @@ def _register(fixed: np.ndarray, fixed_spacing: Sequence[float], moving: np.ndar
               ) -> AtlasTransform:
     fsp = _check_volume("fixed", fixed, fixed_spacing)
     msp = _check_volume("moving", moving, moving_spacing)
-    cfg = settings or (RegistrationSettings.fast_settings() if fast else RegistrationSettings())
+    cfg = settings or RegistrationSettings.default(fast)
     if cfg.seed <= 0:
         raise RegistrationError(f"settings.seed must be > 0 (0 means 'wall clock' in SimpleITK), got {cfg.seed}")
     t_start = time.perf_counter()

@@ -196,19 +196,30 @@ def test_reports_say_which_organs_text_cannot_locate(tmp_path: Path) -> None:
     assert kept.organ_ids == tuple(o for o in every.organ_ids if o in known) and "esophagus" not in kept.organ_ids
 
 
-def test_mr_organs_the_ct_atlas_cannot_place_are_not_reported_absent() -> None:
-    """On MR the CT atlas places nothing on TS-MR's 20 slices: the report says so and asks for a box, instead of
-    calling the liver absent (known limitation: there is no MR atlas yet)."""
+def test_mr_organs_are_placed_by_the_ct_atlas_through_a_pseudo_ct() -> None:
+    """On MR the CT atlas is registered onto a pseudo-CT (body by intensity rank, air outside; no Demons): the
+    liver, spleen and kidneys of TS-MR are found and drawn mostly on themselves. Agreement with TS-MR's labels
+    (another model's output, not ground truth) measured 0.62 / 0.61 / 0.52 / 0.80; before, nothing was placed."""
+    import numpy as np
+
     from organsam.inference.options import resolve_organs
     from organsam.inference.pipeline import run_segmentation
     from organsam.inference.predictor_factory import build_predictor
-    from organsam.io import load_volume
+    from organsam.io import load_labels, load_volume
+    from organsam.vocabulary import labelmap_info
 
     vol = load_volume(data_path("ts_mr", "image.nii.gz"))
+    ref = load_labels(data_path("ts_mr", "label_ts_mr.nii.gz"), vol)
     assert vol.modality == "MR"
-    res = run_segmentation(build_predictor(progress=False), vol, resolve_organs("liver, spleen"))
-    for oid in ("liver", "spleen"):
-        entry = res.report["organs"][oid]
-        assert entry["status"] == "not_locatable", entry  # when an MR atlas lands, this becomes "present"
-        assert "is a CT" in entry["absent_reason"] and "MR" in entry["absent_reason"]
-        assert "give a box" in entry["absent_reason"]
+    organs = ("liver", "spleen", "kidney_left", "kidney_right")
+    res = run_segmentation(build_predictor(progress=False), vol, resolve_organs(", ".join(organs)))
+    info = labelmap_info("totalsegmentator_mr")
+    dice = {}
+    for oid in organs:
+        assert res.report["organs"][oid]["status"] == "present"
+        own = np.isin(ref, info.values_for(oid))
+        mask = res.masks[oid]
+        dice[oid] = 2 * (mask & own).sum() / (mask.sum() + own.sum())
+        for value, other in info.organs.items():  # never drawn on a neighbouring organ
+            assert other == oid or (mask & (ref == value)).sum() < 0.5 * mask.sum(), (oid, other)
+    assert min(dice.values()) > 0.45 and np.mean(list(dice.values())) > 0.55, dice
