@@ -71,6 +71,7 @@ class Atlas:
     label_to_organ: dict[int, str]
     name: str = "atlas"
     meta: dict[str, Any] = field(default_factory=dict)
+    _organ_ids: list[str] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.image.ndim != 3 or self.labels.shape != self.image.shape:
@@ -128,13 +129,15 @@ class Atlas:
                    name=str(content.meta.get("name") or Path(path).stem), meta=content.meta)
 
     def organ_ids(self) -> list[str]:
-        """Organ ids that have at least one voxel in the atlas, in label-value order."""
-        present = set(np.unique(self.labels).tolist())
-        out: list[str] = []
-        for v, o in sorted(self.label_to_organ.items()):
-            if v in present and o not in out:
-                out.append(o)
-        return out
+        """Organ ids that have at least one voxel in the atlas, in label-value order (computed once)."""
+        if self._organ_ids is None:
+            present = set(np.unique(self.labels).tolist())
+            out: list[str] = []
+            for v, o in sorted(self.label_to_organ.items()):
+                if v in present and o not in out:
+                    out.append(o)
+            self._organ_ids = out
+        return list(self._organ_ids)
 
     def compact_labels(self) -> tuple[np.ndarray, list[str]]:
         """The label map with one value per organ: value ``i + 1`` is ``organ_ids()[i]``.
