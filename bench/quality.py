@@ -175,26 +175,18 @@ def run_case(case: str, data: Path, core: Any, organs: list[str], args: argparse
     res = segment(vol, organs, quiet=True, predictor=shipped)
     preds["organsam"] = _label_masks(res.labelmap, res.label_table)
     times["organsam (incl. slice encoding)"] = time.perf_counter() - t
-    if "no_joint_assignment" in args.rows:
-        t = time.perf_counter()
-        res = segment(vol, organs, quiet=True, predictor=predictor(atlas, joint_assignment=False))
-        preds["no_joint_assignment"] = _label_masks(res.labelmap, res.label_table)
-        times["without joint assignment"] = time.perf_counter() - t
-    if "no_anchor_refit" in args.rows:
-        t = time.perf_counter()
-        res = segment(vol, organs, quiet=True, predictor=predictor(atlas, anchor_refit=False))
-        preds["no_anchor_refit"] = _label_masks(res.labelmap, res.label_table)
-        times["without anchor re-placement"] = time.perf_counter() - t
-    if "no_verification" in args.rows:
-        t = time.perf_counter()
-        res = segment(vol, organs, quiet=True, predictor=shipped, options=SegmentOptions(verify=False))
-        preds["no_verification"] = _label_masks(res.labelmap, res.label_table)
-        times["without verification"] = time.perf_counter() - t
-    if "organ_prompts" in args.rows:
-        t = time.perf_counter()
-        res = segment(vol, organs, quiet=True, predictor=predictor(atlas, prompts=True))
-        preds["organ_prompts"] = _label_masks(res.labelmap, res.label_table)
-        times["with organ prompts"] = time.perf_counter() - t
+    variants = {  # row -> (timing label, predictor, options): the shipped pipeline with one part changed
+        "no_joint_assignment": ("without joint assignment", lambda: predictor(atlas, joint_assignment=False), None),
+        "no_anchor_refit": ("without anchor re-placement", lambda: predictor(atlas, anchor_refit=False), None),
+        "no_verification": ("without verification", lambda: shipped, SegmentOptions(verify=False)),
+        "organ_prompts": ("with organ prompts", lambda: predictor(atlas, prompts=True), None),
+    }
+    for row, (label, make, options) in variants.items():
+        if row in args.rows:
+            t = time.perf_counter()
+            res = segment(vol, organs, quiet=True, predictor=make(), options=options)
+            preds[row] = _label_masks(res.labelmap, res.label_table)
+            times[label] = time.perf_counter() - t
     for mode in ("prior", "text"):
         if f"checkpoint_{mode}" in args.rows:
             t = time.perf_counter()
