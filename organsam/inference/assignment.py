@@ -4,8 +4,10 @@ Text prompts are decoded one organ at a time, and inside a loose prior box the d
 structure: a stomach box that reaches into the liver gets the liver (issue 14 measured it on a held-out CT:
 stomach 95 % liver, right adrenal 94 % IVC). The anchors are the organs LiteMedSAM draws reliably once it is
 pointed at them (liver, spleen, kidneys, aorta: Dice about 0.9 in ``bench/quality.py`` and on the held-out
-CT). For every other text-prompted organ, each slice whose mask lies mostly (> ``max_inside``) inside an anchor's
-mask is decoded again without the anchor:
+CT), and where their own boxes are misplaced they draw each other: first, where two anchors were drawn on one
+structure (:func:`anchor_conflicts`), the one the decoder is less sure of is decoded again without the other (or
+emptied on slices its prior has no box). Then, for every other text-prompted organ, each slice whose mask lies
+mostly (> ``max_inside``) inside an anchor's mask is decoded again without the anchor:
 
 - the prior box cut on each side to exclude the anchor's extent inside it (the parts left, right, above and
   below the anchor that are big enough), and
@@ -13,10 +15,10 @@ mask is decoded again without the anchor:
 
 the candidate with the highest score that lies at most ``max_inside`` inside any other organ's mask (anchor or
 not) and passes the predicted-IoU threshold wins; without one the slice is left empty (the organ is not drawn
-there). Slices with a user's box or points are never changed. Anchors not asked for but next to an organ that
-was (:func:`neighbouring_anchors`) are segmented by the predictor for this and dropped before anything is
-reported. Nothing is written into the session: new results
-are returned.
+there, as on slices where it was drawn by tracking beyond its prior's slices). Slices with a user's box or points
+are never changed. Anchors not asked for but next to an organ that was (:func:`neighbouring_anchors`) are segmented
+by the predictor for this and dropped before anything is reported. Nothing is written into the session: new
+results are returned.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ from organsam.inference.track_refine import Decoder
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ANCHORS", "Reassignment", "assign_against_anchors", "excluding_boxes", "neighbouring_anchors"]
+__all__ = ["ANCHORS", "Reassignment", "anchor_conflicts", "assign_against_anchors", "excluding_boxes",
+           "neighbouring_anchors"]
 
 #: Organs the core draws reliably once placed (Dice ~0.9 with atlas boxes: bench/quality.py, issue 14).
 ANCHORS: tuple[str, ...] = ("liver", "spleen", "kidney_left", "kidney_right", "aorta")
@@ -115,11 +118,42 @@ def _deepest_point(region: np.ndarray) -> np.ndarray:
     return np.array([[float(x), float(y)]], dtype=np.float32)
 
 
+def anchor_conflicts(results: Mapping[str, OrganResult], anchors: Sequence[str],
+                     max_inside: float = 0.5) -> dict[tuple[str, int], str]:
+    """Slices where two anchors were drawn on one structure: (loser, slice) -> winner.
+
+    Two anchor masks of a slice conflict when one lies more than ``max_inside`` inside the other: a spleen box
+    placed at the level of the left kidney draws the kidney, a liver box there draws liver and kidney. The mask
+    the decoder is surer of (higher predicted IoU) keeps the structure; the other is decoded again without it.
+    """
+    present = [a for a in anchors if a in results and results[a].mask.any()]
+    out: dict[tuple[str, int], str] = {}
+    for i, a in enumerate(present):
+        for b in present[i + 1:]:
+            both = results[a].mask.any(axis=(1, 2)) & results[b].mask.any(axis=(1, 2))
+            for z in np.flatnonzero(both):
+                z = int(z)
+                ma, mb = results[a].mask[z], results[b].mask[z]
+                common = float((ma & mb).sum())
+                a_in_b, b_in_a = common / ma.sum() > max_inside, common / mb.sum() > max_inside
+                if not (a_in_b or b_in_a):
+                    continue
+                score_a, score_b = results[a].slice_scores.get(z, 0.0), results[b].slice_scores.get(z, 0.0)
+                loser, winner = (b, a) if score_a >= score_b else (a, b)
+                logger.debug("slice %d: %s (%d px, predicted IoU %.2f) and %s (%d px, %.2f) drawn on one structure",
+                             z, a, ma.sum(), score_a, b, mb.sum(), score_b)
+                out.setdefault((loser, z), winner)
+    return out
+
+
 def assign_against_anchors(state: InferenceState, results: Mapping[str, OrganResult],
                            boxes: Mapping[str, Mapping[int, Box | None]], decode: Decoder, iou_threshold: float,
                            anchors: Sequence[str] = ANCHORS, max_inside: float = 0.5
                            ) -> tuple[dict[str, OrganResult], list[Reassignment]]:
     """Decode again the slices where an organ was drawn on an anchor (see the module docstring).
+
+    First the anchors among themselves (:func:`anchor_conflicts`: the one that fits the structure less well is
+    decoded again without it), then every other text-prompted organ against the anchors as they now stand.
 
     Args:
         state: the session (its prompts say which slices the user prompted).
@@ -133,44 +167,63 @@ def assign_against_anchors(state: InferenceState, results: Mapping[str, OrganRes
     Returns:
         (organ id -> result, new objects for the organs that changed; what happened on each slice).
     """
-    present = [a for a in anchors if a in results and results[a].mask.any()]
-    out = dict(results)
-    if not present:
-        return out, []
-    jobs: list[DecodeJob] = []
-    owners: list[tuple[str, int, str, float]] = []
-    for oid, res in results.items():
+    def redrawable(oid: str, z: int) -> bool:  # text-prompted, and not a slice the user prompted
         prompt = state.prompts.get(oid)
-        if oid in anchors or prompt is None or prompt.text is None:
+        return prompt is not None and prompt.text is not None and z not in prompt.boxes and z not in prompt.points
+
+    intruders = {(oid, z): winner for (oid, z), winner in anchor_conflicts(results, anchors, max_inside).items()
+                 if redrawable(oid, z)}
+    out, log = _redraw(state, results, boxes, decode, iou_threshold, max_inside,
+                       {key: (w, float((results[key[0]].mask[key[1]] & results[w].mask[key[1]]).sum())
+                              / results[key[0]].mask[key[1]].sum()) for key, w in intruders.items()})
+    present = [a for a in anchors if a in out and out[a].mask.any()]
+    drawn_on: dict[tuple[str, int], tuple[str, float]] = {}
+    for oid, res in out.items():
+        if oid in anchors or not present:
             continue
         for z in np.flatnonzero(res.mask.reshape(res.mask.shape[0], -1).any(axis=1)):
             z = int(z)
-            box = boxes.get(oid, {}).get(z)
-            if box is None or z in prompt.boxes or z in prompt.points:
+            if not redrawable(oid, z):
                 continue
-            anchor_masks = {a: results[a].mask[z] for a in present}
-            inside, anchor = _inside(res.mask[z], anchor_masks)
-            if anchor is None or inside <= max_inside:
-                continue
-            overlap = res.mask[z] & anchor_masks[anchor]
-            neg = (_deepest_point(overlap), np.zeros(1, dtype=np.int64))
-            cands = [DecodeJob(z, oid, b, None) for b in excluding_boxes(box, anchor_masks[anchor])]
-            cands.append(DecodeJob(z, oid, box, neg))
-            jobs += cands
-            owners += [(oid, z, anchor, inside)] * len(cands)
-    if not jobs:
-        return out, []
+            inside, anchor = _inside(res.mask[z], {a: out[a].mask[z] for a in present})
+            if anchor is not None and inside > max_inside:
+                drawn_on[(oid, z)] = (anchor, inside)
+    out, more = _redraw(state, out, boxes, decode, iou_threshold, max_inside, drawn_on)
+    log += more
+    if log:
+        logger.info("joint assignment: %d slices drawn on an anchor (%d redrawn)", len(log),
+                    sum(r.outcome == "redrawn" for r in log))
+    return out, log
+
+
+def _redraw(state: InferenceState, results: Mapping[str, OrganResult], boxes: Mapping[str, Mapping[int, Box | None]],
+            decode: Decoder, iou_threshold: float, max_inside: float,
+            drawn_on: Mapping[tuple[str, int], tuple[str, float]]) -> tuple[dict[str, OrganResult], list[Reassignment]]:
+    """Decode each (organ, slice) of ``drawn_on`` again without the anchor it covered (cut boxes, a negative point);
+    the best candidate that lies mostly inside no other organ wins, else the slice is emptied."""
+    out = dict(results)
+    jobs: list[DecodeJob] = []
+    owners: list[tuple[str, int]] = []
+    for (oid, z), (anchor, _) in drawn_on.items():
+        anchor_mask = results[anchor].mask[z]
+        overlap = results[oid].mask[z] & anchor_mask
+        neg = (_deepest_point(overlap), np.zeros(1, dtype=np.int64))
+        box = boxes.get(oid, {}).get(z)
+        if box is None:  # drawn by tracking beyond the prior's slices: nothing to decode again from
+            continue
+        cands = [DecodeJob(z, oid, b, None) for b in excluding_boxes(box, anchor_mask)]
+        cands.append(DecodeJob(z, oid, box, neg))
+        jobs += cands
+        owners += [(oid, z)] * len(cands)
     best: dict[tuple[str, int], Candidate] = {}
-    meta: dict[tuple[str, int], tuple[str, float]] = {}
-    for (oid, z, anchor, inside), cand in zip(owners, decode(state, jobs)):
-        meta[(oid, z)] = (anchor, inside)
+    for (oid, z), cand in zip(owners, decode(state, jobs) if jobs else []):
         # a replacement may lie mostly inside no other organ's mask: not the anchor's, nor a neighbour's
         others = {o: r.mask[z] for o, r in results.items() if o != oid}
         ok = cand.mask.any() and cand.score >= iou_threshold and _inside(cand.mask, others)[0] <= max_inside
         if ok and ((oid, z) not in best or cand.score > best[(oid, z)].score):
             best[(oid, z)] = cand
     log: list[Reassignment] = []
-    for (oid, z), (anchor, inside) in meta.items():
+    for (oid, z), (anchor, inside) in drawn_on.items():
         if out[oid] is results[oid]:
             out[oid] = results[oid].copy()
         res = out[oid]
@@ -183,6 +236,4 @@ def assign_against_anchors(state: InferenceState, results: Mapping[str, OrganRes
             res.rejected[z] = res.slice_scores.pop(z, 0.0)
             outcome = "dropped"
         log.append(Reassignment(oid, z, anchor, round(inside, 3), outcome))
-    logger.info("joint assignment: %d slices drawn on an anchor (%d redrawn)", len(log),
-                sum(r.outcome == "redrawn" for r in log))
     return out, log

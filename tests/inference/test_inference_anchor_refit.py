@@ -91,3 +91,22 @@ def test_a_prior_moved_off_in_plane_draws_no_organ_on_its_neighbour(amos_0013: t
         for value, other in amos.organs.items():
             if other != organ:
                 assert (mask & (ref == value)).sum() < 0.5 * mask.sum(), (organ, other)
+
+
+@pytest.mark.slow
+def test_a_prior_moved_off_in_z_draws_no_anchor_on_another(amos_0013: tuple) -> None:
+    """The prior moved 30 mm towards the feet: its spleen boxes sit at the level of the left kidney and the spleen
+    was drawn on the kidney (91 % inside it). The two anchors now compete for the structure: the left kidney, which
+    the decoder is surer of, keeps it, and the spleen is not drawn there."""
+    vol, ref, fitted = amos_0013
+    moved = MovedPrior(fitted, (-30.0 / vol.spacing[0], 0.0, 0.0), vol.array.shape)
+    predictor = build_predictor(progress=False, prior=_Fixed(moved))
+    state = predictor.init_state(vol)
+    res = run_segmentation(predictor, vol, resolve_organs("spleen, left kidney"), state=state)
+    amos = labelmap_info("amos22")
+    kidney = np.isin(ref, amos.values_for("kidney_left"))
+    spleen = res.masks["spleen"]
+    assert (spleen & kidney).sum() < 0.5 * max(spleen.sum(), 1)
+    assert any(r.organ_id == "spleen" and r.anchor == "kidney_left" for r in state.reassignments)
+    left = res.masks["kidney_left"]
+    assert 2 * (left & kidney).sum() / (left.sum() + kidney.sum()) > 0.85

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 from conftest import data_path
 
-from organsam.inference.assignment import excluding_boxes
+from organsam.inference.assignment import ANCHORS, anchor_conflicts, excluding_boxes
 from organsam.inference.options import resolve_organs
 from organsam.inference.pipeline import run_segmentation
 from organsam.inference.predictor_factory import build_predictor
+from organsam.inference.state import OrganResult
 from organsam.io import load_labels, load_volume
 from organsam.vocabulary import labelmap_info
 
@@ -76,3 +77,21 @@ def test_stomach_alone_is_kept_off_the_liver_it_was_not_asked_for() -> None:
     amos = labelmap_info("amos22")
     assert (stomach & np.isin(ref, amos.values_for("stomach"))).sum() > 0.5 * stomach.sum()
     assert (stomach & np.isin(ref, amos.values_for("liver"))).sum() < 0.5 * stomach.sum()
+
+
+def test_anchors_drawn_on_one_structure_leave_it_to_the_surer_one() -> None:
+    def result(mask: np.ndarray, score: float) -> OrganResult:
+        r = OrganResult(mask=mask[None].copy())
+        r.slice_scores[0] = score
+        return r
+
+    kidney = np.zeros((40, 40), bool)
+    kidney[10:20, 10:20] = True
+    liver = np.zeros((40, 40), bool)
+    liver[5:35, 5:35] = True  # swallowed the kidney and more
+    far = np.zeros((40, 40), bool)
+    far[30:38, 30:38] = True  # another anchor, touching nothing of the kidney
+    results = {"liver": result(liver, 0.84), "kidney_right": result(kidney, 0.97), "aorta": result(far, 0.9)}
+    assert anchor_conflicts(results, ANCHORS) == {("liver", 0): "kidney_right"}
+    results["kidney_right"].slice_scores[0] = 0.5  # the kidney mask is now the one the decoder doubts
+    assert anchor_conflicts(results, ANCHORS) == {("kidney_right", 0): "liver"}
