@@ -8,9 +8,12 @@ at module level (discovery commands such as ``organsam organs`` stay fast).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
+import os
 import sys
+from typing import NoReturn
 
 from organsam import __version__
 
@@ -35,8 +38,15 @@ class CLIError(Exception):
         self.code = code
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with usage errors on one line (what is wrong, and where the help is), exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}. Fix: see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="organsam",
         description="Text-prompted organ segmentation of CT and MR volumes.",
     )
@@ -44,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
     parser.add_argument("--debug", action="store_true",
                         help="show the full traceback of an error instead of one line (anywhere on the command line)")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     for modname in COMMANDS.values():
         try:
             mod = importlib.import_module(modname)
@@ -57,7 +67,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def error_line(exc: BaseException) -> str:
-    """One line for an error that reached the top of the CLI: what went wrong and, where known, how to fix it."""
+    """One line for an error that reached the top of the CLI: what went wrong and, where known, how to fix it
+    (newlines and control characters of library messages are folded; a very long message is cut)."""
+    return _one_line(_error_text(exc))
+
+
+def _one_line(text: str, limit: int = 600) -> str:
+    text = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _error_text(exc: BaseException) -> str:
     if isinstance(exc, KeyError) and exc.args:
         return str(exc.args[0])
     if isinstance(exc, (CLIError, ValueError, FileNotFoundError)) and str(exc):
@@ -88,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("organsam: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (``organsam organs | head``): stop quietly, as other tools do
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as e:
         if debug:
             raise

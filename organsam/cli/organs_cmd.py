@@ -88,9 +88,10 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps({**organ.to_dict(), "prompt": organ.prompt_text}, indent=2))
         else:
             d = organ.to_dict()
-            for key in ("id", "name", "laterality", "pair", "groups", "parts", "synonyms"):
+            for key in ("id", "name", "label_value", "color", "laterality", "pair", "groups", "parts", "synonyms"):
                 val = d[key]
-                print(f"{key + ':':<12} {(', '.join(val) if isinstance(val, list) else val) or '-'}")
+                shown = ", ".join(str(v) for v in val) if isinstance(val, list) else val
+                print(f"{key + ':':<12} {shown or '-'}")
             print(f"{'prompt:':<12} {organ.prompt_text}")
             print(f"{'knowledge:':<12} {organ.knowledge_text}")
         return 0
@@ -108,8 +109,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"version": vocab.version,
                           "organs": [{"id": o.id, "name": o.name, "laterality": o.laterality,
+                                      "label_value": o.label_value, "color": list(o.color or ()),
                                       "groups": list(o.groups)} for o in organs]}, indent=2))
     else:
         for o in organs:
-            print(f"{o.id:<30} {o.name:<32} {o.laterality:<10} {','.join(o.groups) or '-'}")
+            print(f"{o.id:<30} {o.name:<32} {o.label_value!s:>5}  {o.laterality:<10} {','.join(o.groups) or '-'}")
     return 0

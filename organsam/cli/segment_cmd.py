@@ -10,8 +10,8 @@ import sys
 
 
 def _device(value: str) -> str:
-    if value not in ("cpu", "cuda") and not value.startswith("cuda:"):
-        raise argparse.ArgumentTypeError(f"unknown device {value!r}; use cpu, cuda or cuda:N")
+    if value not in ("auto", "cpu", "cuda") and not value.startswith("cuda:"):
+        raise argparse.ArgumentTypeError(f"unknown device {value!r}; use auto, cpu, cuda or cuda:N")
     return value
 
 
@@ -19,10 +19,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("segment", help="segment organs named in text",
                        description="Segment organs in a CT/MR volume, or in every volume of a folder or "
                                    "manifest, from a text prompt.")
-    p.add_argument("-i", "--input", required=True,
+    p.add_argument("-i", "--input", required=True, type=_path,
                    help="NIfTI/NRRD/MHA/npz file or DICOM folder; or, for a batch, a folder of volumes "
                         "(files and DICOM series subfolders) or a .csv/.json/.txt manifest of paths")
-    p.add_argument("-o", "--output", required=True, help="output folder (batch: one subfolder per case)")
+    p.add_argument("-o", "--output", required=True, type=_path, help="output folder (batch: one subfolder per case)")
+    p.add_argument("--series-uid", default=None, metavar="UID",
+                   help="the DICOM series to read when the input folder holds several (SeriesInstanceUID)")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--organs", help='free text, e.g. "liver, left kidney, pancreas"')
     g.add_argument("--all", action="store_true", help="segment the default organ set")
@@ -33,7 +35,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--design-prompts", choices=["prior", "text"], default="prior",
                    help="with a design checkpoint: 'prior' gives the design the atlas prior's box on each slice "
                         "with the organ (default), 'text' asks it on every slice with the text alone")
-    p.add_argument("-d", "--device", type=_device, default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("-d", "--device", type=_device, default="auto",
+                   help="auto (default: the GPU when torch sees one, else the CPU), cpu, cuda or cuda:N")
     p.add_argument("--modality", choices=["CT", "MR"], default=None, help="override the modality guess")
     p.add_argument("--fast", action="store_true",
                    help="faster, approximate: coarser location prior, bfloat16 encoder where the CPU/GPU runs it "
@@ -57,6 +60,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="skip volumes finished earlier with unchanged input, prompt and outputs "
                         "(default: on)")
     p.set_defaults(func=run)
+
+
+def _path(value: str) -> str:
+    if not value.strip():
+        raise argparse.ArgumentTypeError("an empty path; give a file or folder (use . for the current folder)")
+    return value
 
 
 def _positive(value: str) -> int:
@@ -109,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
                      checkpoint=args.checkpoint, device=args.device, fast=args.fast, quiet=args.quiet,
                      modality=args.modality,
                      **({} if args.min_slice_mm is None else {"min_slice_mm": args.min_slice_mm}),
-                     organ_prompts=_organ_prompts(args.organ_prompts), design_prompts=args.design_prompts)
+                     organ_prompts=_organ_prompts(args.organ_prompts), design_prompts=args.design_prompts,
+                     series_uid=args.series_uid)
     if not args.quiet:
         rows = result.report["organs"]
         for oid, r in rows.items():

@@ -36,8 +36,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--queue-size", type=int, default=8, help="segmentation jobs that may wait (default 8)")
     p.add_argument("--workdir", default=None, help="parent folder for session files (default: system temp)")
-    p.add_argument("-d", "--device", default="cpu", help="torch device of the model: cpu, cuda or cuda:N")
+    p.add_argument("-d", "--device", default="auto",
+                   help="torch device of the model: auto (default: the GPU when there is one), cpu, cuda or cuda:N")
     p.add_argument("--fast", action="store_true", help="faster, coarser atlas registration for the prior")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="also answer requests addressed to this host name (repeatable); by default a server on "
+                        "127.0.0.1 answers only to localhost, 127.0.0.1 and ::1")
     p.set_defaults(func=run)
 
 
@@ -66,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
             workdir=args.workdir,
             device=args.device,
             fast_prior=args.fast,
+            allowed_hosts=tuple(args.allow_host),
         )
     except ValueError as e:
         raise CLIError(str(e)) from e

@@ -189,7 +189,7 @@ def load_prediction(path: PathLike, like: Volume, labelmap: str | Mapping[int, s
 
 
 def _load_reference(path: Path, image: PathLike | None) -> tuple[Volume, np.ndarray]:
-    like = load_volume(image) if image is not None else load_volume(path, modality="unknown")
+    like = load_volume(image) if image is not None else load_volume(path, modality="unknown", check_values=False)
     return like, load_labels(path, like)
 
 

@@ -35,8 +35,8 @@ from organsam.inference.track_refine import Decoder
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ANCHORS", "Reassignment", "anchor_conflicts", "assign_against_anchors", "excluding_boxes",
-           "neighbouring_anchors"]
+__all__ = ["ANCHORS", "AnchorConflict", "Reassignment", "anchor_conflicts", "assign_against_anchors", "excluding_boxes",
+           "neighbouring_anchors", "resolve_anchor_conflicts"]
 
 #: Organs the core draws reliably once placed (Dice ~0.9 with atlas boxes: bench/quality.py, issue 14).
 ANCHORS: tuple[str, ...] = ("liver", "spleen", "kidney_left", "kidney_right", "aorta")
@@ -118,16 +118,38 @@ def _deepest_point(region: np.ndarray) -> np.ndarray:
     return np.array([[float(x), float(y)]], dtype=np.float32)
 
 
-def anchor_conflicts(results: Mapping[str, OrganResult], anchors: Sequence[str],
-                     max_inside: float = 0.5) -> dict[tuple[str, int], str]:
-    """Slices where two anchors were drawn on one structure: (loser, slice) -> winner.
+@dataclass(frozen=True)
+class AnchorConflict:
+    """Two anchors drawn on one structure on slice ``z``.
 
-    Two anchor masks of a slice conflict when one lies more than ``max_inside`` inside the other: a spleen box
-    placed at the level of the left kidney draws the kidney, a liver box there draws liver and kidney. The mask
-    the decoder is surer of (higher predicted IoU) keeps the structure; the other is decoded again without it.
+    Attributes:
+        z: the slice.
+        a, b: the anchors; ``score_a`` and ``score_b`` their predicted IoU there.
+        inner: the anchor whose mask lies inside the other's when only one does (the other swallowed it and
+            more), or None when each lies inside the other (both drew the same structure).
     """
+
+    z: int
+    a: str
+    b: str
+    score_a: float
+    score_b: float
+    inner: str | None
+
+    @property
+    def outer(self) -> str:
+        return self.b if self.inner == self.a else self.a
+
+    @property
+    def surer(self) -> str:
+        return self.a if self.score_a >= self.score_b else self.b
+
+
+def anchor_conflicts(results: Mapping[str, OrganResult], anchors: Sequence[str],
+                     max_inside: float = 0.5) -> list[AnchorConflict]:
+    """Slices where one anchor's mask lies more than ``max_inside`` inside another's (see :class:`AnchorConflict`)."""
     present = [a for a in anchors if a in results and results[a].mask.any()]
-    out: dict[tuple[str, int], str] = {}
+    out: list[AnchorConflict] = []
     for i, a in enumerate(present):
         for b in present[i + 1:]:
             both = results[a].mask.any(axis=(1, 2)) & results[b].mask.any(axis=(1, 2))
@@ -138,12 +160,89 @@ def anchor_conflicts(results: Mapping[str, OrganResult], anchors: Sequence[str],
                 a_in_b, b_in_a = common / ma.sum() > max_inside, common / mb.sum() > max_inside
                 if not (a_in_b or b_in_a):
                     continue
-                score_a, score_b = results[a].slice_scores.get(z, 0.0), results[b].slice_scores.get(z, 0.0)
-                loser, winner = (b, a) if score_a >= score_b else (a, b)
-                logger.debug("slice %d: %s (%d px, predicted IoU %.2f) and %s (%d px, %.2f) drawn on one structure",
-                             z, a, ma.sum(), score_a, b, mb.sum(), score_b)
-                out.setdefault((loser, z), winner)
+                inner = None if a_in_b == b_in_a else (a if a_in_b else b)
+                out.append(AnchorConflict(z, a, b, results[a].slice_scores.get(z, 0.0),
+                                          results[b].slice_scores.get(z, 0.0), inner))
+                logger.debug("slice %d: %s (%d px, predicted IoU %.2f) and %s (%d px, %.2f) drawn on one structure"
+                             " (inside: %s)", z, a, ma.sum(), out[-1].score_a, b, mb.sum(), out[-1].score_b, inner)
     return out
+
+
+def _redrawable(state: InferenceState, oid: str, z: int) -> bool:
+    """Text-prompted, and not a slice the user prompted (those are never changed)."""
+    prompt = state.prompts.get(oid)
+    return prompt is not None and prompt.text is not None and z not in prompt.boxes and z not in prompt.points
+
+
+def _inside_fraction(results: Mapping[str, OrganResult], oid: str, other: str, z: int) -> float:
+    m = results[oid].mask[z]
+    return float((m & results[other].mask[z]).sum()) / max(int(m.sum()), 1)
+
+
+def _one_structure(image: np.ndarray, inner: np.ndarray, outer: np.ndarray) -> bool:
+    """Whether the inner mask is a piece of the same tissue as the rest of the outer mask: its median intensity
+    lies within the interquartile range of the outer mask's other pixels (on CT a kidney inside a liver mask is
+    about 170 HU against the rest's -70, a spleen box's piece of the kidney 205 HU against the kidney's 80-215)."""
+    rest = outer & ~inner
+    if rest.sum() < 10 or not inner.any():
+        return True
+    lo, hi = np.percentile(image[rest], [25, 75])
+    return bool(lo <= float(np.median(image[inner])) <= hi)
+
+
+def _take_slice(out: dict[str, OrganResult], src: Mapping[str, OrganResult], oid: str, z: int) -> None:
+    """Copy organ ``oid``'s slice ``z`` (mask and scores) from ``src`` into ``out`` (copying the result first)."""
+    res = out[oid] = out[oid].copy()
+    res.mask[z] = src[oid].mask[z]
+    for table in ("slice_scores", "rejected"):
+        mine, theirs = getattr(res, table), getattr(src[oid], table)
+        mine.pop(z, None)
+        if z in theirs:
+            mine[z] = theirs[z]
+
+
+def resolve_anchor_conflicts(state: InferenceState, results: Mapping[str, OrganResult],
+                             boxes: Mapping[str, Mapping[int, Box | None]], decode: Decoder, iou_threshold: float,
+                             anchors: Sequence[str] = ANCHORS, max_inside: float = 0.5, split_margin: float = 0.1,
+                             ) -> tuple[dict[str, OrganResult], list[Reassignment]]:
+    """Two anchors drawn on one structure: who keeps it.
+
+    * One mask inside the other (a liver box drew liver and kidney): the outer one is decoded again without the
+      inner one. When that is about as sure as before (predicted IoU down by less than ``split_margin``), the
+      outer one takes the new mask. Otherwise, when the inner one is the same tissue as the rest of the outer
+      one (:func:`_one_structure`: a spleen box that drew a piece of the kidney), the inner one gives it up; when
+      it is another tissue (on MR the liver mask covers the right kidney) both stay, as nothing here tells
+      which mask is wrong.
+    * Each inside the other (a spleen box at kidney level drew the kidney): the one the decoder is surer of
+      keeps it.
+
+    The anchor that gives the structure up is decoded again without the other, or emptied there.
+    """
+    conflicts = anchor_conflicts(results, anchors, max_inside)
+    splits = {(c.outer, c.z): (c.inner, _inside_fraction(results, c.inner, c.outer, c.z)) for c in conflicts
+              if c.inner is not None and _redrawable(state, c.outer, c.z)}
+    tried, _ = _redraw(state, results, boxes, decode, iou_threshold, max_inside, splits) if splits else (results, [])
+    out = dict(results)
+    log: list[Reassignment] = []
+    losers: dict[tuple[str, int], tuple[str, float]] = {}
+    for c in conflicts:
+        if c.inner is not None:
+            before = results[c.outer].slice_scores.get(c.z, 0.0)
+            after = tried[c.outer].slice_scores.get(c.z) if tried[c.outer].mask[c.z].any() else None
+            if (c.outer, c.z) in splits and after is not None and after >= before - split_margin:
+                _take_slice(out, tried, c.outer, c.z)
+                log.append(Reassignment(c.outer, c.z, c.inner, round(splits[(c.outer, c.z)][1], 3), "redrawn"))
+                continue
+            if not _one_structure(state.volume.array[c.z], results[c.inner].mask[c.z], results[c.outer].mask[c.z]):
+                continue  # two tissues that did not split cleanly: which mask is wrong is not known, both stay
+            loser, winner = c.inner, c.outer
+        else:
+            winner = c.surer
+            loser = c.b if winner == c.a else c.a
+        if _redrawable(state, loser, c.z):
+            losers.setdefault((loser, c.z), (winner, _inside_fraction(results, loser, winner, c.z)))
+    out, more = _redraw(state, out, boxes, decode, iou_threshold, max_inside, losers)
+    return out, log + more
 
 
 def assign_against_anchors(state: InferenceState, results: Mapping[str, OrganResult],
@@ -152,8 +251,8 @@ def assign_against_anchors(state: InferenceState, results: Mapping[str, OrganRes
                            ) -> tuple[dict[str, OrganResult], list[Reassignment]]:
     """Decode again the slices where an organ was drawn on an anchor (see the module docstring).
 
-    First the anchors among themselves (:func:`anchor_conflicts`: the one that fits the structure less well is
-    decoded again without it), then every other text-prompted organ against the anchors as they now stand.
+    First the anchors among themselves (:func:`resolve_anchor_conflicts`), then every other text-prompted organ
+    against the anchors as they now stand.
 
     Args:
         state: the session (its prompts say which slices the user prompted).
@@ -167,15 +266,7 @@ def assign_against_anchors(state: InferenceState, results: Mapping[str, OrganRes
     Returns:
         (organ id -> result, new objects for the organs that changed; what happened on each slice).
     """
-    def redrawable(oid: str, z: int) -> bool:  # text-prompted, and not a slice the user prompted
-        prompt = state.prompts.get(oid)
-        return prompt is not None and prompt.text is not None and z not in prompt.boxes and z not in prompt.points
-
-    intruders = {(oid, z): winner for (oid, z), winner in anchor_conflicts(results, anchors, max_inside).items()
-                 if redrawable(oid, z)}
-    out, log = _redraw(state, results, boxes, decode, iou_threshold, max_inside,
-                       {key: (w, float((results[key[0]].mask[key[1]] & results[w].mask[key[1]]).sum())
-                              / results[key[0]].mask[key[1]].sum()) for key, w in intruders.items()})
+    out, log = resolve_anchor_conflicts(state, results, boxes, decode, iou_threshold, anchors, max_inside)
     present = [a for a in anchors if a in out and out[a].mask.any()]
     drawn_on: dict[tuple[str, int], tuple[str, float]] = {}
     for oid, res in out.items():
@@ -183,7 +274,7 @@ def assign_against_anchors(state: InferenceState, results: Mapping[str, OrganRes
             continue
         for z in np.flatnonzero(res.mask.reshape(res.mask.shape[0], -1).any(axis=1)):
             z = int(z)
-            if not redrawable(oid, z):
+            if not _redrawable(state, oid, z):
                 continue
             inside, anchor = _inside(res.mask[z], {a: out[a].mask[z] for a in present})
             if anchor is not None and inside > max_inside:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from organsam.inference.predictor_factory import DEFAULT_DESIGN, build_predictor, check_design
+from organsam.inference.predictor_factory import DEFAULT_DESIGN, build_predictor, check_design, check_device
 from organsam.vocabulary import load_vocabulary, parse_prompt
 
 __all__ = ["DEFAULT_MIN_SLICE_MM", "DESIGN_PROMPT_MODES", "OrganRequest", "SegmentOptions", "resolve_organs"]
@@ -57,7 +57,8 @@ def resolve_organs(organs: str | Sequence[str] | OrganRequest | None, all_organs
     if all_organs:
         texts = [ALL_ORGANS_TEXT]
     elif organs is None or (isinstance(organs, str) and not organs.strip()):
-        raise ValueError("say which organs to segment (e.g. organs='liver, spleen') or pass all_organs=True")
+        raise ValueError("no organ named: say which organs to segment (--organs 'liver, spleen' on the command "
+                         "line, organs='liver, spleen' in Python) or ask for all of them (--all, all_organs=True)")
     else:
         texts = [organs] if isinstance(organs, str) else [str(t) for t in organs]
     vocab = load_vocabulary()
@@ -79,7 +80,7 @@ class SegmentOptions:
         design: ``"organsam"`` (the shipped pipeline: LiteMedSAM placed by the atlas prior) or a trained design
             (needs ``checkpoint``).
         checkpoint: a design checkpoint of ``organsam train``, or a SAM-family ``.pth`` for the pipeline's core.
-        device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        device: ``"auto"`` (a CUDA GPU when torch sees one, else the CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         fast: coarser atlas registration and bfloat16 where the hardware runs it natively.
         modality: ``"CT"``/``"MR"`` to override the guess from the file.
         min_slice_mm: thinner slices are segmented on a grid this coarse and the masks interpolated back; 0: off.
@@ -91,7 +92,7 @@ class SegmentOptions:
 
     design: str = DEFAULT_DESIGN
     checkpoint: str | None = None
-    device: str = "cpu"
+    device: str = "auto"
     fast: bool = False
     modality: str | None = None
     min_slice_mm: float = DEFAULT_MIN_SLICE_MM
@@ -122,25 +123,3 @@ class SegmentOptions:
                                organ_prompts=self.organ_prompts, design_prompts=self.design_prompts)
 
 
-def check_device(device: str) -> None:
-    """Refuse a device this machine cannot run, before any work.
-
-    Raises:
-        ValueError: unknown device name, or CUDA asked for where torch has no CUDA device.
-    """
-    if device == "cpu":
-        return
-    if device != "cuda" and not device.startswith("cuda:"):
-        raise ValueError(f"unknown device {device!r}; use cpu, cuda or cuda:N")
-    import torch
-
-    if not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but this torch build sees no CUDA GPU "
-                         f"(torch {torch.__version__}); use --device cpu, or install a CUDA build of torch")
-    suffix = device.partition(":")[2]
-    if ":" in device and not suffix.isdigit():
-        raise ValueError(f"unknown device {device!r}; use cpu, cuda or cuda:N")
-    index = int(suffix) if suffix else 0
-    if index >= torch.cuda.device_count():
-        raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s); "
-                         f"use cuda:0 .. cuda:{torch.cuda.device_count() - 1}")

@@ -37,14 +37,15 @@ from organsam.inference.predictor_factory import DEFAULT_DESIGN
 from organsam.inference.result import SegmentationResult
 from organsam.inference.state import InferenceState, OrganResult
 from organsam.inference.verification import verify_mask
-from organsam.io import Volume, VolumeMeta
+from organsam.io import Volume, VolumeMeta, VolumeReadError
 from organsam.preprocessing.intensity import is_ct_in_hu
 from organsam.preprocessing.resample import resample_z
 from organsam.vocabulary import load_vocabulary
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ORGAN_STATUSES", "JobCancelledError", "ProgressFn", "locatable_request", "model_grid", "organ_report",
+__all__ = ["MIN_SLICES_FOR_TEXT", "ORGAN_STATUSES", "JobCancelledError", "ProgressFn", "check_segmentable",
+           "locatable_request", "model_grid", "organ_report",
            "run_segmentation", "to_input_grid"]
 
 #: progress(stage, done, total)
@@ -96,7 +97,7 @@ def organ_report(organ_id: str, mask: np.ndarray, volume: Volume, res: OrganResu
             None when it could be placed.
         rejection: why verification rejected the organ's mask (then ``mask`` is empty).
     """
-    voxel_ml = float(np.prod(volume.spacing)) / 1000.0
+    voxel_ml = volume.voxel_ml
     status = ("present" if mask.any() else "rejected_by_verification" if rejection
               else "not_locatable" if unlocatable else "absent")
     entry: dict[str, Any] = {
@@ -113,9 +114,10 @@ def organ_report(organ_id: str, mask: np.ndarray, volume: Volume, res: OrganResu
     key = "mean_hu" if is_ct_in_hu(volume) else "mean_intensity"
     entry[key] = round(float(volume.array[mask].mean()), 1) if mask.any() else None
     if mask.any():
-        idx = np.argwhere(volume.to_file_layout(mask))
+        idx = np.argwhere(volume.to_ijk_layout(mask))
         entry["bbox_voxels"] = {"min": idx.min(axis=0).tolist(), "max": idx.max(axis=0).tolist(),
-                                "axes": "file array order"}
+                                "axes": "ijk: column, row, slice of the input's voxel grid (as ITK, 3D Slicer "
+                                        "and ITK-SNAP number voxels), 0-based"}
     else:
         entry["bbox_voxels"] = None
         if rejection:
@@ -127,6 +129,44 @@ def organ_report(organ_id: str, mask: np.ndarray, volume: Volume, res: OrganResu
         else:
             entry["absent_reason"] = "searched: the location prior places it outside this scan"
     return entry
+
+
+#: Fewest slices text prompts can be placed on: the location atlas is registered to the scan in 3D.
+MIN_SLICES_FOR_TEXT = 4
+
+
+def check_segmentable(volume: Volume, min_slice_mm: float = 0.0) -> None:
+    """Refuse, in one line, a volume that text prompts cannot be placed on (too few slices on the model grid).
+
+    Called before any work by :func:`run_segmentation` and by the server when a volume is uploaded.
+
+    Raises:
+        VolumeReadError: fewer than :data:`MIN_SLICES_FOR_TEXT` slices (a picture, a single DICOM slice, a
+            three-slice series).
+    """
+    Z = model_grid(volume, min_slice_mm).array.shape[0]
+    if Z < MIN_SLICES_FOR_TEXT:
+        grid = "" if volume.array.shape[0] == Z else f" on the model grid (--min-slice-mm {min_slice_mm:g})"
+        raise VolumeReadError(volume.path, f"has {Z} slice(s){grid}; text prompts place organs with a 3D atlas "
+                              f"registered to the scan, which needs at least {MIN_SLICES_FOR_TEXT} slices.",
+                              "give the whole series (every slice of the scan), or a smaller --min-slice-mm.")
+
+
+def weights_record(options: SegmentOptions) -> dict[str, str]:
+    """SHA-256 of the weight files a run with ``options`` reads (checked against these when loaded)."""
+    from organsam.io.files import file_sha256
+    from organsam.weights import WEIGHTS
+
+    out = {"atlas": WEIGHTS["atlas"].sha256 or ""}
+    if options.checkpoint:
+        out["checkpoint"] = file_sha256(options.checkpoint)
+    else:
+        out["lite_medsam"] = WEIGHTS["lite_medsam"].sha256 or ""
+    if options.organ_prompts is True:
+        out["organ_prompts"] = WEIGHTS["organ_prompts"].sha256 or ""
+    elif options.organ_prompts:
+        out["organ_prompts"] = file_sha256(options.organ_prompts)
+    return out
 
 
 def locatable_request(predictor: Any, request: OrganRequest) -> OrganRequest:
@@ -206,6 +246,7 @@ def run_segmentation(predictor: Any, volume: Volume, request: OrganRequest, *,
             raise JobCancelledError("the segmentation was cancelled")
 
     t0 = time.perf_counter()
+    check_segmentable(volume, options.min_slice_mm)  # every requested organ is text-prompted
     work = model_grid(volume, options.min_slice_mm)
     if state is None:
         state = predictor.init_state(work)
@@ -245,7 +286,7 @@ def run_segmentation(predictor: Any, volume: Volume, request: OrganRequest, *,
     for oid in organ_ids:
         if not options.verify or state.prompts[oid].text is None:
             continue  # the user's own boxes/points are never second-guessed
-        reason = verify_mask(oid, masks[oid], tuple(volume.spacing))
+        reason = verify_mask(oid, masks[oid], volume.voxel_ml)
         if reason:
             logger.warning("%s: %s", oid, reason)
             rejections[oid] = reason
@@ -261,6 +302,8 @@ def run_segmentation(predictor: Any, volume: Volume, request: OrganRequest, *,
         "prompt": request.prompt,
         "organ_ids": list(request.organ_ids),
         "design": getattr(predictor, "design_name", DEFAULT_DESIGN),
+        "device": str(getattr(predictor, "device", "cpu")),
+        "weights_sha256": weights_record(options),
         "modality": volume.modality,
         "shape_zyx": list(volume.array.shape),
         "spacing_zyx_mm": [float(s) for s in volume.spacing],

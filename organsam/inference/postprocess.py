@@ -9,6 +9,8 @@ import cc3d
 import numpy as np
 from scipy import ndimage
 
+from organsam.vocabulary.palette import label_table
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["SINGLE_COMPONENT_ORGANS", "keep_largest_components", "fill_holes_per_slice", "postprocess_mask",
@@ -91,22 +93,23 @@ def postprocess_mask(organ_id: str, mask: np.ndarray, hu: np.ndarray | None = No
     return out
 
 
-def merge_labelmap(masks: Mapping[str, np.ndarray], order: Sequence[str]) -> tuple[np.ndarray, dict[int, str]]:
-    """Merge per-organ masks (overlaps allowed) into one label map.
+def merge_labelmap(masks: Mapping[str, np.ndarray], organ_ids: Sequence[str]) -> tuple[np.ndarray, dict[int, str]]:
+    """Merge per-organ masks (overlaps allowed) into one label map with each organ's fixed label value.
 
-    Label values follow ``order`` (1, 2, ...). Where masks overlap, the smaller organ wins (it is painted
-    last), so a gallbladder inside a generous liver mask survives.
+    Label values come from the vocabulary (:func:`organsam.vocabulary.palette.organ_label`), not from the order of
+    the prompt. Where masks overlap, the smaller organ wins (it is painted last), so a gallbladder inside a generous
+    liver mask survives.
 
     Args:
         masks: organ id -> (Z, Y, X) bool.
-        order: organ ids in the order that defines the label values.
+        organ_ids: the organs to merge (those without a mask are listed in the table and absent from the map).
 
     Returns:
-        (Z, Y, X) uint8/uint16 label map and its table {value: organ id}.
+        (Z, Y, X) uint8/uint16 label map and its table {value: organ id}, ascending.
     """
-    table = {i + 1: oid for i, oid in enumerate(order)}
+    table = label_table(organ_ids)
     shape = next(iter(masks.values())).shape if masks else (0, 0, 0)
-    dtype = np.uint8 if len(order) < 256 else np.uint16
+    dtype = np.uint8 if max(table, default=0) < 256 else np.uint16
     labels = np.zeros(shape, dtype=dtype)
     by_size = sorted(table.items(), key=lambda kv: -int(masks[kv[1]].sum()) if kv[1] in masks else 0)
     for value, oid in by_size:

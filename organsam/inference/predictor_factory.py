@@ -19,7 +19,8 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_DESIGN", "is_design_checkpoint", "check_design", "build_predictor"]
+__all__ = ["DEFAULT_DESIGN", "build_predictor", "check_design", "check_device", "is_design_checkpoint",
+           "resolve_device"]
 
 #: The shipped pipeline's name (also a registered research design, used when a checkpoint of it is given).
 DEFAULT_DESIGN = "organsam"
@@ -56,8 +57,43 @@ def check_design(design: str, checkpoint: str | os.PathLike[str] | None) -> None
             f"use --design {DEFAULT_DESIGN} (LiteMedSAM core + atlas prior)")
 
 
+def check_device(device: str) -> None:
+    """Refuse a device this machine cannot run, before any work.
+
+    Raises:
+        ValueError: unknown device name, or CUDA asked for where torch has no CUDA device.
+    """
+    if device in ("cpu", "auto"):
+        return
+    if device != "cuda" and not device.startswith("cuda:"):
+        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but this torch build sees no CUDA GPU "
+                         f"(torch {torch.__version__}); use --device cpu, or install a CUDA build of torch")
+    suffix = device.partition(":")[2]
+    if ":" in device and not suffix.isdigit():
+        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
+    index = int(suffix) if suffix else 0
+    if index >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s); "
+                         f"use cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+
+
+def resolve_device(device: str) -> str:
+    """``"auto"`` becomes ``"cuda"`` where torch sees a CUDA GPU and ``"cpu"`` otherwise (logged); other names pass."""
+    if device != "auto":
+        return device
+    import torch
+
+    chosen = "cuda" if torch.cuda.is_available() else "cpu"
+    logger.info("device: %s (auto: %s)", chosen, "a CUDA GPU is present" if chosen == "cuda" else "no CUDA GPU")
+    return chosen
+
+
 def build_predictor(design: str = DEFAULT_DESIGN, checkpoint: str | os.PathLike[str] | None = None, *,
-                    device: str = "cpu", fast: bool = False, progress: bool = True,
+                    device: str = "auto", fast: bool = False, progress: bool = True,
                     organ_prompts: str | os.PathLike[str] | bool = False, design_prompts: str = "prior",
                     prior: Any = None) -> Any:
     """The predictor of a segment call.
@@ -65,7 +101,7 @@ def build_predictor(design: str = DEFAULT_DESIGN, checkpoint: str | os.PathLike[
     Args:
         design: design name (see the module docstring).
         checkpoint: a design checkpoint of ``organsam train``, or a SAM-family ``.pth`` for the shipped pipeline.
-        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
+        device: ``"auto"`` (:func:`resolve_device`), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
         fast: coarser atlas registration and bfloat16 where the hardware runs it natively.
         progress: show progress bars.
         organ_prompts: learned organ prompt tokens for the shipped pipeline (see :class:`VolumePredictor`).
@@ -79,6 +115,7 @@ def build_predictor(design: str = DEFAULT_DESIGN, checkpoint: str | os.PathLike[
     from organsam.inference.volume_predictor import VolumePredictor
 
     check_design(design, checkpoint)
+    device = resolve_device(device)
     precision = None  # the predictor's default: fp32 on CPU, bf16 on CUDA
     if fast:
         from organsam.model.components.fast_image_encoder import bf16_is_fast

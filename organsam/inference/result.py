@@ -11,9 +11,12 @@ from typing import Any
 
 import numpy as np
 
+from organsam import __version__
 from organsam.io import Volume, write_dicom_seg, write_labelmap, write_masks
+from organsam.io.label_files import write_itksnap_labels
 from organsam.io.output_folder import check_output_folder, write_output_folder
 from organsam.vocabulary import load_vocabulary
+from organsam.vocabulary.palette import organ_color
 
 logger = logging.getLogger(__name__)
 
@@ -44,10 +47,10 @@ class SegmentationResult:
 
     Attributes:
         volume: the input volume (canonical (Z, Y, X)).
-        organ_ids: the segmented organs, in prompt order (label values 1..N follow this order).
+        organ_ids: the segmented organs, in prompt order.
         masks: organ id -> (Z, Y, X) bool, canonical layout; overlaps allowed; empty when absent.
         labelmap: (Z, Y, X) merged label map (smaller organs win overlaps).
-        label_table: label value -> organ id.
+        label_table: label value -> organ id (each organ's fixed value, :mod:`organsam.vocabulary.palette`).
         report: per-organ facts (present, volume_ml, mean intensity, bbox, confidence, ...).
         timings: seconds per stage.
     """
@@ -64,17 +67,23 @@ class SegmentationResult:
         """Write every output file into ``folder`` (an empty folder; not atomic: see :meth:`save`).
 
         Returns:
-            ``segmentation`` / ``masks`` / ``report`` (/ ``overview``, ``dicom_seg``) -> path in ``folder``.
+            ``segmentation`` / ``slicer`` / ``itksnap_labels`` / ``masks`` / ``report`` (/ ``overview``,
+            ``dicom_seg``) -> path in ``folder``.
         """
         vocab = load_vocabulary()
-        written = {"segmentation": write_labelmap(self.labelmap, self.volume, folder / "segmentation.nii.gz")}
+        table = {v: (vocab[k].name, organ_color(k)) for v, k in self.label_table.items()}
+        written = {"segmentation": write_labelmap(self.labelmap, self.volume, folder / "segmentation.nii.gz", table)}
+        written["slicer"] = write_labelmap(self.labelmap, self.volume, folder / "segmentation.seg.nrrd", table)
+        written["itksnap_labels"] = write_itksnap_labels(table, folder / "segmentation.label.txt")
         write_masks(self.masks, self.volume, folder / "masks")
         written["masks"] = folder / "masks"
         if self.volume.meta.file_format == "dicom":
             try:
+                ordered = {k: self.masks[k] for k in self.label_table.values() if self.masks[k].any()}
                 written["dicom_seg"] = write_dicom_seg(
-                    {k: v for k, v in self.masks.items() if v.any()}, self.volume, folder / "segmentation.dcm",
-                    organ_names={k: vocab[k].name for k in self.masks})
+                    ordered, self.volume, folder / "segmentation.dcm",
+                    organ_names={k: vocab[k].name for k in ordered},
+                    organ_colors={k: organ_color(k) for k in ordered}, software_version=__version__)
             except Exception as e:  # DICOM-SEG is a bonus next to the NIfTI outputs
                 logger.warning("DICOM-SEG not written: %s", e)
         if overview:
@@ -83,15 +92,17 @@ class SegmentationResult:
 
             written["overview"] = render_overview(
                 to_uint8_display(self.volume), self.labelmap,
-                {v: vocab[k].name for v, k in self.label_table.items()},
-                tuple(self.volume.spacing), folder / "overview.png")
+                table,
+                tuple(self.volume.spacing), folder / "overview.png", ijk_index=self.volume.ijk_index)
         (folder / "report.json").write_text(json.dumps(self.report, indent=2))
         written["report"] = folder / "report.json"
         return written
 
     def save(self, outdir: str | os.PathLike[str], overview: bool = True) -> dict[str, Path]:
-        """Write ``segmentation.nii.gz``, ``masks/<organ>.nii.gz``, ``report.json``, ``overview.png`` (and
-        ``segmentation.dcm`` for DICOM input) on the input's grid and orientation into ``outdir``.
+        """Write ``segmentation.nii.gz`` (organ names in a header extension), ``segmentation.seg.nrrd`` (3D Slicer),
+        ``segmentation.label.txt`` (ITK-SNAP label descriptions), ``masks/<organ>.nii.gz``, ``report.json``,
+        ``overview.png`` (and ``segmentation.dcm`` for DICOM input) on the input's grid and orientation into
+        ``outdir``.
 
         The whole folder is built beside ``outdir`` and switched into place in one step
         (:func:`organsam.io.output_folder.write_output_folder`): ``outdir`` shows the previous result or this

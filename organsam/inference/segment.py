@@ -22,11 +22,11 @@ __all__ = ["SegmentationResult", "segment", "DEFAULT_DESIGN"]
 
 def segment(input: str | os.PathLike[str] | Volume, organs: str | list[str] | OrganRequest | None = None, *,
             all_organs: bool = False, output: str | os.PathLike[str] | None = None,
-            design: str = DEFAULT_DESIGN, checkpoint: str | None = None, device: str = "cpu",
+            design: str = DEFAULT_DESIGN, checkpoint: str | None = None, device: str = "auto",
             fast: bool = False, quiet: bool = False, modality: str | None = None,
             predictor: Any = None, min_slice_mm: float = DEFAULT_MIN_SLICE_MM,
             organ_prompts: str | os.PathLike[str] | bool = False, design_prompts: str = "prior",
-            options: SegmentOptions | None = None) -> SegmentationResult:
+            options: SegmentOptions | None = None, series_uid: str | None = None) -> SegmentationResult:
     """Segment organs in a CT/MR volume from a text prompt.
 
     Args:
@@ -41,7 +41,7 @@ def segment(input: str | os.PathLike[str] | Volume, organs: str | list[str] | Or
         checkpoint: a design checkpoint written by ``organsam train`` (``model.safetensors`` with its
             ``model.json``; run by :func:`~organsam.inference.design_predictor.design_predictor`), or a SAM-family
             ``.pth`` (LiteMedSAM layout) for the shipped pipeline's core.
-        device: ``"cpu"`` or ``"cuda"``.
+        device: ``"auto"`` (default: a CUDA GPU when there is one, else the CPU), ``"cpu"`` or ``"cuda"``.
         fast: faster, approximate settings: coarser registration of the location prior, and the image
             encoder in bfloat16 where the hardware runs it natively (about 2x faster encoding on CPUs with
             AVX512-BF16; masks differ slightly from float32, see ``bench/encoder_speed.py``).
@@ -58,6 +58,7 @@ def segment(input: str | os.PathLike[str] | Volume, organs: str | list[str] | Or
             (the shipped checkpoint), a path to an exported table, ``False`` (default) plain LiteMedSAM boxes;
             off by default because on the held-out AMOS slab they did not help the full pipeline (README,
             ``bench/quality.py``). See :mod:`organsam.inference.organ_prompt_table`. Ignored with ``predictor``.
+        series_uid: the DICOM series to read from a folder that holds several (SeriesInstanceUID).
         design_prompts: with a design checkpoint, where the text-prompted organs are looked for: ``"prior"``
             (text + the atlas prior's box on each slice where it has the organ) or ``"text"`` (text alone on
             every slice, kept where the design's presence probability is at least 0.5).
@@ -75,7 +76,8 @@ def segment(input: str | os.PathLike[str] | Volume, organs: str | list[str] | Or
         options.check()  # before reading the volume: a wrong name, path or device fails at once
     if output is not None:
         check_output(output, input)  # before any compute
-    volume = input if isinstance(input, Volume) else load_volume(input, modality=options.modality)
+    reader_options = {} if series_uid is None else {"series_uid": series_uid}
+    volume = input if isinstance(input, Volume) else load_volume(input, modality=options.modality, **reader_options)
     if output is not None and not isinstance(input, Volume):
         check_output(output, volume)  # the files the volume was read from (a DICOM series' folder)
     t_load = time.perf_counter()

@@ -15,16 +15,16 @@ from organsam.vocabulary import load_vocabulary
 __all__ = ["verify_mask"]
 
 
-def verify_mask(organ_id: str, mask: np.ndarray, spacing: tuple[float, float, float]) -> str | None:
+def verify_mask(organ_id: str, mask: np.ndarray, voxel_ml: float) -> str | None:
     """Why ``mask`` cannot be ``organ_id`` (one sentence), or None when it passes.
 
     Args:
         organ_id: vocabulary id.
-        mask: (Z, Y, X) bool on a grid with ``spacing`` (sz, sy, sx) mm.
+        mask: (Z, Y, X) bool on a grid whose voxels hold ``voxel_ml`` mL each (``Volume.voxel_ml``).
     """
     organ = load_vocabulary()[organ_id]
     if organ.max_volume_ml is not None and mask.any():
-        volume = float(mask.sum()) * float(np.prod(spacing)) / 1000.0
+        volume = float(mask.sum()) * voxel_ml
         if volume > organ.max_volume_ml:
             return (f"rejected by verification: the mask is {volume:.0f} mL, more than the {organ.max_volume_ml:g} mL "
                     f"a {organ.name} can have (organs.json); it is a neighbouring structure, so it is not drawn")

@@ -34,6 +34,7 @@ class RawImage:
         nifti_header: NIfTI header, for NIfTI inputs.
         dicom_datasets: DICOM headers in the array's slice order, for DICOM inputs.
         extra: Anything else worth keeping in ``Volume.meta.extra``.
+        stored_dtype: The data type in the file where ``array`` was converted (NIfTI scaled to float32).
     """
 
     array: np.ndarray
@@ -45,6 +46,7 @@ class RawImage:
     nifti_header: Any = None
     dicom_datasets: list[Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    stored_dtype: Any = None
 
 
 class VolumeReader(ABC):

@@ -107,22 +107,26 @@ class DicomReader(VolumeReader):
 
         headers: list[tuple[Path, Any]] = []
         skipped: list[str] = []
+        unreadable: list[str] = []
         for f in _candidate_files(folder):
             if not is_dicom_file(f) and f.suffix.lower() not in self.suffixes:
                 continue
             try:
                 ds = pydicom.dcmread(f, stop_before_pixels=True)
             except Exception as exc:  # pydicom raises InvalidDicomError, EOFError, ...
-                skipped.append(f"{f.name} ({type(exc).__name__})")
+                unreadable.append(f"{f.name} ({type(exc).__name__})")
                 continue
             modality = str(ds.get("Modality", "") or "").upper()
             if modality in _NON_IMAGE_MODALITIES or "Rows" not in ds or "Columns" not in ds:
                 skipped.append(f"{f.name} (not an image: Modality {modality or '?'})")
                 continue
             headers.append((f, ds))
-        if skipped:
-            logger.info("%s: skipped %d non-image or unreadable file(s): %s", folder, len(skipped),
+        if skipped:  # SEG, SR, presentation states beside the images: expected
+            logger.info("%s: skipped %d non-image file(s): %s", folder, len(skipped),
                         ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
+        if unreadable:  # a slice may be missing from the volume: say so
+            logger.warning("%s: %d file(s) could not be read as DICOM and were left out: %s", folder,
+                           len(unreadable), ", ".join(unreadable[:5]) + (" ..." if len(unreadable) > 5 else ""))
         if not headers:
             raise VolumeReadError(folder, "contains no readable DICOM image files.",
                                   "give the folder that holds the CT/MR slices of one series.")
@@ -143,7 +147,8 @@ class DicomReader(VolumeReader):
             )
             raise VolumeReadError(
                 folder, f"holds {len(groups)} DICOM series ({listing}); organsam reads one series at a time.",
-                "move each series into its own folder, or pass series_uid=... to pick one.",
+                "pick one with --series-uid UID (organsam segment) or series_uid=... (load_volume), or move each "
+                "series into its own folder.",
             )
         else:
             series_uid, chosen = next(iter(groups.items()))

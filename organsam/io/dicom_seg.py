@@ -105,16 +105,21 @@ def write_dicom_seg(
     path: str | Path,
     organ_names: Mapping[str, str] | None = None,
     *,
+    organ_colors: Mapping[str, tuple[int, int, int]] | None = None,
     series_description: str = "organsam segmentation",
+    software_version: str = "unknown",
 ) -> Path:
     """Write a binary DICOM SEG referencing the input DICOM series, one segment per organ.
 
     Args:
-        masks: organ id -> (Z, Y, X) boolean mask on ``like``'s canonical grid. Empty masks are skipped.
+        masks: organ id -> (Z, Y, X) boolean mask on ``like``'s canonical grid, in segment order (segment numbers
+            1, 2, ... follow it). Empty masks are skipped.
         like: The volume read from a DICOM series (its headers are in ``like.meta.dicom_datasets``).
         path: Output ``.dcm`` file.
         organ_names: organ id -> human-readable segment label (default: the id with spaces).
+        organ_colors: organ id -> RGB, written as each segment's recommended display colour (CIELab).
         series_description: SeriesDescription of the SEG.
+        software_version: SoftwareVersions and the algorithm version.
 
     Returns:
         The written path.
@@ -129,6 +134,7 @@ def write_dicom_seg(
     out = Path(path).expanduser()
     sources = _source_datasets(like)
     names = dict(organ_names or {})
+    colors = dict(organ_colors or {})
     descriptions = []
     planes = []
     for organ_id, mask in masks.items():
@@ -148,9 +154,10 @@ def write_dicom_seg(
             segmented_property_type=organ_code(organ_id),
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=hd.AlgorithmIdentificationSequence(
-                name="organsam", version="0.1.0", family=codes.cid7162.ArtificialIntelligence),
+                name="organsam", version=software_version, family=codes.cid7162.ArtificialIntelligence),
             tracking_id=organ_id,
             tracking_uid=generate_uid(),
+            display_color=(hd.color.CIELabColor.from_rgb(*colors[organ_id]) if organ_id in colors else None),
         ))
         planes.append(np.ascontiguousarray(like.to_file_layout(m)))  # (slices, rows, columns)
     if not descriptions:
@@ -168,7 +175,7 @@ def write_dicom_seg(
         instance_number=1,
         manufacturer="organsam",
         manufacturer_model_name="organsam",
-        software_versions="0.1.0",
+        software_versions=software_version,
         device_serial_number="0",
         series_description=series_description,
     )

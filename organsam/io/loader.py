@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import numpy as np
 
 from organsam.io.base import RawImage, VolumeReader, find_reader
 from organsam.io.errors import VolumeFileNotFoundError, VolumeReadError
+from organsam.io.image_checks import check_image_values, repair_non_finite
 from organsam.io.volume import MODALITIES, Volume, VolumeMeta
 from organsam.preprocessing.intensity import IntensityError, check_ct_intensities, guess_modality
 from organsam.preprocessing.orientation import (
@@ -44,7 +46,16 @@ def normalize_modality(modality: str | None) -> str | None:
 
 
 def _resolve(path: str | Path) -> Path:
+    if not str(path).strip():
+        raise VolumeFileNotFoundError(None, "the input path is empty.", "give the image file or DICOM folder to read.")
     p = Path(path).expanduser()
+    if p.is_symlink() and not p.exists():
+        raise VolumeReadError(p, "is a symbolic link that leads nowhere (a loop, or its target was removed).",
+                              "give the image file itself, or fix the link.")
+    if p.exists() and not (p.is_file() or p.is_dir()):
+        kind = "a named pipe (FIFO)" if stat.S_ISFIFO(p.stat().st_mode) else "not a regular file or folder"
+        raise VolumeReadError(p, f"is {kind}, which cannot be read as an image.",
+                              "save the image to a file first and give that file.")
     if not p.exists():
         hint = "check the spelling and the working directory"
         if p.parent.is_dir():
@@ -92,23 +103,8 @@ def _spatial_3d(raw: RawImage, path: Path, reader: VolumeReader) -> np.ndarray:
     return arr
 
 
-def _finite(arr: np.ndarray, path: Path, what: str) -> np.ndarray:
-    if np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool:
-        return arr
-    finite = np.isfinite(arr)
-    if finite.all():
-        return arr
-    if not finite.any():
-        raise VolumeReadError(path, f"the {what} is all NaN/infinite: there is no image data.",
-                              "re-export the image; check its scl_slope/RescaleSlope is not 0 or NaN.")
-    fill = float(np.min(arr[finite]))
-    logger.warning("%s: %d NaN/infinite voxel(s) replaced by the minimum %g", path, int((~finite).sum()), fill)
-    out = np.array(arr, copy=True)
-    out[~finite] = fill
-    return out
-
-
-def load_volume(path: str | Path, modality: str | None = None, **options: Any) -> Volume:
+def load_volume(path: str | Path, modality: str | None = None, *, check_values: bool = True,
+                **options: Any) -> Volume:
     """Read a CT/MR volume into organsam's canonical (Z, Y, X) layout.
 
     Supported: NIfTI (``.nii``, ``.nii.gz``), a DICOM series folder (or one of its files), NRRD/MetaImage
@@ -119,6 +115,8 @@ def load_volume(path: str | Path, modality: str | None = None, **options: Any) -
         path: File or DICOM folder.
         modality: ``"CT"``, ``"MR"``, ``"unknown"`` or ``None`` (from the DICOM header, else guessed from
             the intensity range). Asking for ``"CT"`` checks that the values are Hounsfield units.
+        check_values: refuse values that cannot be a CT/MR image (:mod:`organsam.io.image_checks`: a label map,
+            a blank volume, absurd magnitudes); ``False`` reads any array, e.g. a label map for its grid.
         **options: Reader options, e.g. ``series_uid=`` (DICOM folder with several series) or
             ``spacing_order="zyx"`` (npz).
 
@@ -135,7 +133,10 @@ def load_volume(path: str | Path, modality: str | None = None, **options: Any) -
     wanted = normalize_modality(modality)
     raw, reader = _read(p, labels=False, options=options)
     arr = _spatial_3d(raw, p, reader)
-    arr = _finite(np.asarray(arr, dtype=np.float32), p, "image")
+    stored = raw.stored_dtype if raw.stored_dtype is not None else arr.dtype
+    arr = repair_non_finite(np.asarray(arr, dtype=np.float32), p)
+    if check_values:
+        check_image_values(arr, stored, p, is_8bit=raw.is_8bit)
     try:
         perm, flips = canonical_transform(raw.affine)
     except ValueError as exc:
@@ -164,6 +165,9 @@ def load_volume(path: str | Path, modality: str | None = None, **options: Any) -
                 check_ct_intensities(canonical, p)
             except IntensityError as exc:
                 raise VolumeReadError(None, str(exc)) from exc
+        elif wanted == "MR" and guess_modality(canonical) == "CT":
+            logger.warning("%s: read as MR as asked, but its values look like CT Hounsfield units (air at about "
+                           "-1000); if it is a CT, leave --modality out or pass CT", p)
     elif raw.modality in ("CT", "MR"):
         mod, source = raw.modality, "dicom" if raw.file_format == "dicom" else "file"
     else:
@@ -208,7 +212,7 @@ def load_labels(path: str | Path, like: Volume, *, tolerance_mm: float | None = 
     p = _resolve(path)
     raw, reader = _read(p, labels=True, options=options)
     arr = _spatial_3d(raw, p, reader)
-    arr = _finite(np.asarray(arr), p, "label map")
+    arr = repair_non_finite(np.asarray(arr), p)
     if arr.dtype == bool:
         arr = arr.astype(np.uint8)
     if not np.issubdtype(arr.dtype, np.integer):

@@ -123,7 +123,10 @@ def _check(out: Path, inputs: list[str | os.PathLike[str]]) -> Path:
         raise OutputFolderError(out, "is an existing file, not a folder.",
                                 "give a folder name for the outputs (e.g. -o results/).")
     for inp in inputs:
-        src = _resolve(Path(inp).expanduser())
+        try:
+            src = _resolve(Path(inp).expanduser())
+        except OutputFolderError:
+            continue  # an input that cannot be resolved is refused by the reader, with its own message
         if resolved == src:
             raise OutputFolderError(out, "is the input itself; organsam never writes over its input.",
                                     "choose another output folder.")

@@ -145,6 +145,12 @@ class Volume:
         return canonical_index_affine(self.meta.affine, self.meta.file_shape, self.meta.perm, self.meta.flips)
 
     @property
+    def voxel_ml(self) -> float:
+        """Volume of one voxel in mL: |det| of the affine (the product of the voxel sizes is wrong for a sheared
+        grid, such as a CT reconstructed with gantry tilt)."""
+        return float(abs(np.linalg.det(self.world_affine_canonical[:3, :3]))) / 1000.0
+
+    @property
     def spacing_from_affine(self) -> tuple[float, float, float]:
         """(sz, sy, sx) derived from the affine (equals ``spacing`` for volumes read from files)."""
         return spacing_from_affine(self.world_affine_canonical)
@@ -165,6 +171,27 @@ class Volume:
                 + (f" (volume read from {self.path})" if self.path else "")
             )
         return from_canonical(arr, self.meta.perm, self.meta.flips)
+
+    def to_ijk_layout(self, arr_zyx: np.ndarray) -> np.ndarray:
+        """Map a canonical (Z, Y, X) array to the input's voxel indices in (i, j, k) order: column, row, slice of the
+        input's own grid, the order of NIfTI arrays and of ITK, 3D Slicer and ITK-SNAP voxel indices. NIfTI input
+        keeps its array order; DICOM, NRRD/MHA and npz arrays, stored (slice, row, column), are reversed."""
+        file_arr = self.to_file_layout(arr_zyx)
+        return file_arr if self.meta.file_format == "nifti" else np.transpose(file_arr, (2, 1, 0))
+
+    def ijk_index(self, zyx: tuple[int, int, int]) -> tuple[int, int, int]:
+        """The (i, j, k) voxel index (:meth:`to_ijk_layout`) of the canonical voxel ``zyx``."""
+        file_index = [0, 0, 0]
+        for c, (v, n) in enumerate(zip(zyx, self.shape)):
+            file_index[self.meta.perm[c]] = n - 1 - int(v) if self.meta.flips[c] else int(v)
+        i = tuple(file_index)
+        return i if self.meta.file_format == "nifti" else (i[2], i[1], i[0])  # type: ignore[return-value]
+
+    @property
+    def ijk_affine(self) -> np.ndarray:
+        """(4, 4) voxel (i, j, k) of :meth:`to_ijk_layout` -> RAS mm (the affine of the NIfTI files written)."""
+        assert self.meta.affine is not None
+        return self.meta.affine if self.meta.file_format == "nifti" else self.meta.affine[:, [2, 1, 0, 3]]
 
     def from_file_layout(self, arr: np.ndarray) -> np.ndarray:
         """Map an array in the input file's layout (e.g. a label map read alongside) to canonical (Z, Y, X).

@@ -18,6 +18,7 @@ import numpy as np
 from organsam.io.base import suffix_of
 from organsam.io.errors import VolumeWriteError
 from organsam.io.files import atomic_path
+from organsam.io.label_files import LabelTable, nifti_label_extension, write_seg_nrrd
 from organsam.io.volume import Volume
 from organsam.preprocessing.orientation import LPS_TO_RAS
 
@@ -94,18 +95,10 @@ def _check_labels(labels_zyx: np.ndarray, like: Volume, path: Path) -> np.ndarra
     return arr.astype(dtype, copy=False)
 
 
-def _nifti_layout(like: Volume, file_arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Array and affine for a NIfTI file: NIfTI inputs keep their layout; (z, y, x)-ordered ones are reversed."""
-    assert like.meta.affine is not None
-    if like.meta.file_format == "nifti":
-        return file_arr, like.meta.affine
-    return np.transpose(file_arr, (2, 1, 0)), like.meta.affine[:, [2, 1, 0, 3]]
-
-
-def _write_nifti(arr_file: np.ndarray, like: Volume, tmp: Path) -> None:
+def _write_nifti(arr_zyx: np.ndarray, like: Volume, tmp: Path, table: LabelTable | None = None) -> None:
     import nibabel as nib
 
-    data, affine = _nifti_layout(like, arr_file)
+    data, affine = like.to_ijk_layout(arr_zyx), like.ijk_affine  # NIfTI inputs keep their array order
     data = np.ascontiguousarray(data)
     header = like.meta.nifti_header
     if header is not None:
@@ -125,13 +118,16 @@ def _write_nifti(arr_file: np.ndarray, like: Volume, tmp: Path) -> None:
     img.header["cal_min"] = 0
     img.header["cal_max"] = float(data.max()) if data.size else 0.0
     img.header["descrip"] = b"organsam labels"
+    img.header.extensions.clear()  # the input's extensions describe the image, not these labels
+    if table:
+        img.header.extensions.append(nifti_label_extension(table))
     nib.save(img, str(tmp))
 
 
-def _write_itk(arr_file: np.ndarray, like: Volume, tmp: Path) -> None:
+def _write_itk(arr_zyx: np.ndarray, like: Volume, tmp: Path) -> None:
     import SimpleITK as sitk  # noqa: N813
 
-    data, affine_ijk = _nifti_layout(like, arr_file)  # (x, y, z)-ordered array and affine
+    data, affine_ijk = like.to_ijk_layout(arr_zyx), like.ijk_affine  # (i, j, k)-ordered array and affine
     lps = LPS_TO_RAS @ affine_ijk
     spacing = np.linalg.norm(lps[:3, :3], axis=0)
     img = sitk.GetImageFromArray(np.ascontiguousarray(np.transpose(data, (2, 1, 0))))
@@ -152,14 +148,17 @@ def _write_png(labels_zyx: np.ndarray, tmp: Path) -> None:
     im.save(tmp, format="PNG")
 
 
-def write_labelmap(labels_zyx: np.ndarray, like: Volume, path: str | Path) -> Path:
+def write_labelmap(labels_zyx: np.ndarray, like: Volume, path: str | Path, table: LabelTable | None = None) -> Path:
     """Write a multi-label map on the input's grid, orientation and affine.
 
     Args:
         labels_zyx: (Z, Y, X) integer labels on ``like``'s canonical grid (0 = background).
         like: The volume the labels were computed on.
         path: Output file; the ending selects the format: ``.nii.gz``/``.nii`` (NIfTI, uint8 or uint16),
-            ``.nrrd``/``.mha`` (SimpleITK), ``.npz`` (challenge format, key ``segs``) or ``.png`` (Z=1 only).
+            ``.seg.nrrd`` (3D Slicer segmentation), ``.nrrd``/``.mha`` (SimpleITK), ``.npz`` (challenge format,
+            key ``segs``) or ``.png`` (Z=1 only).
+        table: label value -> (name, RGB): written into NIfTI (a header extension) and ``.seg.nrrd`` files
+            (:mod:`organsam.io.label_files`).
 
     Returns:
         The written path.
@@ -170,12 +169,13 @@ def write_labelmap(labels_zyx: np.ndarray, like: Volume, path: str | Path) -> Pa
     out = Path(path).expanduser()
     arr = _check_labels(labels_zyx, like, out)
     suffix = suffix_of(out)
-    file_arr = like.to_file_layout(arr)
     with atomic_output(out, like) as tmp:
         if suffix in _NIFTI:
-            _write_nifti(file_arr, like, tmp)
+            _write_nifti(arr, like, tmp, table)
+        elif out.name.lower().endswith(".seg.nrrd"):
+            write_seg_nrrd(like.to_ijk_layout(arr), like.ijk_affine, table or {}, tmp)
         elif suffix in _ITK:
-            _write_itk(file_arr, like, tmp)
+            _write_itk(arr, like, tmp)
         elif suffix == ".npz":
             with open(tmp, "wb") as fh:
                 np.savez_compressed(fh, segs=arr)

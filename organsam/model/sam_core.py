@@ -221,7 +221,8 @@ def load_checkpoint_state(path: str | os.PathLike[str]) -> dict[str, torch.Tenso
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"{p}: cannot read as a torch weights file ({e}); pass a LiteMedSAM .pth "
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"{p}: cannot read as a torch weights file ({first}); pass a LiteMedSAM .pth "
                               f"state dict saved with torch.save(model.state_dict(), path)") from e
     if isinstance(obj, dict):
         for key in ("model", "state_dict"):

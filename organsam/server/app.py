@@ -25,7 +25,7 @@ from fastapi import FastAPI
 from organsam import __version__
 from organsam.server.errors import ERROR_RESPONSES, ApiError, install_error_handlers
 from organsam.server.jobs import JobQueue
-from organsam.server.middleware import BodyLimitMiddleware
+from organsam.server.middleware import LOOPBACK_NAMES, BodyLimitMiddleware, HostCheckMiddleware
 from organsam.server.routes import ROUTERS
 from organsam.server.sessions import SessionStore
 from organsam.server.settings import ServerSettings
@@ -76,6 +76,8 @@ def create_app(settings: ServerSettings | None = None, predictor_factory: Any = 
     app.state.settings, app.state.store, app.state.queue = settings, store, queue
     app.state.render_gate = threading.BoundedSemaphore(settings.render_threads)
     app.add_middleware(BodyLimitMiddleware, max_upload=settings.max_upload_bytes)
+    if settings.is_loopback or settings.allowed_hosts:
+        app.add_middleware(HostCheckMiddleware, allowed=(*LOOPBACK_NAMES, *settings.allowed_hosts))
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)

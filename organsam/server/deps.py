@@ -15,7 +15,7 @@ from organsam.server.render import view_info
 from organsam.server.schemas import JobOut, SessionOut
 from organsam.server.sessions import Session, SessionStore
 from organsam.server.settings import ServerSettings
-from organsam.vocabulary.palette import label_color
+from organsam.vocabulary.palette import organ_color
 
 __all__ = [
     "JobId", "Queue", "RenderGate", "SessionId", "Settings", "Store", "View", "check_slice", "hex_color", "job_out",
@@ -54,8 +54,8 @@ def hex_color(rgb: tuple[int, int, int]) -> str:
 
 
 def organ_colors(label_table: dict[int, str]) -> dict[str, tuple[int, int, int]]:
-    """organ id -> RGB of a result's label table (the one palette, :mod:`organsam.vocabulary.palette`)."""
-    return {oid: label_color(v) for v, oid in label_table.items()}
+    """organ id -> RGB of a result's label table (each organ's fixed colour, :mod:`organsam.vocabulary.palette`)."""
+    return {oid: organ_color(oid) for oid in label_table.values()}
 
 
 def resolve_one_organ(text: str) -> str:

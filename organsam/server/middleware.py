@@ -6,7 +6,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from organsam.server.errors import error_response
 
-__all__ = ["SMALL_BODY", "BodyLimitMiddleware"]
+__all__ = ["LOOPBACK_NAMES", "SMALL_BODY", "BodyLimitMiddleware", "HostCheckMiddleware"]
+
+#: Host names a loopback-bound server answers to (a page elsewhere cannot use them: DNS rebinding gets a 400).
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
 #: the largest body of a request other than an upload
 SMALL_BODY = 1 << 20
@@ -76,3 +79,27 @@ class BodyLimitMiddleware:
                 resp = error_response(413, "too_large", what, {"Connection": "close"})
                 await send({"type": "http.response.start", "status": 413, "headers": resp.raw_headers})
                 await send({"type": "http.response.body", "body": resp.body})
+
+
+class HostCheckMiddleware:
+    """Answer only requests whose ``Host`` header names this machine (400 otherwise).
+
+    The API has no authentication and is bound to the loopback interface; a web page on another site can still
+    reach it by DNS rebinding (its own name resolving to 127.0.0.1), and the Host header then carries that name.
+    """
+
+    def __init__(self, app: ASGIApp, allowed: tuple[str, ...]) -> None:
+        self.app = app
+        self.allowed = {h.lower() for h in allowed}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            headers = dict(scope.get("headers") or [])
+            host = headers.get(b"host", b"").decode("latin-1").lower()
+            name = host[1:host.index("]")] if host.startswith("[") and "]" in host else host.rsplit(":", 1)[0]
+            if name not in self.allowed:
+                await error_response(400, "bad_host", f"this server answers to {', '.join(sorted(self.allowed))} "
+                                     "only (it has no authentication); open it as http://127.0.0.1:PORT or "
+                                     "start it with --allow-host NAME")(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

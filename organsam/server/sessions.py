@@ -20,6 +20,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from organsam.inference.pipeline import check_segmentable
 from organsam.io import Volume, load_volume
 from organsam.io.loader import normalize_modality
 from organsam.preprocessing.intensity import display_scheme, is_ct_in_hu, normalize_mr, window_ct
@@ -343,6 +344,7 @@ class SessionStore:
     def _load(target: Path, filename: str, modality: str | None, sdir: Path) -> Volume:
         try:
             volume = load_volume(target, modality=modality)
+            check_segmentable(volume)  # refused now, not as an internal error once a job runs
         except UploadError:
             raise
         except MemoryError as e:

@@ -16,6 +16,9 @@ class ServerSettings:
 
     Attributes:
         host: interface to bind; loopback by default (the app has no authentication).
+        allowed_hosts: Host header names accepted besides localhost/127.0.0.1/::1 (a loopback-bound server
+            refuses any other name, against DNS rebinding; on another interface the check applies only when
+            names are given here).
         port: TCP port.
         max_upload_mb: largest accepted upload (request body), in MiB; larger ones get HTTP 413.
         max_unpacked_mb: largest total size of the files inside an uploaded DICOM zip, in MiB.
@@ -34,6 +37,7 @@ class ServerSettings:
     """
 
     host: str = "127.0.0.1"
+    allowed_hosts: tuple[str, ...] = ()
     port: int = 8000
     max_upload_mb: float = 512.0
     max_unpacked_mb: float = 2048.0
@@ -45,7 +49,7 @@ class ServerSettings:
     max_concurrent_loads: int = 1
     render_threads: int = field(default_factory=lambda: max(1, (os.cpu_count() or 2) // 2))
     workdir: Path | None = None
-    device: str = "cpu"
+    device: str = "auto"
     fast_prior: bool = False
     encode_chunk: int = 2
 

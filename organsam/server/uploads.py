@@ -284,6 +284,28 @@ def unpack_dicom_zip(path: Path, dest: Path, *, max_bytes: int, max_files: int) 
     return written
 
 
+def check_unpacked_size(path: Path, kind: str, max_bytes: int) -> None:
+    """Refuse a compressed upload that would unpack to more than ``max_bytes`` (a ``.nii.gz`` of zeros that
+    unpacks to 1 GB, an npz bomb), counting while decompressing and stopping at the limit."""
+    too_big = UploadTooLargeError(f"the upload unpacks to more than the limit of {max_bytes / 2**20:.0f} MiB; "
+                                  "crop or downsample the volume, or restart the server with a larger "
+                                  "--max-unpacked-mb")
+    try:
+        if kind == "nifti_gz":
+            total = 0
+            with gzip.open(path, "rb") as fh:
+                while chunk := fh.read(1 << 20):
+                    total += len(chunk)
+                    if total > max_bytes:
+                        raise too_big
+        elif kind == "npz":
+            with zipfile.ZipFile(path) as zf:
+                if sum(i.file_size for i in zf.infolist()) > max_bytes:
+                    raise too_big
+    except (OSError, EOFError, zlib.error, zipfile.BadZipFile):
+        return  # damaged: the reader says what is wrong with it
+
+
 def store_upload(
     src: Path, session_dir: Path, *, max_unpacked_bytes: int, max_dicom_files: int
 ) -> tuple[str, Path]:
@@ -300,6 +322,7 @@ def store_upload(
     """
     kind = detect_kind(src)
     target = session_dir / STORED_NAMES[kind]
+    check_unpacked_size(src, kind, max_unpacked_bytes)
     if kind == "dicom_zip":
         n = unpack_dicom_zip(src, target, max_bytes=max_unpacked_bytes, max_files=max_dicom_files)
         logger.info("unpacked %d DICOM files", n)

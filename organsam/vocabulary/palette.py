@@ -1,18 +1,31 @@
-"""The one colour rule for organ labels, used by ``overview.png`` and the viewer: label value ``v`` is drawn in
-``PALETTE[(v - 1) % len(PALETTE)]`` (RGB, 0..255)."""
+"""The fixed label value and colour of each organ, used by every output (``segmentation.nii.gz``, ``.seg.nrrd``,
+the ITK-SNAP label file, DICOM-SEG, ``overview.png`` and the viewer). The numbers live in ``organs.json``
+(``label_value``, ``color``; see its ``labels_note``): label values are TotalSegmentator v2's where TotalSegmentator
+has the class, so "spleen, liver" and "liver, spleen" give the same file."""
 
 from __future__ import annotations
 
-__all__ = ["PALETTE", "label_color"]
+from collections.abc import Iterable
 
-PALETTE: tuple[tuple[int, int, int], ...] = (
-    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-    (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255),
-    (170, 110, 40), (255, 250, 200), (128, 0, 0), (170, 255, 195), (128, 128, 0), (255, 215, 180), (0, 0, 128),
-    (128, 128, 128),
-)
+from organsam.vocabulary.vocabulary import load_vocabulary
+
+__all__ = ["label_table", "organ_color", "organ_label"]
 
 
-def label_color(value: int) -> tuple[int, int, int]:
-    """RGB colour of label value ``value`` (>= 1)."""
-    return PALETTE[(int(value) - 1) % len(PALETTE)]
+def organ_label(organ_id: str) -> int:
+    """The organ's fixed label value."""
+    value = load_vocabulary()[organ_id].label_value
+    if value is None:
+        raise ValueError(f"organ {organ_id!r} has no label_value in the vocabulary")
+    return value
+
+
+def organ_color(organ_id: str) -> tuple[int, int, int]:
+    """The organ's fixed display colour, RGB 0..255."""
+    color = load_vocabulary()[organ_id].color
+    return (128, 128, 128) if color is None else color
+
+
+def label_table(organ_ids: Iterable[str]) -> dict[int, str]:
+    """label value -> organ id for these organs, in ascending label value."""
+    return dict(sorted((organ_label(oid), oid) for oid in organ_ids))

@@ -69,15 +69,34 @@ class UnknownOrganError(PromptError):
         suggestions: close vocabulary phrases (names, synonyms, group names), best first.
     """
 
-    def __init__(self, term: str, prompt: str, suggestions: Iterable[str] = ()) -> None:
+    def __init__(self, term: str, prompt: str, suggestions: Iterable[str] = (), hint: str | None = None) -> None:
         self.term = term
         self.prompt = prompt
         self.suggestions = list(suggestions)
-        if self.suggestions:
+        if hint is None and self.suggestions:
             hint = f"did you mean: {', '.join(self.suggestions)}?"
-        else:
+        elif hint is None:
             hint = "run 'organsam organs' to list the known organs and groups"
-        super().__init__(f'unknown organ "{term}" in prompt "{prompt}"; {hint}')
+        super().__init__(f'unknown organ "{shown(term)}" in prompt "{shown(prompt)}"; {hint}')
+
+
+def shown(text: str, limit: int = 80) -> str:
+    """``text`` as it may appear in a message: control and escape characters dropped, whitespace collapsed,
+    cut to ``limit`` characters (a 10,000-character prompt is not echoed back whole)."""
+    clean = "".join(c for c in str(text) if unicodedata.category(c)[0] != "C" or c in " \t\n")
+    clean = " ".join(clean.split())
+    return clean if len(clean) <= limit else clean[:limit - 1] + "\u2026"
+
+
+def _foreign_words(text: str) -> list[str]:
+    """Words with letters outside the Latin script ("腎臓", "печень"): the vocabulary is English and Latin, so they
+    cannot be understood (without this they would be dropped silently)."""
+    out = []
+    for word in re.split(r"[\s,;:+&|]+", text):
+        letters = [c for c in unicodedata.normalize("NFKD", word) if unicodedata.category(c).startswith("L")]
+        if any(not ("a" <= c.lower() <= "z") and c not in "\u0153\u00e6\u00df\u0152\u00c6" for c in letters):
+            out.append(word)
+    return out
 
 
 def normalize(text: str) -> list[str]:
@@ -129,6 +148,7 @@ class PromptParser:
         self._index: dict[tuple[str, ...], _Target] = {}
         self._conflicts: list[str] = []
         self._suggest_pool: list[str] = []
+        self._common: frozenset[str] = frozenset()
         self._build()
         if self._conflicts:
             raise VocabularyError(f"{vocabulary.source}: ambiguous phrases: " + "; ".join(self._conflicts))
@@ -199,6 +219,12 @@ class PromptParser:
                     plural[key] = target
         self._index = {**plural, **explicit}
         self._suggest_pool = sorted({" ".join(normalize(p)) for p in pool if normalize(p)})
+        common: list[str] = []  # phrases of the default (abdominal) organ set: ranked first among equals
+        for o in vocab:
+            if "default" in o.groups:
+                common.extend(" ".join(normalize(x)) for x in (o.name, *o.synonyms))
+                common.extend(" ".join(t for t in normalize(x) if t not in SIDE_WORDS) for x in (o.name, *o.synonyms))
+        self._common = frozenset(common)
 
     # ------------------------------------------------------------------ matching
     def _match(self, toks: list[str], i: int) -> tuple[int, _Target] | None:
@@ -230,14 +256,29 @@ class PromptParser:
         return sides, end
 
     def suggest(self, term: str, n: int = 3) -> list[str]:
-        """Vocabulary phrases (names, synonyms, groups) closest to ``term``, best first."""
+        """Vocabulary phrases (names, synonyms, groups) closest to ``term``, best first.
+
+        A phrase is scored by its similarity to the whole term, or to the term's length of its start (a typo in the
+        first word, "lefft" -> "left kidney"); among close phrases those of the default abdominal organ set come
+        first ("left kidney" before "left rib")."""
         norm = " ".join(normalize(term))
         # abbreviations ("lv", "gb") only as suggestions for equally short terms
         pool = [p for p in self._suggest_pool if len(p) > 3 or len(norm) <= 3]
-        out = difflib.get_close_matches(norm, pool, n=n, cutoff=0.6)
+
+        def similarity(term: str, phrase: str) -> float:
+            whole = difflib.SequenceMatcher(None, term, phrase).ratio()
+            start = difflib.SequenceMatcher(None, term, phrase[:len(term)]).ratio() if len(phrase) > len(term) else 0
+            return max(whole, 0.9 * start)
+
+        def ranked(term: str, cutoff: float) -> list[str]:
+            close = sorted(((sc + (0.1 if p in self._common else 0.0), p) for p in pool
+                            for sc in [similarity(term, p)] if sc >= cutoff), key=lambda x: (-x[0], x[1]))
+            return [p for sc, p in close if sc >= close[0][0] - 0.15]  # not the far ones after a close match
+
+        out = ranked(norm, 0.6)[:n]
         if not out and " " in norm:
             for word in norm.split():
-                out.extend(x for x in difflib.get_close_matches(word, pool, n=n, cutoff=0.7) if x not in out)
+                out.extend(x for x in ranked(word, 0.7)[:n] if x not in out)
         return out[:n]
 
     def _expand_group(self, name: str, side: str | None) -> list[str]:
@@ -256,6 +297,10 @@ class PromptParser:
             UnknownOrganError: a term names no organ or group (with suggestions).
             PromptError: the prompt names no organ at all, or a side ("left") has no organ after it.
         """
+        foreign = _foreign_words(text)
+        if foreign:
+            raise UnknownOrganError(" ".join(foreign), text, hint="organ names are understood in English (and Latin "
+                                    "terms such as 'hepar'); run 'organsam organs' for the list")
         toks = normalize(text)
         out: list[str] = []
         pending: list[str] = []  # sides mentioned before their organ ("left and right ...")
@@ -331,10 +376,10 @@ class PromptParser:
                 term = " ".join(toks[i:k])
                 raise UnknownOrganError(term, text, self.suggest(term))
         if any(s != "both" for s in pending):
-            raise PromptError(f'side "{" ".join(pending_words)}" in prompt "{text}" is not followed by an organ '
+            raise PromptError(f'side "{" ".join(pending_words)}" in prompt "{shown(text)}" is not followed by an organ '
                               f'(write e.g. "left kidney")')
         if not out:
-            raise PromptError(f'no organ named in prompt "{text}"; name organs such as "liver, spleen" or '
+            raise PromptError(f'no organ named in prompt "{shown(text)}"; name organs such as "liver, spleen" or '
                               f'a group such as "abdomen" (run \'organsam organs\' for the list)')
         return out
 

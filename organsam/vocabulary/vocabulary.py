@@ -54,6 +54,9 @@ class Organ:
         knowledge: 3-6 factual sentences: location, neighbours, shape and CT appearance.
         max_volume_ml: the largest volume a mask of this organ may have (verification rejects a bigger one as a
             neighbour; see ``limits_note`` in ``organs.json``); None: no limit.
+        label_value: its fixed value in every label map organsam writes (TotalSegmentator v2 where that has the
+            class; see ``labels_note`` in ``organs.json``); every organ of the packaged vocabulary has one.
+        color: its fixed display colour, RGB 0..255 (every organ of the packaged vocabulary has one).
     """
 
     id: str
@@ -65,6 +68,8 @@ class Organ:
     parts: tuple[str, ...] = ()
     knowledge: tuple[str, ...] = ()
     max_volume_ml: float | None = None
+    label_value: int | None = None
+    color: tuple[int, int, int] | None = None
 
     @property
     def knowledge_text(self) -> str:
@@ -83,6 +88,8 @@ class Organ:
             "laterality": self.laterality, "pair": self.pair, "groups": list(self.groups),
             "parts": list(self.parts), "knowledge": list(self.knowledge),
             **({} if self.max_volume_ml is None else {"max_volume_ml": self.max_volume_ml}),
+            **({} if self.label_value is None else {"label_value": self.label_value}),
+            **({} if self.color is None else {"color": list(self.color)}),
         }
 
 
@@ -128,10 +135,16 @@ class Vocabulary:
     def __post_init__(self) -> None:
         self.organs = tuple(self.organs)
         self._by_id = {}
+        values: dict[int, str] = {}
         for o in self.organs:
             if o.id in self._by_id:
                 raise VocabularyError(f"{self.source}: duplicate organ id {o.id!r}")
             self._by_id[o.id] = o
+            if o.label_value is not None and o.label_value in values:
+                raise VocabularyError(f"{self.source}: organs {values[o.label_value]!r} and {o.id!r} share label "
+                                      f"value {o.label_value}")
+            if o.label_value is not None:
+                values[o.label_value] = o.id
         for o in self.organs:
             self._validate(o)
 
@@ -153,6 +166,10 @@ class Vocabulary:
         for g in o.groups:
             if g not in self.groups:
                 raise VocabularyError(f"{where}: group {g!r} is not defined in the 'groups' table")
+        if o.label_value is not None and not 1 <= o.label_value <= 65535:
+            raise VocabularyError(f"{where}: label_value must be 1..65535, got {o.label_value}")
+        if o.color is not None and (len(o.color) != 3 or not all(0 <= c <= 255 for c in o.color)):
+            raise VocabularyError(f"{where}: color must be three values 0..255, got {list(o.color)}")
         if not 3 <= len(o.knowledge) <= 6:
             raise VocabularyError(f"{where}: needs 3 to 6 knowledge sentences, has {len(o.knowledge)}")
 
@@ -247,7 +264,8 @@ def vocabulary_from_dict(doc: dict[str, Any], source: str = "<dict>") -> Vocabul
                   laterality=e.get("laterality", "midline"), pair=e.get("pair"),
                   groups=tuple(e.get("groups", ())), parts=tuple(e.get("parts", ())),
                   knowledge=tuple(e["knowledge"]),
-                  max_volume_ml=None if e.get("max_volume_ml") is None else float(e["max_volume_ml"]))
+                  max_volume_ml=None if e.get("max_volume_ml") is None else float(e["max_volume_ml"]),
+                  label_value=int(e["label_value"]), color=tuple(int(c) for c in e["color"]))
             for e in doc["organs"]
         ]
         version = str(doc["version"])

@@ -79,7 +79,7 @@ def test_stomach_alone_is_kept_off_the_liver_it_was_not_asked_for() -> None:
     assert (stomach & np.isin(ref, amos.values_for("liver"))).sum() < 0.5 * stomach.sum()
 
 
-def test_anchors_drawn_on_one_structure_leave_it_to_the_surer_one() -> None:
+def test_anchor_conflicts_tell_a_swallowed_anchor_from_one_structure_drawn_twice() -> None:
     def result(mask: np.ndarray, score: float) -> OrganResult:
         r = OrganResult(mask=mask[None].copy())
         r.slice_scores[0] = score
@@ -90,8 +90,11 @@ def test_anchors_drawn_on_one_structure_leave_it_to_the_surer_one() -> None:
     liver = np.zeros((40, 40), bool)
     liver[5:35, 5:35] = True  # swallowed the kidney and more
     far = np.zeros((40, 40), bool)
-    far[30:38, 30:38] = True  # another anchor, touching nothing of the kidney
+    far[36:39, 36:39] = True  # another anchor, touching nothing of the kidney
     results = {"liver": result(liver, 0.84), "kidney_right": result(kidney, 0.97), "aorta": result(far, 0.9)}
-    assert anchor_conflicts(results, ANCHORS) == {("liver", 0): "kidney_right"}
-    results["kidney_right"].slice_scores[0] = 0.5  # the kidney mask is now the one the decoder doubts
-    assert anchor_conflicts(results, ANCHORS) == {("kidney_right", 0): "liver"}
+    (c,) = anchor_conflicts(results, ANCHORS)
+    assert (c.z, c.inner, c.outer, c.surer) == (0, "kidney_right", "liver", "kidney_right")
+    spleen = kidney.copy()
+    spleen[10:21, 10:21] = True  # nearly the kidney's own pixels: one structure drawn twice
+    (c,) = anchor_conflicts({"spleen": result(spleen, 0.8), "kidney_left": result(kidney, 0.94)}, ANCHORS)
+    assert c.inner is None and c.surer == "kidney_left"

@@ -152,7 +152,7 @@ def test_cli_batch_and_server_reports_have_the_same_keys(tmp_path: Path) -> None
     assert summary.exit_code == 0
     batch_report = json.loads((tmp_path / "batch_out" / "amos0013" / "report.json").read_text())
     app = create_app(ServerSettings(workdir=tmp_path / "serve"))
-    with TestClient(app) as client, open(src, "rb") as f:
+    with TestClient(app, base_url="http://localhost") as client, open(src, "rb") as f:
         sid = client.post("/api/sessions", files={"file": ("amos.nii.gz", f)}).json()["id"]
         job = client.post(f"/api/sessions/{sid}/segment", json={"prompt": PROMPT}).json()
         t0 = time.monotonic()
@@ -161,8 +161,15 @@ def test_cli_batch_and_server_reports_have_the_same_keys(tmp_path: Path) -> None
             time.sleep(0.25)
         server_report = client.get(f"/api/sessions/{sid}/result").json()["report"]
     assert _keys(cli_report) == _keys(batch_report) == _keys(server_report)
+    import torch
+
+    from organsam.weights import WEIGHTS
+
     for report in (cli_report, batch_report, server_report):
         assert report["prompt"] == PROMPT and report["organ_ids"] == ["liver", "spleen"]
+        assert report["organsam_version"] and report["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+        assert report["weights_sha256"] == {"lite_medsam": WEIGHTS["lite_medsam"].sha256,
+                                            "atlas": WEIGHTS["atlas"].sha256}
     # the same pipeline gives the same masks: identical organ volumes from all three entry points
     vols = [{k: r["organs"][k]["voxels"] for k in ("liver", "spleen")}
             for r in (cli_report, batch_report, server_report)]
@@ -223,3 +230,19 @@ def test_mr_organs_are_placed_by_the_ct_atlas_through_a_pseudo_ct() -> None:
         for value, other in info.organs.items():  # never drawn on a neighbouring organ
             assert other == oid or (mask & (ref == value)).sum() < 0.5 * mask.sum(), (oid, other)
     assert min(dice.values()) > 0.45 and np.mean(list(dice.values())) > 0.55, dice
+
+
+def test_the_device_is_chosen_automatically_by_default() -> None:
+    """No --device: the GPU where torch sees one, else the CPU (the CLI, segment() and the server agree)."""
+    import torch
+
+    from organsam.cli.main import build_parser
+    from organsam.inference.predictor_factory import check_device, resolve_device
+    from organsam.server.settings import ServerSettings
+
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto") == expected and resolve_device("cpu") == "cpu"
+    check_device("auto")
+    args = build_parser().parse_args(["segment", "-i", "ct.nii.gz", "-o", "out", "--organs", "liver"])
+    assert args.device == "auto" and ServerSettings().device == "auto"
+    assert build_parser().parse_args(["serve"]).device == "auto"

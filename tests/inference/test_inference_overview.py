@@ -7,7 +7,7 @@ import numpy as np
 from conftest import data_path
 from PIL import Image
 
-from organsam.inference.overview import render_overview
+from organsam.inference.overview import HEADER_PX, render_overview
 from organsam.io import load_labels, load_volume
 from organsam.preprocessing.intensity import window_ct
 from organsam.preprocessing.orientation import display_slice
@@ -43,11 +43,30 @@ def test_overview_axial_panel_has_the_spine_at_the_bottom(tmp_path) -> None:
     spine[:, :, : X * 2 // 5] = False
     spine[:, :, X * 3 // 5:] = False
     display = window_ct(vol.array, "abdomen").astype(np.uint8)
-    out = render_overview(display, spine.astype(np.uint8), {1: "spine"}, tuple(vol.spacing), tmp_path / "o.png")
+    out = render_overview(display, spine.astype(np.uint8), {1: ("spine", (230, 25, 75))}, tuple(vol.spacing),
+                          tmp_path / "o.png")
     img = np.asarray(Image.open(out).convert("RGB")).astype(int)
-    h = 384  # axial panel height; the panel is the first one on the left
+    h = 384  # axial panel height; the panel is the first one on the left, below the caption band
     w = round(h * X * vol.spacing[2] / (Y * vol.spacing[1]))
-    panel = img[:h, :w]
+    panel = img[HEADER_PX:HEADER_PX + h, :w]
     red = (panel[..., 0] - panel[..., 1] > 60) & (panel[..., 0] - panel[..., 2] > 60)  # label 1 is drawn red
     assert red.sum() > 50
     assert _centroid(red)[0] > h / 2, "the vertebra must be drawn in the lower half (anterior up)"
+
+
+def test_overview_of_a_thin_slab_keeps_captions_off_the_images(tmp_path) -> None:
+    """An 11-slice slab: the coronal plane is a strip; it sits centred beside the axial panel, below the caption
+    band, so no caption is drawn on an image."""
+    vol = load_volume(data_path("amos_0013_slab", "image.nii.gz"))
+    display = window_ct(vol.array, "abdomen").astype(np.uint8)
+    labels = np.zeros(vol.array.shape, np.uint8)
+    out = render_overview(display, labels, {}, tuple(vol.spacing), tmp_path / "o.png")
+    img = np.asarray(Image.open(out).convert("RGB")).astype(int)
+    Z, Y, X = vol.array.shape
+    w = round(384 * X * vol.spacing[2] / (Y * vol.spacing[1]))
+    strip_h = round(Z * vol.spacing[0] / (X * vol.spacing[2]) * w)
+    coronal = img[:, w:2 * w].sum(axis=(1, 2)) > 0  # rows where the coronal panel has anything drawn
+    rows = np.flatnonzero(coronal[HEADER_PX:]) + HEADER_PX
+    image_rows = rows[(rows > HEADER_PX + 120) & (rows < HEADER_PX + 264)]  # the strip, centred in 384 rows
+    assert image_rows.size >= strip_h - 2, "the coronal strip is centred beside the axial panel"
+    assert not coronal[HEADER_PX:HEADER_PX + 100].any(), "nothing above the strip: no caption on an image"

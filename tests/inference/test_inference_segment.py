@@ -106,8 +106,8 @@ def test_keep_largest_and_merge() -> None:
     big = np.zeros((3, 8, 8), bool)
     big[:, :, :] = True
     labels, table = merge_labelmap({"liver": big, "gallbladder": m}, ["liver", "gallbladder"])
-    assert table == {1: "liver", 2: "gallbladder"}
-    assert (labels == 2).sum() == m.sum() and (labels == 1).sum() == big.sum() - m.sum()
+    assert table == {4: "gallbladder", 5: "liver"}  # fixed values, whatever the order asked
+    assert (labels == 4).sum() == m.sum() and (labels == 5).sum() == big.sum() - m.sum()  # the smaller one wins
 
 
 def test_model_grid_coarsens_thin_slices_and_maps_masks_back() -> None:

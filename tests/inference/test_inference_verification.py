@@ -19,9 +19,9 @@ def test_a_mask_bigger_than_the_organ_can_be_is_rejected_and_reported() -> None:
     ivc = np.isin(ref, amos.values_for("inferior_vena_cava"))
     liver = np.isin(ref, amos.values_for("liver"))
     assert load_vocabulary()["adrenal_gland_left"].max_volume_ml == 25
-    assert verify_mask("adrenal_gland_left", adrenal, vol.spacing) is None  # the real gland passes
-    assert verify_mask("inferior_vena_cava", ivc, vol.spacing) is None  # no limit for a vessel (coverage varies)
-    reason = verify_mask("adrenal_gland_left", liver, vol.spacing)  # the liver drawn for an adrenal
+    assert verify_mask("adrenal_gland_left", adrenal, vol.voxel_ml) is None  # the real gland passes
+    assert verify_mask("inferior_vena_cava", ivc, vol.voxel_ml) is None  # no limit for a vessel (coverage varies)
+    reason = verify_mask("adrenal_gland_left", liver, vol.voxel_ml)  # the liver drawn for an adrenal
     assert reason is not None and "more than the 25 mL" in reason and "left adrenal gland" in reason
     entry = organ_report("adrenal_gland_left", np.zeros_like(liver), vol, None, None, reason)
     assert entry["status"] == "rejected_by_verification" and entry["absent_reason"] == reason

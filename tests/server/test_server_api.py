@@ -70,7 +70,7 @@ def app_client(tmp_path_factory: pytest.TempPathFactory):
         workdir=tmp_path_factory.mktemp("serve"),
     )
     app = create_app(settings)
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://localhost") as client:
         yield app, client
     assert not app.state.store.root.exists(), "session folders must be removed at shutdown"
 
@@ -223,6 +223,33 @@ def test_upload_size_cap(app_client) -> None:
     )
 
 
+def test_uploads_that_unpack_too_big_or_cannot_be_segmented_are_refused(app_client, tmp_path: Path) -> None:
+    """A .nii.gz of zeros that unpacks past the cap (a gzip bomb) gets 413 before it is read; a 3-slice volume,
+    which text prompts cannot be placed on, is refused at upload with 422 instead of failing later as an
+    internal error."""
+    settings = ServerSettings(max_unpacked_mb=16, workdir=tmp_path / "w")
+    zeros = tmp_path / "zeros.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((256, 256, 256), np.int16), np.eye(4)), str(zeros))  # 32 MiB unpacked
+    assert zeros.stat().st_size < 2**20
+    with TestClient(create_app(settings), base_url="http://localhost") as small:
+        body = _json_error(_upload(small, zeros), 413, "too_large")
+        assert "unpacks" in body["detail"] and "16 MiB" in body["detail"]
+    _, client = app_client
+    thin = tmp_path / "three_slices.nii.gz"
+    nib.save(nib.load(str(data_path(*AMOS))).slicer[:, :, 4:7], str(thin))
+    body = _json_error(_upload(client, thin), 422, "unreadable_volume")
+    assert "3 slice" in body["detail"] and str(tmp_path) not in body["detail"]
+
+
+def test_requests_for_another_host_name_are_refused(app_client) -> None:
+    """DNS rebinding: a page on evil.example whose name resolves to 127.0.0.1 sends Host: evil.example."""
+    _, client = app_client
+    assert client.get("/api/health").status_code == 200
+    assert client.get("/api/health", headers={"host": "127.0.0.1:8000"}).status_code == 200
+    body = _json_error(client.get("/api/health", headers={"host": "evil.example:8000"}), 400, "bad_host")
+    assert "localhost" in body["detail"]
+
+
 def test_json_errors_for_bad_requests(app_client) -> None:
     _, client = app_client
     _json_error(client.get("/api/sessions/not-a-session-id"), 422, "invalid_request")
@@ -239,8 +266,8 @@ def test_json_errors_for_bad_requests(app_client) -> None:
 
 def test_zipped_dicom_with_hostile_member_names(app_client, tmp_path: Path) -> None:
     app, client = app_client
-    series = sorted(data_path("dcmqi_ct3slice", "ct-3slice").glob("*.dcm"))
-    evil = ["../../../evil_a.dcm", "/tmp/evil_b.dcm", "..\\..\\evil_c.dcm"]
+    series = sorted(data_path("ts_b_dicom", "dicom").iterdir())[:4]  # 4 slices: the fewest text can be placed on
+    evil = ["../../../evil_a.dcm", "/tmp/evil_b.dcm", "..\\..\\evil_c.dcm", "sub/../../evil_d.dcm"]
     z = tmp_path / "series.zip"
     with zipfile.ZipFile(z, "w") as zf:
         for name, f in zip(evil, series):
@@ -250,11 +277,12 @@ def test_zipped_dicom_with_hostile_member_names(app_client, tmp_path: Path) -> N
     r = _upload(client, z)
     assert r.status_code == 201, r.text
     s = r.json()
-    assert s["kind"] == "dicom_zip" and s["shape_zyx"] == [3, 512, 512] and s["modality"] == "CT"
+    assert s["kind"] == "dicom_zip" and s["shape_zyx"] == [4, 512, 512] and s["modality"] == "CT"
     sdir = app.state.store.root / s["id"]
-    assert sorted(p.name for p in (sdir / "dicom").iterdir()) == ["00000.dcm", "00001.dcm", "00002.dcm"]
+    assert sorted(p.name for p in (sdir / "dicom").iterdir()) == ["00000.dcm", "00001.dcm", "00002.dcm",
+                                                                   "00003.dcm"]
     for base in (sdir / "dicom", sdir, app.state.store.root, app.state.store.root.parent):
-        for name in ("evil_a.dcm", "evil_b.dcm", "evil_c.dcm"):
+        for name in ("evil_a.dcm", "evil_b.dcm", "evil_c.dcm", "evil_d.dcm"):
             assert not (base / name).exists()
     assert not Path("/tmp/evil_b.dcm").exists()
     assert client.delete(f"/api/sessions/{s['id']}").status_code == 204
@@ -266,11 +294,11 @@ def test_npz_upload(app_client, tmp_path: Path) -> None:
     _, client = app_client
     vol = load_volume(data_path(*AMOS))
     f = tmp_path / "case.npz"
-    np.savez_compressed(f, imgs=vol.array[3:6].astype(np.int16), spacing=np.array(vol.spacing[::-1]))
+    np.savez_compressed(f, imgs=vol.array[3:7].astype(np.int16), spacing=np.array(vol.spacing[::-1]))
     r = _upload(client, f, name="case.npz")
     assert r.status_code == 201, r.text
     s = r.json()
-    assert s["kind"] == "npz" and s["shape_zyx"] == [3, 512, 512]
+    assert s["kind"] == "npz" and s["shape_zyx"] == [4, 512, 512]
     assert s["spacing_zyx_mm"] == pytest.approx(list(vol.spacing), rel=1e-4)
     assert client.delete(f"/api/sessions/{s['id']}").status_code == 204
 
@@ -299,7 +327,7 @@ def test_segmentation_of_real_ct(app_client, segmented) -> None:
     assert job["progress"] == 1.0 and job["slices_total"] == 11
     assert any(0 < p < 1 for p in job["seen_progress"]), "progress must be visible while the job runs"
     rows = {o["id"]: o for o in result["organs"]}
-    assert [o["label"] for o in result["organs"]] == [1, 2, 3]
+    assert [o["label"] for o in result["organs"]] == [2, 3, 5]  # fixed values (TotalSegmentator v2), ascending
     assert all(rows[o]["present"] and re.fullmatch(r"#[0-9a-f]{6}", rows[o]["color"]) for o in rows)
     assert 50 < rows["liver"]["volume_ml"] < 2000 and 5 < rows["kidney_left"]["volume_ml"] < 400
     # agreement with the AMOS reference annotation (a real manual label)
@@ -361,7 +389,7 @@ def test_downloads_on_the_input_grid(app_client, segmented, tmp_path: Path) -> N
     (tmp_path / "seg.nii.gz").write_bytes(r.content)
     seg = nib.load(str(tmp_path / "seg.nii.gz"))
     assert seg.shape == src.shape and np.array_equal(seg.affine, src.affine)
-    assert set(np.unique(np.asarray(seg.dataobj)).tolist()) == {0, 1, 2, 3}
+    assert set(np.unique(np.asarray(seg.dataobj)).tolist()) == {0, 2, 3, 5}  # kidneys and liver, fixed values
     zf = zipfile.ZipFile(io.BytesIO(client.get(f"/api/sessions/{sid}/download/masks").content))
     assert sorted(zf.namelist()) == [
         "masks/kidney_left.nii.gz",
@@ -372,7 +400,8 @@ def test_downloads_on_the_input_grid(app_client, segmented, tmp_path: Path) -> N
     assert set(report["organs"]) == {"liver", "kidney_right", "kidney_left"}
     assert report["input"] == session["filename"]
     assert str(app.state.store.root) not in json.dumps(report)
-    assert report["organs"]["liver"]["volume_ml"] == result["organs"][0]["volume_ml"]
+    rows = {o["id"]: o for o in result["organs"]}
+    assert report["organs"]["liver"]["volume_ml"] == rows["liver"]["volume_ml"]
 
 
 @pytest.mark.slow
@@ -476,7 +505,7 @@ def test_corrections_rerun_queue_and_cancel(app_client, segmented) -> None:
 def test_session_limit_and_expiry(tmp_path: Path) -> None:
     settings = ServerSettings(max_sessions=1, session_ttl_s=1.0, reap_interval_s=0.2, workdir=tmp_path)
     app = create_app(settings)
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://localhost") as client:
         r = _upload(client, data_path(*AMOS))
         assert r.status_code == 201
         sid = r.json()["id"]

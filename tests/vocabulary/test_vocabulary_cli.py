@@ -21,7 +21,7 @@ def test_list(capsys: pytest.CaptureFixture[str]) -> None:
     vocab = load_vocabulary()
     assert len(lines) == len(vocab)
     first = lines[0].split()
-    assert first[0] == "liver" and first[2] == "midline" and "abdomen" in first[3]
+    assert first[0] == "liver" and first[2] == "5" and first[3] == "midline" and "abdomen" in first[4]
     assert any(line.split()[0] == "kidney_left" and "left" in line.split() for line in lines)
 
 
@@ -30,7 +30,8 @@ def test_list_json_and_group(capsys: pytest.CaptureFixture[str]) -> None:
     doc = json.loads(capsys.readouterr().out)
     assert doc["version"] == load_vocabulary().version
     assert [o["id"] for o in doc["organs"]] == load_vocabulary().ids()
-    assert set(doc["organs"][0]) == {"id", "name", "laterality", "groups"}
+    assert set(doc["organs"][0]) == {"id", "name", "laterality", "label_value", "color", "groups"}
+    assert doc["organs"][0]["label_value"] == 5 and len(doc["organs"][0]["color"]) == 3
     assert main(["organs", "--group", "synapse8", "--json"]) == 0
     ids = [o["id"] for o in json.loads(capsys.readouterr().out)["organs"]]
     assert sorted(ids) == sorted(load_vocabulary().group("synapse8")) and len(ids) == 8

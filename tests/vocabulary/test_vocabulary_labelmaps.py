@@ -206,22 +206,23 @@ def test_resolve_class_name() -> None:
         resolve_class_name("lungs")
 
 
-def test_overview_and_viewer_draw_a_label_in_the_same_colour(tmp_path) -> None:
-    """One palette: label 19 (navy) is drawn in the same colour in overview.png and in the viewer's overlay."""
+def test_overview_and_viewer_draw_an_organ_in_the_same_colour(tmp_path) -> None:
+    """One colour per organ (organs.json): the liver is drawn in its colour in overview.png and in the viewer."""
     import numpy as np
     from PIL import Image
 
     from organsam.inference.overview import render_overview
+    from organsam.server.deps import organ_colors
     from organsam.server.render import overlay_rgba
-    from organsam.vocabulary.palette import label_color
+    from organsam.vocabulary.palette import organ_color, organ_label
 
-    navy = (0, 0, 128)
-    assert label_color(19) == navy and label_color(1) == label_color(21)
+    liver = organ_color("liver")
+    assert organ_colors({organ_label("liver"): "liver"}) == {"liver": liver}
     labels = np.zeros((4, 32, 32), dtype=np.uint8)
-    labels[1:3, 8:24, 8:24] = 19
-    png = render_overview(np.full(labels.shape, 90, np.uint8), labels, {19: "Liver"}, (3.0, 1.0, 1.0),
-                          tmp_path / "overview.png")
+    labels[1:3, 8:24, 8:24] = organ_label("liver")
+    png = render_overview(np.full(labels.shape, 90, np.uint8), labels, {organ_label("liver"): ("liver", liver)},
+                          (3.0, 1.0, 1.0), tmp_path / "overview.png")
     pixels = np.asarray(Image.open(png).convert("RGB")).reshape(-1, 3)
-    assert (pixels == navy).all(axis=1).any()  # the legend swatch of label 19
-    rgba = overlay_rgba({"liver": labels == 19}, {"liver": label_color(19)}, labels.shape, "axial", 1)
-    assert (rgba[..., :3].reshape(-1, 3) == navy).all(axis=1).any()  # the viewer's opaque outline
+    assert (pixels == liver).all(axis=1).any()  # the legend swatch
+    rgba = overlay_rgba({"liver": labels == organ_label("liver")}, {"liver": liver}, labels.shape, "axial", 1)
+    assert (rgba[..., :3].reshape(-1, 3) == liver).all(axis=1).any()  # the viewer's opaque outline

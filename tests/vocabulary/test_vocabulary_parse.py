@@ -194,3 +194,30 @@ def test_prompt_errors(text: str, match: str) -> None:
 def test_suggest_helper() -> None:
     assert suggest("spleeen")[0] == "spleen"
     assert suggest("qqqqqq") == []
+
+
+def test_words_in_another_script_are_reported_not_dropped() -> None:
+    with pytest.raises(UnknownOrganError, match="English") as ei:
+        parse_prompt("腎臓 and spleen")
+    assert ei.value.term == "腎臓"
+    with pytest.raises(UnknownOrganError, match="печень"):
+        parse_prompt("liver печень")
+    assert parse_prompt("oesophagus, caecum, Hépar") == ["esophagus", "colon", "liver"]  # Latin script: understood
+
+
+def test_messages_show_a_long_or_escaped_prompt_short_and_clean() -> None:
+    with pytest.raises(UnknownOrganError) as ei:
+        parse_prompt("liver " + "x" * 10_000)
+    assert len(str(ei.value)) < 400
+    with pytest.raises(UnknownOrganError) as ei:
+        parse_prompt("liver \x1b[31mbogus")
+    assert "\x1b" not in str(ei.value)
+
+
+def test_suggestions_favour_abdominal_organs_and_whole_phrases() -> None:
+    """"lefft" was answered with "left rib, left hip, left cca"; a typo in the side word now suggests the
+    abdominal organs with that side, and a close match is not followed by far ones."""
+    from organsam.vocabulary import suggest
+
+    assert "left kidney" in suggest("lefft") and "left rib" not in suggest("lefft")
+    assert suggest("livr") == ["liver"] and suggest("left kidny") == ["left kidney"]

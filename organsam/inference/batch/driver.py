@@ -23,7 +23,7 @@ from organsam.inference.batch.records import (
 )
 from organsam.inference.batch.worker import BatchSettings, CaseJob, CaseOutcome, error_text
 from organsam.inference.options import SegmentOptions, resolve_organs
-from organsam.inference.predictor_factory import DEFAULT_DESIGN
+from organsam.inference.predictor_factory import DEFAULT_DESIGN, resolve_device
 from organsam.io.files import file_sha256
 from organsam.io.output_folder import write_output_folder
 
@@ -82,7 +82,7 @@ def install_files(files: dict[str, bytes], case_dir: Path, inputs: Sequence[str 
 def run_batch(source: str | os.PathLike[str] | Sequence[BatchCase], organs: str | Sequence[str] | None,
               output: str | os.PathLike[str], *, all_organs: bool = False, workers: int | None = None,
               ray: str | None = None, resume: bool = True, design: str = DEFAULT_DESIGN,
-              checkpoint: str | None = None, device: str = "cpu", fast: bool = False,
+              checkpoint: str | None = None, device: str = "auto", fast: bool = False,
               modality: str | None = None, progress: bool = True,
               on_case: Callable[[CaseStatus], None] | None = None) -> BatchSummary:
     """Segment every volume of a batch into ``output/<case_id>/``; resumable, failures isolated.
@@ -124,6 +124,7 @@ def run_batch(source: str | os.PathLike[str] | Sequence[BatchCase], organs: str 
         unique_cases(cases, Path("<cases>"))
     request = resolve_organs(organs, all_organs)
     SegmentOptions(design=design, checkpoint=checkpoint, device=device, fast=bool(fast), modality=modality).check()
+    device = resolve_device(device)  # workers and their count follow the device actually used
     ck_sha = None if checkpoint is None else file_sha256(Path(checkpoint))
     if ray is not None:
         from organsam.inference.batch.ray_backend import require_ray
