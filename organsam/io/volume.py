@@ -187,6 +187,12 @@ class Volume:
         i = tuple(file_index)
         return i if self.meta.file_format == "nifti" else (i[2], i[1], i[0])  # type: ignore[return-value]
 
+    def ijk_axis(self, axis: int) -> tuple[str, bool]:
+        """Which of the input's voxel axes ("i", "j" or "k") canonical axis ``axis`` (0 z, 1 y, 2 x) runs along,
+        and whether it runs the other way (file index = count - 1 - canonical index)."""
+        a = self.meta.perm[axis]
+        return ("ijk"[a] if self.meta.file_format == "nifti" else "kji"[a]), bool(self.meta.flips[axis])
+
     @property
     def ijk_affine(self) -> np.ndarray:
         """(4, 4) voxel (i, j, k) of :meth:`to_ijk_layout` -> RAS mm (the affine of the NIfTI files written)."""

@@ -4,11 +4,12 @@ dependencies, and the conversions of sessions and jobs to their API schemas."""
 from __future__ import annotations
 
 import threading
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Path, Request
 
 from organsam.inference.options import resolve_organs
+from organsam.io import Volume
 from organsam.server.errors import ApiError
 from organsam.server.jobs import Job, JobQueue
 from organsam.server.render import view_info
@@ -96,6 +97,15 @@ def job_out(job: Job, queue: JobQueue) -> JobOut:
     )
 
 
+def _views(volume: Volume) -> dict[str, dict[str, Any]]:
+    """Each view's image size, and which of the input's voxel axes its slices step along (for the caption)."""
+    views: dict[str, dict[str, Any]] = dict(view_info(volume.shape, volume.spacing))
+    for axis, view in enumerate(("axial", "coronal", "sagittal")):
+        letter, reversed_ = volume.ijk_axis(axis)
+        views[view] = {**views[view], "file_axis": letter, "file_reversed": reversed_}
+    return views
+
+
 def session_out(s: Session, queue: JobQueue, settings: ServerSettings) -> SessionOut:
     v = s.volume
     return SessionOut(
@@ -107,7 +117,8 @@ def session_out(s: Session, queue: JobQueue, settings: ServerSettings) -> Sessio
         modality=v.modality,
         windows=s.windows,
         default_window=s.default_window,
-        views=view_info(v.shape, v.spacing),  # type: ignore[arg-type]
+        window_levels={k: [float(a), float(b)] for k, (a, b) in s.window_levels.items()},
+        views=_views(v),  # type: ignore[arg-type]
         prompt=s.prompt,
         organs=s.organ_ids,
         job=job_out(s.job, queue) if s.job is not None else None,

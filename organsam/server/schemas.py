@@ -40,6 +40,18 @@ class ViewOut(BaseModel):
     height: int = Field(description="slice image height in pixels")
     pixel_w_mm: float
     pixel_h_mm: float
+    file_axis: str = Field(default="", description="the input's voxel axis (i, j or k) the slices step along")
+    file_reversed: bool = Field(default=False, description="the input numbers these slices the other way")
+
+
+class VoxelOut(BaseModel):
+    """One voxel: its value and where it is."""
+
+    zyx: list[int] = Field(description="canonical (z, y, x) index, as the viewer's cursor")
+    ijk: list[int] = Field(description="the input file's (i, j, k) voxel index, as ITK, 3D Slicer and ITK-SNAP show")
+    value: float = Field(description="the stored value: Hounsfield units on CT")
+    unit: str = Field(description="'HU' on CT, empty on MR")
+    organs: list[str] = Field(description="organs of the current result drawn on this voxel")
 
 
 class JobOut(BaseModel):
@@ -71,6 +83,7 @@ class SessionOut(BaseModel):
     modality: str
     windows: list[str] = Field(description="window presets for the slice images")
     default_window: str
+    window_levels: dict[str, list[float]] = Field(description="(level, width) of each window preset")
     views: dict[str, ViewOut]
     prompt: str | None = None
     organs: list[str] = Field(description="organ ids of the last prompt")

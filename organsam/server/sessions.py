@@ -23,7 +23,7 @@ import numpy as np
 from organsam.inference.pipeline import check_segmentable
 from organsam.io import Volume, load_volume
 from organsam.io.loader import normalize_modality
-from organsam.preprocessing.intensity import display_scheme, is_ct_in_hu, normalize_mr, window_ct
+from organsam.preprocessing.intensity import CT_WINDOWS, display_scheme, is_ct_in_hu, normalize_mr, window_ct
 from organsam.server.render import extract
 from organsam.server.settings import ServerSettings
 from organsam.server.uploads import UploadError, UploadTooLargeError, copy_limited, store_upload
@@ -138,6 +138,15 @@ class Session:
         return self.windows[0]
 
     @property
+    def window_levels(self) -> dict[str, tuple[float, float]]:
+        """(level, width) of each preset, in the volume's units; ``raw`` spans its 0.5-99.5 percentiles."""
+        out = {w: CT_WINDOWS[w] for w in self.windows if w in CT_WINDOWS}
+        sample = self.volume.array.ravel()[:: max(1, self.volume.array.size // 1_000_000)]
+        lo, hi = (float(v) for v in np.percentile(sample, [0.5, 99.5]))
+        out["raw"] = (round((lo + hi) / 2, 1), round(max(hi - lo, 1.0), 1))
+        return out
+
+    @property
     def busy(self) -> bool:
         """Whether a job of this session is queued or running."""
         return self.job is not None and self.job.state in ("queued", "running")
@@ -159,8 +168,8 @@ class Session:
         Args:
             view: ``"axial"``, ``"coronal"`` or ``"sagittal"``.
             index: slice index along the view's axis.
-            window: ``"auto"`` (the volume's default), a CT preset (``abdomen``, ``bone``, ``lung``) or
-                ``"raw"``.
+            window: ``"auto"`` (the volume's default), a CT preset (``abdomen``, ``bone``, ``lung``), ``"raw"``,
+                or ``"LEVEL,WIDTH"`` (e.g. ``"40,400"``: any level and width, in the volume's units).
 
         Returns:
             (H, W) uint8 in display orientation (see :mod:`organsam.server.render`).
@@ -168,20 +177,51 @@ class Session:
         Raises:
             ValueError: a window this volume does not offer. IndexError: slice out of range.
         """
+        custom = parse_window(window)
         w = self.default_window if window == "auto" else window
-        if w not in self.windows:
+        if custom is None and w not in self.windows:
             raise ValueError(
                 f"window {window!r} is not available for this {self.volume.modality} volume; "
-                f"use one of {', '.join(['auto', *self.windows])}"
+                f"use one of {', '.join(['auto', *self.windows])}, or LEVEL,WIDTH (e.g. 40,400)"
             )
         if w == "raw":
             return np.ascontiguousarray(extract(self._raw(), view, index))
         sl = np.ascontiguousarray(extract(self.volume.array, view, index))
-        return np.rint(window_ct(sl, w)).astype(np.uint8)
+        return np.rint(window_ct(sl, custom if custom is not None else w)).astype(np.uint8)
+
+    def voxel_value(self, z: int, y: int, x: int) -> dict[str, Any]:
+        """What is under the cursor: the stored value (HU on CT), the input's (i, j, k) voxel index and the organs
+        of the current result that hold the voxel."""
+        Z, Y, X = self.volume.shape
+        if not (0 <= z < Z and 0 <= y < Y and 0 <= x < X):
+            raise IndexError(f"voxel (z, y, x) = ({z}, {y}, {x}) is outside the volume's {Z} x {Y} x {X} voxels")
+        res = self.result
+        organs = [o for o, m in (res.masks.items() if res is not None else ()) if m[z, y, x]]
+        return {"zyx": [z, y, x], "ijk": list(self.volume.ijk_index((z, y, x))),
+                "value": round(float(self.volume.array[z, y, x]), 1),
+                "unit": "HU" if is_ct_in_hu(self.volume) else "", "organs": organs}
 
     def expires_in(self, ttl: float) -> float:
         """Seconds left before the reaper may delete this session."""
         return max(0.0, self.last_used + ttl - time.time())
+
+
+def parse_window(window: str) -> tuple[float, float] | None:
+    """(level, width) of a ``"LEVEL,WIDTH"`` window, or None for a preset name.
+
+    Raises:
+        ValueError: two numbers whose width is not positive.
+    """
+    parts = window.split(",")
+    if len(parts) != 2:
+        return None
+    try:
+        level, width = float(parts[0]), float(parts[1])
+    except ValueError:
+        return None
+    if not (np.isfinite(level) and np.isfinite(width) and width > 0):
+        raise ValueError(f"window {window!r}: the level must be a number and the width a number above 0")
+    return level, width
 
 
 class SessionStore:

@@ -25,7 +25,8 @@ def test_seg_round_trip(ts_b, tmp_path):
     vol, labels = ts_b
     body = vol.array > -300  # the body (and table) by thresholding
     masks = {"liver": labels == 5, "spleen": labels == 1, "body": body, "kidney_left": np.zeros_like(body)}
-    out = write_dicom_seg(masks, vol, tmp_path / "seg.dcm", {"liver": "Liver (organsam)"})
+    out = write_dicom_seg(masks, vol, tmp_path / "seg.dcm", {"liver": "Liver (organsam)"},
+                          organ_colors={"liver": (220, 80, 40), "spleen": (150, 50, 210)})
 
     ds = pydicom.dcmread(out)
     assert ds.Modality == "SEG" and ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4"
@@ -40,6 +41,11 @@ def test_seg_round_trip(ts_b, tmp_path):
     assert labels_out == ["Liver (organsam)", "spleen", "body"]
     assert seg.get_segment_description(1).segmented_property_type.value == "10200004"  # SCT liver
     assert seg.get_segment_description(2).segmented_property_type.value == "78961009"  # SCT spleen
+    # the recommended display colour a viewer shows (CIELab in the file), back as RGB
+    assert ds.SegmentSequence[0].RecommendedDisplayCIELabValue is not None
+    assert hd.color.CIELabColor.from_dicom_value(ds.SegmentSequence[0].RecommendedDisplayCIELabValue).to_rgb() == (
+        220, 80, 40)
+    assert "RecommendedDisplayCIELabValue" not in ds.SegmentSequence[2]  # "body": no colour given
 
     geo = seg.get_volume()
     ras = LPS_TO_RAS @ geo.affine

@@ -136,3 +136,9 @@ def test_one_index_order_for_every_input(tmp_path, source):
     assert vol.ijk_index(zyx) == ijk
     box = organ_report("liver", mask, vol, None, None)["bbox_voxels"]
     assert tuple(box["min"]) == tuple(box["max"]) == ijk and box["axes"].startswith("ijk")
+    for axis in range(3):  # the viewer's caption: which input axis a view's slices step along, and which way
+        letter, reversed_ = vol.ijk_axis(axis)
+        step = list(zyx)
+        step[axis] += 1
+        moved = np.subtract(vol.ijk_index(tuple(step)), ijk)
+        assert moved["ijk".index(letter)] == (-1 if reversed_ else 1) and np.abs(moved).sum() == 1

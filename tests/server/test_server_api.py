@@ -250,6 +250,27 @@ def test_requests_for_another_host_name_are_refused(app_client) -> None:
     assert "localhost" in body["detail"]
 
 
+def test_voxel_readout_and_free_window_level(app_client) -> None:
+    """The viewer's readout: the stored HU at a voxel with the input file's own (i, j, k); and any level/width."""
+    _, client = app_client
+    sid = _upload(client, data_path(*AMOS)).json()["id"]
+    s = client.get(f"/api/sessions/{sid}").json()
+    assert s["window_levels"]["abdomen"] == [40.0, 400.0] and s["window_levels"]["raw"][1] > 0
+    assert s["views"]["axial"]["file_axis"] == "k" and not s["views"]["axial"]["file_reversed"]
+    p = client.get(f"/api/sessions/{sid}/voxel", params={"z": 5, "y": 200, "x": 150}).json()
+    hu = np.asarray(nib.load(str(data_path(*AMOS))).dataobj)
+    assert p["unit"] == "HU" and p["organs"] == [] and p["value"] == pytest.approx(hu[tuple(p["ijk"])], abs=0.1)
+    _json_error(client.get(f"/api/sessions/{sid}/voxel", params={"z": 99, "y": 0, "x": 0}), 422, "bad_voxel")
+    narrow = client.get(f"/api/sessions/{sid}/views/axial/5/image.png", params={"window": "1000,100"})
+    wide = client.get(f"/api/sessions/{sid}/views/axial/5/image.png", params={"window": "40,400"})
+    assert narrow.status_code == wide.status_code == 200
+    dark = np.asarray(Image.open(io.BytesIO(narrow.content))).mean()
+    assert dark < np.asarray(Image.open(io.BytesIO(wide.content))).mean() / 3  # soft tissue below a bone level
+    _json_error(client.get(f"/api/sessions/{sid}/views/axial/5/image.png", params={"window": "40,0"}), 422,
+                "bad_window")
+    assert client.delete(f"/api/sessions/{sid}").status_code == 204
+
+
 def test_json_errors_for_bad_requests(app_client) -> None:
     _, client = app_client
     _json_error(client.get("/api/sessions/not-a-session-id"), 422, "invalid_request")
@@ -288,6 +309,23 @@ def test_zipped_dicom_with_hostile_member_names(app_client, tmp_path: Path) -> N
     assert client.delete(f"/api/sessions/{s['id']}").status_code == 204
     assert not sdir.exists()
     _json_error(client.get(f"/api/sessions/{s['id']}"), 404, "no_such_session")
+
+
+def test_zip_padding_is_not_unpacked(app_client) -> None:
+    """A 1 MB zip carrying 200 MiB of zeros beside its DICOM slices (named like a slice): only the slices are
+    written to disk (the padding once held the request for 80 s)."""
+    app, client = app_client
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for f in sorted(data_path("ts_b_dicom", "dicom").iterdir())[:4]:
+            zf.writestr(f.name, f.read_bytes())
+        zf.writestr("IM9999.dcm", b"\0" * (200 << 20))
+    assert len(buf.getvalue()) < 2 << 20
+    r = client.post("/api/sessions", files={"file": ("padded.zip", buf.getvalue())})
+    assert r.status_code == 201, r.text
+    sdir = app.state.store.root / r.json()["id"]
+    assert len(list((sdir / "dicom").iterdir())) == 4 and r.json()["shape_zyx"][0] == 4
+    assert client.delete(f"/api/sessions/{r.json()['id']}").status_code == 204
 
 
 def test_npz_upload(app_client, tmp_path: Path) -> None:

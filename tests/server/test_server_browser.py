@@ -147,7 +147,7 @@ def test_viewer_uploads_segments_and_shows_overlay(server: str, browser, tmp_pat
     WebDriverWait(d, 60).until(lambda d: d.find_element(By.ID, "prompt").is_enabled())
     assert "4 x 512 x 512" in d.find_element(By.ID, "status").text
     window_options = [o.text for o in d.find_elements(By.CSS_SELECTOR, "#window option")]
-    assert window_options == ["auto", "abdomen", "bone", "lung", "raw"]
+    assert window_options == ["auto", "abdomen", "bone", "lung", "raw", "custom"]
 
     # an unknown word: the parser's suggestions appear as buttons
     prompt = d.find_element(By.ID, "prompt")
@@ -216,3 +216,72 @@ def test_viewer_uploads_segments_and_shows_overlay(server: str, browser, tmp_pat
     severe = [e for e in d.get_log("browser") if e.get("level") == "SEVERE"]
     assert not [e for e in severe if "Content Security Policy" in e.get("message", "")], severe
     assert not [e for e in severe if "422" not in e.get("message", "")], severe  # only the refused 'livr'
+
+
+BRIGHTNESS_JS = """
+const c = document.getElementById('canvas-axial');
+const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+let sum = 0, dark = 0;
+for (let i = 0; i < d.length; i += 4) { const g = (d[i] + d[i + 1] + d[i + 2]) / 3; sum += g; if (g < 8) dark++; }
+return [sum / (d.length / 4), dark / (d.length / 4)];
+"""
+
+
+@pytest.mark.slow
+def test_viewer_zoom_window_level_and_value_readout(server: str, browser, tmp_path: Path) -> None:
+    """A radiologist's basics on a real CT: the value under the cursor in HU with the file's own voxel index,
+    zoom, a free window/level, and an error that goes away once the prompt is edited."""
+    import numpy as np
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    ct = tmp_path / "amos_0013_4slices.nii.gz"
+    src = nib.load(str(data_path("amos_0013_slab", "image.nii.gz"))).slicer[:, :, 4:8]
+    nib.save(src, str(ct))
+    hu = np.asarray(src.dataobj)
+    d = browser
+    d.get(server + "/")
+    d.find_element(By.ID, "file").send_keys(str(ct))
+    d.find_element(By.ID, "upload-btn").click()
+    WebDriverWait(d, 60).until(lambda d: d.find_element(By.ID, "prompt").is_enabled())
+    WebDriverWait(d, 20).until(lambda d: d.execute_script(BRIGHTNESS_JS)[0] > 5)
+    assert d.find_element(By.CSS_SELECTOR, "a[href='/openapi.json']")  # the API description, served locally
+    # slices are numbered as in the input file (k of this NIfTI), beside their place in the stack
+    assert d.find_element(By.CSS_SELECTOR, "figure[data-view=axial] .idx").text.startswith("k = ")
+
+    # the value under the cursor: HU, at the input file's own (i, j, k), equal to the file's voxel there
+    canvas = d.find_element(By.ID, "canvas-axial")
+    ActionChains(d).move_to_element_with_offset(canvas, -40, 30).perform()
+    WebDriverWait(d, 20).until(lambda d: d.find_element(By.ID, "readout").get_attribute("data-value"))
+    text = d.find_element(By.ID, "readout").text
+    assert " HU at (i, j, k) = (" in text, text
+    i, j, k = (int(v) for v in text.split("(i, j, k) = (")[1].split(")")[0].split(", "))
+    assert float(d.find_element(By.ID, "readout").get_attribute("data-value")) == pytest.approx(hu[i, j, k], abs=0.1)
+
+    # zoom: the body fills more of the canvas (less air)
+    mean0, dark0 = d.execute_script(BRIGHTNESS_JS)
+    d.find_element(By.ID, "zoom-in").click()
+    d.find_element(By.ID, "zoom-in").click()
+    assert float(d.execute_script("return document.body.dataset.zoom")) == pytest.approx(1.5625)
+    WebDriverWait(d, 20).until(lambda d: d.execute_script(BRIGHTNESS_JS)[1] < dark0 - 0.05)
+    d.find_element(By.ID, "zoom-reset").click()
+    WebDriverWait(d, 20).until(lambda d: abs(d.execute_script(BRIGHTNESS_JS)[1] - dark0) < 0.02)
+
+    # window/level typed in: a bone window (level 1000, width 400) leaves soft tissue black
+    for field, value in (("level", "1000"), ("width", "400")):
+        box = d.find_element(By.ID, field)
+        box.clear()
+        box.send_keys(value)
+    d.find_element(By.ID, "width").send_keys("\t")
+    WebDriverWait(d, 20).until(lambda d: d.execute_script("return document.body.dataset.window") == "1000,400")
+    WebDriverWait(d, 20).until(lambda d: d.execute_script(BRIGHTNESS_JS)[0] < mean0 / 3)
+    assert d.find_element(By.ID, "window").get_attribute("value") == "custom"
+
+    # an error about the prompt goes away once the prompt is edited
+    prompt = d.find_element(By.ID, "prompt")
+    prompt.send_keys("livr")
+    d.find_element(By.ID, "segment-btn").click()
+    WebDriverWait(d, 20).until(lambda d: d.find_element(By.ID, "status").get_attribute("class") == "error")
+    prompt.send_keys("e")
+    WebDriverWait(d, 20).until(lambda d: d.find_element(By.ID, "status").get_attribute("class") != "error")

@@ -10,6 +10,7 @@ from fastapi.responses import Response
 from organsam.server.deps import RenderGate, SessionId, Store, View, check_slice, organ_colors
 from organsam.server.errors import ApiError
 from organsam.server.render import overlay_rgba, png_bytes
+from organsam.server.schemas import VoxelOut
 
 router = APIRouter(tags=["images"])
 _PNG = {200: {"content": {"image/png": {}}}}
@@ -22,7 +23,9 @@ def slice_image(
     index: int,
     store: Store,
     render_gate: RenderGate,
-    window: Annotated[str, Query(max_length=20, description="auto, abdomen, bone, lung or raw")] = "auto",
+    window: Annotated[
+        str, Query(max_length=40, description="auto, abdomen, bone, lung, raw, or LEVEL,WIDTH (e.g. 40,400)")
+    ] = "auto",
 ) -> Response:
     """One slice as a grey PNG in display orientation (axial: anterior up, patient right on the left)."""
     s = store.get(sid)
@@ -66,3 +69,19 @@ def slice_overlay(
     return Response(
         png, media_type="image/png", headers={"Cache-Control": "no-cache", "X-Result-Version": str(version)}
     )
+
+
+@router.get("/api/sessions/{sid}/voxel", response_model=VoxelOut)
+def voxel_value(
+    sid: SessionId,
+    store: Store,
+    z: Annotated[int, Query(description="canonical slice (inferior to superior)")],
+    y: Annotated[int, Query(description="canonical row (posterior to anterior)")],
+    x: Annotated[int, Query(description="canonical column (patient right to left)")],
+) -> VoxelOut:
+    """The value under the cursor (HU on CT), the input file's (i, j, k) voxel index and the organs drawn there."""
+    s = store.get(sid)
+    try:
+        return VoxelOut(**s.voxel_value(z, y, x))
+    except IndexError as e:
+        raise ApiError(422, "bad_voxel", str(e)) from e

@@ -9,11 +9,17 @@
   const VIEWS = ["axial", "coronal", "sagittal"];
   const AXIS = { axial: 0, coronal: 1, sagittal: 2 }; // which voxel coordinate a view's slider moves
   const BOX_PX = 380; // largest canvas side in CSS pixels
+  const MIN_H = 160; // a thin slab's coronal/sagittal strip sits in a canvas at least this tall (zoom to fill it)
+  const ZOOM_STEP = 1.25, ZOOM_MAX = 16;
 
   const st = {
     session: null,
     voxel: [0, 0, 0], // cursor (z, y, x) in canonical voxels
-    window: "auto",
+    window: "auto", // a preset name or "LEVEL,WIDTH"
+    zoom: { axial: 1, coronal: 1, sagittal: 1 },
+    center: { axial: null, coronal: null, sagittal: null }, // image point at the canvas centre (null: middle)
+    pan: null,
+    wl: null,
     opacity: 0.5,
     result: null, // {version, organs, report}
     visible: new Set(),
@@ -104,20 +110,48 @@
     return [Math.round(x), Y - 1 - y, Z - 1 - z];
   }
 
-  function canvasSize(view) {
+  function fitSize(view) { // the image's size in canvas pixels at zoom 1 (true aspect in mm)
     const v = viewInfo(view);
     const wmm = v.width * v.pixel_w_mm, hmm = v.height * v.pixel_h_mm;
     const scale = Math.min(BOX_PX / wmm, BOX_PX / hmm);
     return [Math.max(1, Math.round(wmm * scale)), Math.max(1, Math.round(hmm * scale))];
   }
 
-  function eventToImage(view, ev) {
+  function viewport(view) { // canvas size, canvas px per image px, and where image (0, 0) lands
+    const v = viewInfo(view);
+    const [fw, fh] = fitSize(view);
+    const W = fw, H = Math.max(fh, Math.min(MIN_H, BOX_PX));
+    const z = st.zoom[view];
+    const kx = (fw / v.width) * z, ky = (fh / v.height) * z;
+    const [cc, rc] = st.center[view] || [v.width / 2, v.height / 2];
+    return { W, H, kx, ky, ox: W / 2 - cc * kx, oy: H / 2 - rc * ky };
+  }
+
+  function canvasPoint(view, ev) { // the event's position in canvas pixels
     const canvas = $(`#canvas-${view}`);
     const rect = canvas.getBoundingClientRect();
+    return [((ev.clientX - rect.left) / rect.width) * canvas.width, ((ev.clientY - rect.top) / rect.height) * canvas.height];
+  }
+
+  function eventToImage(view, ev, clamp = true) {
+    const v = viewInfo(view), vp = viewport(view);
+    const [px, py] = canvasPoint(view, ev);
+    const c = (px - vp.ox) / vp.kx, r = (py - vp.oy) / vp.ky;
+    if (!clamp) return [c, r];
+    return [Math.min(v.width - 1, Math.max(0, c)), Math.min(v.height - 1, Math.max(0, r))];
+  }
+
+  function setZoom(view, zoom, around = null) { // zoom keeping the image point `around` where it is
     const v = viewInfo(view);
-    const c = Math.min(v.width - 1, Math.max(0, ((ev.clientX - rect.left) / rect.width) * v.width));
-    const r = Math.min(v.height - 1, Math.max(0, ((ev.clientY - rect.top) / rect.height) * v.height));
-    return [c, r];
+    const z = Math.min(ZOOM_MAX, Math.max(1, zoom));
+    const [cc, rc] = st.center[view] || [v.width / 2, v.height / 2];
+    if (around && z !== st.zoom[view]) {
+      const f = st.zoom[view] / z; // keep `around` fixed on the canvas
+      st.center[view] = [around[0] + (cc - around[0]) * f, around[1] + (rc - around[1]) * f];
+    }
+    st.zoom[view] = z;
+    if (z === 1) st.center[view] = null;
+    document.body.dataset.zoom = String(st.zoom.axial);
   }
 
   // ------------------------------------------------------------------ images
@@ -154,7 +188,8 @@
     const seq = ++drawSeq[view];
     const index = sliceIndex(view);
     const canvas = $(`#canvas-${view}`);
-    const [w, h] = canvasSize(view);
+    const vp = viewport(view), v = viewInfo(view);
+    const w = vp.W, h = vp.H;
     let base, overlay = null;
     try {
       base = await loadImage(baseUrl(view, index));
@@ -166,42 +201,46 @@
     if (seq !== drawSeq[view]) return; // a newer draw of this view started
     if (canvas.width !== w || canvas.height !== h) { canvas.width = w; canvas.height = h; }
     const ctx = canvas.getContext("2d");
-    ctx.imageSmoothingEnabled = true;
+    ctx.fillStyle = "#000";
+    ctx.fillRect(0, 0, w, h);
+    ctx.imageSmoothingEnabled = st.zoom[view] < 2; // zoomed in: show the voxels
     ctx.globalAlpha = 1;
-    ctx.drawImage(base, 0, 0, w, h);
+    ctx.drawImage(base, vp.ox, vp.oy, v.width * vp.kx, v.height * vp.ky);
     if (overlay) {
       ctx.imageSmoothingEnabled = false;
       ctx.globalAlpha = st.opacity;
-      ctx.drawImage(overlay, 0, 0, w, h);
+      ctx.drawImage(overlay, vp.ox, vp.oy, v.width * vp.kx, v.height * vp.ky);
       ctx.globalAlpha = 1;
       document.body.dataset.overlayVersion = String(st.result.version);
     }
-    drawCrosshair(view, ctx, w, h);
-    drawCorrections(view, ctx, w, h);
+    drawCrosshair(view, ctx, vp);
+    drawCorrections(view, ctx, vp);
     if (st.drag && st.drag.view === view) {
-      const v = viewInfo(view), sx = w / v.width, sy = h / v.height;
       ctx.strokeStyle = "#ffffff";
       ctx.setLineDash([4, 3]);
-      ctx.strokeRect(st.drag.c0 * sx, st.drag.r0 * sy, (st.drag.c1 - st.drag.c0) * sx, (st.drag.r1 - st.drag.r0) * sy);
+      ctx.strokeRect(vp.ox + st.drag.c0 * vp.kx, vp.oy + st.drag.r0 * vp.ky, (st.drag.c1 - st.drag.c0) * vp.kx,
+        (st.drag.r1 - st.drag.r0) * vp.ky);
       ctx.setLineDash([]);
     }
     const fig = canvas.closest("figure");
-    fig.querySelector(".idx").textContent = `${index + 1} / ${viewInfo(view).count}`;
+    const info = viewInfo(view);
+    const fileIndex = info.file_reversed ? info.count - 1 - index : index;
+    // the input file's own slice number (as ITK-SNAP or 3D Slicer show it), and the position in the stack
+    fig.querySelector(".idx").textContent = info.file_axis
+      ? `${info.file_axis} = ${fileIndex} (${index + 1} of ${info.count})` : `${index + 1} / ${info.count}`;
   }
 
-  function drawCrosshair(view, ctx, w, h) {
-    const v = viewInfo(view), sx = w / v.width, sy = h / v.height;
+  function drawCrosshair(view, ctx, vp) {
     const [, c, r] = voxelToDisplay(view, ...st.voxel);
     ctx.strokeStyle = "rgba(255, 220, 0, 0.55)";
     ctx.lineWidth = 1;
     ctx.beginPath();
-    ctx.moveTo((c + 0.5) * sx, 0); ctx.lineTo((c + 0.5) * sx, h);
-    ctx.moveTo(0, (r + 0.5) * sy); ctx.lineTo(w, (r + 0.5) * sy);
+    ctx.moveTo(vp.ox + (c + 0.5) * vp.kx, 0); ctx.lineTo(vp.ox + (c + 0.5) * vp.kx, vp.H);
+    ctx.moveTo(0, vp.oy + (r + 0.5) * vp.ky); ctx.lineTo(vp.W, vp.oy + (r + 0.5) * vp.ky);
     ctx.stroke();
   }
 
-  function drawCorrections(view, ctx, w, h) {
-    const v = viewInfo(view), sx = w / v.width, sy = h / v.height;
+  function drawCorrections(view, ctx, vp) {
     const here = sliceIndex(view);
     const Y = st.session.shape_zyx[1];
     for (const corr of st.corrections) {
@@ -210,7 +249,7 @@
         if (idx !== here) continue;
         ctx.fillStyle = corr.label ? "#3cff6e" : "#ff4040";
         ctx.beginPath();
-        ctx.arc((c + 0.5) * sx, (r + 0.5) * sy, 4, 0, 2 * Math.PI);
+        ctx.arc(vp.ox + (c + 0.5) * vp.kx, vp.oy + (r + 0.5) * vp.ky, 4, 0, 2 * Math.PI);
         ctx.fill();
         ctx.strokeStyle = "#000";
         ctx.stroke();
@@ -218,7 +257,7 @@
         const [x0, y0, x1, y1] = corr.box_xyxy;
         ctx.strokeStyle = "#3cff6e";
         ctx.lineWidth = 2;
-        ctx.strokeRect(x0 * sx, (Y - 1 - y1) * sy, (x1 - x0) * sx, (y1 - y0) * sy);
+        ctx.strokeRect(vp.ox + x0 * vp.kx, vp.oy + (Y - 1 - y1) * vp.ky, (x1 - x0) * vp.kx, (y1 - y0) * vp.ky);
         ctx.lineWidth = 1;
       }
     }
@@ -256,11 +295,14 @@
     st.corrections = [];
     st.images.clear();
     st.voxel = s.shape_zyx.map((n) => Math.floor(n / 2));
+    for (const v of VIEWS) { st.zoom[v] = 1; st.center[v] = null; }
+    document.body.dataset.zoom = "1";
     const win = $("#window");
-    win.replaceChildren(...["auto", ...s.windows].map((w) => el("option", { value: w, textContent: w })));
+    win.replaceChildren(...["auto", ...s.windows, "custom"].map((w) => el("option", { value: w, textContent: w })));
     win.value = "auto";
     st.window = "auto";
     win.disabled = false;
+    showWindowLevel(s.window_levels[s.default_window]);
     for (const view of VIEWS) {
       const sl = $(`#slider-${view}`);
       sl.max = String(s.views[view].count - 1);
@@ -436,6 +478,16 @@
   // ------------------------------------------------------------------ mouse
   function onDown(view, ev) {
     if (!st.session) return;
+    if (st.tool === "pan" || ev.button === 1) {
+      ev.preventDefault();
+      const v = viewInfo(view);
+      st.pan = { view, at: canvasPoint(view, ev), center: st.center[view] || [v.width / 2, v.height / 2] };
+      return;
+    }
+    if (st.tool === "wl") {
+      st.wl = { at: [ev.clientX, ev.clientY], from: currentWindowLevel() };
+      return;
+    }
     const [c, r] = eventToImage(view, ev);
     const index = sliceIndex(view);
     if (st.tool === "navigate") {
@@ -451,6 +503,19 @@
   }
 
   function onMove(view, ev) {
+    if (st.pan && st.pan.view === view) {
+      const [px, py] = canvasPoint(view, ev), vp = viewport(view);
+      st.center[view] = [st.pan.center[0] - (px - st.pan.at[0]) / vp.kx, st.pan.center[1] - (py - st.pan.at[1]) / vp.ky];
+      draw(view);
+      return;
+    }
+    if (st.wl) { // right/left: wider/narrower window; up/down: lower/higher level
+      const [l0, w0] = st.wl.from;
+      const dx = ev.clientX - st.wl.at[0], dy = ev.clientY - st.wl.at[1];
+      applyWindowLevel(l0 - dy * Math.max(1, w0 / 200), Math.max(1, w0 + dx * Math.max(1, w0 / 100)));
+      return;
+    }
+    readout(view, ev);
     if (!st.drag || st.drag.view !== view) return;
     const [c, r] = eventToImage(view, ev);
     st.drag.c0 = Math.min(st.drag.sc, c); st.drag.c1 = Math.max(st.drag.sc, c);
@@ -459,6 +524,8 @@
   }
 
   function onUp(view) {
+    st.pan = null;
+    st.wl = null;
     if (!st.drag || st.drag.view !== view) return;
     const d = st.drag;
     st.drag = null;
@@ -469,10 +536,57 @@
     }
   }
 
+  // ------------------------------------------------------------------ window / level and the value under the cursor
+  function currentWindowLevel() {
+    const l = Number($("#level").value), w = Number($("#width").value);
+    return [Number.isFinite(l) ? l : 40, Number.isFinite(w) && w > 0 ? w : 400];
+  }
+
+  function showWindowLevel(lw) {
+    if (!lw) return;
+    $("#level").value = String(Math.round(lw[0]));
+    $("#width").value = String(Math.round(lw[1]));
+  }
+
+  function applyWindowLevel(level, width, typed = false) {
+    level = Math.round(level); width = Math.max(1, Math.round(width));
+    if (!typed) showWindowLevel([level, width]); // never rewrite a field the user is typing in
+    st.window = `${level},${width}`;
+    $("#window").value = "custom";
+    document.body.dataset.window = st.window;
+    drawAll();
+  }
+
+  let readoutSeq = 0, readoutTimer = null;
+  function readout(view, ev) { // the value under the cursor (HU on CT), the input's voxel index, the organs there
+    if (!st.session) return;
+    const [c, r] = eventToImage(view, ev, false);
+    const v = viewInfo(view);
+    if (c < 0 || r < 0 || c >= v.width || r >= v.height) return;
+    const [z, y, x] = displayToVoxel(view, sliceIndex(view), Math.floor(c), Math.floor(r));
+    clearTimeout(readoutTimer);
+    readoutTimer = setTimeout(async () => {
+      const seq = ++readoutSeq;
+      try {
+        const p = await api("GET", `/api/sessions/${st.session.id}/voxel?z=${z}&y=${y}&x=${x}`);
+        if (seq !== readoutSeq) return;
+        const organs = p.organs.length ? ` \u2014 ${p.organs.join(", ")}` : "";
+        $("#readout").textContent = `${p.value}${p.unit ? " " + p.unit : ""} at (i, j, k) = (${p.ijk.join(", ")})${organs}`;
+        $("#readout").dataset.value = String(p.value);
+      } catch (e) { /* the cursor moved off the volume */ }
+    }, 40);
+  }
+
+  function zoomAll(factor) {
+    for (const v of VIEWS) setZoom(v, factor === null ? 1 : st.zoom[v] * factor);
+    drawAll();
+  }
+
   // ------------------------------------------------------------------ prompt feedback
   let parseTimer = null;
   function onPromptInput() {
     clearTimeout(parseTimer);
+    if ($("#status").className === "error") setStatus(""); // the error was about the prompt being edited
     const text = $("#prompt").value.trim();
     const out = $("#parsed");
     if (!text) { out.textContent = ""; return; }
@@ -495,7 +609,24 @@
     $("#prompt").addEventListener("input", onPromptInput);
     $("#rerun-btn").addEventListener("click", () => segment(null, true));
     $("#clear-btn").addEventListener("click", clearCorrections);
-    $("#window").addEventListener("change", (ev) => { st.window = ev.target.value; drawAll(); });
+    $("#window").addEventListener("change", (ev) => {
+      if (ev.target.value === "custom") return;
+      st.window = ev.target.value;
+      document.body.dataset.window = st.window;
+      const levels = st.session.window_levels;
+      showWindowLevel(levels[ev.target.value === "auto" ? st.session.default_window : ev.target.value]);
+      drawAll();
+    });
+    for (const id of ["#level", "#width"]) {
+      $(id).addEventListener("change", () => {
+        const l = $("#level").value, w = $("#width").value;
+        if (l.trim() === "" || w.trim() === "" || !(Number(w) > 0)) return; // wait for both numbers
+        applyWindowLevel(Number(l), Number(w), true);
+      });
+    }
+    $("#zoom-in").addEventListener("click", () => zoomAll(ZOOM_STEP));
+    $("#zoom-out").addEventListener("click", () => zoomAll(1 / ZOOM_STEP));
+    $("#zoom-reset").addEventListener("click", () => zoomAll(null));
     $("#opacity").addEventListener("input", (ev) => { st.opacity = Number(ev.target.value) / 100; drawAll(); });
     for (const r of document.querySelectorAll("input[name=tool]")) {
       r.addEventListener("change", () => { if (r.checked) st.tool = r.value; });
@@ -511,6 +642,11 @@
       canvas.addEventListener("wheel", (ev) => {
         if (!st.session) return;
         ev.preventDefault();
+        if (ev.ctrlKey || ev.metaKey) { // ctrl + wheel: zoom about the cursor
+          setZoom(view, st.zoom[view] * (ev.deltaY < 0 ? ZOOM_STEP : 1 / ZOOM_STEP), eventToImage(view, ev, false));
+          draw(view);
+          return;
+        }
         const n = viewInfo(view).count;
         const i = Math.min(n - 1, Math.max(0, sliceIndex(view) + (ev.deltaY > 0 ? -1 : 1)));
         st.voxel[AXIS[view]] = i;
