@@ -13,30 +13,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "serve",
         help="web viewer and HTTP API",
         description="Start the organsam web app: a single-page viewer on / and a JSON API "
-        "documented on /docs. It has no authentication: keep it on 127.0.0.1 unless "
+        "described on /openapi.json. It has no authentication: keep it on 127.0.0.1 unless "
         "the network is trusted.",
     )
-    p.add_argument(
-        "--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)"
-    )
-    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
-    p.add_argument("--max-upload-mb", type=float, default=512.0, help="largest upload in MiB (default 512)")
-    p.add_argument(
-        "--max-unpacked-mb",
-        type=float,
-        default=2048.0,
-        help="largest unpacked size of a zipped DICOM series in MiB (default 2048)",
-    )
-    p.add_argument("--max-sessions", type=int, default=8, help="sessions kept at once (default 8)")
-    p.add_argument(
-        "--session-ttl",
-        type=float,
-        default=1800.0,
-        help="seconds an unused session is kept before its files are deleted (default 1800)",
-    )
-    p.add_argument("--queue-size", type=int, default=8, help="segmentation jobs that may wait (default 8)")
+    from organsam.server.settings import ServerSettings
+
+    d = ServerSettings()  # the one place the defaults live
+    p.add_argument("--host", default=d.host, help=f"interface to bind (default {d.host}: this machine only)")
+    p.add_argument("--port", type=int, default=d.port, help=f"TCP port (default {d.port})")
+    p.add_argument("--max-upload-mb", type=float, default=d.max_upload_mb,
+                   help=f"largest upload in MiB (default {d.max_upload_mb:g})")
+    p.add_argument("--max-unpacked-mb", type=float, default=d.max_unpacked_mb,
+                   help=f"largest unpacked size of an upload (zipped DICOM, .nii.gz, npz) in MiB "
+                        f"(default {d.max_unpacked_mb:g})")
+    p.add_argument("--max-sessions", type=int, default=d.max_sessions,
+                   help=f"sessions kept at once (default {d.max_sessions})")
+    p.add_argument("--session-ttl", type=float, default=d.session_ttl_s,
+                   help=f"seconds an unused session is kept before its files are deleted (default {d.session_ttl_s:g})")
+    p.add_argument("--queue-size", type=int, default=d.queue_size,
+                   help=f"segmentation jobs that may wait (default {d.queue_size})")
     p.add_argument("--workdir", default=None, help="parent folder for session files (default: system temp)")
-    p.add_argument("-d", "--device", default="auto",
+    p.add_argument("-d", "--device", default=d.device,
                    help="torch device of the model: auto (default: the GPU when there is one), cpu, cuda or cuda:N")
     p.add_argument("--fast", action="store_true", help="faster, coarser atlas registration for the prior")
     p.add_argument("--allow-host", action="append", default=[], metavar="NAME",

@@ -83,7 +83,8 @@ class OrganResult:
         mask: (Z, Y, X) bool in the canonical layout.
         slice_scores: slice index -> predicted IoU of the accepted mask on that slice.
         rejected: slice index -> predicted IoU of a mask that was rejected as "organ not here".
-        source: where the prompts came from ("atlas", "box", "box+track", ...).
+        source: where the prompts came from: ``"prior"`` (the location prior's boxes), ``"prior+box"`` (with the
+            user's boxes on some slices) or ``"track"`` (tracked from the user's boxes or points only).
     """
 
     mask: np.ndarray

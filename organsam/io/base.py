@@ -12,7 +12,7 @@ import numpy as np
 
 from organsam.io.errors import VolumeReadError
 
-__all__ = ["RawImage", "VolumeReader", "find_reader", "register_reader", "registered_readers", "suffix_of"]
+__all__ = ["RawImage", "VolumeReader", "find_reader", "register_reader", "suffix_of"]
 
 logger = logging.getLogger(__name__)
 
@@ -119,11 +119,6 @@ def register_reader(reader: VolumeReader) -> VolumeReader:
     """
     _READERS.insert(0, reader)
     return reader
-
-
-def registered_readers() -> list[VolumeReader]:
-    """The registered readers, in lookup order."""
-    return list(_READERS)
 
 
 def find_reader(path: Path) -> VolumeReader:

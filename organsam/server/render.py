@@ -27,7 +27,6 @@ __all__ = [
     "overlay_rgba",
     "png_bytes",
     "view_info",
-    "voxel_to_display",
 ]
 
 VIEWS = DISPLAY_VIEWS
@@ -108,19 +107,6 @@ def display_to_voxel(
     if view == "coronal":
         return Z - 1 - row, float(index), col
     return Z - 1 - row, Y - 1 - col, float(index)
-
-
-def voxel_to_display(
-    shape_zyx: Sequence[int], view: str, z: float, y: float, x: float
-) -> tuple[int, float, float]:
-    """The inverse of :func:`display_to_voxel`: (slice index, column, row) of a voxel in a view."""
-    _check_view(view)
-    Z, Y, _ = (int(s) for s in shape_zyx)
-    if view == "axial":
-        return int(round(z)), x, Y - 1 - y
-    if view == "coronal":
-        return int(round(y)), x, Z - 1 - z
-    return int(round(x)), Y - 1 - y, Z - 1 - z
 
 
 def overlay_rgba(

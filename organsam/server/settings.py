@@ -21,7 +21,7 @@ class ServerSettings:
             names are given here).
         port: TCP port.
         max_upload_mb: largest accepted upload (request body), in MiB; larger ones get HTTP 413.
-        max_unpacked_mb: largest total size of the files inside an uploaded DICOM zip, in MiB.
+        max_unpacked_mb: largest size an upload may unpack to (the files of a DICOM zip, a .nii.gz, an npz), in MiB.
         max_dicom_files: most files accepted inside a DICOM zip.
         max_sessions: most sessions alive at once; a new upload beyond that gets HTTP 503.
         session_ttl_s: a session unused for this long is deleted with its files.

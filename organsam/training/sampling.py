@@ -116,11 +116,6 @@ class OrganBalancedSampler:
             **kwargs,
         )  # type: ignore[arg-type]
 
-    @property
-    def num_pairs(self) -> int:
-        """Number of positive (slice, organ) pairs."""
-        return int(self.pair_case.size)
-
     def organ_probabilities(self) -> np.ndarray:
         """(K,) probability that a positive draw prompts each organ."""
         return np.bincount(self.pair_organ, weights=self.pair_prob, minlength=self.organ_counts.size)

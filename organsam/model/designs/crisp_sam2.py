@@ -1,6 +1,6 @@
 """CRISP-SAM2 design: text injected into the image encoder, semantic prompts, refinement token, sorted memory.
 
-Composition on the LiteMedSAM core (see /work/shared/SEEDS.md for the paper's description):
+Composition on the LiteMedSAM core of CRISP-SAM2 (ACM MM 2025, arXiv:2506.23121):
 
 1. **Progressive cross-modal interaction** (:class:`CrossModalAttention`): the encoder's stage-2 features
    (B, 160, 64, 64), projected to 256 channels, interact with the organ's text tokens (its prompt text

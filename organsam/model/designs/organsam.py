@@ -147,7 +147,8 @@ class OrganSam(OrganSegmenter):
 
 @register_design("organsam", OrganSamConfig,
                  summary="organsam: frozen LiteMedSAM + semantic text prompts + optional prior boxes + presence "
-                         "head + iterative optimizer (candidate default, chosen by measurement)")
+                         "head + iterative optimizer (a trainable research design; the shipped pipeline is "
+                         "LiteMedSAM placed by the location prior)")
 def build_organsam(config: OrganSamConfig) -> OrganSam:
     """Build the organsam composition from its config."""
     return OrganSam(config)

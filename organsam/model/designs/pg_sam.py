@@ -1,6 +1,6 @@
 """PG-SAM design: prior aligner from organ descriptions, multi-level fusion decoder, iterative mask optimizer.
 
-Composition on the LiteMedSAM core (see /work/shared/SEEDS.md):
+Composition on the LiteMedSAM core of PG-SAM (arXiv:2503.18227):
 
 1. **Fine-grained prior aligner** (:class:`PriorAligner`): similarity between each organ's description
    sentences and the image embedding gives guide logits per organ (B, K, 64, 64); their per-pixel softmax

@@ -1,6 +1,6 @@
 """SEG-SAM design: SAM's binary decoder plus an independent semantic-aware decoder over the vocabulary.
 
-Composition on the LiteMedSAM core (see /work/shared/SEEDS.md):
+Composition on the LiteMedSAM core of SEG-SAM (arXiv:2412.12660):
 
 1. **SAM path**: the prompted organ's text embedding, projected to two prompt tokens, is decoded by SAM's
    mask decoder (with boxes/points when given): ``masks`` (B, 1, 256, 256) and ``iou``.
