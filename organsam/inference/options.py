@@ -33,7 +33,7 @@ class OrganRequest:
 
     Attributes:
         prompt: the user's prompt as given (texts joined by ``"; "``; ``"all organs"`` for ``--all``).
-        organ_ids: vocabulary ids in prompt order, without repeats (label values 1..N follow this order).
+        organ_ids: vocabulary ids in prompt order, without repeats (label values are fixed per organ: palette).
     """
 
     prompt: str
