@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-.venv/bin/python}"
 OUT=runs/lopo_amos0001
 EXPORT=0 PYTHON="$PYTHON" scripts/train_default.sh "out_dir=$OUT" 'data.options.cases=[ts_a,ts_b,amos_0013]'
-"$PYTHON" -m organsam.inference.organ_prompt_table "$OUT/model.safetensors" "$OUT/table.safetensors" \
+"$PYTHON" -m organsam.cli.main prompts export "$OUT/model.safetensors" "$OUT/table.safetensors" \
   --command "scripts/train_default.sh out_dir=$OUT data.options.cases=[ts_a,ts_b,amos_0013]"
 "$PYTHON" bench/quality.py --cases amos_0001_slab --rows organsam organ_prompts \
   --organ-prompts "$OUT/table.safetensors" "$@"

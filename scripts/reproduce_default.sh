@@ -12,5 +12,5 @@ PYTHON="${PYTHON:-.venv/bin/python}"
 OUT=runs/reproduce_default
 rm -rf "$OUT"
 EXPORT=0 PYTHON="$PYTHON" scripts/train_default.sh "out_dir=$OUT"
-"$PYTHON" -m organsam.inference.organ_prompt_table "$OUT/model.safetensors" "$OUT/table.safetensors" \
+"$PYTHON" -m organsam.cli.main prompts export "$OUT/model.safetensors" "$OUT/table.safetensors" \
   --command "scripts/train_default.sh out_dir=$OUT" --compare-to packaged

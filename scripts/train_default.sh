@@ -27,7 +27,7 @@ ARGS=(--config train_organ_prompts data.feature_cache_dir=runs/feature_cache pro
 if [ "$EXPORT" = "1" ]; then
   OUT_DIR=runs/organ_prompts
   for a in "$@"; do case "$a" in out_dir=*) OUT_DIR="${a#out_dir=}";; esac; done
-  "$PYTHON" -m organsam.inference.organ_prompt_table "$OUT_DIR/model.safetensors" \
+  "$PYTHON" -m organsam.cli.main prompts export "$OUT_DIR/model.safetensors" \
     organsam/assets/organ_prompts.safetensors --command "scripts/train_default.sh $*"
   bash scripts/update_asset_sums.sh
   echo "exported organsam/assets/organ_prompts.safetensors ($(grep organ_prompts organsam/assets/SHA256SUMS))"

@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "segment": "organsam.cli.segment_cmd",
     "serve": "organsam.cli.serve_cmd",
     "evaluate": "organsam.cli.evaluate_cmd",
+    "prompts": "organsam.cli.prompts_cmd",
     "train": "organsam.cli.train_cmd",
 }
 

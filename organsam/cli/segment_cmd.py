@@ -47,7 +47,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--organ-prompts", default=None, metavar="packaged|PATH",
                    help="add learned organ prompt tokens to the atlas/user boxes: 'packaged' for the table shipped "
                         "in the package (trained on ../shared/data), or a table exported by "
-                        "`python -m organsam.inference.organ_prompt_table`; default off (plain LiteMedSAM boxes: "
+                        "`organsam prompts export`; default off (plain LiteMedSAM boxes: "
                         "the tokens did not help on the held-out validation CT, see README)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     b = p.add_argument_group("batch (when -i is a folder of volumes or a manifest)")

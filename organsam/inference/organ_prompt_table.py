@@ -9,12 +9,11 @@ tokens to each box prompt of that organ. The package ships the default table
 
 Export (what ``scripts/train_default.sh`` runs after training)::
 
-    python -m organsam.inference.organ_prompt_table runs/organ_prompts/model.safetensors out.safetensors
+    organsam prompts export runs/organ_prompts/model.safetensors out.safetensors
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -160,25 +159,3 @@ def compare_tables(a: OrganPromptTable, b: OrganPromptTable) -> dict[str, float]
         raise ValueError(f"token shapes differ: {tuple(ta.shape)} vs {tuple(tb.shape)}")
     diff = float((ta - tb).abs().max())
     return {"max_abs": diff, "rel": diff / max(float(ta.abs().max()), 1e-12), "organs": float(len(common))}
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Export the organ prompt table of a trained organ_prompts checkpoint.")
-    p.add_argument("checkpoint", type=Path, help="trained checkpoint (runs/organ_prompts/model.safetensors)")
-    p.add_argument("out", type=Path, help="table file to write (e.g. organsam/assets/organ_prompts.safetensors)")
-    p.add_argument("--command", default="", help="the training command, stored as provenance")
-    p.add_argument("--compare-to", default=None, metavar="TABLE",
-                   help="after exporting, print how far the new table is from TABLE ('packaged': the shipped one)")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    out = export_prompt_table(args.checkpoint, args.out, args.command)
-    if args.compare_to:
-        ref = load_prompt_table(None if args.compare_to == "packaged" else args.compare_to)
-        d = compare_tables(ref, load_prompt_table(out))
-        print(f"{out} vs {ref.path}: {int(d['organs'])} organs, max |token difference| {d['max_abs']:.3g} "
-              f"({d['rel']:.2%} of the largest token)")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -83,3 +83,22 @@ def test_compare_tables_measures_the_token_difference() -> None:
     assert abs(d["max_abs"] - 0.25) < 1e-6 and 0 < d["rel"] < 1
     with pytest.raises(ValueError, match="no common organ"):
         compare_tables(shipped, OrganPromptTable(tokens[:1], ["not_an_organ"]))
+
+
+def test_cli_exports_a_table_and_compares_it_with_the_shipped_one(tmp_path, capsys) -> None:
+    """`organsam prompts export` (what scripts/train_default.sh runs): a checkpoint whose core is untouched gives a
+    table with its organs, and --compare-to measures it against the packaged table."""
+    from organsam.cli.main import main
+    from organsam.model.checkpoint import save_checkpoint
+    from organsam.registry import build_design
+
+    model = build_design("organ_prompts", [{"pretrained": False, "organs": ["liver", "spleen"]}])
+    ckpt = tmp_path / "model.safetensors"
+    save_checkpoint(model, ckpt, design="organ_prompts")
+    out = tmp_path / "table.safetensors"
+    assert main(["prompts", "export", str(ckpt), str(out), "--compare-to", "packaged"]) == 0
+    table = load_prompt_table(out)
+    assert set(table.organ_ids) >= {"liver", "spleen"}
+    assert "max |token difference|" in capsys.readouterr().out
+    assert main(["prompts", "export", str(tmp_path / "missing.safetensors"), str(tmp_path / "t2.safetensors")]) != 0
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1 and not (tmp_path / "t2.safetensors").exists()
