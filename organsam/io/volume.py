@@ -172,32 +172,36 @@ class Volume:
             )
         return from_canonical(arr, self.meta.perm, self.meta.flips)
 
+    @property
+    def _ijk_order(self) -> tuple[int, int, int]:
+        """The file axes in (i, j, k) order: the one rule behind the ``ijk`` methods. NIfTI arrays already are;
+        DICOM, NRRD/MHA and npz arrays are stored (slice, row, column)."""
+        return (0, 1, 2) if self.meta.file_format == "nifti" else (2, 1, 0)
+
     def to_ijk_layout(self, arr_zyx: np.ndarray) -> np.ndarray:
         """Map a canonical (Z, Y, X) array to the input's voxel indices in (i, j, k) order: column, row, slice of the
         input's own grid, the order of NIfTI arrays and of ITK, 3D Slicer and ITK-SNAP voxel indices. NIfTI input
         keeps its array order; DICOM, NRRD/MHA and npz arrays, stored (slice, row, column), are reversed."""
         file_arr = self.to_file_layout(arr_zyx)
-        return file_arr if self.meta.file_format == "nifti" else np.transpose(file_arr, (2, 1, 0))
+        return np.transpose(file_arr, self._ijk_order)
 
     def ijk_index(self, zyx: tuple[int, int, int]) -> tuple[int, int, int]:
         """The (i, j, k) voxel index (:meth:`to_ijk_layout`) of the canonical voxel ``zyx``."""
         file_index = [0, 0, 0]
         for c, (v, n) in enumerate(zip(zyx, self.shape)):
             file_index[self.meta.perm[c]] = n - 1 - int(v) if self.meta.flips[c] else int(v)
-        i = tuple(file_index)
-        return i if self.meta.file_format == "nifti" else (i[2], i[1], i[0])  # type: ignore[return-value]
+        return tuple(file_index[a] for a in self._ijk_order)  # type: ignore[return-value]
 
     def ijk_axis(self, axis: int) -> tuple[str, bool]:
         """Which of the input's voxel axes ("i", "j" or "k") canonical axis ``axis`` (0 z, 1 y, 2 x) runs along,
         and whether it runs the other way (file index = count - 1 - canonical index)."""
-        a = self.meta.perm[axis]
-        return ("ijk"[a] if self.meta.file_format == "nifti" else "kji"[a]), bool(self.meta.flips[axis])
+        return "ijk"[self._ijk_order.index(self.meta.perm[axis])], bool(self.meta.flips[axis])
 
     @property
     def ijk_affine(self) -> np.ndarray:
         """(4, 4) voxel (i, j, k) of :meth:`to_ijk_layout` -> RAS mm (the affine of the NIfTI files written)."""
         assert self.meta.affine is not None
-        return self.meta.affine if self.meta.file_format == "nifti" else self.meta.affine[:, [2, 1, 0, 3]]
+        return self.meta.affine[:, [*self._ijk_order, 3]]
 
     def from_file_layout(self, arr: np.ndarray) -> np.ndarray:
         """Map an array in the input file's layout (e.g. a label map read alongside) to canonical (Z, Y, X).

@@ -7,6 +7,7 @@ Sessions unused for ``session_ttl_s`` are deleted with their folder by a backgro
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import shutil
@@ -137,9 +138,10 @@ class Session:
     def default_window(self) -> str:
         return self.windows[0]
 
-    @property
+    @functools.cached_property
     def window_levels(self) -> dict[str, tuple[float, float]]:
-        """(level, width) of each preset, in the volume's units; ``raw`` spans its 0.5-99.5 percentiles."""
+        """(level, width) of each preset, in the volume's units; ``raw`` spans its 0.5-99.5 percentiles (computed
+        once per session)."""
         out = {w: CT_WINDOWS[w] for w in self.windows if w in CT_WINDOWS}
         sample = self.volume.array.ravel()[:: max(1, self.volume.array.size // 1_000_000)]
         lo, hi = (float(v) for v in np.percentile(sample, [0.5, 99.5]))
