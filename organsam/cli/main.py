@@ -70,12 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
 def error_line(exc: BaseException) -> str:
     """One line for an error that reached the top of the CLI: what went wrong and, where known, how to fix it
     (newlines and control characters of library messages are folded; a very long message is cut)."""
-    return _one_line(_error_text(exc))
+    from organsam.vocabulary.parse import shown
 
-
-def _one_line(text: str, limit: int = 600) -> str:
-    text = " ".join("".join(c if c.isprintable() else " " for c in text).split())
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return shown(_error_text(exc), limit=600)
 
 
 def _error_text(exc: BaseException) -> str:

@@ -149,10 +149,11 @@ def anchor_conflicts(results: Mapping[str, OrganResult], anchors: Sequence[str],
                      max_inside: float = 0.5) -> list[AnchorConflict]:
     """Slices where one anchor's mask lies more than ``max_inside`` inside another's (see :class:`AnchorConflict`)."""
     present = [a for a in anchors if a in results and results[a].mask.any()]
+    drawn = {a: results[a].mask.any(axis=(1, 2)) for a in present}
     out: list[AnchorConflict] = []
     for i, a in enumerate(present):
         for b in present[i + 1:]:
-            both = results[a].mask.any(axis=(1, 2)) & results[b].mask.any(axis=(1, 2))
+            both = drawn[a] & drawn[b]
             for z in np.flatnonzero(both):
                 z = int(z)
                 ma, mb = results[a].mask[z], results[b].mask[z]
@@ -190,9 +191,13 @@ def _one_structure(image: np.ndarray, inner: np.ndarray, outer: np.ndarray) -> b
     return bool(lo <= float(np.median(image[inner])) <= hi)
 
 
-def _take_slice(out: dict[str, OrganResult], src: Mapping[str, OrganResult], oid: str, z: int) -> None:
-    """Copy organ ``oid``'s slice ``z`` (mask and scores) from ``src`` into ``out`` (copying the result first)."""
-    res = out[oid] = out[oid].copy()
+def _take_slice(out: dict[str, OrganResult], src: Mapping[str, OrganResult], original: Mapping[str, OrganResult],
+                oid: str, z: int) -> None:
+    """Copy organ ``oid``'s slice ``z`` (mask and scores) from ``src`` into ``out``; the result is copied once,
+    while ``out`` still shares it with ``original``."""
+    if out[oid] is original[oid]:
+        out[oid] = out[oid].copy()
+    res = out[oid]
     res.mask[z] = src[oid].mask[z]
     for table in ("slice_scores", "rejected"):
         mine, theirs = getattr(res, table), getattr(src[oid], table)
@@ -230,7 +235,7 @@ def resolve_anchor_conflicts(state: InferenceState, results: Mapping[str, OrganR
             before = results[c.outer].slice_scores.get(c.z, 0.0)
             after = tried[c.outer].slice_scores.get(c.z) if tried[c.outer].mask[c.z].any() else None
             if (c.outer, c.z) in splits and after is not None and after >= before - split_margin:
-                _take_slice(out, tried, c.outer, c.z)
+                _take_slice(out, tried, results, c.outer, c.z)
                 log.append(Reassignment(c.outer, c.z, c.inner, round(splits[(c.outer, c.z)][1], 3), "redrawn"))
                 continue
             if not _one_structure(state.volume.array[c.z], results[c.inner].mask[c.z], results[c.outer].mask[c.z]):
@@ -296,12 +301,11 @@ def _redraw(state: InferenceState, results: Mapping[str, OrganResult], boxes: Ma
     jobs: list[DecodeJob] = []
     owners: list[tuple[str, int]] = []
     for (oid, z), (anchor, _) in drawn_on.items():
-        anchor_mask = results[anchor].mask[z]
-        overlap = results[oid].mask[z] & anchor_mask
-        neg = (_deepest_point(overlap), np.zeros(1, dtype=np.int64))
         box = boxes.get(oid, {}).get(z)
         if box is None:  # drawn by tracking beyond the prior's slices: nothing to decode again from
             continue
+        anchor_mask = results[anchor].mask[z]
+        neg = (_deepest_point(results[oid].mask[z] & anchor_mask), np.zeros(1, dtype=np.int64))
         cands = [DecodeJob(z, oid, b, None) for b in excluding_boxes(box, anchor_mask)]
         cands.append(DecodeJob(z, oid, box, neg))
         jobs += cands

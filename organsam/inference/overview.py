@@ -42,7 +42,7 @@ def _letters(draw: ImageDraw.ImageDraw, x0: int, y0: int, w: int, h: int, top: s
 
 def render_overview(display: np.ndarray, labels: np.ndarray, legend: Mapping[int, tuple[str, tuple[int, int, int]]],
                     spacing: tuple[float, float, float], path: str | Path, alpha: float = 0.45,
-                    ijk_index: Callable[[tuple[int, int, int]], tuple[int, int, int]] | None = None) -> Path:
+                    ijk_axis: Callable[[int], tuple[str, bool]] | None = None) -> Path:
     """Write a PNG with the axial slice and the coronal plane through the labelled region's centre.
 
     Captions sit in a band above the panels, orientation letters on each side (axial A/P/R/L, coronal S/I/R/L),
@@ -54,8 +54,8 @@ def render_overview(display: np.ndarray, labels: np.ndarray, legend: Mapping[int
         legend: label value -> (name, RGB colour) for the overlay and the legend.
         spacing: (sz, sy, sx) mm, for the coronal aspect ratio.
         path: output file (written atomically).
-        ijk_index: canonical (z, y, x) -> the input's (i, j, k) voxel index (``Volume.ijk_index``): the captions
-            then name the planes by the input's own voxel numbers, as a viewer of the input file shows them.
+        ijk_axis: canonical axis -> (the input's voxel axis "i"/"j"/"k", reversed) (``Volume.ijk_axis``): the
+            captions then number the planes as the input file does, as a viewer of that file shows them.
 
     Returns:
         The written path.
@@ -78,9 +78,11 @@ def render_overview(display: np.ndarray, labels: np.ndarray, legend: Mapping[int
     canvas.paste(ax_img, (0, HEADER_PX))
     canvas.paste(cor_img, (ax_img.width, cor_y))
     draw = ImageDraw.Draw(canvas)
-    centre = (int(cz), int(cy), int(X // 2))
-    where = f" through voxel (i, j, k) {ijk_index(centre)}" if ijk_index is not None else f" z={cz}, y={cy}"
-    draw.text((4, 4), f"axial and coronal{where}", fill=_YELLOW)
+    where = f" z={cz}, coronal y={cy}"
+    if ijk_axis is not None:  # the planes as the input file numbers them
+        (la, ra), (lc, rc) = ijk_axis(0), ijk_axis(1)
+        where = f" {la}={Z - 1 - cz if ra else cz}, coronal {lc}={Y - 1 - cy if rc else cy}"
+    draw.text((4, 4), f"axial{where}", fill=_YELLOW)
     _letters(draw, 0, HEADER_PX, ax_img.width, ax_img.height, "A", "P")
     _letters(draw, ax_img.width, cor_y, cor_img.width, cor_img.height, "S", "I",
              outside=cor_img.height < ax_img.height - 40)

@@ -135,18 +135,19 @@ def organ_report(organ_id: str, mask: np.ndarray, volume: Volume, res: OrganResu
 MIN_SLICES_FOR_TEXT = 4
 
 
-def check_segmentable(volume: Volume, min_slice_mm: float = 0.0) -> None:
+def check_segmentable(volume: Volume, work: Volume | None = None) -> None:
     """Refuse, in one line, a volume that text prompts cannot be placed on (too few slices on the model grid).
 
-    Called before any work by :func:`run_segmentation` and by the server when a volume is uploaded.
+    Called before any work by :func:`run_segmentation` (with ``work``, the model grid of ``volume``) and by the
+    server when a volume is uploaded.
 
     Raises:
         VolumeReadError: fewer than :data:`MIN_SLICES_FOR_TEXT` slices (a picture, a single DICOM slice, a
             three-slice series).
     """
-    Z = model_grid(volume, min_slice_mm).array.shape[0]
+    Z = (work if work is not None else volume).array.shape[0]
     if Z < MIN_SLICES_FOR_TEXT:
-        grid = "" if volume.array.shape[0] == Z else f" on the model grid (--min-slice-mm {min_slice_mm:g})"
+        grid = "" if volume.array.shape[0] == Z else " on the model grid (--min-slice-mm)"
         raise VolumeReadError(volume.path, f"has {Z} slice(s){grid}; text prompts place organs with a 3D atlas "
                               f"registered to the scan, which needs at least {MIN_SLICES_FOR_TEXT} slices.",
                               "give the whole series (every slice of the scan), or a smaller --min-slice-mm.")
@@ -246,8 +247,8 @@ def run_segmentation(predictor: Any, volume: Volume, request: OrganRequest, *,
             raise JobCancelledError("the segmentation was cancelled")
 
     t0 = time.perf_counter()
-    check_segmentable(volume, options.min_slice_mm)  # every requested organ is text-prompted
     work = model_grid(volume, options.min_slice_mm)
+    check_segmentable(volume, work)  # every requested organ is text-prompted
     if state is None:
         state = predictor.init_state(work)
     elif state.volume.array.shape != work.array.shape:

@@ -93,7 +93,7 @@ class SegmentationResult:
             written["overview"] = render_overview(
                 to_uint8_display(self.volume), self.labelmap,
                 table,
-                tuple(self.volume.spacing), folder / "overview.png", ijk_index=self.volume.ijk_index)
+                tuple(self.volume.spacing), folder / "overview.png", ijk_axis=self.volume.ijk_axis)
         (folder / "report.json").write_text(json.dumps(self.report, indent=2))
         written["report"] = folder / "report.json"
         return written

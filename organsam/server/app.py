@@ -77,7 +77,7 @@ def create_app(settings: ServerSettings | None = None, predictor_factory: Any = 
     app.state.render_gate = threading.BoundedSemaphore(settings.render_threads)
     app.add_middleware(BodyLimitMiddleware, max_upload=settings.max_upload_bytes)
     if settings.is_loopback or settings.allowed_hosts:
-        app.add_middleware(HostCheckMiddleware, allowed=(*LOOPBACK_NAMES, *settings.allowed_hosts))
+        app.add_middleware(HostCheckMiddleware, allowed=(*LOOPBACK_NAMES, settings.host, *settings.allowed_hosts))
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)

@@ -201,7 +201,12 @@ class Session:
         organs = [o for o, m in (res.masks.items() if res is not None else ()) if m[z, y, x]]
         return {"zyx": [z, y, x], "ijk": list(self.volume.ijk_index((z, y, x))),
                 "value": round(float(self.volume.array[z, y, x]), 1),
-                "unit": "HU" if is_ct_in_hu(self.volume) else "", "organs": organs}
+                "unit": self.unit, "organs": organs}
+
+    @functools.cached_property
+    def unit(self) -> str:
+        """"HU" for a CT in Hounsfield units, else "" (computed once: the readout asks on every cursor move)."""
+        return "HU" if is_ct_in_hu(self.volume) else ""
 
     def expires_in(self, ttl: float) -> float:
         """Seconds left before the reaper may delete this session."""

@@ -83,7 +83,7 @@ class UnknownOrganError(PromptError):
 def shown(text: str, limit: int = 80) -> str:
     """``text`` as it may appear in a message: control and escape characters dropped, whitespace collapsed,
     cut to ``limit`` characters (a 10,000-character prompt is not echoed back whole)."""
-    clean = "".join(c for c in str(text) if unicodedata.category(c)[0] != "C" or c in " \t\n")
+    clean = "".join(c if unicodedata.category(c)[0] != "C" else " " for c in str(text))
     clean = " ".join(clean.split())
     return clean if len(clean) <= limit else clean[:limit - 1] + "\u2026"
 

@@ -554,8 +554,9 @@
     st.window = `${level},${width}`;
     $("#window").value = "custom";
     document.body.dataset.window = st.window;
-    drawAll();
+    if (!wlTimer) wlTimer = setTimeout(() => { wlTimer = null; drawAll(); }, 150); // a drag: ~7 redraws a second
   }
+  let wlTimer = null;
 
   let readoutSeq = 0, readoutTimer = null;
   function readout(view, ev) { // the value under the cursor (HU on CT), the input's voxel index, the organs there
