@@ -76,6 +76,7 @@ ROWS: dict[str, str] = {
     "no_joint_assignment": "(c) without joint assignment (masks drawn on an anchor organ kept)",
     "no_anchor_refit": "(c) without anchor re-placement (the prior stays where registration put it)",
     "no_verification": "(c) without verification (masks bigger than the organ can be kept)",
+    "no_trim_ends": "(c) without organ-end trimming (end slices of another tissue kept)",
     "organ_prompts": "(c) + learned organ prompt tokens (shipped checkpoint, opt-in: --organ-prompts packaged)",
     "checkpoint_prior": "(e) trained design checkpoint (--checkpoint): text + atlas boxes",
     "checkpoint_text": "(e) trained design checkpoint (--checkpoint): text only, every slice",
@@ -160,12 +161,13 @@ def run_case(case: str, data: Path, core: Any, organs: list[str], args: argparse
 
     def predictor(prior: Any, iou_threshold: float | None = None, track_refine: bool = True,
                   prompts: bool = False, joint_assignment: bool | None = None,
-                  anchor_refit: bool | None = None) -> CachedPredictor:
+                  anchor_refit: bool | None = None, trim_ends: bool | None = None) -> CachedPredictor:
         kw = {} if iou_threshold is None else {"iou_threshold": iou_threshold}
         assign = track_refine if joint_assignment is None else joint_assignment  # (d) rows: the plain prior pass
         refit = track_refine if anchor_refit is None else anchor_refit
+        trim = track_refine if trim_ends is None else trim_ends
         return CachedPredictor(core, prior=FixedPrior(prior), device=args.device, progress=False, cache=cache,
-                               track_refine=track_refine, joint_assignment=assign, anchor_refit=refit,
+                               track_refine=track_refine, joint_assignment=assign, anchor_refit=refit, trim_ends=trim,
                                precision=args.precision,
                                decoder_precision=args.decoder_precision,
                                organ_prompts=table if prompts else False, **kw)
@@ -179,6 +181,7 @@ def run_case(case: str, data: Path, core: Any, organs: list[str], args: argparse
         "no_joint_assignment": ("without joint assignment", lambda: predictor(atlas, joint_assignment=False), None),
         "no_anchor_refit": ("without anchor re-placement", lambda: predictor(atlas, anchor_refit=False), None),
         "no_verification": ("without verification", lambda: shipped, SegmentOptions(verify=False)),
+        "no_trim_ends": ("without organ-end trimming", lambda: predictor(atlas, trim_ends=False), None),
         "organ_prompts": ("with organ prompts", lambda: predictor(atlas, prompts=True), None),
     }
     for row, (label, make, options) in variants.items():
@@ -196,6 +199,7 @@ def run_case(case: str, data: Path, core: Any, organs: list[str], args: argparse
             preds[f"checkpoint_{mode}"] = _label_masks(res.labelmap, res.label_table)
             times[f"checkpoint, {mode}"] = time.perf_counter() - t
     if set(args.rows) <= {"organsam", "atlas", "no_joint_assignment", "no_anchor_refit", "no_verification",
+                          "no_trim_ends",
                           "organ_prompts", "checkpoint_prior", "checkpoint_text"}:
         return preds, ref, vol, times
 

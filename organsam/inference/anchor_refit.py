@@ -27,7 +27,7 @@ from organsam.inference.state import Box, Candidate, DecodeJob, InferenceState, 
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MovedPrior", "search_offset", "z_offset"]
+__all__ = ["MovedPrior", "move_prior", "search_offset", "z_offset"]
 
 #: ``decode(state, jobs) -> candidates``
 Decoder = Callable[[InferenceState, list[DecodeJob]], list[Candidate]]
@@ -67,6 +67,14 @@ class MovedPrior:
             if moved[2] - moved[0] >= 2 and moved[3] - moved[1] >= 2:
                 out[zz] = moved
         return out
+
+
+def move_prior(state: InferenceState, offset: tuple[float, float, float], step: str, **record: Any) -> None:
+    """Move the session's fitted prior by ``offset`` (dz, dy, dx voxels) and record the move in
+    ``state.prior_moves`` (in mm, with ``record``'s entries)."""
+    state.prior = MovedPrior(state.prior, offset, state.volume.array.shape)
+    mm = [round(o * s, 1) for o, s in zip(offset, state.volume.spacing)]
+    state.prior_moves.append({"step": step, "offset_mm": mm, **record})
 
 
 def _along_z(boxes: Mapping[int, Box | None], mask: np.ndarray) -> float | None:

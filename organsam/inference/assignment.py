@@ -36,7 +36,7 @@ from organsam.inference.track_refine import Decoder
 logger = logging.getLogger(__name__)
 
 __all__ = ["ANCHORS", "AnchorConflict", "Reassignment", "anchor_conflicts", "assign_against_anchors", "excluding_boxes",
-           "neighbouring_anchors", "resolve_anchor_conflicts"]
+           "most_inside", "neighbouring_anchors", "resolve_anchor_conflicts"]
 
 #: Organs the core draws reliably once placed (Dice ~0.9 with atlas boxes: bench/quality.py, issue 14).
 ANCHORS: tuple[str, ...] = ("liver", "spleen", "kidney_left", "kidney_right", "aorta")
@@ -59,8 +59,8 @@ class Reassignment:
     outcome: str
 
 
-def _inside(mask: np.ndarray, anchors: Mapping[str, np.ndarray]) -> tuple[float, str | None]:
-    """The largest fraction of ``mask`` inside one anchor mask, and that anchor."""
+def most_inside(mask: np.ndarray, anchors: Mapping[str, np.ndarray]) -> tuple[float, str | None]:
+    """The largest fraction of ``mask`` inside one of the ``anchors`` masks (any masks of its shape), and whose."""
     area = int(mask.sum())
     best: tuple[float, str | None] = (0.0, None)
     if area == 0:
@@ -281,7 +281,7 @@ def assign_against_anchors(state: InferenceState, results: Mapping[str, OrganRes
             z = int(z)
             if not _redrawable(state, oid, z):
                 continue
-            inside, anchor = _inside(res.mask[z], {a: out[a].mask[z] for a in present})
+            inside, anchor = most_inside(res.mask[z], {a: out[a].mask[z] for a in present})
             if anchor is not None and inside > max_inside:
                 drawn_on[(oid, z)] = (anchor, inside)
     out, more = _redraw(state, out, boxes, decode, iou_threshold, max_inside, drawn_on)
@@ -314,7 +314,7 @@ def _redraw(state: InferenceState, results: Mapping[str, OrganResult], boxes: Ma
     for (oid, z), cand in zip(owners, decode(state, jobs) if jobs else []):
         # a replacement may lie mostly inside no other organ's mask: not the anchor's, nor a neighbour's
         others = {o: r.mask[z] for o, r in results.items() if o != oid}
-        ok = cand.mask.any() and cand.score >= iou_threshold and _inside(cand.mask, others)[0] <= max_inside
+        ok = cand.mask.any() and cand.score >= iou_threshold and most_inside(cand.mask, others)[0] <= max_inside
         if ok and ((oid, z) not in best or cand.score > best[(oid, z)].score):
             best[(oid, z)] = cand
     log: list[Reassignment] = []

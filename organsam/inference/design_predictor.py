@@ -85,7 +85,7 @@ def design_predictor(model: OrganSegmenter, *, prompts: str = "prior", prior: Lo
     """
     if prompts not in PROMPT_MODES:
         raise ValueError(f"prompts must be one of {PROMPT_MODES}, got {prompts!r}")
-    for key in ("core", "organ_prompts", "track_refine", "fast_encoder", "quantize", "decoder"):
+    for key in ("core", "organ_prompts", "track_refine", "trim_ends", "fast_encoder", "quantize", "decoder"):
         if key in kwargs:
             raise TypeError(f"a design predictor does not take {key!r}: the design brings its own core and prompts")
     dev = torch.device(device)
@@ -94,4 +94,5 @@ def design_predictor(model: OrganSegmenter, *, prompts: str = "prior", prior: Lo
     decoder = DesignDecoder(model, dev, precision, decoder_precision, batch_size)
     return VolumePredictor(prior=prior if prompts == "prior" else EverySlice(), device=dev, batch_size=batch_size,
                            iou_threshold=score_threshold, track_refine=False, joint_assignment=False,
-                           anchor_refit=False, decoder=decoder, **kwargs)  # the search scores LiteMedSAM's IoU
+                           anchor_refit=False, trim_ends=False, decoder=decoder,
+                           **kwargs)  # the corrections rank slices by LiteMedSAM's predicted IoU

@@ -28,9 +28,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from organsam.inference.anchor_refit import MovedPrior, search_offset, z_offset
+from organsam.inference.anchor_refit import move_prior, search_offset, z_offset
 from organsam.inference.assignment import ANCHORS, assign_against_anchors, neighbouring_anchors
 from organsam.inference.decoders import SamCoreDecoder, SliceDecoder
+from organsam.inference.organ_ends import trim_prior_placed
 from organsam.inference.organ_prompt_table import OrganPromptTable, load_prompt_table
 from organsam.inference.state import (
     Box,
@@ -93,6 +94,8 @@ class VolumePredictor:
         anchor_refit: when the anchor organs drawn sit away from the prior's boxes, move the prior onto them and
             segment the text-prompted organs again (:mod:`organsam.inference.anchor_refit`); ``False`` keeps
             the prior where registration put it.
+        trim_ends: cut a text-prompted organ's end slices that hold another tissue
+            (:mod:`organsam.inference.organ_ends`); ``False`` keeps them.
         decoder: what encodes slices and draws masks; default a :class:`SamCoreDecoder` built from ``core``,
             ``precision``, ``decoder_precision``, ``fast_encoder``, ``quantize`` and ``organ_prompts`` (which
             must then be left at their defaults).
@@ -104,7 +107,7 @@ class VolumePredictor:
                  precision: str | None = None, fast_encoder: bool = True, quantize: bool = False,
                  track_refine: bool = True, decoder_precision: str | None = None, joint_assignment: bool = True,
                  organ_prompts: OrganPromptTable | str | bool | None = False,
-                 decoder: SliceDecoder | None = None, anchor_refit: bool = True) -> None:
+                 decoder: SliceDecoder | None = None, anchor_refit: bool = True, trim_ends: bool = True) -> None:
         self.device = torch.device(device)
         self.batch_size = int(batch_size if batch_size is not None else self.default_batch_size(self.device))
         if self.batch_size < 1:
@@ -130,6 +133,7 @@ class VolumePredictor:
         self.track_refine = bool(track_refine)
         self.joint_assignment = bool(joint_assignment)
         self.anchor_refit = bool(anchor_refit)
+        self.trim_ends = bool(trim_ends)
         self.refine_decodes = 0
 
     @property
@@ -303,11 +307,13 @@ class VolumePredictor:
         if dz is not None and state.prior is not None:
             for oid in hidden:
                 del state.prompts[oid], state.results[oid]
-            self._move_prior(state, (dz, 0.0, 0.0), "anchor slice ranges")
+            move_prior(state, (dz, 0.0, 0.0), "anchor slice ranges")
             planned, _, hidden = self._plan(state, tracked_too=False)
             self._segment(state, planned, [], order)
         for oid in hidden:
             del state.prompts[oid], state.results[oid]
+        if self.trim_ends:  # last: the anchor z step reads where the anchors were drawn, ends included
+            state.results.update(trim_prior_placed(state))
         for z in order:
             ids = [oid for oid, res in state.results.items() if res.mask[z].any()]
             if ids:
@@ -321,14 +327,7 @@ class VolumePredictor:
         boxes = {a: b for a in ANCHORS if known is None or a in known for b in [self.prior_boxes(state, a)] if b}
         decodes: list[int] = []
         offset = search_offset(state, boxes, lambda s, jobs: decodes.append(len(jobs)) or self.decode(s, jobs))
-        self._move_prior(state, (0.0, *(offset or (0.0, 0.0))), "anchor search")
-        state.prior_moves[-1]["decodes"] = sum(decodes)
-
-    @staticmethod
-    def _move_prior(state: InferenceState, offset: tuple[float, float, float], step: str) -> None:
-        state.prior = MovedPrior(state.prior, offset, state.volume.array.shape)
-        state.prior_moves.append({"step": step, "offset_mm": [round(o * s, 1)
-                                                               for o, s in zip(offset, state.volume.spacing)]})
+        move_prior(state, (0.0, *(offset or (0.0, 0.0))), "anchor search", decodes=sum(decodes))
 
     def _plan(self, state: InferenceState, tracked_too: bool
               ) -> tuple[dict[str, dict[int, Box | None]], list[str], list[str]]:
