@@ -50,7 +50,7 @@ sys.path.insert(0, str(REPO))
 from organsam.model.base import DesignOutput, OrganSegmenter, resolve_organ_ids  # noqa: E402
 from organsam.model.sam_core import build_lite_medsam  # noqa: E402
 from organsam.preprocessing.slices import to_model_input  # noqa: E402
-from organsam.registry import DESIGN_MODULES, build_design  # noqa: E402
+from organsam.registry import build_design, list_designs  # noqa: E402
 from organsam.training.case_store import CaseStore  # noqa: E402
 from organsam.training.datasets import default_shared_root, read_dataset  # noqa: E402
 from organsam.training.feature_cache import FeatureCache  # noqa: E402
@@ -280,7 +280,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=20, help="optimizer steps per design (default 20)")
     p.add_argument("--batch-size", type=int, default=4, help="slices per step (default 4)")
-    designs = list(DESIGN_MODULES)
+    designs = list_designs()
     p.add_argument("--designs", nargs="+", choices=designs, default=None,
                    help="default: the four text designs; with --prompts box also organ_prompts")
     p.add_argument("--prompts", choices=["text", "box"], default="text",

@@ -1,30 +1,28 @@
 """Design registry: name -> (config dataclass, builder). Importable without torch.
 
-Designs register themselves with ``@register_design(name, config_cls)`` in their module under
-``organsam/model/designs``; ``list_designs()`` names them without importing torch, and
-``build_design(name, overrides)`` resolves the YAML preset plus overrides and builds the model.
+A design is one module ``organsam/model/designs/<name>.py`` whose builder carries
+``@register_design("<name>", ConfigClass)``; its docstring's first line is its summary. Nothing else lists it:
+``list_designs()`` names the modules found there without importing them (no torch), ``get_design(name)`` imports
+the one asked for, and ``build_design(name, overrides)`` resolves its YAML preset plus overrides and builds it.
 """
 
 from __future__ import annotations
 
+import ast
 import difflib
 import importlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from organsam.config import apply_overrides, from_dict, preset
 
-__all__ = ["register_design", "list_designs", "get_design", "build_design", "resolve_config", "DESIGN_MODULES"]
+__all__ = ["register_design", "list_designs", "get_design", "build_design", "resolve_config", "design_source",
+           "design_summary", "DESIGNS_DIR"]
 
-# Known designs and the module that registers each (so listing needs no torch import).
-DESIGN_MODULES: dict[str, str] = {
-    "crisp_sam2": "organsam.model.designs.crisp_sam2",
-    "seg_sam": "organsam.model.designs.seg_sam",
-    "pg_sam": "organsam.model.designs.pg_sam",
-    "organsam": "organsam.model.designs.organsam",
-    "organ_prompts": "organsam.model.designs.organ_prompts",
-}
+#: The folder of the design modules, one per design, named after it.
+DESIGNS_DIR: Path = Path(__file__).resolve().parent / "model" / "designs"
 
 
 @dataclass(frozen=True)
@@ -32,25 +30,35 @@ class DesignEntry:
     name: str
     config_cls: type
     builder: Callable[[Any], Any]
-    summary: str
 
 
 _REGISTRY: dict[str, DesignEntry] = {}
 
 
-def register_design(name: str, config_cls: type, summary: str = "") -> Callable[[Callable], Callable]:
-    """Decorator registering ``builder(config) -> nn.Module`` under ``name``."""
+def register_design(name: str, config_cls: type) -> Callable[[Callable], Callable]:
+    """Decorator registering ``builder(config) -> nn.Module`` under ``name`` (the name of its module)."""
 
     def deco(builder: Callable) -> Callable:
-        _REGISTRY[name] = DesignEntry(name, config_cls, builder, summary or (builder.__doc__ or "").strip())
+        _REGISTRY[name] = DesignEntry(name, config_cls, builder)
         return builder
 
     return deco
 
 
 def list_designs() -> list[str]:
-    """Names of all designs (no torch import)."""
-    return sorted(DESIGN_MODULES)
+    """Names of all designs: the modules of :data:`DESIGNS_DIR` (nothing imported, no torch)."""
+    return sorted(p.stem for p in DESIGNS_DIR.glob("*.py") if not p.name.startswith("_"))
+
+
+def design_source(name: str) -> Path:
+    """The module file of design ``name``."""
+    return DESIGNS_DIR / f"{name}.py"
+
+
+def design_summary(name: str) -> str:
+    """The first line of a design module's docstring, read from its source (nothing imported: no torch)."""
+    doc = ast.get_docstring(ast.parse(design_source(name).read_text(encoding="utf-8"))) or ""
+    return doc.strip().splitlines()[0] if doc.strip() else ""
 
 
 def get_design(name: str) -> DesignEntry:
@@ -59,12 +67,16 @@ def get_design(name: str) -> DesignEntry:
     Raises:
         KeyError: unknown name, with a did-you-mean suggestion.
     """
-    if name not in DESIGN_MODULES:
-        close = difflib.get_close_matches(name, DESIGN_MODULES, n=2)
+    known = list_designs()
+    if name not in known:
+        close = difflib.get_close_matches(name, known, n=2)
         hint = f"; did you mean: {', '.join(close)}?" if close else ""
-        raise KeyError(f"unknown design {name!r}{hint} (known: {', '.join(list_designs())})")
+        raise KeyError(f"unknown design {name!r}{hint} (known: {', '.join(known)})")
     if name not in _REGISTRY:
-        importlib.import_module(DESIGN_MODULES[name])
+        importlib.import_module(f"organsam.model.designs.{name}")
+    if name not in _REGISTRY:
+        raise KeyError(f"{design_source(name)} registers no design {name!r}: decorate its builder with "
+                       f"@register_design({name!r}, ConfigClass)")
     return _REGISTRY[name]
 
 

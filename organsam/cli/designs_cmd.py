@@ -8,9 +8,7 @@ parameter counts under the preset's freezing options.
 from __future__ import annotations
 
 import argparse
-import ast
 import json
-from pathlib import Path
 from typing import Any
 
 
@@ -23,21 +21,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def design_summary(name: str) -> str:
-    """First line of a design module's docstring, read from its source (nothing imported: no torch)."""
-    from organsam.registry import DESIGN_MODULES
-
-    root = Path(__file__).resolve().parents[2]  # the folder holding the organsam package
-    source = root.joinpath(*DESIGN_MODULES[name].split(".")).with_suffix(".py")
-    if not source.is_file():
-        return ""
-    doc = ast.get_docstring(ast.parse(source.read_text(encoding="utf-8"))) or ""
-    return doc.strip().splitlines()[0] if doc.strip() else ""
-
-
 def run(args: argparse.Namespace) -> int:
     from organsam.cli.main import CLIError
-    from organsam.registry import list_designs
+    from organsam.registry import design_summary, list_designs
 
     known = list_designs()
     names = args.names or known

@@ -24,6 +24,21 @@ def test_designs_lists_every_design_without_importing_torch():
     assert out.strip().endswith("TORCH False 0")
 
 
+def test_every_design_module_registers_the_design_it_is_named_after():
+    """A design is one module: its file name is its name, its decorator registers it, its docstring summarises it."""
+    from organsam.registry import DESIGNS_DIR, design_summary, get_design, resolve_config
+
+    names = list_designs()
+    assert {"crisp_sam2", "seg_sam", "pg_sam", "organsam", "organ_prompts"} <= set(names)
+    assert names == sorted(p.stem for p in DESIGNS_DIR.glob("*.py") if p.stem != "__init__")
+    for name in names:
+        entry = get_design(name)
+        assert entry.name == name and design_summary(name).lower().startswith(name.replace("_", "-")[:4].lower())
+        assert isinstance(resolve_config(name), entry.config_cls)
+    with pytest.raises(KeyError, match="did you mean: pg_sam"):
+        get_design("pg-sam")
+
+
 @pytest.mark.slow
 def test_designs_params_builds_the_real_designs(capsys):
     assert main(["designs", "--params", "--json", "seg_sam", "pg_sam"]) == 0

@@ -1,10 +1,7 @@
-"""The text-prompted designs, one module each, registered in :mod:`organsam.registry`.
-
-* ``crisp_sam2``: :mod:`organsam.model.designs.crisp_sam2`
-* ``seg_sam``: :mod:`organsam.model.designs.seg_sam`
-* ``pg_sam``: :mod:`organsam.model.designs.pg_sam`
-* ``organsam``: :mod:`organsam.model.designs.organsam`
-* ``organ_prompts``: :mod:`organsam.model.designs.organ_prompts` (the shipped default checkpoint)
+"""The text-prompted designs: one module each, named after the design, whose builder carries
+``@register_design(name, ConfigClass)`` (:mod:`organsam.registry`); the module docstring's first line is the
+design's summary (``organsam designs``). Adding a design is adding a module here (and, to change its config's
+defaults, a preset ``organsam/configs/<name>.yaml``).
 
 Build one with ``organsam.registry.build_design(name, overrides)``; modules are imported on demand.
 """

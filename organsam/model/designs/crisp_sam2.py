@@ -318,8 +318,7 @@ class CrispSam2(OrganSegmenter):
         return terms
 
 
-@register_design("crisp_sam2", CrispSam2Config,
-                 summary="CRISP-SAM2: text injected into the encoder, semantic prompts, refinement, sorted memory")
+@register_design("crisp_sam2", CrispSam2Config)
 def build_crisp_sam2(config: CrispSam2Config) -> CrispSam2:
     """Build CRISP-SAM2 from its config."""
     return CrispSam2(config)

@@ -98,9 +98,7 @@ class OrganPrompts(OrganSegmenter):
         return {oid: table[k] for k, oid in enumerate(self.organ_ids)}
 
 
-@register_design("organ_prompts", OrganPromptsConfig,
-                 summary="organ_prompts: frozen LiteMedSAM + learned organ prompt tokens from the organ's text, next "
-                         "to atlas/user boxes (the shipped default checkpoint)")
+@register_design("organ_prompts", OrganPromptsConfig)
 def build_organ_prompts(config: OrganPromptsConfig) -> OrganPrompts:
     """Build the organ_prompts design from its config."""
     return OrganPrompts(config)

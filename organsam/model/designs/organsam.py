@@ -145,10 +145,7 @@ class OrganSam(OrganSegmenter):
         return terms
 
 
-@register_design("organsam", OrganSamConfig,
-                 summary="organsam: frozen LiteMedSAM + semantic text prompts + optional prior boxes + presence "
-                         "head + iterative optimizer (a trainable research design; the shipped pipeline is "
-                         "LiteMedSAM placed by the location prior)")
+@register_design("organsam", OrganSamConfig)
 def build_organsam(config: OrganSamConfig) -> OrganSam:
     """Build the organsam composition from its config."""
     return OrganSam(config)

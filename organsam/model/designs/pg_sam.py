@@ -196,9 +196,7 @@ class PgSam(OrganSegmenter):
         return terms
 
 
-@register_design("pg_sam", PgSamConfig,
-                 summary="PG-SAM: description-based prior guide, multi-level fusion decoder with one token per "
-                         "organ, iterative mask optimizer, prompt-free mode")
+@register_design("pg_sam", PgSamConfig)
 def build_pg_sam(config: PgSamConfig) -> PgSam:
     """Build PG-SAM from its config."""
     return PgSam(config)

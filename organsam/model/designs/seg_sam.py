@@ -146,9 +146,7 @@ class SegSam(OrganSegmenter):
         return terms
 
 
-@register_design("seg_sam", SegSamConfig,
-                 summary="SEG-SAM: SAM decoder + independent semantic decoder classifying all organs, "
-                         "knowledge-to-vision module, cross-mask alignment")
+@register_design("seg_sam", SegSamConfig)
 def build_seg_sam(config: SegSamConfig) -> SegSam:
     """Build SEG-SAM from its config."""
     return SegSam(config)
