@@ -1,5 +1,12 @@
 """The training loop behind ``organsam train``: one YAML -> a trained design checkpoint.
 
+The loop is a sequence of hooks, as in nnU-Net's trainer: :meth:`Trainer.on_train_start` (model, resumed state,
+data, optimizer, loader, logger), then per step :meth:`~Trainer.train_step`, :meth:`~Trainer.log_step`,
+:meth:`~Trainer.validation_step` and :meth:`~Trainer.checkpoint`, and :meth:`~Trainer.on_train_end` (the final
+model). A variant overrides a hook. The data is built by :mod:`organsam.training.train_data`, the losses by
+:mod:`organsam.training.slice_loss` and :mod:`organsam.training.sequence_loss`, the state on disk by
+:mod:`organsam.training.train_state`.
+
 * **Model**: ``build_design(config.design, [config.model])`` (freezing and LoRA options, e.g.
   ``model.lora_rank: 8``, are design config keys; the feature cache refuses LoRA adapters);
   AdamW over the trainable parameters (no weight decay on 1D tensors), linear warm-up then cosine/poly
@@ -31,9 +38,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import random
-import shutil
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,9 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from organsam.config import ConfigError, to_dict
-from organsam.io.files import atomic_path
-from organsam.model.losses import neutral_class_targets
+from organsam.config import ConfigError
 from organsam.training.distributed import (
     DistInfo,
     all_reduce_mean,
@@ -51,15 +55,24 @@ from organsam.training.distributed import (
     cleanup_distributed,
     init_distributed,
 )
+from organsam.training.slice_loss import slice_loss
 from organsam.training.train_config import TrainConfig
+from organsam.training.train_data import build_train_data, organ_indices
+from organsam.training.train_state import (
+    STATE_FILE,
+    STATE_FORMAT,
+    check_train_state,
+    load_train_state,
+    restore_train_state,
+    save_model,
+    save_train_state,
+)
 from organsam.training.validation import ValResult, validate
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["Trainer", "TrainResult", "train", "STATE_FORMAT", "load_train_state"]
 
-STATE_FORMAT = "organsam-train-state-v1"
-STATE_FILE = "train_state.pt"
 
 
 @dataclass
@@ -82,68 +95,33 @@ class TrainResult:
     val: ValResult | None = None
 
 
-def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": [
-            np_state[0],
-            torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
-            int(np_state[2]),
-            int(np_state[3]),
-            float(np_state[4]),
-        ],
-        "python": random.getstate(),
-    }
+@dataclass
+class _Run:
+    """What one run holds between hooks (set up by :meth:`Trainer.on_train_start`)."""
 
+    di: DistInfo
+    model: torch.nn.Module
+    net: torch.nn.Module
+    opt: torch.optim.Optimizer
+    params: list[torch.nn.Parameter]
+    sched: Any
+    scaler: Any
+    batches: Iterator[dict[str, Any]]
+    val_store: Any
+    cache: Any
+    mlog: Any
+    progress: Any
+    autocast: Callable[[], Any]
+    val_organs: list[int] | None
+    start_step: int
+    best: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    last_val: ValResult | None = None
 
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    n = state["numpy"]
-    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-
-
-def load_train_state(path: str | Path) -> dict[str, Any]:
-    """Read a training state file (``weights_only`` unpickling).
-
-    Raises:
-        FileNotFoundError: no such file.
-        ConfigError: not an organsam training state.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(
-            f"{p}: training state to resume from not found (set resume: auto, null or a "
-            f"checkpoints/step_XXXXXXX.pt file)"
-        )
-    state = torch.load(p, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise ConfigError(
-            f"{p}: not an organsam training state (format {STATE_FORMAT}); model checkpoints "
-            f"(.safetensors) cannot be resumed, only fine-tuned through model.sam_checkpoint"
-        )
-    return state
-
-
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
-def _config_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for k in sorted(set(a) | set(b)):
-            out += _config_diff(a.get(k), b.get(k), f"{prefix}{k}.")
-        return out
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        a, b = list(a), list(b)
-    return [] if a == b else [f"{prefix[:-1]}: {a!r} vs {b!r}"]
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.close()
+        self.mlog.close()
 
 
 class Trainer:
@@ -187,99 +165,6 @@ class Trainer:
                 f"model.lora_rank: 0"
             )
 
-    def _organ_indices(self, model: torch.nn.Module, organs: tuple[str, ...], what: str) -> list[int] | None:
-        if not organs:
-            return None
-        from organsam.model.base import resolve_organ_ids
-
-        ids = resolve_organ_ids(organs)
-        missing = [o for o in ids if o not in model.organ_ids]
-        if missing:
-            raise ConfigError(
-                f"{what}: organ(s) {missing} are not in the vocabulary of design {self.cfg.design} "
-                f"(its config 'organs' restricts it)"
-            )
-        return [model.organ_ids.index(o) for o in ids]
-
-    def _build_data(self, model: torch.nn.Module, dist_info: DistInfo) -> dict[str, Any]:
-        from organsam.training.case_store import CaseStore
-        from organsam.training.datasets import read_dataset
-        from organsam.training.manifest import check_patient_split, split_cases
-        from organsam.training.sampling import OrganBalancedSampler
-        from organsam.training.sequence_dataset import SequenceDataset
-        from organsam.training.sequence_sampling import SequenceSampler
-        from organsam.training.slice_dataset import SliceDataset
-        from organsam.training.transforms import SliceTransform
-
-        d = self.cfg.data
-        cases = read_dataset(d.dataset, d.root, **d.options)
-        train_cases = split_cases(
-            cases,
-            d.train_split,
-            val_fraction=d.val_fraction,
-            seed=d.split_seed,
-            use_dataset_splits=d.use_dataset_splits,
-        )
-        val_cases = (
-            split_cases(
-                cases,
-                d.val_split,
-                val_fraction=d.val_fraction,
-                seed=d.split_seed,
-                use_dataset_splits=d.use_dataset_splits,
-            )
-            if d.val_split
-            else []
-        )
-        if not train_cases:
-            raise ConfigError(f"data: split {d.train_split!r} of dataset {d.dataset!r} has no cases")
-        check_patient_split(train_cases, val_cases, (d.train_split, d.val_split or "val"))
-        logger.info(
-            "data %s: %d train case(s) %s, %d val case(s) %s",
-            d.dataset,
-            len(train_cases),
-            [c.case_id for c in train_cases],
-            len(val_cases),
-            [c.case_id for c in val_cases],
-        )
-        prompt = self._organ_indices(model, d.organs, "data.organs")
-        store = CaseStore(train_cases, model.organ_ids, window=d.window, cache_dir=d.case_cache_dir)
-        sampling = {
-            "prompt_organs": prompt,
-            "min_area": d.min_area,
-            "absent_fraction": d.absent_fraction,
-            "balance_power": d.balance_power,
-            "seed": self.cfg.seed,
-        }
-        if d.sequence_length >= 2:
-            sampler: OrganBalancedSampler = SequenceSampler.from_store(
-                store, length=d.sequence_length, stride=d.sequence_stride, **sampling
-            )
-        else:
-            sampler = OrganBalancedSampler.from_store(store, **sampling)
-        augment = d.augment
-        if d.feature_cache and augment.enabled:
-            logger.warning(
-                "data.feature_cache is on: augmentation is turned off (cached features are of the "
-                "unaugmented slices)"
-            )
-            augment = None
-        transform = SliceTransform(augment, d.box_jitter, d.box_jitter_rel, d.box_margin)
-        if d.sequence_length >= 2:
-            logger.info(
-                "memory training: sequences of %d slices (stride %d)%s",
-                d.sequence_length,
-                d.sequence_stride,
-                ", one augmentation per sequence" if transform.augment is not None else "",
-            )
-            dataset: Any = SequenceDataset(store, transform, min_area=d.min_area)
-        else:
-            dataset = SliceDataset(store, transform, min_area=d.min_area)
-        val_store = None
-        if val_cases and dist_info.is_main and self.cfg.val.every >= 0:
-            val_store = CaseStore(val_cases, model.organ_ids, window=d.window, cache_dir=d.case_cache_dir)
-        return {"store": store, "sampler": sampler, "dataset": dataset, "val_store": val_store}
-
     def _optimizer(self, model: torch.nn.Module) -> tuple[torch.optim.Optimizer, list[torch.nn.Parameter]]:
         o = self.cfg.optim
         params = [p for p in model.parameters() if p.requires_grad]
@@ -317,7 +202,26 @@ class Trainer:
         finally:
             cleanup_distributed()
 
+    # ------------------------------------------------------------------ hooks
     def _run(self, di: DistInfo) -> TrainResult:
+        """The loop: set-up, then per step the train step, logging, validation and checkpoint hooks."""
+        cfg = self.cfg
+        run = self.on_train_start(di)
+        try:
+            for step in range(run.start_step, cfg.steps):
+                done = step + 1
+                self.log_step(run, done, self.train_step(run, step))
+                final = done == cfg.steps
+                if cfg.val.every >= 0 and (final or (cfg.val.every > 0 and done % cfg.val.every == 0)):
+                    self.validation_step(run, done)
+                if final or (cfg.ckpt_every > 0 and done % cfg.ckpt_every == 0):
+                    self.checkpoint(run, done)
+        finally:
+            run.close()
+        return self.on_train_end(run)
+
+    def on_train_start(self, di: DistInfo) -> _Run:
+        """Set-up: the model, the resumed state, the data, optimizer, schedule, loader, logger and progress bar."""
         from torch.utils.data import DataLoader
 
         from organsam.training.metrics_logger import MetricsLogger
@@ -331,22 +235,15 @@ class Trainer:
         model = self._build_model(di)
         self._check_feature_cache(model)
         resume = self._resume_path()
-        state = self._check_state(resume, model) if resume is not None else None
-        data = self._build_data(model, di)
+        state = check_train_state(resume, cfg, model) if resume is not None else None
+        data = build_train_data(cfg, model, di.is_main)
         opt, params = self._optimizer(model)
-        sched = build_scheduler(
-            opt,
-            cfg.steps,
-            cfg.optim.warmup_steps,
-            cfg.optim.schedule,
-            cfg.optim.min_lr_ratio,
-            cfg.optim.poly_power,
-        )
+        o = cfg.optim
+        sched = build_scheduler(opt, cfg.steps, o.warmup_steps, o.schedule, o.min_lr_ratio, o.poly_power)
         scaler = torch.amp.GradScaler("cuda") if use_scaler else None
-
         start_step, best = 0, -math.inf
         if state is not None:
-            start_step, best = self._load_state(state, model, opt, sched, scaler)
+            start_step, best = restore_train_state(state, model, opt, sched, scaler)
             logger.info("resumed from %s at step %d", resume, start_step)
         if start_step >= cfg.steps:
             logger.warning("resumed at step %d >= steps %d: nothing to train", start_step, cfg.steps)
@@ -357,13 +254,9 @@ class Trainer:
             from organsam.training.feature_cache import FeatureCache
 
             root = cfg.data.feature_cache_dir or str(self.out_dir / "feature_cache")
-            cache = FeatureCache(
-                root, model, cfg.data.feature_cache_dtype, tag=f"{cfg.data.window}|to_model_input"
-            )
-
-        sequences = cfg.data.sequence_length >= 2
+            cache = FeatureCache(root, model, cfg.data.feature_cache_dtype, tag=f"{cfg.data.window}|to_model_input")
         net: torch.nn.Module = model
-        if sequences:
+        if cfg.data.sequence_length >= 2:
             from organsam.training.sequence_loss import SequenceLoss
 
             net = SequenceLoss(model, cache)  # one module call per micro-step (what DDP wraps)
@@ -386,222 +279,102 @@ class Trainer:
             pin_memory=dev.type == "cuda",
         )
         mlog = MetricsLogger(
-            self.out_dir,
-            cfg.tensorboard,
-            enabled=di.is_main,
-            resume_step=start_step if resume is not None else None,
+            self.out_dir, cfg.tensorboard, enabled=di.is_main, resume_step=start_step if resume is not None else None
         )
-        val_organs = self._organ_indices(model, cfg.val.organs, "val.organs")
-        autocast = (
-            (lambda: torch.autocast(dev.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
-        )
-        history: list[dict[str, float]] = []
-        last_val: ValResult | None = None
+        val_organs = organ_indices(model, cfg.val.organs, "val.organs", cfg.design)
+        autocast = (lambda: torch.autocast(dev.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
         progress = None
         if di.is_main and cfg.progress and not self.quiet:
             from tqdm.auto import tqdm
 
             progress = tqdm(total=cfg.steps, initial=start_step, desc=f"train {cfg.design}", unit="step")
         model.train()
-        it = iter(loader)
-        global_batch = cfg.batch_size * di.world_size * cfg.grad_accum
-        try:
-            for step in range(start_step, cfg.steps):
-                t0 = time.perf_counter()
-                box_rng = np.random.default_rng([cfg.seed, step, 7919])
-                use_boxes = bool(box_rng.random() < cfg.data.box_prompt_prob)
-                sums: dict[str, float] = {}
-                for micro in range(cfg.grad_accum):
-                    batch = next(it)
-                    sync = micro == cfg.grad_accum - 1
-                    ctx = net.no_sync() if (di.distributed and not sync) else contextlib.nullcontext()
-                    with ctx:
-                        with autocast():
-                            if sequences:
-                                terms = net(batch, use_boxes)
-                            else:
-                                terms = self._loss(net, model, batch, dev, use_boxes, cache)
-                        loss = terms["total"] / cfg.grad_accum
-                        (scaler.scale(loss) if scaler is not None else loss).backward()
-                    for k, v in terms.items():
-                        sums[k] = sums.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
-                if scaler is not None:
-                    scaler.unscale_(opt)
-                clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
-                gnorm = torch.nn.utils.clip_grad_norm_(params, clip)
-                finite = bool(torch.isfinite(gnorm))
-                lr = opt.param_groups[0]["lr"]
-                if scaler is not None:
-                    scaler.step(opt)
-                    scaler.update()
-                elif finite:
-                    opt.step()
-                else:
-                    logger.warning("step %d: non-finite gradient norm; update skipped", step + 1)
-                opt.zero_grad(set_to_none=True)
-                sched.step()
-                done = step + 1
-                dt = time.perf_counter() - t0
-                metrics = {("loss" if k == "total" else f"loss_{k}"): v for k, v in sums.items()}
-                metrics = all_reduce_mean(metrics, dev)
-                metrics.update(
-                    lr=lr,
-                    grad_norm=float(gnorm),
-                    samples_per_s=global_batch / max(dt, 1e-9),
-                    skipped=float(not finite),
-                )
-                if not math.isfinite(metrics["loss"]):
-                    logger.warning("step %d: non-finite loss %s", done, metrics["loss"])
-                history.append({"step": float(done), **metrics})
-                if done % max(1, cfg.log_every) == 0 or done == cfg.steps or done == start_step + 1:
-                    mlog.log(done, metrics)
-                if progress is not None:
-                    progress.update(1)
-                    progress.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{lr:.2e}")
-                final = done == cfg.steps
-                val_now = cfg.val.every >= 0 and (final or (cfg.val.every > 0 and done % cfg.val.every == 0))
-                if val_now and data["val_store"] is not None:
-                    last_val = validate(
-                        model,
-                        data["val_store"],
-                        val_organs,
-                        max_slices=cfg.val.max_slices,
-                        presence_gate=cfg.val.presence_gate,
-                        batch_size=cfg.val.batch_size,
-                        autocast=autocast(),
-                        box_margin=cfg.val.box_margin,
-                    )
-                    mlog.log_val(done, last_val.rows, last_val.per_organ, last_val.mean_dice)
-                    if math.isfinite(last_val.mean_dice) and last_val.mean_dice > best:
-                        best = last_val.mean_dice
-                        self._save_model(model, self.out_dir / "best.safetensors", done, last_val)
-                if val_now:
-                    barrier()
-                if final or (cfg.ckpt_every > 0 and done % cfg.ckpt_every == 0):
-                    if di.is_main:
-                        self._save_state(done, model, opt, sched, scaler, best, di)
-                    barrier()
-        finally:
-            if progress is not None:
-                progress.close()
-            mlog.close()
-        ckpt = None
-        if di.is_main:
-            ckpt = self._save_model(
-                model, self.out_dir / "model.safetensors", max(start_step, cfg.steps), last_val
-            )
-        barrier()
-        return TrainResult(
-            step=max(start_step, cfg.steps),
-            out_dir=self.out_dir,
-            checkpoint=ckpt,
-            history=history,
-            val=last_val,
-        )
+        return _Run(di, model, net, opt, params, sched, scaler, iter(loader), data["val_store"], cache, mlog,
+                    progress, autocast, val_organs, start_step, best)
 
-    # ------------------------------------------------------------------ pieces
-    def _loss(
-        self,
-        net: torch.nn.Module,
-        model: torch.nn.Module,
-        batch: dict[str, Any],
-        dev: torch.device,
-        use_boxes: bool,
-        cache: Any,
-    ) -> dict[str, torch.Tensor]:
-        images = batch["image"].to(dev, non_blocking=True)
-        organ_index = batch["organ_index"].to(dev)
-        boxes = batch["box"].to(dev) if use_boxes else None
-        if cache is not None:
-            enc = cache.get(model, images, list(zip(batch["case_id"], batch["z"])))
-            out = net(None, organ_index, boxes, encoded=enc)
+    def train_step(self, run: _Run, step: int) -> dict[str, float]:
+        """One optimizer step over ``grad_accum`` micro-batches; returns its metrics (means over the processes)."""
+        cfg, di, dev = self.cfg, run.di, run.di.device
+        t0 = time.perf_counter()
+        box_rng = np.random.default_rng([cfg.seed, step, 7919])
+        use_boxes = bool(box_rng.random() < cfg.data.box_prompt_prob)
+        sums: dict[str, float] = {}
+        for micro in range(cfg.grad_accum):
+            batch = next(run.batches)
+            sync = micro == cfg.grad_accum - 1
+            ctx = run.net.no_sync() if (di.distributed and not sync) else contextlib.nullcontext()
+            with ctx:
+                with run.autocast():
+                    if cfg.data.sequence_length >= 2:
+                        terms = run.net(batch, use_boxes)
+                    else:
+                        terms = slice_loss(run.net, run.model, batch, dev, use_boxes, run.cache)
+                loss = terms["total"] / cfg.grad_accum
+                (run.scaler.scale(loss) if run.scaler is not None else loss).backward()
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
+        if run.scaler is not None:
+            run.scaler.unscale_(run.opt)
+        clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+        gnorm = torch.nn.utils.clip_grad_norm_(run.params, clip)
+        finite = bool(torch.isfinite(gnorm))
+        lr = run.opt.param_groups[0]["lr"]
+        if run.scaler is not None:
+            run.scaler.step(run.opt)
+            run.scaler.update()
+        elif finite:
+            run.opt.step()
         else:
-            out = net(images, organ_index, boxes)
-        targets = batch["mask"].to(dev)
-        present = batch["present"].to(dev)
-        class_targets = neutral_class_targets(
-            out, batch["class_targets"].to(dev), batch["class_known"].to(dev)
-        )
-        if class_targets.shape[1] != model.num_organs:
-            class_targets = None
-        return model.compute_loss(out, targets, present, class_targets=class_targets)
+            logger.warning("step %d: non-finite gradient norm; update skipped", step + 1)
+        run.opt.zero_grad(set_to_none=True)
+        run.sched.step()
+        dt = time.perf_counter() - t0
+        metrics = {("loss" if k == "total" else f"loss_{k}"): v for k, v in sums.items()}
+        metrics = all_reduce_mean(metrics, dev)
+        global_batch = cfg.batch_size * di.world_size * cfg.grad_accum
+        metrics.update(lr=lr, grad_norm=float(gnorm), samples_per_s=global_batch / max(dt, 1e-9),
+                       skipped=float(not finite))
+        return metrics
 
-    def _save_state(
-        self,
-        step: int,
-        model: torch.nn.Module,
-        opt: torch.optim.Optimizer,
-        sched: Any,
-        scaler: Any,
-        best: float,
-        di: DistInfo,
-    ) -> Path:
-        state = {
-            "format": STATE_FORMAT,
-            "step": step,
-            "design": self.cfg.design,
-            "design_config": to_dict(model.config),
-            "train_config": to_dict(self.cfg),
-            "world_size": di.world_size,
-            "model": model.state_dict(),
-            "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else None,
-            "rng": _rng_state(),
-            "best_val": best,
-        }
-        ckpt_dir = self.out_dir / "checkpoints"
-        path = ckpt_dir / f"step_{step:07d}.pt"
-        _atomic_torch_save(state, path)
-        latest = self.out_dir / STATE_FILE
-        with atomic_path(latest) as tmp:
-            shutil.copy2(path, tmp)
-        if self.cfg.keep_checkpoints > 0:
-            old = sorted(ckpt_dir.glob("step_*.pt"))[: -self.cfg.keep_checkpoints]
-            for p in old:
-                p.unlink()
-        logger.info("saved training state %s", path)
-        return path
+    def log_step(self, run: _Run, done: int, metrics: dict[str, float]) -> None:
+        """Record a step's metrics: the history, ``metrics.csv``/TensorBoard every ``log_every`` steps, the bar."""
+        if not math.isfinite(metrics["loss"]):
+            logger.warning("step %d: non-finite loss %s", done, metrics["loss"])
+        run.history.append({"step": float(done), **metrics})
+        if done % max(1, self.cfg.log_every) == 0 or done == self.cfg.steps or done == run.start_step + 1:
+            run.mlog.log(done, metrics)
+        if run.progress is not None:
+            run.progress.update(1)
+            run.progress.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}")
 
-    def _check_state(self, path: Path, model: torch.nn.Module) -> dict[str, Any]:
-        """Read a training state and check that it belongs to this design and design config."""
-        state = load_train_state(path)
-        if state["design"] != self.cfg.design:
-            raise ConfigError(
-                f"{path}: training state of design {state['design']!r}, config asks for "
-                f"{self.cfg.design!r}; resume with the same design or set resume: null"
-            )
-        diff = _config_diff(state["design_config"], to_dict(model.config))
-        if diff:
-            raise ConfigError(
-                f"{path}: the design config differs from the one the state was trained with "
-                f"({'; '.join(diff[:5])}); resume with the same model settings or set resume: null"
-            )
-        tdiff = _config_diff(state["train_config"], to_dict(self.cfg))
-        if tdiff:
-            logger.info("resuming with a changed training config: %s", "; ".join(tdiff))
-        return state
+    def validation_step(self, run: _Run, done: int) -> None:
+        """Validate on the held-out cases (main process); a better mean Dice writes ``best.safetensors``."""
+        v = self.cfg.val
+        if run.val_store is not None:
+            run.last_val = validate(run.model, run.val_store, run.val_organs, max_slices=v.max_slices,
+                                    presence_gate=v.presence_gate, batch_size=v.batch_size,
+                                    autocast=run.autocast(), box_margin=v.box_margin)
+            run.mlog.log_val(done, run.last_val.rows, run.last_val.per_organ, run.last_val.mean_dice)
+            if math.isfinite(run.last_val.mean_dice) and run.last_val.mean_dice > run.best:
+                run.best = run.last_val.mean_dice
+                save_model(run.model, self.out_dir / "best.safetensors", self.cfg, done, run.last_val)
+        barrier()
 
-    @staticmethod
-    def _load_state(
-        state: dict[str, Any], model: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any, scaler: Any
-    ) -> tuple[int, float]:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"])
-        return int(state["step"]), float(state.get("best_val", -math.inf))
+    def checkpoint(self, run: _Run, done: int) -> None:
+        """Write the training state (main process), for ``resume``."""
+        if run.di.is_main:
+            save_train_state(self.out_dir, self.cfg, done, run.model, run.opt, run.sched, run.scaler, run.best,
+                             run.di.world_size)
+        barrier()
 
-    def _save_model(self, model: torch.nn.Module, path: Path, step: int, val: ValResult | None) -> Path:
-        from organsam.model.checkpoint import save_checkpoint
-
-        extra: dict[str, Any] = {"step": step, "train_config": to_dict(self.cfg)}
-        if val is not None:
-            extra["val_mean_dice"] = val.mean_dice if math.isfinite(val.mean_dice) else None
-            extra["val_dice_per_organ"] = val.per_organ
-        return save_checkpoint(model, path, design=self.cfg.design, config=model.config, extra=extra)
+    def on_train_end(self, run: _Run) -> TrainResult:
+        """The final model checkpoint (main process) and the run's result."""
+        step = max(run.start_step, self.cfg.steps)
+        ckpt = None
+        if run.di.is_main:
+            ckpt = save_model(run.model, self.out_dir / "model.safetensors", self.cfg, step, run.last_val)
+        barrier()
+        return TrainResult(step=step, out_dir=self.out_dir, checkpoint=ckpt, history=run.history, val=run.last_val)
 
 
 def train(config: TrainConfig, quiet: bool = False) -> TrainResult:
