@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 def error_line(exc: BaseException) -> str:
     """One line for an error that reached the top of the CLI: what went wrong and, where known, how to fix it
     (newlines and control characters of library messages are folded; a very long message is cut)."""
-    from organsam.vocabulary.parse import shown
+    from organsam.vocabulary.prompt_words import shown
 
     return shown(_error_text(exc), limit=600)
 

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from organsam.vocabulary.parse import PromptError, normalize, parse_prompt
+from organsam.vocabulary.parse import parse_prompt
+from organsam.vocabulary.prompt_words import PromptError, normalize
 from organsam.vocabulary.vocabulary import Vocabulary, load_vocabulary
 
 logger = logging.getLogger(__name__)
