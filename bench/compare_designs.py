@@ -47,7 +47,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from organsam.model.base import DesignOutput, OrganSegmenter, resolve_organ_ids  # noqa: E402
+from organsam.model.base import DesignOutput, resolve_organ_ids  # noqa: E402
 from organsam.model.sam_core import build_lite_medsam  # noqa: E402
 from organsam.preprocessing.slices import to_model_input  # noqa: E402
 from organsam.registry import build_design, list_designs  # noqa: E402
@@ -200,12 +200,11 @@ def run_design(design: str, args: argparse.Namespace) -> dict[str, Any]:
 
 class BoxOnlyLiteMedSam(torch.nn.Module):
     """The reference column of ``--prompts box``: LiteMedSAM as released, given each organ's box and no text, in
-    the interface the trainer's validation calls (``encode_plain``, ``select_encoded``, ``forward``)."""
+    the interface the trainer's validation calls (``encode_plain``, ``forward``)."""
 
     def __init__(self, core: torch.nn.Module) -> None:
         super().__init__()
         self.core = core
-        self.select_encoded = OrganSegmenter.select_encoded
 
     def encode_plain(self, images: torch.Tensor) -> Any:
         """(B, 3, 256, 256) -> the core's encoder output."""

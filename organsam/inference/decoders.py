@@ -210,7 +210,7 @@ class DesignDecoder(_Timed):
     def _encode_batch(self, imgs: np.ndarray) -> list[Any]:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
             enc = self.model.encode_plain(torch.from_numpy(imgs).to(self.device))
-        return [self.model.select_encoded(enc, k) for k in range(len(imgs))]
+        return [enc.select(k) for k in range(len(imgs))]
 
     @torch.inference_mode()
     def encode(self, state: InferenceState, slices: list[int]) -> None:

@@ -44,168 +44,23 @@ from __future__ import annotations
 import difflib
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from organsam.model.components.image_encoder import EncoderOutput
-from organsam.model.components.lora import TINYVIT_LORA_TARGETS, apply_lora, is_lora_parameter, lora_modules
-from organsam.model.components.text_cache import TextEmbeddingCache, VocabularyEmbeddings, embed_vocabulary
+from organsam.model.components.text_cache import VocabularyEmbeddings
+from organsam.model.design_checks import check_prompts, check_targets, sequence_length
+from organsam.model.design_types import DecoderRun, DesignOutput, SegmenterConfig
+from organsam.model.freezing import add_lora, apply_freezing, is_frozen, keep_frozen_in_eval
 from organsam.model.sam_core import EMBED_DIM, EMBED_SIZE, IMAGE_SIZE, SamCore, build_lite_medsam
+from organsam.model.vocabulary_text import resolve_organ_ids, vocabulary_embeddings
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["SegmenterConfig", "DesignOutput", "DecoderRun", "OrganSegmenter", "vocabulary_embeddings",
            "resolve_organ_ids"]
-
-
-@dataclass
-class SegmenterConfig:
-    """Settings shared by every design.
-
-    Attributes:
-        pretrained: load the LiteMedSAM weights into the core (``False``: random core, for quick tests).
-        sam_checkpoint: a LiteMedSAM-layout .pth to load instead of the released weights.
-        text_model: folder of a local Hugging Face text encoder; ``None`` = packaged all-MiniLM-L6-v2.
-        text_cache_dir: text-embedding cache folder; ``None`` = default (``$ORGANSAM_HOME/cache``).
-        organs: the design's vocabulary: organ ids and/or group names of ``organs.json``; empty = all.
-        freeze_image_encoder: keep the TinyViT encoder fixed.
-        freeze_prompt_encoder: keep SAM's prompt encoder fixed.
-        freeze_mask_decoder: keep SAM's mask decoder fixed.
-        lora_rank: rank of the LoRA adapters in the image encoder (0: no adapters).
-        lora_alpha: adapter scale numerator (the low-rank update is scaled by ``lora_alpha / lora_rank``).
-        lora_targets: image-encoder linear layers to adapt, as name suffixes (``attn.qkv``, ``attn.proj``,
-            ``mlp.fc1``, ``mlp.fc2`` of the TinyViT attention blocks, or a full name such as
-            ``layers.3.blocks.1.attn.qkv``).
-        lora_dropout: dropout on the adapters' inputs while training.
-
-    The organ text table is precomputed by the text encoder (through its on-disk cache), so the designs hold no
-    text encoder to adapt; :func:`organsam.model.components.lora.apply_lora` also adapts a
-    :class:`~organsam.model.components.text_encoder.TextEncoder`'s Hugging Face model when fine-tuning it on
-    its own (e.g. targets ``("query", "value")`` for BERT-like encoders).
-    """
-
-    pretrained: bool = True
-    sam_checkpoint: str | None = None
-    text_model: str | None = None
-    text_cache_dir: str | None = None
-    organs: tuple[str, ...] = ()
-    freeze_image_encoder: bool = True
-    freeze_prompt_encoder: bool = True
-    freeze_mask_decoder: bool = False
-    lora_rank: int = 0
-    lora_alpha: float = 8.0
-    lora_targets: tuple[str, ...] = TINYVIT_LORA_TARGETS
-    lora_dropout: float = 0.0
-
-
-@dataclass
-class DesignOutput:
-    """What every design's ``forward`` returns.
-
-    Attributes:
-        masks: (B, 1, 256, 256) final mask logits of the prompted organ in model space.
-        iou: (B, 1) predicted IoU of ``masks``.
-        presence_logit: (B,) logit that the prompted organ is on the slice.
-        aux: design-specific tensors, e.g. ``sam_mask`` (B, 1, 256, 256), ``class_logits`` (B, K),
-            ``all_masks`` (B, K, 256, 256), ``coarse_mask`` (B, 1, 256, 256).
-    """
-
-    masks: Tensor
-    iou: Tensor
-    presence_logit: Tensor
-    aux: dict[str, Tensor] = field(default_factory=dict)
-
-
-@dataclass
-class DecoderRun:
-    """Outputs of one pass through SAM's mask decoder with optional extra output tokens.
-
-    Attributes:
-        image_tokens: (P, 256, 64, 64) image tokens after the two-way transformer.
-        masks: (P, 1, 256, 256) single-mask output (mask token 0), or None without SAM tokens/upscaling.
-        iou: (P, 1) its predicted IoU, or None.
-        mask_token: (P, 256) mask token 0 after the transformer, or None.
-        extra: (P, E, 256) the extra tokens after the transformer, or None.
-        upscaled: (P, 32, 256, 256) upscaled pixel features, or None.
-    """
-
-    image_tokens: Tensor
-    masks: Tensor | None = None
-    iou: Tensor | None = None
-    mask_token: Tensor | None = None
-    extra: Tensor | None = None
-    upscaled: Tensor | None = None
-
-
-# ---------------------------------------------------------------------------------------------------- text
-_TEXT_MEMO: dict[tuple, VocabularyEmbeddings] = {}
-
-
-def resolve_organ_ids(organs: Sequence[str] = ()) -> list[str]:
-    """Organ ids of a design vocabulary: ids and/or group names of ``organs.json`` (empty = every organ).
-
-    Raises:
-        ValueError: an entry is neither an organ id nor a group name (with a suggestion).
-    """
-    from organsam.vocabulary import load_vocabulary
-
-    vocab = load_vocabulary()
-    if not organs:
-        return vocab.ids()
-    out: list[str] = []
-    for entry in organs:
-        if entry in vocab:
-            ids = [entry]
-        elif entry in vocab.groups:
-            ids = vocab.group(entry)
-        else:
-            close = difflib.get_close_matches(entry, vocab.ids() + vocab.group_names(), n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise ValueError(f"config 'organs': {entry!r} is neither an organ id nor a group of organs.json{hint} "
-                             f"(run 'organsam organs' to list them)")
-        out.extend(i for i in ids if i not in out)
-    return out
-
-
-def vocabulary_embeddings(organs: Sequence[str] = (), text_model: str | None = None,
-                          cache_dir: str | None = None) -> VocabularyEmbeddings:
-    """Name and knowledge embeddings of a design vocabulary (memoised per encoder fingerprint and organ set).
-
-    Args:
-        organs: see :func:`resolve_organ_ids`.
-        text_model: local text-encoder folder (``None`` = packaged MiniLM).
-        cache_dir: on-disk text-embedding cache (``None`` = default).
-
-    Returns:
-        :class:`~organsam.model.components.text_cache.VocabularyEmbeddings` on CPU.
-    """
-    from organsam.vocabulary import load_vocabulary
-
-    ids = resolve_organ_ids(organs)
-    cache = TextEmbeddingCache(text_model, cache_dir=cache_dir)
-    key = (cache.fingerprint(), str(cache.cache_dir), tuple(ids))
-    if key not in _TEXT_MEMO:
-        _TEXT_MEMO[key] = embed_vocabulary(cache, load_vocabulary(), ids)
-        logger.info("embedded %d organs (%d knowledge sentences) for the design text table", len(ids),
-                    int(_TEXT_MEMO[key].knowledge_mask.sum()))
-    return _TEXT_MEMO[key]
-
-
-def _set_trainable(module: nn.Module, trainable: bool) -> None:
-    for p in module.parameters():
-        p.requires_grad_(trainable)
-
-
-def _is_frozen(module: nn.Module) -> bool:
-    return not any(p.requires_grad for p in module.parameters())
-
-
-def _base_frozen(module: nn.Module) -> bool:
-    """No trainable parameter apart from LoRA adapters (the module's own weights are fixed)."""
-    return not any(p.requires_grad for n, p in module.named_parameters() if not is_lora_parameter(n))
 
 
 # ---------------------------------------------------------------------------------------------------- base
@@ -252,25 +107,9 @@ class OrganSegmenter(nn.Module):
         """Add the LoRA adapters, apply the freezing options and switch to eval mode (call at the end of a
         subclass __init__; the adapters come after the design's own modules, so with the same seed those are
         initialised identically with and without adapters)."""
-        self.lora_layers = self._add_lora(self.config)
+        self.lora_layers = add_lora(self.core, self.config)
         self.apply_freezing()
         self.eval()
-
-    def _add_lora(self, config: SegmenterConfig) -> list[str]:
-        """Put LoRA adapters into the image encoder as the config asks (returns the adapted layer names)."""
-        rank = config.lora_rank
-        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
-            raise ValueError(f"config lora_rank must be an integer >= 0 (0: no adapters), got {rank!r}")
-        if rank == 0:
-            return []
-        if not config.lora_targets:
-            raise ValueError("config lora_targets is empty while lora_rank > 0; name the image-encoder layers to "
-                             f"adapt, e.g. {list(TINYVIT_LORA_TARGETS)}")
-        if not config.freeze_image_encoder:
-            logger.warning("lora_rank %d with freeze_image_encoder: false: the adapted layers keep their base "
-                           "weights frozen, every other encoder weight trains fully", rank)
-        return apply_lora(self.core.image_encoder, rank, float(config.lora_alpha), tuple(config.lora_targets),
-                          dropout=float(config.lora_dropout))
 
     def unused_core_modules(self) -> list[nn.Module]:
         """Core modules whose parameters never influence this design's outputs (kept frozen)."""
@@ -281,19 +120,7 @@ class OrganSegmenter(nn.Module):
 
         LoRA adapters always train; the base weights of the layers they adapt never do.
         """
-        cfg = self.config
-        _set_trainable(self, True)
-        _set_trainable(self.core.image_encoder, not cfg.freeze_image_encoder)
-        _set_trainable(self.core.prompt_encoder, not cfg.freeze_prompt_encoder)
-        _set_trainable(self.core.mask_decoder, not cfg.freeze_mask_decoder)
-        for m in self.unused_core_modules():
-            _set_trainable(m, False)
-        for lora in lora_modules(self.core.image_encoder):
-            lora.weight.requires_grad_(False)
-            if lora.bias is not None:
-                lora.bias.requires_grad_(False)
-            lora.lora_A.requires_grad_(True)
-            lora.lora_B.requires_grad_(True)
+        apply_freezing(self, self.config, self.unused_core_modules())
 
     def train(self, mode: bool = True) -> OrganSegmenter:
         """Like ``nn.Module.train``, but frozen core parts stay in eval mode (batch-norm statistics kept).
@@ -303,11 +130,7 @@ class OrganSegmenter(nn.Module):
         """
         super().train(mode)
         if mode:
-            for m in (self.core.image_encoder, self.core.prompt_encoder, self.core.mask_decoder):
-                if _base_frozen(m):
-                    m.eval()
-                    for lora in lora_modules(m):
-                        lora.train(mode)
+            keep_frozen_in_eval(self.core, mode)
         return self
 
     def parameter_counts(self) -> dict[str, int]:
@@ -359,14 +182,7 @@ class OrganSegmenter(nn.Module):
 
     @staticmethod
     def _check_prompts(batch: int, boxes: Tensor | None, points: tuple[Tensor, Tensor] | None) -> None:
-        if boxes is not None and tuple(boxes.shape) != (batch, 4):
-            raise ValueError(f"boxes must be (B={batch}, 4) xyxy in the 256 model space, got {tuple(boxes.shape)}")
-        if points is not None:
-            coords, labels = points
-            if (coords.ndim != 3 or coords.shape[0] != batch or coords.shape[2] != 2
-                    or labels.shape != coords.shape[:2]):
-                raise ValueError(f"points must be (coords (B={batch}, N, 2), labels (B, N)), got "
-                                 f"{tuple(coords.shape)} and {tuple(labels.shape)}")
+        check_prompts(batch, boxes, points)
 
     # ------------------------------------------------------------------ encoder
     def encode_plain(self, images: Tensor) -> EncoderOutput:
@@ -383,26 +199,9 @@ class OrganSegmenter(nn.Module):
             :class:`EncoderOutput` (``levels`` empty unless the design reads them).
         """
         self._check_images(images)
-        grad = torch.is_grad_enabled() and not _is_frozen(self.core.image_encoder)
+        grad = torch.is_grad_enabled() and not is_frozen(self.core.image_encoder)
         with torch.set_grad_enabled(grad):
             return self.core.encode(images, keep_levels=bool(self.encoder_levels))
-
-    @staticmethod
-    def expand_encoded(encoded: EncoderOutput, batch: int) -> EncoderOutput:
-        """Broadcast a batch-1 encoder output to ``batch`` (views, no copy); batch-``batch`` ones pass through."""
-        n = encoded.embedding.shape[0]
-        if n == batch:
-            return encoded
-        if n != 1:
-            raise ValueError(f"encoded features have batch {n}; expected 1 or {batch} (one per organ prompt)")
-        return EncoderOutput(embedding=encoded.embedding.expand(batch, -1, -1, -1),
-                             levels=[lv.expand(batch, -1, -1, -1) for lv in encoded.levels])
-
-    @staticmethod
-    def select_encoded(encoded: EncoderOutput, index: int) -> EncoderOutput:
-        """The batch-1 encoder output of image ``index``."""
-        return EncoderOutput(embedding=encoded.embedding[index:index + 1],
-                             levels=[lv[index:index + 1] for lv in encoded.levels])
 
     # ------------------------------------------------------------------ decoder
     def run_decoder(self, embedding: Tensor, sparse: Tensor, dense: Tensor, extra_tokens: Tensor | None = None,
@@ -515,18 +314,7 @@ class OrganSegmenter(nn.Module):
 
     def _check_targets(self, output: DesignOutput, target_masks: Tensor, present: Tensor,
                        class_targets: Tensor | None, all_targets: Tensor | None) -> None:
-        B = output.masks.shape[0]
-        if tuple(target_masks.shape) != (B, 1, IMAGE_SIZE, IMAGE_SIZE):
-            raise ValueError(f"target_masks must be (B={B}, 1, {IMAGE_SIZE}, {IMAGE_SIZE}), got "
-                             f"{tuple(target_masks.shape)}")
-        if tuple(present.shape) != (B,):
-            raise ValueError(f"present must be (B={B},), got {tuple(present.shape)}")
-        K = self.num_organs
-        if class_targets is not None and tuple(class_targets.shape) != (B, K):
-            raise ValueError(f"class_targets must be (B={B}, K={K}), got {tuple(class_targets.shape)}")
-        if all_targets is not None and tuple(all_targets.shape) != (B, K, IMAGE_SIZE, IMAGE_SIZE):
-            raise ValueError(f"all_targets must be (B={B}, K={K}, {IMAGE_SIZE}, {IMAGE_SIZE}), got "
-                             f"{tuple(all_targets.shape)}")
+        check_targets(output, target_masks, present, class_targets, all_targets, self.num_organs)
 
     def predict_all(self, images: Tensor | None = None, *, encoded: EncoderOutput | None = None,
                     organ_index: Tensor | None = None, chunk: int = 8) -> Tensor:
@@ -549,7 +337,7 @@ class OrganSegmenter(nn.Module):
                   else self._check_organ_index(organ_index))
         rows = []
         for b in range(enc.embedding.shape[0]):
-            enc_b = self.select_encoded(enc, b)
+            enc_b = enc.select(b)
             parts = [self.forward(None, organs[i:i + chunk], encoded=enc_b).masks[:, 0]
                      for i in range(0, organs.numel(), chunk)]
             rows.append(torch.cat(parts, dim=0))
@@ -584,14 +372,4 @@ class OrganSegmenter(nn.Module):
     @staticmethod
     def _sequence_length(images: Tensor | None, encoded: Sequence[EncoderOutput] | None,
                          boxes: Tensor | None) -> int:
-        if encoded is not None:
-            T = len(encoded)
-        elif images is not None:
-            if images.ndim != 4:
-                raise ValueError(f"sequence images must be (T, 3, 256, 256), got {tuple(images.shape)}")
-            T = images.shape[0]
-        else:
-            raise ValueError("pass images (T, 3, 256, 256) or encoded (T encoder outputs)")
-        if boxes is not None and (boxes.ndim != 3 or boxes.shape[0] != T):
-            raise ValueError(f"sequence boxes must be (T={T}, B, 4), got {tuple(boxes.shape)}")
-        return T
+        return sequence_length(images, encoded, boxes)

@@ -59,7 +59,7 @@ class SequenceLoss(nn.Module):
                 enc = self.cache.get(model, images[i], [(batch["case_id"][i], z) for z in zs])
             else:
                 enc = model.encode_plain(images[i])
-            encoded = [model.select_encoded(enc, t) for t in range(T)]
+            encoded = [enc.select(t) for t in range(T)]
             boxes = batch["box"][i].to(dev)[:, None] if use_boxes else None
             outputs = model.forward_sequence(
                 None,

@@ -119,7 +119,7 @@ def validate(
                             boxes = torch.from_numpy(np.stack([_margin_box(gts[j], box_margin) for j in rows_b]))
                             boxes = boxes.to(device)
                         out = model(None, organ_index[torch.from_numpy(rows_b).to(device)], boxes,
-                                    encoded=model.select_encoded(enc, b))
+                                    encoded=enc.select(b))
                         pred = out.masks[:, 0].float() > 0
                         if presence_gate:
                             pred &= (out.presence_logit.float() > 0)[:, None, None]

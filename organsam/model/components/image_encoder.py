@@ -61,6 +61,20 @@ class EncoderOutput:
     embedding: torch.Tensor
     levels: list[torch.Tensor] = field(default_factory=list)
 
+    def expand(self, batch: int) -> EncoderOutput:
+        """Broadcast a batch-1 output to ``batch`` (views, no copy); a batch-``batch`` one passes through."""
+        n = self.embedding.shape[0]
+        if n == batch:
+            return self
+        if n != 1:
+            raise ValueError(f"encoded features have batch {n}; expected 1 or {batch} (one per organ prompt)")
+        return EncoderOutput(self.embedding.expand(batch, -1, -1, -1),
+                             [lv.expand(batch, -1, -1, -1) for lv in self.levels])
+
+    def select(self, index: int) -> EncoderOutput:
+        """The batch-1 output of image ``index``."""
+        return EncoderOutput(self.embedding[index:index + 1], [lv[index:index + 1] for lv in self.levels])
+
 
 class PatchEmbed(nn.Module):
     """Stem: two 1x1 conv-BN layers with GELU between, (B, 3, H, W) -> (B, C, H, W) (no downsampling)."""

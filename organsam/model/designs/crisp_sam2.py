@@ -191,7 +191,7 @@ class CrispSam2(OrganSegmenter):
             if len(encoded.levels) <= SOURCE_LEVEL:
                 raise ValueError("crisp_sam2 needs the encoder levels: pass encoded=model.encode_plain(images)")
             enc = self.core.image_encoder
-            x = self.expand_encoded(encoded, B).levels[SOURCE_LEVEL]
+            x = encoded.expand(B).levels[SOURCE_LEVEL]
             x = hook(SOURCE_LEVEL, x)
             for i in range(SOURCE_LEVEL, len(enc.layers)):
                 if i > SOURCE_LEVEL:

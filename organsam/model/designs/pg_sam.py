@@ -145,7 +145,7 @@ class PgSam(OrganSegmenter):
                  boxes: Tensor | None, points: tuple[Tensor, Tensor] | None) -> DesignOutput:
         B = organ_index.shape[0]
         enc = encoded if encoded is not None else self.encode_plain(images)
-        enc = self.expand_encoded(enc, B) if (boxes is not None or points is not None) else enc
+        enc = enc.expand(B) if (boxes is not None or points is not None) else enc
         out = self.decode_all(enc, boxes, points)
         n = out.masks.shape[0]
         rows = torch.arange(B, device=organ_index.device)
