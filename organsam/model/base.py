@@ -51,10 +51,11 @@ from torch import Tensor, nn
 
 from organsam.model.components.image_encoder import EncoderOutput
 from organsam.model.components.text_cache import VocabularyEmbeddings
+from organsam.model.decoder_run import run_mask_decoder
 from organsam.model.design_checks import check_prompts, check_targets, sequence_length
 from organsam.model.design_types import DecoderRun, DesignOutput, SegmenterConfig
 from organsam.model.freezing import add_lora, apply_freezing, is_frozen, keep_frozen_in_eval
-from organsam.model.sam_core import EMBED_DIM, EMBED_SIZE, IMAGE_SIZE, SamCore, build_lite_medsam
+from organsam.model.sam_core import IMAGE_SIZE, SamCore, build_lite_medsam
 from organsam.model.vocabulary_text import resolve_organ_ids, vocabulary_embeddings
 
 logger = logging.getLogger(__name__)
@@ -206,58 +207,9 @@ class OrganSegmenter(nn.Module):
     # ------------------------------------------------------------------ decoder
     def run_decoder(self, embedding: Tensor, sparse: Tensor, dense: Tensor, extra_tokens: Tensor | None = None,
                     sam_tokens: bool = True, upscale: bool = True) -> DecoderRun:
-        """Run SAM's mask decoder with optional extra output tokens and access to its intermediate outputs.
-
-        Token order: [IoU token, 4 mask tokens] (if ``sam_tokens``), ``extra_tokens``, ``sparse``. Without
-        extra tokens this is exactly ``core.decode``'s single-mask output.
-
-        Args:
-            embedding: (P, 256, 64, 64) or (1, 256, 64, 64) image embedding.
-            sparse: (P, T, 256) sparse prompt embeddings (from ``core.embed_prompts``).
-            dense: (P, 256, 64, 64) dense prompt embeddings.
-            extra_tokens: (P, E, 256) extra output tokens, or None.
-            sam_tokens: include SAM's IoU and mask tokens (and compute the single-mask output).
-            upscale: compute the upscaled pixel features and the SAM mask.
-
-        Returns:
-            :class:`DecoderRun`.
-        """
-        dec = self.core.mask_decoder
-        P = sparse.shape[0]
-        dtype = sparse.dtype
-        parts: list[Tensor] = []
-        if sam_tokens:
-            out_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
-            parts.append(out_tokens.unsqueeze(0).expand(P, -1, -1).to(dtype))
-        n_extra = 0
-        if extra_tokens is not None:
-            if extra_tokens.ndim != 3 or extra_tokens.shape[0] != P or extra_tokens.shape[2] != EMBED_DIM:
-                raise ValueError(f"extra_tokens must be (P={P}, E, {EMBED_DIM}), got {tuple(extra_tokens.shape)}")
-            n_extra = extra_tokens.shape[1]
-            parts.append(extra_tokens.to(dtype))
-        parts.append(sparse)
-        tokens = torch.cat(parts, dim=1)
-        if embedding.shape[0] not in (1, P) or tuple(embedding.shape[1:]) != (EMBED_DIM, EMBED_SIZE, EMBED_SIZE):
-            raise ValueError(f"embedding must be (P={P} or 1, {EMBED_DIM}, {EMBED_SIZE}, {EMBED_SIZE}), got "
-                             f"{tuple(embedding.shape)}")
-        src = embedding.expand(P, -1, -1, -1) + dense
-        pos = self.core.get_dense_pe().expand(P, -1, -1, -1)
-        b, c, h, w = src.shape
-        hs, img = dec.transformer(src, pos, tokens)
-        run = DecoderRun(image_tokens=img.transpose(1, 2).reshape(b, c, h, w))
-        n0 = 1 + dec.num_mask_tokens if sam_tokens else 0
-        if n_extra:
-            run.extra = hs[:, n0:n0 + n_extra]
-        if sam_tokens:
-            run.mask_token = hs[:, 1]
-            run.iou = dec.iou_prediction_head(hs[:, 0])[:, :1]
-            if upscale:
-                up = dec.output_upscaling(run.image_tokens)
-                run.upscaled = up
-                weights = dec.output_hypernetworks_mlps[0](run.mask_token).unsqueeze(1)
-                bu, cu, hu, wu = up.shape
-                run.masks = (weights @ up.reshape(bu, cu, hu * wu)).reshape(bu, 1, hu, wu)
-        return run
+        """SAM's mask decoder with extra output tokens and its intermediate outputs
+        (:func:`organsam.model.decoder_run.run_mask_decoder`)."""
+        return run_mask_decoder(self.core, embedding, sparse, dense, extra_tokens, sam_tokens, upscale)
 
     # ------------------------------------------------------------------ contract
     def forward(self, images: Tensor | None = None, organ_index: Tensor | Sequence[int] | None = None,
