@@ -35,8 +35,21 @@ from organsam.preprocessing.intensity import window_ct  # noqa: E402
 from organsam.preprocessing.slices import to_model_input_batch  # noqa: E402
 
 #: The 13 AMOS abdominal organs (AMOS labels 1..13; bladder and prostate/uterus left out).
-AMOS13 = ["spleen", "kidney_right", "kidney_left", "gallbladder", "esophagus", "liver", "stomach", "aorta",
-          "inferior_vena_cava", "pancreas", "adrenal_gland_right", "adrenal_gland_left", "duodenum"]
+AMOS13 = [
+    "spleen",
+    "kidney_right",
+    "kidney_left",
+    "gallbladder",
+    "esophagus",
+    "liver",
+    "stomach",
+    "aorta",
+    "inferior_vena_cava",
+    "pancreas",
+    "adrenal_gland_right",
+    "adrenal_gland_left",
+    "duodenum",
+]
 CASES = ("amos_0013_slab", "ts_a", "stack100", "ts_a_512")
 
 
@@ -84,8 +97,9 @@ def load_case(name: str) -> tuple[Volume, str]:
         arr = F.interpolate(t, size=(100, 512, 512), mode="trilinear", align_corners=False)[0, 0].numpy()
         Z, Y, X = src.array.shape
         spacing = (src.spacing[0] * Z / 100, src.spacing[1] * Y / 512, src.spacing[2] * X / 512)
-        return Volume.from_array(np.ascontiguousarray(arr, dtype=np.float32), spacing, "CT"), \
-            "TS-A resampled trilinearly to 512x512x100"
+        return Volume.from_array(
+            np.ascontiguousarray(arr, dtype=np.float32), spacing, "CT"
+        ), "TS-A resampled trilinearly to 512x512x100"
     raise ValueError(f"unknown case {name!r}; choose from {', '.join(CASES)}")
 
 
@@ -105,8 +119,12 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def golden_dice(model: SamCore, encode: Callable[[torch.Tensor], torch.Tensor],
-                device: torch.device | str = "cpu", decode_bf16: bool = False) -> dict[str, float]:
+def golden_dice(
+    model: SamCore,
+    encode: Callable[[torch.Tensor], torch.Tensor],
+    device: torch.device | str = "cpu",
+    decode_bf16: bool = False,
+) -> dict[str, float]:
     """Per-organ 3D Dice on the AMOS 0013 slab with tight per-slice reference boxes (the golden protocol of
     ``tests/model/test_model_golden.py``), embeddings from ``encode``.
 
@@ -130,7 +148,7 @@ def golden_dice(model: SamCore, encode: Callable[[torch.Tensor], torch.Tensor],
             present = [v for v in values if (labels[z] == v).any()]
             if not present:
                 continue
-            emb = encode(torch.from_numpy(x[z:z + 1]).to(device)).float()
+            emb = encode(torch.from_numpy(x[z : z + 1]).to(device)).float()
             boxes = []
             for v in present:
                 ys, xs = np.nonzero(labels[z] == v)

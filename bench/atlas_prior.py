@@ -53,15 +53,19 @@ def main(argv: list[str] | None = None) -> int:
     data = Path(args.data)
     prior = AtlasPrior(default_atlas(), fast=args.fast)
     amos = load_labelmap("amos22")
-    print(f"atlas {prior.atlas.name} {prior.atlas.image.shape} @ {prior.atlas.spacing} mm; "
-          f"mode {'fast' if args.fast else 'full'}")
+    print(
+        f"atlas {prior.atlas.name} {prior.atlas.image.shape} @ {prior.atlas.spacing} mm; "
+        f"mode {'fast' if args.fast else 'full'}"
+    )
     for case in args.cases:
         vol = load_volume(data / case / "image.nii.gz")
         gt = load_labels(data / case / "label.nii.gz", vol)
         res = prior.fit(vol)
         stages = ", ".join(f"{k} {v:.1f}" for k, v in res.transform.timings.items())
-        print(f"\n{case} {vol.shape} @ {tuple(round(s, 3) for s in vol.spacing)} mm: fit {res.seconds:.1f} s "
-              f"({stages}), z offset {res.transform.z_offset_mm:.0f} mm")
+        print(
+            f"\n{case} {vol.shape} @ {tuple(round(s, 3) for s in vol.spacing)} mm: fit {res.seconds:.1f} s "
+            f"({stages}), z offset {res.transform.z_offset_mm:.0f} mm"
+        )
         print(f"  {'organ':22s} {'Dice':>6s} {'slices':>7s} {'boxIoU':>7s}")
         syn = []
         for value, organ in amos.items():

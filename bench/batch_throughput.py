@@ -38,8 +38,7 @@ def make_batch(folder: Path, n: int, cases: list[str]) -> None:
     for i in range(n):
         src = data_dir() / cases[i % len(cases)] / "image.nii.gz"
         if not src.exists():
-            raise SystemExit(f"{src} is missing: the benchmark needs the shared data folder "
-                             f"(see bench/_common.py)")
+            raise SystemExit(f"{src} is missing: the benchmark needs the shared data folder (see bench/_common.py)")
         (folder / f"vol{i:02d}.nii.gz").symlink_to(src)
 
 
@@ -48,16 +47,21 @@ def run_setting(batch: Path, work: Path, organs: str, workers: int, ray: bool) -
     out = work / (f"ray{workers}" if ray else f"w{workers}")
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
-    summary = run_batch(batch, organs, out, workers=workers, ray="local" if ray else None, resume=False,
-                        progress=False)
+    summary = run_batch(batch, organs, out, workers=workers, ray="local" if ray else None, resume=False, progress=False)
     wall = time.perf_counter() - t0
     n_done = summary.done
     if summary.failed:
         logging.warning("%d volumes failed:\n%s", summary.failed, summary.format())
     mean_case = sum(c.seconds for c in summary.cases if c.state == "done") / max(n_done, 1)
-    return {"backend": summary.backend, "workers": workers, "volumes": n_done, "wall_s": round(wall, 1),
-            "volumes_per_min": round(60.0 * n_done / wall, 2), "mean_case_s": round(mean_case, 1),
-            "threads_per_worker": max(1, available_cores() // workers)}  # Ray: CPUs // actors, the same
+    return {
+        "backend": summary.backend,
+        "workers": workers,
+        "volumes": n_done,
+        "wall_s": round(wall, 1),
+        "volumes_per_min": round(60.0 * n_done / wall, 2),
+        "mean_case_s": round(mean_case, 1),
+        "threads_per_worker": max(1, available_cores() // workers),
+    }  # Ray: CPUs // actors, the same
 
 
 def main() -> None:
@@ -85,8 +89,10 @@ def main() -> None:
             print(f"  {rows[-1]}", file=sys.stderr)
 
     base = rows[0]["volumes_per_min"]
-    print(f"\nbatch throughput: {args.volumes} volumes ({', '.join(args.cases)}), organs {args.organs!r}, "
-          f"{available_cores()} CPU cores")
+    print(
+        f"\nbatch throughput: {args.volumes} volumes ({', '.join(args.cases)}), organs {args.organs!r}, "
+        f"{available_cores()} CPU cores"
+    )
     header = ["", *[f"{r['backend']} x{r['workers']}" for r in rows]]
     table = [
         ("volumes / min", [f"{r['volumes_per_min']:.2f}" for r in rows]),

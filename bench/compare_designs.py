@@ -90,8 +90,12 @@ def make_config(design: str, args: argparse.Namespace) -> TrainConfig:
             "feature_cache_dir": str(args.out / "feature_cache"),
         },
         "optim": {"lr": args.lr, "warmup_steps": max(1, args.steps // 10)},
-        "val": {"every": 0, "organs": list(args.organs), "max_slices": args.val_slices,
-                **({"box_margin": BOX_PROMPTS["box_margin"], "presence_gate": False} if args.prompts == "box" else {})},
+        "val": {
+            "every": 0,
+            "organs": list(args.organs),
+            "max_slices": args.val_slices,
+            **({"box_margin": BOX_PROMPTS["box_margin"], "presence_gate": False} if args.prompts == "box" else {}),
+        },
         "steps": args.steps,
         "batch_size": args.batch_size,
         "device": args.device,
@@ -108,8 +112,15 @@ def make_config(design: str, args: argparse.Namespace) -> TrainConfig:
 
 def budget_of(cfg: TrainConfig) -> dict[str, Any]:
     """What must match for a recorded result to be reused."""
-    return {"steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.optim.lr, "organs": list(cfg.data.organs),
-            "val_slices": cfg.val.max_slices, "seed": cfg.seed, "box_prompt_prob": cfg.data.box_prompt_prob}
+    return {
+        "steps": cfg.steps,
+        "batch_size": cfg.batch_size,
+        "lr": cfg.optim.lr,
+        "organs": list(cfg.data.organs),
+        "val_slices": cfg.val.max_slices,
+        "seed": cfg.seed,
+        "box_prompt_prob": cfg.data.box_prompt_prob,
+    }
 
 
 def read_record(cfg: TrainConfig) -> dict[str, Any]:
@@ -138,16 +149,27 @@ def fill_feature_caches(designs: list[str], args: argparse.Namespace) -> None:
         torch.manual_seed(cfg.seed)  # as the trainer does before building
         model = build_design(design, [cfg.model])
         # the trainer's tag (organsam.training.trainer), so that it finds these files
-        cache = FeatureCache(cfg.data.feature_cache_dir, model, cfg.data.feature_cache_dtype,
-                             tag=f"{cfg.data.window}|to_model_input")
+        cache = FeatureCache(
+            cfg.data.feature_cache_dir, model, cfg.data.feature_cache_dtype, tag=f"{cfg.data.window}|to_model_input"
+        )
         caches.setdefault(cache.hash, cache)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else "cpu"
+        if args.device == "auto"
+        else args.device
+    )
     core = model.core.to(device).eval()
-    store = CaseStore(read_dataset("shared", cfg.data.root, cases=list(TRAIN_CASES)), model.organ_ids,
-                      window=cfg.data.window)
-    todo = [(ci, z) for ci, case in enumerate(store.cases) for z in range(store.areas[ci].shape[0])
-            if any(not c.path(case.case_id, z).is_file() for c in caches.values())]
+    store = CaseStore(
+        read_dataset("shared", cfg.data.root, cases=list(TRAIN_CASES)), model.organ_ids, window=cfg.data.window
+    )
+    todo = [
+        (ci, z)
+        for ci, case in enumerate(store.cases)
+        for z in range(store.areas[ci].shape[0])
+        if any(not c.path(case.case_id, z).is_file() for c in caches.values())
+    ]
     logger.info("feature caches %s: encoding %d slice(s)", [c.root.name for c in caches.values()], len(todo))
     for s in range(0, len(todo), 4):
         chunk = todo[s : s + 4]
@@ -221,30 +243,56 @@ class BoxOnlyLiteMedSam(torch.nn.Module):
 def run_box_only_baseline(args: argparse.Namespace) -> dict[str, Any]:
     """Validation of :class:`BoxOnlyLiteMedSam` on the comparison's validation case (nothing trained)."""
     cfg = make_config(TEXT_DESIGNS[0], args)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else "cpu"
+        if args.device == "auto"
+        else args.device
+    )
     core = build_lite_medsam().to(device).eval()
     organ_ids = resolve_organ_ids(cfg.data.organs)
     store = CaseStore(read_dataset("shared", cfg.data.root, cases=[VAL_CASE]), organ_ids, window=cfg.data.window)
     t0 = time.perf_counter()
-    val = validate(BoxOnlyLiteMedSam(core), store, [organ_ids.index(o) for o in args.organs],
-                   max_slices=cfg.val.max_slices, presence_gate=False, batch_size=cfg.val.batch_size,
-                   box_margin=cfg.val.box_margin)
-    return {"dice": val.per_organ, "mean_dice": val.mean_dice, "trainable_params": 0,
-            "total_params": sum(p.numel() for p in core.parameters()), "wall_s": time.perf_counter() - t0,
-            "median_step_s": math.nan, "steps_this_run": 0, "final_loss": math.nan, "nonfinite_losses": 0}
+    val = validate(
+        BoxOnlyLiteMedSam(core),
+        store,
+        [organ_ids.index(o) for o in args.organs],
+        max_slices=cfg.val.max_slices,
+        presence_gate=False,
+        batch_size=cfg.val.batch_size,
+        box_margin=cfg.val.box_margin,
+    )
+    return {
+        "dice": val.per_organ,
+        "mean_dice": val.mean_dice,
+        "trainable_params": 0,
+        "total_params": sum(p.numel() for p in core.parameters()),
+        "wall_s": time.perf_counter() - t0,
+        "median_step_s": math.nan,
+        "steps_this_run": 0,
+        "final_loss": math.nan,
+        "nonfinite_losses": 0,
+    }
 
 
 def table(results: dict[str, dict[str, Any]], args: argparse.Namespace, cache_s: float) -> str:
     """The Markdown comparison table (Dice in %); ``cache_s``: seconds spent filling the feature caches."""
     data = args.data or default_shared_root()
     slices = f"{args.val_slices} slices" if args.val_slices else "all labelled slices"
-    cache = ("cache filled lazily while training" if args.no_prefill else
-             f"cache filled in {cache_s:.0f} s, not in the wall times" if cache_s >= 1 else "cache already filled")
+    cache = (
+        "cache filled lazily while training"
+        if args.no_prefill
+        else f"cache filled in {cache_s:.0f} s, not in the wall times"
+        if cache_s >= 1
+        else "cache already filled"
+    )
     if args.prompts == "box":
-        prompts = (f"text + box prompts (training boxes shifted/resized by up to {BOX_PROMPTS['box_jitter_rel']:.0%} "
-                   f"like an atlas's, grown by {BOX_PROMPTS['box_margin']:g} px; validation: reference boxes grown by "
-                   f"{BOX_PROMPTS['box_margin']:g} px)")
+        prompts = (
+            f"text + box prompts (training boxes shifted/resized by up to {BOX_PROMPTS['box_jitter_rel']:.0%} "
+            f"like an atlas's, grown by {BOX_PROMPTS['box_margin']:g} px; validation: reference boxes grown by "
+            f"{BOX_PROMPTS['box_margin']:g} px)"
+        )
         gate = "box-prompted on each slice where the organ is present"
     else:
         prompts, gate = "text prompts only", "presence-gated"
@@ -270,8 +318,10 @@ def table(results: dict[str, dict[str, Any]], args: argparse.Namespace, cache_s:
     row("**mean**", [f"**{pct(r['mean_dice'])}**" for r in results.values()])
     row("trainable params", [f"{r['trainable_params'] / 1e6:.2f} M" for r in results.values()])
     row("wall s (train + val)", [f"{r['wall_s']:.0f}" for r in results.values()])
-    row("s / step (median)", ["-" if math.isnan(r["median_step_s"]) else f"{r['median_step_s']:.2f}"
-                              for r in results.values()])
+    row(
+        "s / step (median)",
+        ["-" if math.isnan(r["median_step_s"]) else f"{r['median_step_s']:.2f}" for r in results.values()],
+    )
     return "\n".join(lines)
 
 
@@ -280,20 +330,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=20, help="optimizer steps per design (default 20)")
     p.add_argument("--batch-size", type=int, default=4, help="slices per step (default 4)")
     designs = list_designs()
-    p.add_argument("--designs", nargs="+", choices=designs, default=None,
-                   help="default: the four text designs; with --prompts box also organ_prompts")
-    p.add_argument("--prompts", choices=["text", "box"], default="text",
-                   help="text: text prompts only (default); box: text + atlas-like jittered boxes, validated with "
-                        "reference boxes (what each design adds to LiteMedSAM where the pipeline gives it a box)")
-    p.add_argument("--out", type=Path, default=None,
-                   help="run folders (default runs/compare_designs, runs/compare_designs_box with --prompts box)")
+    p.add_argument(
+        "--designs",
+        nargs="+",
+        choices=designs,
+        default=None,
+        help="default: the four text designs; with --prompts box also organ_prompts",
+    )
+    p.add_argument(
+        "--prompts",
+        choices=["text", "box"],
+        default="text",
+        help="text: text prompts only (default); box: text + atlas-like jittered boxes, validated with "
+        "reference boxes (what each design adds to LiteMedSAM where the pipeline gives it a box)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="run folders (default runs/compare_designs, runs/compare_designs_box with --prompts box)",
+    )
     p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (default 1e-4, as train_default)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--organs", nargs="+", default=list(SYNAPSE8), help="organs trained and scored (Synapse-8)")
     p.add_argument("--val-slices", type=int, default=0, help="validation slices of amos_0013 (0: all)")
     p.add_argument("--data", type=Path, default=None, help="shared data folder ($ORGANSAM_DATA, ../shared/data)")
-    p.add_argument("--no-prefill", action="store_true",
-                   help="let the trainer fill the feature caches lazily (quicker for a handful of steps)")
+    p.add_argument(
+        "--no-prefill",
+        action="store_true",
+        help="let the trainer fill the feature caches lazily (quicker for a handful of steps)",
+    )
     p.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
     args = p.parse_args(argv)
     if args.designs is None:

@@ -49,9 +49,16 @@ def make_variant(name: str, core: SamCore, device: torch.device) -> Callable[[to
         def ref(x: torch.Tensor) -> torch.Tensor:
             with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 return core.encode(x, keep_levels=False).embedding.float()
+
         return ref
-    kw = {"fast": {}, "fast_nchw": {"channels_last": False}, "fast_bf16": {"precision": "bf16"},
-          "fast_int8": {"quantize": True}, "fast_compile": {}, "fast_bf16_dec": {"precision": "bf16"}}[name]
+    kw = {
+        "fast": {},
+        "fast_nchw": {"channels_last": False},
+        "fast_bf16": {"precision": "bf16"},
+        "fast_int8": {"quantize": True},
+        "fast_compile": {},
+        "fast_bf16_dec": {"precision": "bf16"},
+    }[name]
     fast = FastImageEncoder(core.image_encoder, **kw).to(device)
     if name == "fast_compile":
         compiled = torch.compile(fast._stages)
@@ -59,6 +66,7 @@ def make_variant(name: str, core: SamCore, device: torch.device) -> Callable[[to
         def run(x: torch.Tensor) -> torch.Tensor:
             with torch.inference_mode():
                 return compiled(x.contiguous(memory_format=torch.channels_last)).float()
+
         t0 = time.perf_counter()
         run(torch.rand(1, 3, 256, 256, device=device))
         print(f"  torch.compile warm-up (compile) {time.perf_counter() - t0:.1f} s", flush=True)
@@ -69,8 +77,12 @@ def make_variant(name: str, core: SamCore, device: torch.device) -> Callable[[to
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--variants", nargs="+", default=["ref", "ref_bf16", "fast", "fast_nchw", "fast_bf16",
-                                                      "fast_int8"], choices=VARIANTS)
+    ap.add_argument(
+        "--variants",
+        nargs="+",
+        default=["ref", "ref_bf16", "fast", "fast_nchw", "fast_bf16", "fast_int8"],
+        choices=VARIANTS,
+    )
     ap.add_argument("--compile", action="store_true", help="also time torch.compile of the fast encoder")
     ap.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 2, 4])
     ap.add_argument("--slices", type=int, default=4, help="slices per timed pass")
@@ -96,8 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     ref_emb = fns["ref"](x) if "ref" in fns else make_variant("ref", core, device)(x)
     rel_err = {v: float((fn(x) - ref_emb).norm() / ref_emb.norm()) for v, fn in fns.items()}
 
-    results: dict[str, dict] = {v: {"rel_err": rel_err[v], "s_per_slice": {}, "cpu_s_per_slice": {}}
-                                for v in variants}
+    results: dict[str, dict] = {v: {"rel_err": rel_err[v], "s_per_slice": {}, "cpu_s_per_slice": {}} for v in variants}
     for bs in args.batch_sizes:
         best = {v: float("inf") for v in variants}
         best_cpu = {v: float("inf") for v in variants}
@@ -108,15 +119,18 @@ def main(argv: list[str] | None = None) -> int:
                     sync(device)
                     t0, c0 = time.perf_counter(), time.process_time()
                     for i in range(0, len(images), bs):
-                        fn(torch.from_numpy(images[i:i + bs]).to(device))
+                        fn(torch.from_numpy(images[i : i + bs]).to(device))
                     sync(device)
                 best[v] = min(best[v], (time.perf_counter() - t0) / len(images))
                 best_cpu[v] = min(best_cpu[v], (time.process_time() - c0) / len(images))
         for v in variants:
             results[v]["s_per_slice"][bs] = best[v]
             results[v]["cpu_s_per_slice"][bs] = best_cpu[v]
-        print(f"batch {bs} (wall / CPU s per slice): "
-              + ", ".join(f"{v} {best[v]:.3f}/{best_cpu[v]:.3f}" for v in variants), flush=True)
+        print(
+            f"batch {bs} (wall / CPU s per slice): "
+            + ", ".join(f"{v} {best[v]:.3f}/{best_cpu[v]:.3f}" for v in variants),
+            flush=True,
+        )
 
     if not args.no_dice:
         for v, fn in fns.items():
@@ -125,13 +139,17 @@ def main(argv: list[str] | None = None) -> int:
         for v in variants:
             if base is not None:
                 results[v]["max_dice_diff"] = max(abs(results[v]["dice"][k] - base[k]) for k in base)
-                results[v]["max_dice_diff_golden8"] = max(abs(results[v]["dice"][k] - base[k])
-                                                          for k in GOLDEN8 if k in base)
+                results[v]["max_dice_diff_golden8"] = max(
+                    abs(results[v]["dice"][k] - base[k]) for k in GOLDEN8 if k in base
+                )
 
     ref_t = {bs: results["ref"]["s_per_slice"][bs] for bs in args.batch_sizes} if "ref" in results else None
     ref_c = {bs: results["ref"]["cpu_s_per_slice"][bs] for bs in args.batch_sizes} if "ref" in results else None
-    print(f"\n{'variant':14s} " + " ".join(f"{'bs' + str(b) + ' wall/cpu':>14s}" for b in args.batch_sizes)
-          + f" {'speed-up':>9s} {'cpu sp-up':>9s} {'rel.err':>9s} {'mean Dice':>9s} {'max|dDice|':>10s}")
+    print(
+        f"\n{'variant':14s} "
+        + " ".join(f"{'bs' + str(b) + ' wall/cpu':>14s}" for b in args.batch_sizes)
+        + f" {'speed-up':>9s} {'cpu sp-up':>9s} {'rel.err':>9s} {'mean Dice':>9s} {'max|dDice|':>10s}"
+    )
     for v in variants:
         r = results[v]
         times = [r["s_per_slice"][b] for b in args.batch_sizes]
@@ -144,8 +162,11 @@ def main(argv: list[str] | None = None) -> int:
         mean = f"{np.mean(list(dice.values())):9.4f}" if dice else f"{'-':>9s}"
         dd = f"{r['max_dice_diff']:10.4f}" if "max_dice_diff" in r else f"{'-':>10s}"
         d8 = f"{r['max_dice_diff_golden8']:10.4f}" if "max_dice_diff_golden8" in r else f"{'-':>10s}"
-        print(f"{v:14s} " + " ".join(f"{t:6.3f}/{c:<7.3f}" for t, c in zip(times, cpus))
-              + f" {speed:9.2f} {cspeed:9.2f} {r['rel_err']:9.2e} {mean} {dd} {d8}")
+        print(
+            f"{v:14s} "
+            + " ".join(f"{t:6.3f}/{c:<7.3f}" for t, c in zip(times, cpus))
+            + f" {speed:9.2f} {cspeed:9.2f} {r['rel_err']:9.2e} {mean} {dd} {d8}"
+        )
     if not args.no_dice and "ref" in results:
         print("\nper-organ Dice (golden protocol, AMOS 0013):")
         organs = list(results["ref"]["dice"])

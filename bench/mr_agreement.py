@@ -48,16 +48,24 @@ def main() -> None:
     info = labelmap_info("totalsegmentator_mr")
     own = {o: np.isin(ref, info.values_for(o)) for o in args.organs}
     res = run_segmentation(build_predictor(progress=False), vol, resolve_organs(list(args.organs)))
-    rows = {"organsam segment, label map written (pseudo-CT, affine)":
-            {o: res.labelmap == v for v, o in res.label_table.items()},
-            "organsam segment, each organ's own mask (overlaps kept)": {o: res.masks[o] for o in args.organs}}
+    rows = {
+        "organsam segment, label map written (pseudo-CT, affine)": {
+            o: res.labelmap == v for v, o in res.label_table.items()
+        },
+        "organsam segment, each organ's own mask (overlaps kept)": {o: res.masks[o] for o in args.organs},
+    }
     atlas = AtlasPrior(default_atlas()).fit(vol)
     rows["atlas masks alone (pseudo-CT, affine)"] = {o: atlas.mask(o) for o in args.organs}
     demons = AtlasPrior(default_atlas(), settings=RegistrationSettings()).fit(registration_image(vol), vol.spacing)
     rows["atlas masks alone (pseudo-CT, affine + Demons)"] = {o: demons.mask(o) for o in args.organs}
-    out = ["## Text prompts on MR (ts_mr): Dice with TotalSegmentator-MR labels", "",
-           f"Command: `python bench/mr_agreement.py {' '.join(sys.argv[1:])}`. Total {time.perf_counter() - t0:.0f} s.",
-           "", "| method | " + " | ".join(args.organs) + " | mean |", "|:---|" + "---:|" * (len(args.organs) + 1)]
+    out = [
+        "## Text prompts on MR (ts_mr): Dice with TotalSegmentator-MR labels",
+        "",
+        f"Command: `python bench/mr_agreement.py {' '.join(sys.argv[1:])}`. Total {time.perf_counter() - t0:.0f} s.",
+        "",
+        "| method | " + " | ".join(args.organs) + " | mean |",
+        "|:---|" + "---:|" * (len(args.organs) + 1),
+    ]
     for name, masks in rows.items():
         d = [dice(masks[o], own[o]) for o in args.organs]
         out.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in d) + f" | **{np.mean(d):.3f}** |")

@@ -31,16 +31,23 @@ SYNAPSE8 = ["aorta", "gallbladder", "kidney_left", "kidney_right", "liver", "pan
 
 def atlases(data: Path) -> dict[str, Atlas]:
     """The shipped atlas (ts_a) and every other labelled CT of the shared data folder."""
-    out = {"ts_a": default_atlas(),
-           "ts_b": Atlas.from_files(data / "ts_b_dicom" / "dicom", data / "ts_b_dicom" / "label_ts_v2.nii.gz",
-                                    "totalsegmentator_v2", name="ts_b")}
+    out = {
+        "ts_a": default_atlas(),
+        "ts_b": Atlas.from_files(
+            data / "ts_b_dicom" / "dicom",
+            data / "ts_b_dicom" / "label_ts_v2.nii.gz",
+            "totalsegmentator_v2",
+            name="ts_b",
+        ),
+    }
     for case in ("amos_0001_slab", "amos_0013_slab"):
         out[case] = Atlas.from_files(data / case / "image.nii.gz", data / case / "label.nii.gz", "amos22", name=case)
     return out
 
 
-def fuse(results: list[AtlasResult], used: list[Atlas], shape: tuple[int, ...],
-         spacing: tuple[float, float, float]) -> dict[str, np.ndarray]:
+def fuse(
+    results: list[AtlasResult], used: list[Atlas], shape: tuple[int, ...], spacing: tuple[float, float, float]
+) -> dict[str, np.ndarray]:
     """Per organ: voxels that at least half of the atlases covering them place the organ on."""
     votes = {o: np.zeros(shape, np.float32) for o in SYNAPSE8}
     cover = np.zeros(shape, np.float32)
@@ -61,8 +68,12 @@ def main() -> None:
     t0 = time.perf_counter()
     pool = atlases(data)
     amos = labelmap_info("amos22")
-    lines = ["## Multi-atlas: atlas-alone Dice (%) of single atlases and of their fusion, case left out", "",
-             f"Command: `python bench/multi_atlas.py {' '.join(sys.argv[1:])}`  ", ""]
+    lines = [
+        "## Multi-atlas: atlas-alone Dice (%) of single atlases and of their fusion, case left out",
+        "",
+        f"Command: `python bench/multi_atlas.py {' '.join(sys.argv[1:])}`  ",
+        "",
+    ]
     for case in args.cases:
         vol = load_volume(data / case / "image.nii.gz")
         ref = load_labels(data / case / "label.nii.gz", vol)
@@ -71,10 +82,15 @@ def main() -> None:
         fitted = {n: AtlasPrior(pool[n]).fit(vol) for n in names}
         rows = {n: {o: fitted[n].mask(o) for o in SYNAPSE8} for n in names}
         for combo in (["ts_a", "ts_b"], ["ts_a"] + [n for n in names if n.startswith("amos")], names):
-            rows[" + ".join(combo)] = fuse([fitted[n] for n in combo], [pool[n] for n in combo], vol.array.shape,
-                                           vol.spacing)
-        lines += [f"### {case}", "", "| atlases | " + " | ".join(SYNAPSE8) + " | mean |",
-                  "|:---|" + "---:|" * (len(SYNAPSE8) + 1)]
+            rows[" + ".join(combo)] = fuse(
+                [fitted[n] for n in combo], [pool[n] for n in combo], vol.array.shape, vol.spacing
+            )
+        lines += [
+            f"### {case}",
+            "",
+            "| atlases | " + " | ".join(SYNAPSE8) + " | mean |",
+            "|:---|" + "---:|" * (len(SYNAPSE8) + 1),
+        ]
         for name, masks in rows.items():
             d = [200 * (masks[o] & own[o]).sum() / max(masks[o].sum() + own[o].sum(), 1) for o in SYNAPSE8]
             lines.append(f"| {name} | " + " | ".join(f"{v:.1f}" for v in d) + f" | **{np.mean(d):.1f}** |")

@@ -38,12 +38,27 @@ from organsam.preprocessing.slices import SliceGeometry  # noqa: E402
 from organsam.priors.boxes import box_of_slice  # noqa: E402
 from organsam.vocabulary import labelmap_info  # noqa: E402
 
-CASES = {"ts_a": ("ts_a/image.nii.gz", "ts_a/label_ts_v2_fast.nii.gz", "totalsegmentator_v2"),
-         "ts_b": ("ts_b_dicom/dicom", "ts_b_dicom/label_ts_v2.nii.gz", "totalsegmentator_v2"),
-         "amos_0001": ("amos_0001_slab/image.nii.gz", "amos_0001_slab/label.nii.gz", "amos22"),
-         "amos_0013": ("amos_0013_slab/image.nii.gz", "amos_0013_slab/label.nii.gz", "amos22")}
-CLASSES = ["spleen", "kidney_right", "kidney_left", "gallbladder", "liver", "stomach", "aorta", "inferior_vena_cava",
-           "pancreas", "adrenal_gland_right", "adrenal_gland_left", "duodenum", "urinary_bladder"]
+CASES = {
+    "ts_a": ("ts_a/image.nii.gz", "ts_a/label_ts_v2_fast.nii.gz", "totalsegmentator_v2"),
+    "ts_b": ("ts_b_dicom/dicom", "ts_b_dicom/label_ts_v2.nii.gz", "totalsegmentator_v2"),
+    "amos_0001": ("amos_0001_slab/image.nii.gz", "amos_0001_slab/label.nii.gz", "amos22"),
+    "amos_0013": ("amos_0013_slab/image.nii.gz", "amos_0013_slab/label.nii.gz", "amos22"),
+}
+CLASSES = [
+    "spleen",
+    "kidney_right",
+    "kidney_left",
+    "gallbladder",
+    "liver",
+    "stomach",
+    "aorta",
+    "inferior_vena_cava",
+    "pancreas",
+    "adrenal_gland_right",
+    "adrenal_gland_left",
+    "duodenum",
+    "urinary_bladder",
+]
 
 #: the parts of a feature vector, in order, and their sizes
 FEATURE_GROUPS: dict[str, int] = {"embedding_inside": 256, "embedding_ring": 256, "intensity": 6, "shape": 7}
@@ -76,8 +91,14 @@ def _pooled(embedding: torch.Tensor, weight: np.ndarray) -> np.ndarray:
     return ((embedding.float() * cells).sum((1, 2)) / total).numpy()
 
 
-def mask_features(embedding: torch.Tensor, geometry: SliceGeometry, hu: np.ndarray, mask: np.ndarray,
-                  spacing_yx: tuple[float, float], body: tuple[int, int, int, int] | None = None) -> np.ndarray:
+def mask_features(
+    embedding: torch.Tensor,
+    geometry: SliceGeometry,
+    hu: np.ndarray,
+    mask: np.ndarray,
+    spacing_yx: tuple[float, float],
+    body: tuple[int, int, int, int] | None = None,
+) -> np.ndarray:
     """Feature vector of one mask on one slice.
 
     Args:
@@ -99,8 +120,12 @@ def mask_features(embedding: torch.Tensor, geometry: SliceGeometry, hu: np.ndarr
         yy, xx = np.nonzero(mask)
         s = geometry.scale
         inside[min(int(yy.mean() * s), geometry.size - 1), min(int(xx.mean() * s), geometry.size - 1)] = True
-    grown = F.max_pool2d(torch.from_numpy(inside.astype(np.float32))[None, None], 2 * _RING_PX + 1, 1,
-                         _RING_PX)[0, 0].numpy() > 0
+    grown = (
+        F.max_pool2d(torch.from_numpy(inside.astype(np.float32))[None, None], 2 * _RING_PX + 1, 1, _RING_PX)[
+            0, 0
+        ].numpy()
+        > 0
+    )
     ring = grown & ~inside
     h, w = geometry.resized_shape
     ring[h:, :] = False
@@ -115,17 +140,23 @@ def mask_features(embedding: torch.Tensor, geometry: SliceGeometry, hu: np.ndarr
     bw, bh = max(x1 - x0 + 1, 1), max(y1 - y0 + 1, 1)
     yy, xx = np.nonzero(mask)
     area_cm2 = mask.sum() * sy * sx / 100.0
-    shape = np.array([
-        np.log1p(area_cm2),
-        (xx.mean() - x0) / bw, (yy.mean() - y0) / bh,
-        (xx.max() - xx.min() + 1) / bw, (yy.max() - yy.min() + 1) / bh,
-        bw * sx / 300.0, bh * sy / 300.0,
-    ])
+    shape = np.array(
+        [
+            np.log1p(area_cm2),
+            (xx.mean() - x0) / bw,
+            (yy.mean() - y0) / bh,
+            (xx.max() - xx.min() + 1) / bw,
+            (yy.max() - yy.min() + 1) / bh,
+            bw * sx / 300.0,
+            bh * sy / 300.0,
+        ]
+    )
     return np.concatenate([_pooled(embedding, inside), _pooled(embedding, ring), intensity, shape]).astype(np.float32)
 
 
-def case_samples(case: str, data: Path, predictor: VolumePredictor, rng: np.random.Generator
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def case_samples(
+    case: str, data: Path, predictor: VolumePredictor, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Features and (prompted organ, true label, kind) of every sample of one case."""
     img, lab, labelmap = CASES[case]
     vol = load_volume(data / img)
@@ -156,15 +187,21 @@ def case_samples(case: str, data: Path, predictor: VolumePredictor, rng: np.rand
             H, W = r.shape
             for _ in range(3):
                 dx, dy = rng.uniform(-25, 25, 2) / (sx, sy)
-                moved = (min(max(x0 + dx, 0), W - 2), min(max(y0 + dy, 0), H - 2),
-                         min(max(x1 + dx, 1), W - 1), min(max(y1 + dy, 1), H - 1))
+                moved = (
+                    min(max(x0 + dx, 0), W - 2),
+                    min(max(y0 + dy, 0), H - 2),
+                    min(max(x1 + dx, 1), W - 1),
+                    min(max(y1 + dy, 1), H - 1),
+                )
                 if moved[2] - moved[0] > 3 and moved[3] - moved[1] > 3:
                     jobs.append(DecodeJob(z, names[v], tuple(float(t) for t in moved), None))
         for job, (m, _) in zip(jobs, predictor.decode(state, jobs)):
             if m.sum() < 10:
                 continue
-            inside = {names.get(int(v), "other") if v else "background": (m & (r == v)).sum() / m.sum()
-                      for v in np.unique(r[m])}
+            inside = {
+                names.get(int(v), "other") if v else "background": (m & (r == v)).sum() / m.sum()
+                for v in np.unique(r[m])
+            }
             best = max(inside, key=inside.__getitem__)
             feats.append(mask_features(emb, state.geometry, hu, m, (sy, sx), body))
             meta.append((job.organ_id, best if inside[best] >= 0.5 else "mixed", "decoded"))
@@ -187,7 +224,7 @@ def fit(x: np.ndarray, y: np.ndarray, classes: list[str], l2: float) -> tuple:
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        loss = F.cross_entropy(xt @ w + b, yt, weight=weight / weight.mean()) + l2 * (w ** 2).sum()
+        loss = F.cross_entropy(xt @ w + b, yt, weight=weight / weight.mean()) + l2 * (w**2).sum()
         loss.backward()
         return loss
 
@@ -216,16 +253,27 @@ def main() -> None:
         samples[case] = (d["x"], d["meta"])
     edges = np.cumsum([0, *FEATURE_GROUPS.values()])
     cols = {name: np.arange(edges[i], edges[i + 1]) for i, name in enumerate(FEATURE_GROUPS)}
-    sets = {"embedding inside": ["embedding_inside"], "intensity + shape": ["intensity", "shape"],
-            "all": list(FEATURE_GROUPS)}
-    splits = [(["ts_a", "ts_b"], ["amos_0013", "amos_0001"]), (["ts_a", "ts_b", "amos_0001"], ["amos_0013"]),
-              (["ts_a", "ts_b", "amos_0013"], ["amos_0001"])]
-    out = ["## Organ classifier probe (mask-pooled features, logistic regression)", "",
-           f"Command: `python bench/organ_classifier_probe.py {' '.join(sys.argv[1:])}`  ",
-           "Shares in %; 'kept': decoded masks of the organ prompted that the classifier accepts; 'rejected': decoded "
-           "masks of another organ that it refuses.", "",
-           "| features | trained on | scored on | reference masks classified right | correct masks kept | "
-           "neighbour masks rejected | n correct / n neighbour |", "|:---|:---|:---|---:|---:|---:|---:|"]
+    sets = {
+        "embedding inside": ["embedding_inside"],
+        "intensity + shape": ["intensity", "shape"],
+        "all": list(FEATURE_GROUPS),
+    }
+    splits = [
+        (["ts_a", "ts_b"], ["amos_0013", "amos_0001"]),
+        (["ts_a", "ts_b", "amos_0001"], ["amos_0013"]),
+        (["ts_a", "ts_b", "amos_0013"], ["amos_0001"]),
+    ]
+    out = [
+        "## Organ classifier probe (mask-pooled features, logistic regression)",
+        "",
+        f"Command: `python bench/organ_classifier_probe.py {' '.join(sys.argv[1:])}`  ",
+        "Shares in %; 'kept': decoded masks of the organ prompted that the classifier accepts; 'rejected': decoded "
+        "masks of another organ that it refuses.",
+        "",
+        "| features | trained on | scored on | reference masks classified right | correct masks kept | "
+        "neighbour masks rejected | n correct / n neighbour |",
+        "|:---|:---|:---|---:|---:|---:|---:|",
+    ]
     for set_name, groups in sets.items():
         use = np.concatenate([cols[g] for g in groups])
         for train, test in splits:
@@ -243,12 +291,15 @@ def main() -> None:
             dec = (meta[:, 2] == "decoded") & np.isin(meta[:, 0], classes)
             good = dec & (meta[:, 1] == meta[:, 0])
             bad = dec & (meta[:, 1] != meta[:, 0]) & (meta[:, 1] != "mixed")
-            p_asked = np.array([p[i, classes.index(meta[i, 0])] if meta[i, 0] in classes else 0.0
-                                for i in range(len(meta))])
+            p_asked = np.array(
+                [p[i, classes.index(meta[i, 0])] if meta[i, 0] in classes else 0.0 for i in range(len(meta))]
+            )
             accept = (p_asked >= 0.2) | (pred == meta[:, 0])
-            out.append(f"| {set_name} | {', '.join(train)} | {', '.join(test)} | {100 * (pred == yt)[ref].mean():.0f} "
-                       f"| {100 * accept[good].mean():.0f} | {100 * (~accept[bad]).mean():.0f} "
-                       f"| {good.sum()} / {bad.sum()} |")
+            out.append(
+                f"| {set_name} | {', '.join(train)} | {', '.join(test)} | {100 * (pred == yt)[ref].mean():.0f} "
+                f"| {100 * accept[good].mean():.0f} | {100 * (~accept[bad]).mean():.0f} "
+                f"| {good.sum()} / {bad.sum()} |"
+            )
     out.append(f"\nTotal {time.perf_counter() - t0:.0f} s (samples cached in {cache}).")
     print("\n".join(out))
 

@@ -135,8 +135,9 @@ def table_info(path: str | None) -> str:
     return f"`{t.path.name if path is None else t.path}` (trained with: `{t.metadata.get('command') or 'unknown'}`)"
 
 
-def run_case(case: str, data: Path, core: Any, organs: list[str], args: argparse.Namespace, notes: list[str]
-             ) -> tuple[dict[str, dict[str, np.ndarray]], np.ndarray, Volume, dict[str, float]]:
+def run_case(
+    case: str, data: Path, core: Any, organs: list[str], args: argparse.Namespace, notes: list[str]
+) -> tuple[dict[str, dict[str, np.ndarray]], np.ndarray, Volume, dict[str, float]]:
     """All rows' predicted masks of one case, its reference labels, volume and stage timings.
 
     The rows without IoU rejection / without post-processing come from one propagation with
@@ -159,18 +160,34 @@ def run_case(case: str, data: Path, core: Any, organs: list[str], args: argparse
     preds: dict[str, dict[str, np.ndarray]] = {"atlas": {o: atlas.mask(o) for o in organs}}
     cache: dict[int, dict[int, Any]] = {}
 
-    def predictor(prior: Any, iou_threshold: float | None = None, track_refine: bool = True,
-                  prompts: bool = False, joint_assignment: bool | None = None,
-                  anchor_refit: bool | None = None, trim_ends: bool | None = None) -> CachedPredictor:
+    def predictor(
+        prior: Any,
+        iou_threshold: float | None = None,
+        track_refine: bool = True,
+        prompts: bool = False,
+        joint_assignment: bool | None = None,
+        anchor_refit: bool | None = None,
+        trim_ends: bool | None = None,
+    ) -> CachedPredictor:
         kw = {} if iou_threshold is None else {"iou_threshold": iou_threshold}
         assign = track_refine if joint_assignment is None else joint_assignment  # (d) rows: the plain prior pass
         refit = track_refine if anchor_refit is None else anchor_refit
         trim = track_refine if trim_ends is None else trim_ends
-        return CachedPredictor(core, prior=FixedPrior(prior), device=args.device, progress=False, cache=cache,
-                               track_refine=track_refine, joint_assignment=assign, anchor_refit=refit, trim_ends=trim,
-                               precision=args.precision,
-                               decoder_precision=args.decoder_precision,
-                               organ_prompts=table if prompts else False, **kw)
+        return CachedPredictor(
+            core,
+            prior=FixedPrior(prior),
+            device=args.device,
+            progress=False,
+            cache=cache,
+            track_refine=track_refine,
+            joint_assignment=assign,
+            anchor_refit=refit,
+            trim_ends=trim,
+            precision=args.precision,
+            decoder_precision=args.decoder_precision,
+            organ_prompts=table if prompts else False,
+            **kw,
+        )
 
     t = time.perf_counter()
     shipped = predictor(atlas)
@@ -193,14 +210,27 @@ def run_case(case: str, data: Path, core: Any, organs: list[str], args: argparse
     for mode in ("prior", "text"):
         if f"checkpoint_{mode}" in args.rows:
             t = time.perf_counter()
-            design_predictor = build_predictor(checkpoint=args.checkpoint, device=args.device, progress=False,
-                                               design_prompts=mode, prior=FixedPrior(atlas))  # same registration
+            design_predictor = build_predictor(
+                checkpoint=args.checkpoint,
+                device=args.device,
+                progress=False,
+                design_prompts=mode,
+                prior=FixedPrior(atlas),
+            )  # same registration
             res = segment(vol, organs, quiet=True, predictor=design_predictor)
             preds[f"checkpoint_{mode}"] = _label_masks(res.labelmap, res.label_table)
             times[f"checkpoint, {mode}"] = time.perf_counter() - t
-    if set(args.rows) <= {"organsam", "atlas", "no_joint_assignment", "no_anchor_refit", "no_verification",
-                          "no_trim_ends",
-                          "organ_prompts", "checkpoint_prior", "checkpoint_text"}:
+    if set(args.rows) <= {
+        "organsam",
+        "atlas",
+        "no_joint_assignment",
+        "no_anchor_refit",
+        "no_verification",
+        "no_trim_ends",
+        "organ_prompts",
+        "checkpoint_prior",
+        "checkpoint_text",
+    }:
         return preds, ref, vol, times
 
     t = time.perf_counter()
@@ -221,8 +251,7 @@ def run_case(case: str, data: Path, core: Any, organs: list[str], args: argparse
     if any(not np.array_equal(check[o], preds["no_track_refine"].get(o, np.zeros_like(check[o]))) for o in organs):
         notes.append(f"WARNING {case}: the derived rows (d) do not reproduce segment()'s output exactly")
     for name, margin in (("oracle_tight", 0), ("oracle_10px", 10)):
-        st = _propagate(predictor(OracleBoxes(ref_masks, margin), iou_threshold=0.0, track_refine=False), vol,
-                        organs)
+        st = _propagate(predictor(OracleBoxes(ref_masks, margin), iou_threshold=0.0, track_refine=False), vol, organs)
         preds[name] = _merged({o: st.results[o].mask for o in organs}, organs)
     times["other rows (decoder only)"] = time.perf_counter() - t
     return preds, ref, vol, times
@@ -236,15 +265,32 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fast", action="store_true", help="fast atlas registration (no Demons stage)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="encoder precision of model rows")
-    ap.add_argument("--decoder-precision", default=None, choices=["fp32", "bf16"],
-                    help="decoder precision of model rows (default: --precision)")
-    ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS),
-                    help="rows to compute (default all; 'organsam atlas' skips the other decoder runs)")
-    ap.add_argument("--organ-prompts", default=None, metavar="PATH",
-                    help="organ prompt table of the organ_prompts row (default: the packaged one)")
-    ap.add_argument("--checkpoint", default=None, metavar="PATH",
-                    help="a design checkpoint of `organsam train` for the rows (e) (give --rows checkpoint_prior "
-                         "checkpoint_text ...)")
+    ap.add_argument(
+        "--decoder-precision",
+        default=None,
+        choices=["fp32", "bf16"],
+        help="decoder precision of model rows (default: --precision)",
+    )
+    ap.add_argument(
+        "--rows",
+        nargs="+",
+        default=list(ROWS),
+        choices=list(ROWS),
+        help="rows to compute (default all; 'organsam atlas' skips the other decoder runs)",
+    )
+    ap.add_argument(
+        "--organ-prompts",
+        default=None,
+        metavar="PATH",
+        help="organ prompt table of the organ_prompts row (default: the packaged one)",
+    )
+    ap.add_argument(
+        "--checkpoint",
+        default=None,
+        metavar="PATH",
+        help="a design checkpoint of `organsam train` for the rows (e) (give --rows checkpoint_prior "
+        "checkpoint_text ...)",
+    )
     ap.add_argument("--json", default=None, help="also write all per-case rows and summaries to this file")
     ap.add_argument("--png", default=None, help="also write a per-organ Dice bar chart of all rows (PNG)")
     ap.add_argument("-v", "--verbose", action="store_true")
@@ -254,8 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"rows {ckpt_rows} need --checkpoint PATH")
     if args.checkpoint is None:  # the default row list holds them; without a checkpoint they are left out
         args.rows = [r for r in args.rows if not r.startswith("checkpoint_")]
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     command = " ".join(["python bench/quality.py", *(argv if argv is not None else sys.argv[1:])])
     t0 = time.perf_counter()
     data = Path(args.data)
@@ -271,8 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         for key, masks in preds.items():
             if key not in rows:
                 continue
-            rows[key] += score_case(masks, ref, vol.spacing, proto, ref_labelmap=REF_LABELMAP, case=case,
-                                    rule=RULE)
+            rows[key] += score_case(masks, ref, vol.spacing, proto, ref_labelmap=REF_LABELMAP, case=case, rule=RULE)
         logger.info("%s done: %s", case, timings[case])
     labels = dict(ROWS)
     if args.organ_prompts:  # not the packaged table: say which one the row used
@@ -285,9 +329,15 @@ def main(argv: list[str] | None = None) -> int:
     table = []
     for r in results:
         s = r.summary()
-        table.append([r.method] + [format_value(s["dice"]["organs"][o]["mean"], "dice") for o in organs]
-                     + [f"**{format_value(s['dice']['mean'], 'dice')}**",
-                        format_value(s["hd95"]["mean"], "hd95"), format_value(s["nsd"]["mean"], "nsd")])
+        table.append(
+            [r.method]
+            + [format_value(s["dice"]["organs"][o]["mean"], "dice") for o in organs]
+            + [
+                f"**{format_value(s['dice']['mean'], 'dice')}**",
+                format_value(s["hd95"]["mean"], "hd95"),
+                format_value(s["nsd"]["mean"], "nsd"),
+            ]
+        )
     out = [
         f"## organsam validation ({proto.name} organs, AMOS reference labels)",
         "",
@@ -301,8 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         f"empty-mask rule `{RULE}`; NSD tolerances per organ (see `organsam evaluate --describe`). "
         f"Model rows are scored as merged label maps.",
         "",
-        markdown_table(["method", *[names[o] for o in organs], "mean Dice", "mean HD95 (mm)", "mean NSD (%)"],
-                       table),
+        markdown_table(["method", *[names[o] for o in organs], "mean Dice", "mean HD95 (mm)", "mean NSD (%)"], table),
         "",
         "### Dice (%) per case",
         "",
@@ -314,20 +363,34 @@ def main(argv: list[str] | None = None) -> int:
     out += [markdown_table(["method", *args.cases], per_case), ""]
     for m in ("hd95", "nsd"):
         out += [f"### {m.upper()} per organ", "", comparison_markdown(results, m), ""]
-    out.append("Timings (s): " + "; ".join(f"{c}: " + ", ".join(f"{k} {v}" for k, v in t.items())
-                                          for c, t in timings.items()))
+    out.append(
+        "Timings (s): " + "; ".join(f"{c}: " + ", ".join(f"{k} {v}" for k, v in t.items()) for c, t in timings.items())
+    )
     out += notes
     print("\n".join(out))
     if args.png:
-        bar_chart(results, "dice", args.png, title=f"Dice (%) per organ, {', '.join(args.cases)}",
-                  labels=[r.method.split(")")[0] + ") " + k for r, k in zip(results, rows)])
+        bar_chart(
+            results,
+            "dice",
+            args.png,
+            title=f"Dice (%) per organ, {', '.join(args.cases)}",
+            labels=[r.method.split(")")[0] + ") " + k for r, k in zip(results, rows)],
+        )
     if args.json:
-        doc = {"command": command, "notes": notes, "protocol": proto.name, "cases": args.cases,
-               "empty_rule": RULE,
-               "fast": args.fast, "device": args.device, "seconds": round(total, 1), "timings": timings,
-               "precision": args.precision, "decoder_precision": args.decoder_precision or args.precision,
-               "rows": {k: {"label": labels[k], "summary": r.summary(), "scores": r.rows}
-                        for k, r in zip(rows, results)}}
+        doc = {
+            "command": command,
+            "notes": notes,
+            "protocol": proto.name,
+            "cases": args.cases,
+            "empty_rule": RULE,
+            "fast": args.fast,
+            "device": args.device,
+            "seconds": round(total, 1),
+            "timings": timings,
+            "precision": args.precision,
+            "decoder_precision": args.decoder_precision or args.precision,
+            "rows": {k: {"label": labels[k], "summary": r.summary(), "scores": r.rows} for k, r in zip(rows, results)},
+        }
         Path(args.json).write_text(json.dumps(jsonable(doc), indent=2) + "\n", encoding="utf-8")
     return 0
 

@@ -50,8 +50,13 @@ def run_case(case: str, args: argparse.Namespace) -> dict:
     from organsam.priors import AtlasPrior, default_atlas
 
     device = torch.device(args.device)
-    out: dict = {"case": case, "device": str(device), "threads": torch.get_num_threads(),
-                 "precision": args.precision, "batch_size": args.batch_size}
+    out: dict = {
+        "case": case,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "precision": args.precision,
+        "batch_size": args.batch_size,
+    }
     vol, note = load_case(case)
     out.update(note=note, shape=list(vol.array.shape), spacing=[round(float(s), 3) for s in vol.spacing])
     rss_data = peak_rss_mb()
@@ -62,9 +67,15 @@ def run_case(case: str, args: argparse.Namespace) -> dict:
     sync(device)
     out["build_s"] = time.perf_counter() - t0
 
-    predictor = VolumePredictor(core, prior=prior, device=device, batch_size=args.batch_size,
-                                precision=args.precision, fast_encoder=not args.reference_encoder,
-                                progress=False)
+    predictor = VolumePredictor(
+        core,
+        prior=prior,
+        device=device,
+        batch_size=args.batch_size,
+        precision=args.precision,
+        fast_encoder=not args.reference_encoder,
+        progress=False,
+    )
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     sync(device)
@@ -79,9 +90,13 @@ def run_case(case: str, args: argparse.Namespace) -> dict:
     if device.type == "cuda":
         out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     t = result.report["timings_s"]
-    out["stages"] = {"prior": result.timings["prior"], "encode": predictor.encode_seconds,
-                     "decode": result.timings["encode"] + result.timings["model"] - predictor.encode_seconds,
-                     "post": result.timings["postprocess"], "total": result.timings["total"]}
+    out["stages"] = {
+        "prior": result.timings["prior"],
+        "encode": predictor.encode_seconds,
+        "decode": result.timings["encode"] + result.timings["model"] - predictor.encode_seconds,
+        "post": result.timings["postprocess"],
+        "total": result.timings["total"],
+    }
     out["encoded_slices"] = result.report["encoded_slices"]
     out["slices"] = int(vol.array.shape[0])
     out["organs_requested"] = len(AMOS13)
@@ -110,7 +125,9 @@ def run_case(case: str, args: argparse.Namespace) -> dict:
         if not args.no_ours_all and (not args.reference_encoder or args.precision != "fp32"):
             out["pipeline_encoder_all_s"], out["pipeline_encoder_all_cpu_s"] = bare(
                 lambda idx: predictor.decoder.encode_images(
-                    torch.from_numpy(to_model_input_batch(windowed[idx])[0]).to(device)))
+                    torch.from_numpy(to_model_input_batch(windowed[idx])[0]).to(device)
+                )
+            )
     out["peak_rss_with_bare_mb"] = peak_rss_mb()
     out["ratio"] = out["pipeline_s"] / out["bare_encoder_s"]
     out["cpu_ratio"] = out["pipeline_cpu_s"] / out["bare_encoder_cpu_s"]
@@ -118,8 +135,18 @@ def run_case(case: str, args: argparse.Namespace) -> dict:
 
 
 def child_command(case: str, args: argparse.Namespace) -> list[str]:
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", case, "--device", args.device,
-           "--precision", args.precision, "--batch-size", str(args.batch_size)]
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--child",
+        case,
+        "--device",
+        args.device,
+        "--precision",
+        args.precision,
+        "--batch-size",
+        str(args.batch_size),
+    ]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     if args.fast_prior:
@@ -132,9 +159,11 @@ def child_command(case: str, args: argparse.Namespace) -> list[str]:
 
 
 def print_table(rows: list[dict]) -> None:
-    head = (f"{'case':15s} {'slices':>6s} {'enc.sl':>6s} {'organs':>6s} {'pipeline s':>10s} "
-            f"{'enc-all s':>9s} {'ratio':>6s} {'cpu r.':>6s} {'RSS MB':>7s} | {'build':>5s} {'prior':>6s} {'enc':>6s} "
-            f"{'dec':>6s} {'post':>5s} {'ours-all s':>10s}")
+    head = (
+        f"{'case':15s} {'slices':>6s} {'enc.sl':>6s} {'organs':>6s} {'pipeline s':>10s} "
+        f"{'enc-all s':>9s} {'ratio':>6s} {'cpu r.':>6s} {'RSS MB':>7s} | {'build':>5s} {'prior':>6s} {'enc':>6s} "
+        f"{'dec':>6s} {'post':>5s} {'ours-all s':>10s}"
+    )
     print(head)
     print("-" * len(head))
     for r in rows:
@@ -146,25 +175,34 @@ def print_table(rows: list[dict]) -> None:
         gpu = f" GPU {r['peak_gpu_mb']:.0f} MB" if "peak_gpu_mb" in r else ""
         ours_s = f"{ours:10.1f}" if ours is not None else f"{'-':>10s}"
         organs = f"{r['organs_found']}/{r['organs_requested']}"
-        print(f"{r['case']:15s} {r['slices']:6d} {r['encoded_slices']:6d} {organs:>6s} "
-              f"{r['pipeline_s']:10.1f} {r['bare_encoder_s']:9.1f} {r['ratio']:6.2f} {r['cpu_ratio']:6.2f} "
-              f"{r['peak_rss_mb']:7.0f} | "
-              f"{r['build_s']:5.1f} {s['prior']:6.1f} {s['encode']:6.1f} {s['decode']:6.1f} {s['post']:5.1f} "
-              f"{ours_s}{gpu}")
+        print(
+            f"{r['case']:15s} {r['slices']:6d} {r['encoded_slices']:6d} {organs:>6s} "
+            f"{r['pipeline_s']:10.1f} {r['bare_encoder_s']:9.1f} {r['ratio']:6.2f} {r['cpu_ratio']:6.2f} "
+            f"{r['peak_rss_mb']:7.0f} | "
+            f"{r['build_s']:5.1f} {s['prior']:6.1f} {s['encode']:6.1f} {s['decode']:6.1f} {s['post']:5.1f} "
+            f"{ours_s}{gpu}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--cases", nargs="+", default=DEFAULT_CASES, choices=CASES)
-    ap.add_argument("--precision", default=None, choices=["fp32", "bf16"],
-                    help="encoder precision (default: the predictor's: fp32 on CPU, bf16 on CUDA)")
+    ap.add_argument(
+        "--precision",
+        default=None,
+        choices=["fp32", "bf16"],
+        help="encoder precision (default: the predictor's: fp32 on CPU, bf16 on CUDA)",
+    )
     ap.add_argument("--batch-size", type=int, default=None, help="slices per encoder pass (default: the predictor's)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--fast-prior", action="store_true", help="coarser, faster atlas registration")
     ap.add_argument("--reference-encoder", action="store_true", help="pipeline uses core.encode as is")
-    ap.add_argument("--no-ours-all", action="store_true",
-                    help="skip timing the pipeline's own encoder over every slice (the 'ours-all s' column)")
+    ap.add_argument(
+        "--no-ours-all",
+        action="store_true",
+        help="skip timing the pipeline's own encoder over every slice (the 'ours-all s' column)",
+    )
     ap.add_argument("--json", default=None, help="write all measurements to this JSON file")
     ap.add_argument("--in-process", action="store_true", help="run cases in this process (peak RSS cumulative)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -183,8 +221,11 @@ def main(argv: list[str] | None = None) -> int:
         print("RESULT " + json.dumps(run_case(args.child, args)), flush=True)
         return 0
 
-    print(f"device {args.device}, threads {args.threads or torch.get_num_threads()}, precision {args.precision}, "
-          f"batch {args.batch_size}, prior {'fast' if args.fast_prior else 'full'}", flush=True)
+    print(
+        f"device {args.device}, threads {args.threads or torch.get_num_threads()}, precision {args.precision}, "
+        f"batch {args.batch_size}, prior {'fast' if args.fast_prior else 'full'}",
+        flush=True,
+    )
     rows: list[dict] = []
     for case in args.cases:
         if args.in_process:
@@ -195,10 +236,17 @@ def main(argv: list[str] | None = None) -> int:
             if proc.returncode != 0 or not lines:
                 rows.append({"case": case, "error": (proc.stderr.strip().splitlines() or ["no output"])[-1]})
             else:
-                rows.append(json.loads(lines[-1][len("RESULT "):]))
+                rows.append(json.loads(lines[-1][len("RESULT ") :]))
         r = rows[-1]
-        print(f"  {case}: " + (f"pipeline {r['pipeline_s']:.1f} s, bare encoder {r['bare_encoder_s']:.1f} s"
-                               if "error" not in r else r["error"]), flush=True)
+        print(
+            f"  {case}: "
+            + (
+                f"pipeline {r['pipeline_s']:.1f} s, bare encoder {r['bare_encoder_s']:.1f} s"
+                if "error" not in r
+                else r["error"]
+            ),
+            flush=True,
+        )
     print()
     print_table(rows)
     for r in rows:

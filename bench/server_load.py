@@ -42,9 +42,7 @@ import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CT = (
-    Path(os.environ.get("ORGANSAM_DATA", str(REPO.parent / "shared" / "data")))
-    / "amos_0013_slab"
-    / "image.nii.gz"
+    Path(os.environ.get("ORGANSAM_DATA", str(REPO.parent / "shared" / "data"))) / "amos_0013_slab" / "image.nii.gz"
 )
 VIEWS = {"axial": 11, "coronal": 512, "sagittal": 512}
 WINDOWS = ("auto", "abdomen", "bone", "lung", "raw")
@@ -120,9 +118,7 @@ class Stats:
 class Client(threading.Thread):
     """One simulated user."""
 
-    def __init__(
-        self, n: int, url: str, ct: bytes, deadline: float, stats: Stats, segment_every: int
-    ) -> None:
+    def __init__(self, n: int, url: str, ct: bytes, deadline: float, stats: Stats, segment_every: int) -> None:
         super().__init__(name=f"client-{n}", daemon=True)
         self.rng = random.Random(n)
         self.http = httpx.Client(base_url=url, timeout=httpx.Timeout(180.0, connect=30.0))
@@ -218,9 +214,7 @@ class Client(threading.Thread):
                 },
             )
         elif roll < 0.95:
-            self.call(
-                "bad_upload", "POST", "/api/sessions", files={"file": ("x.nii.gz", b"not an image" * 100)}
-            )
+            self.call("bad_upload", "POST", "/api/sessions", files={"file": ("x.nii.gz", b"not an image" * 100)})
         elif roll < 0.95 + self.delete_p:
             self.call("delete", "DELETE", f"/api/sessions/{sid}")
             self.sid = self.job = None
@@ -235,18 +229,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ct", type=Path, default=DEFAULT_CT, help="the volume clients upload")
     ap.add_argument("--max-sessions", type=int, default=8)
     ap.add_argument("--queue-size", type=int, default=2)
-    ap.add_argument(
-        "--segment-every", type=int, default=40, help="a client asks for a segmentation every N actions"
-    )
+    ap.add_argument("--segment-every", type=int, default=40, help="a client asks for a segmentation every N actions")
     ap.add_argument(
         "--session-actions",
         type=int,
         default=400,
         help="mean number of actions before a client deletes its session",
     )
-    ap.add_argument(
-        "--patient", type=int, default=4, help="clients that keep their session and wait for their results"
-    )
+    ap.add_argument("--patient", type=int, default=4, help="clients that keep their session and wait for their results")
     ap.add_argument("--rss-growth", type=float, default=0.25)
     ap.add_argument("--json", type=Path, default=None, help="write the summary here")
     args = ap.parse_args(argv)
@@ -349,9 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         "refused": sum(n for (_, s), n in stats.status.items() if s in REFUSALS),
         "server_errors_5xx": sum(n for (_, s), n in stats.status.items() if s >= 500 and s != 503),
         "status_by_action": by_action,
-        "latency_p50_ms": {
-            a: round(1000 * statistics.median(v), 1) for a, v in sorted(stats.latency.items())
-        },
+        "latency_p50_ms": {a: round(1000 * statistics.median(v), 1) for a, v in sorted(stats.latency.items())},
         "latency_max_ms": {a: round(1000 * max(v), 1) for a, v in sorted(stats.latency.items())},
         "rss_mb": {
             "start": round(rss[0][1], 1) if rss else None,

@@ -32,13 +32,24 @@ from organsam.vocabulary import labelmap_info  # noqa: E402
 
 #: case -> (image, labels, label map name, organs it labels)
 CASES = {
-    "ts_b": ("ts_b_dicom/dicom", "ts_b_dicom/label_ts_v2.nii.gz", "totalsegmentator_v2",
-             ["liver", "spleen", "stomach", "aorta", "inferior_vena_cava", "pancreas", "gallbladder"]),
-    "amos_0013_slab": ("amos_0013_slab/image.nii.gz", "amos_0013_slab/label.nii.gz", "amos22",
-                       ["liver", "spleen", "kidney_right", "kidney_left", "gallbladder", "stomach", "aorta",
-                        "pancreas"]),
-    "ts_a": ("ts_a/image.nii.gz", "ts_a/label_ts_v2_fast.nii.gz", "totalsegmentator_v2",
-             ["liver", "spleen", "kidney_right", "kidney_left", "stomach", "aorta", "pancreas"]),
+    "ts_b": (
+        "ts_b_dicom/dicom",
+        "ts_b_dicom/label_ts_v2.nii.gz",
+        "totalsegmentator_v2",
+        ["liver", "spleen", "stomach", "aorta", "inferior_vena_cava", "pancreas", "gallbladder"],
+    ),
+    "amos_0013_slab": (
+        "amos_0013_slab/image.nii.gz",
+        "amos_0013_slab/label.nii.gz",
+        "amos22",
+        ["liver", "spleen", "kidney_right", "kidney_left", "gallbladder", "stomach", "aorta", "pancreas"],
+    ),
+    "ts_a": (
+        "ts_a/image.nii.gz",
+        "ts_a/label_ts_v2_fast.nii.gz",
+        "totalsegmentator_v2",
+        ["liver", "spleen", "kidney_right", "kidney_left", "stomach", "aorta", "pancreas"],
+    ),
 }
 
 
@@ -60,9 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     if not data.is_dir():
         print(f"shared data folder {data} not found: set --data or $ORGANSAM_DATA", file=sys.stderr)
         return 2
-    lines = [f"Command: `python bench/slice_spacing.py {' '.join(argv if argv is not None else sys.argv[1:])}`", "",
-             "| case | organ | Dice native vs ref | Dice coarse vs ref | agreement native/coarse |",
-             "|:---|:---|---:|---:|---:|"]
+    lines = [
+        f"Command: `python bench/slice_spacing.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
+        "",
+        "| case | organ | Dice native vs ref | Dice coarse vs ref | agreement native/coarse |",
+        "|:---|:---|---:|---:|---:|",
+    ]
     doc: dict = {"factor": args.factor, "cases": {}}
     for case in args.cases:
         img, lab, lm, organs = CASES[case]
@@ -80,13 +94,18 @@ def main(argv: list[str] | None = None) -> int:
         rows = {}
         for o in organs:
             r = np.isin(ref, info.values_for(o))
-            rows[o] = (dice(out["native"][0][o], r), dice(out["coarse"][0][o], r),
-                       dice(out["native"][0][o], out["coarse"][0][o]))
+            rows[o] = (
+                dice(out["native"][0][o], r),
+                dice(out["coarse"][0][o], r),
+                dice(out["native"][0][o], out["coarse"][0][o]),
+            )
             lines.append(f"| {case} | {o} | {rows[o][0]:.3f} | {rows[o][1]:.3f} | {rows[o][2]:.3f} |")
         means = np.mean(np.array(list(rows.values())), axis=0)
         lines.append(f"| {case} | **mean** | {means[0]:.3f} | {means[1]:.3f} | {means[2]:.3f} |")
-        lines.append(f"| {case} | slices / seconds | {out['native'][1]} / {times['native']:.1f} | "
-                     f"{out['coarse'][1]} / {times['coarse']:.1f} | |")
+        lines.append(
+            f"| {case} | slices / seconds | {out['native'][1]} / {times['native']:.1f} | "
+            f"{out['coarse'][1]} / {times['coarse']:.1f} | |"
+        )
         doc["cases"][case] = {"organs": rows, "slices": {k: v[1] for k, v in out.items()}, "seconds": times}
     print("\n".join(lines))
     if args.json:

@@ -101,12 +101,16 @@ def main() -> None:
                 res = run_segmentation(pred, vol, request)
                 key = f"{name}, {'with' if refit else 'without'} anchor re-placement"
                 rows.setdefault(key, {})[case] = score(res.masks, ref, list(request.organ_ids))
-    out = ["## Stress test: the location prior shifted", "",
-           f"Command: `python bench/stress_prior.py {' '.join(sys.argv[1:])}`  ",
-           f"Organs: {', '.join(request.organ_ids)}; manual AMOS labels; Dice %; 'on a neighbour': predicted "
-           f"masks lying more than half inside another reference organ. Total {time.perf_counter() - t0:.0f} s.", "",
-           "| prior shift | " + " | ".join(f"{c} Dice | {c} on a neighbour" for c in args.cases) + " |",
-           "|:---|" + "---:|:---|" * len(args.cases)]
+    out = [
+        "## Stress test: the location prior shifted",
+        "",
+        f"Command: `python bench/stress_prior.py {' '.join(sys.argv[1:])}`  ",
+        f"Organs: {', '.join(request.organ_ids)}; manual AMOS labels; Dice %; 'on a neighbour': predicted "
+        f"masks lying more than half inside another reference organ. Total {time.perf_counter() - t0:.0f} s.",
+        "",
+        "| prior shift | " + " | ".join(f"{c} Dice | {c} on a neighbour" for c in args.cases) + " |",
+        "|:---|" + "---:|:---|" * len(args.cases),
+    ]
     for key, per_case in rows.items():
         cells = []
         for c in args.cases:

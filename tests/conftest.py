@@ -16,8 +16,9 @@ def data_path(*parts: str) -> Path:
     """Path under the shared data folder; skips the calling test when it does not exist."""
     p = DATA.joinpath(*parts)
     if not p.exists():
-        pytest.skip(f"real data not available: {p} is missing (expected ../shared/data beside the repo, "
-                    f"or set ORGANSAM_DATA)")
+        pytest.skip(
+            f"real data not available: {p} is missing (expected ../shared/data beside the repo, or set ORGANSAM_DATA)"
+        )
     return p
 
 
@@ -43,6 +44,7 @@ def amos_liver_slice(slice_index: int = 10, margin: float = 6.0) -> dict:
     mask = geom.mask_to_model(np.asarray(lab[slice_index]) == 6)  # AMOS label 6: liver
     ys, xs = np.nonzero(mask)
     assert ys.size > 1000, f"slice {slice_index} should show a large liver section"
-    box = torch.tensor([[xs.min() - margin, ys.min() - margin, xs.max() + margin, ys.max() + margin]],
-                       dtype=torch.float32).clamp(0, 255)
+    box = torch.tensor(
+        [[xs.min() - margin, ys.min() - margin, xs.max() + margin, ys.max() + margin]], dtype=torch.float32
+    ).clamp(0, 255)
     return {"image": torch.from_numpy(x)[None], "mask": torch.from_numpy(mask)[None, None].float(), "box": box}

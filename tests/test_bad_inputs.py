@@ -55,17 +55,27 @@ def _ct(tmp: Path) -> np.ndarray:
 
 def seg(inp: Path | str, *extra: str, organs: str | None = "liver", out: str | None = None) -> Build:
     """A builder for ``organsam segment`` on ``inp`` (a path relative to tmp, or absolute)."""
+
     def build(tmp: Path) -> list[str]:
-        args = ["segment", "-i", str(inp if Path(str(inp)).is_absolute() or str(inp) == "" else tmp / inp),
-                "-o", str(tmp / "out") if out is None else out.format(tmp=tmp), "-q"]
+        args = [
+            "segment",
+            "-i",
+            str(inp if Path(str(inp)).is_absolute() or str(inp) == "" else tmp / inp),
+            "-o",
+            str(tmp / "out") if out is None else out.format(tmp=tmp),
+            "-q",
+        ]
         return args + (["--organs", organs] if organs is not None else []) + list(extra)
+
     return build
 
 
 def made(make: Callable[[Path], Path], *extra: str, organs: str | None = "liver", out: str | None = None) -> Build:
     """Make the input with ``make(tmp)``, then run ``organsam segment`` on it."""
+
     def build(tmp: Path) -> list[str]:
         return seg(make(tmp), *extra, organs=organs, out=out)(tmp)
+
     return build
 
 
@@ -196,6 +206,7 @@ def _out_with(tmp: Path, what: str) -> str:
 def with_out(what: str) -> Build:
     def build(tmp: Path) -> list[str]:
         return ["segment", "-i", str(_amos_copy(tmp)), "-o", _out_with(tmp, what), "--organs", "liver", "-q"]
+
     return build
 
 
@@ -207,35 +218,46 @@ CASES: list[Case] = [
     # ---- the input path
     Case("missing file", seg("nothing_here.nii.gz"), ("does not exist",)),
     Case("empty input path", seg(""), ("empty path",), names_file=False),
-    Case("empty output path", seg(str(data_path("amos_0013_slab", "image.nii.gz")), out=""), ("empty path",),
-         names_file=False),
+    Case(
+        "empty output path",
+        seg(str(data_path("amos_0013_slab", "image.nii.gz")), out=""),
+        ("empty path",),
+        names_file=False,
+    ),
     Case("named pipe", made(_fifo), ("named pipe",)),
     Case("symbolic link loop", made(_loop), ("leads nowhere",)),
     Case("dangling symbolic link", made(_dangling), ("leads nowhere",)),
     Case("unknown file type", made(lambda t: _write(t, "scan.xyz", b"\x00" * 100)), ("unknown",)),
-    Case("text file named .nii.gz", made(lambda t: _write(t, "notes.nii.gz", b"hello, not an image\n" * 20)),
-         ("NIfTI",)),
+    Case(
+        "text file named .nii.gz", made(lambda t: _write(t, "notes.nii.gz", b"hello, not an image\n" * 20)), ("NIfTI",)
+    ),
     Case("empty file", made(lambda t: _write(t, "empty.nii.gz", b"")), ("NIfTI",)),
-    Case("truncated NIfTI", made(lambda t: _write(t, "cut.nii.gz", data_path("amos_0013_slab", "image.nii.gz")
-                                                  .read_bytes()[:30_000])), ("truncated",)),
+    Case(
+        "truncated NIfTI",
+        made(lambda t: _write(t, "cut.nii.gz", data_path("amos_0013_slab", "image.nii.gz").read_bytes()[:30_000])),
+        ("truncated",),
+    ),
     Case("random bytes as .nii", made(lambda t: _write(t, "noise.nii", os.urandom(4096))), ("NIfTI",)),
     Case("gzip of garbage", made(lambda t: _write(t, "junk.nii.gz", gzip.compress(os.urandom(2000)))), ("NIfTI",)),
     # ---- the image's shape and values
     Case("2D image", made(lambda t: _nifti(t, "flat.nii.gz", _ct(t)[:, :, 0])), ("2D",)),
     Case("4D time series", made(lambda t: _nifti(t, "fmri.nii.gz", np.stack([_ct(t)] * 2, -1))), ("4D",)),
-    Case("complex values", made(lambda t: _nifti(t, "complex.nii.gz", _ct(t).astype(np.complex64))),
-         ("complex",)),
-    Case("all NaN", made(lambda t: _nifti(t, "nan.nii.gz", np.full(_ct(t).shape, np.nan, np.float32))),
-         ("NaN",)),
-    Case("signed 8-bit data", made(lambda t: _nifti(t, "int8.nii.gz", (_ct(t) // 10).clip(-128, 127)
-                                                    .astype(np.int8))), ("signed 8-bit",)),
+    Case("complex values", made(lambda t: _nifti(t, "complex.nii.gz", _ct(t).astype(np.complex64))), ("complex",)),
+    Case("all NaN", made(lambda t: _nifti(t, "nan.nii.gz", np.full(_ct(t).shape, np.nan, np.float32))), ("NaN",)),
+    Case(
+        "signed 8-bit data",
+        made(lambda t: _nifti(t, "int8.nii.gz", (_ct(t) // 10).clip(-128, 127).astype(np.int8))),
+        ("signed 8-bit",),
+    ),
     Case("label map as input", made(_labels), ("label map",)),
     Case("binary mask as input", made(_mask), ("label map or mask",)),
     Case("blank volume", made(lambda t: _nifti(t, "blank.nii.gz", np.zeros(_ct(t).shape, np.int16))), ("blank",)),
-    Case("constant volume", made(lambda t: _nifti(t, "const.nii.gz", np.full(_ct(t).shape, 40, np.int16))),
-         ("blank",)),
-    Case("values around 1e30", made(lambda t: _nifti(t, "huge.nii.gz", np.where(_ct(t) > 0, 1e30, 0)
-                                                     .astype(np.float32))), ("scale factor",)),
+    Case("constant volume", made(lambda t: _nifti(t, "const.nii.gz", np.full(_ct(t).shape, 40, np.int16))), ("blank",)),
+    Case(
+        "values around 1e30",
+        made(lambda t: _nifti(t, "huge.nii.gz", np.where(_ct(t) > 0, 1e30, 0).astype(np.float32))),
+        ("scale factor",),
+    ),
     Case("NaN affine", made(_nan_affine), ("NaN",)),
     Case("zero slice thickness", made(_pixdim_zero), ("zero voxel size",)),
     Case("degenerate affine", made(_zero_column_affine), ("degenerate affine",)),
@@ -253,67 +275,187 @@ CASES: list[Case] = [
     Case("npz without images", made(lambda t: _npz(t, gts=np.zeros((4, 8, 8), np.uint8))), ("imgs",)),
     Case("npz with 1D images", made(lambda t: _npz(t, imgs=np.zeros(100, np.float32))), ("case.npz",)),
     # ---- the prompt
-    Case("unknown organ", seg(str(data_path("amos_0013_slab", "image.nii.gz")), organs="livr"),
-         ("unknown organ", "liver"), names_file=False),
-    Case("empty prompt", seg(str(data_path("amos_0013_slab", "image.nii.gz")), organs=""), ("no organ", "--organs"),
-         names_file=False),
-    Case("prompt of filler words", seg(str(data_path("amos_0013_slab", "image.nii.gz")), organs="the and of"),
-         ("no organ",), names_file=False),
-    Case("side without an organ", seg(str(data_path("amos_0013_slab", "image.nii.gz")), organs="liver, left"),
-         ("left",), names_file=False),
-    Case("words in another script", seg(str(data_path("amos_0013_slab", "image.nii.gz")),
-                                        organs="腎臓 and spleen"), ("腎臓", "English"), names_file=False),
-    Case("10,000-character prompt", seg(str(data_path("amos_0013_slab", "image.nii.gz")),
-                                        organs="liver " + "x" * 10_000), ("unknown organ",), names_file=False),
-    Case("terminal escape bytes", seg(str(data_path("amos_0013_slab", "image.nii.gz")),
-                                      organs="liver \x1b[31mbogus"), ("unknown organ",), names_file=False),
+    Case(
+        "unknown organ",
+        seg(str(data_path("amos_0013_slab", "image.nii.gz")), organs="livr"),
+        ("unknown organ", "liver"),
+        names_file=False,
+    ),
+    Case(
+        "empty prompt",
+        seg(str(data_path("amos_0013_slab", "image.nii.gz")), organs=""),
+        ("no organ", "--organs"),
+        names_file=False,
+    ),
+    Case(
+        "prompt of filler words",
+        seg(str(data_path("amos_0013_slab", "image.nii.gz")), organs="the and of"),
+        ("no organ",),
+        names_file=False,
+    ),
+    Case(
+        "side without an organ",
+        seg(str(data_path("amos_0013_slab", "image.nii.gz")), organs="liver, left"),
+        ("left",),
+        names_file=False,
+    ),
+    Case(
+        "words in another script",
+        seg(str(data_path("amos_0013_slab", "image.nii.gz")), organs="腎臓 and spleen"),
+        ("腎臓", "English"),
+        names_file=False,
+    ),
+    Case(
+        "10,000-character prompt",
+        seg(str(data_path("amos_0013_slab", "image.nii.gz")), organs="liver " + "x" * 10_000),
+        ("unknown organ",),
+        names_file=False,
+    ),
+    Case(
+        "terminal escape bytes",
+        seg(str(data_path("amos_0013_slab", "image.nii.gz")), organs="liver \x1b[31mbogus"),
+        ("unknown organ",),
+        names_file=False,
+    ),
     # ---- options
-    Case("CUDA on a CPU build", seg(str(data_path("amos_0013_slab", "image.nii.gz")), "--device", "cuda"),
-         ("cuda",), names_file=False),
-    Case("unknown device", seg(str(data_path("amos_0013_slab", "image.nii.gz")), "--device", "tpu"), ("tpu",),
-         names_file=False),
-    Case("--min-slice-mm nan", seg(str(data_path("amos_0013_slab", "image.nii.gz")), "--min-slice-mm", "nan"),
-         ("min", "nan"), names_file=False),
-    Case("--min-slice-mm -5", seg(str(data_path("amos_0013_slab", "image.nii.gz")), "--min-slice-mm", "-5"),
-         ("min",), names_file=False),
-    Case("--min-slice-mm inf", seg(str(data_path("amos_0013_slab", "image.nii.gz")), "--min-slice-mm", "inf"),
-         ("min",), names_file=False),
-    Case("unknown design", seg(str(data_path("amos_0013_slab", "image.nii.gz")), "--design", "unet"), ("unet",),
-         names_file=False),
-    Case("missing checkpoint", seg(str(data_path("amos_0013_slab", "image.nii.gz")), "--checkpoint",
-                                   "/nonexistent/model.pth"), ("model.pth",), names_file=False),
-    Case("checkpoint that is not one", lambda t: seg(_amos_copy(t), "--checkpoint", str(_checkpoint_text(t)))(t),
-         ("model.pth",), names_file=False),
-    Case("missing organ prompt table", seg(str(data_path("amos_0013_slab", "image.nii.gz")), "--organ-prompts",
-                                           "/nonexistent/table.safetensors"), ("table.safetensors",),
-         names_file=False),
-    Case("unknown modality", seg(str(data_path("amos_0013_slab", "image.nii.gz")), "--modality", "PET"),
-         ("PET",), names_file=False),
-    Case("zero workers", seg(str(data_path("amos_0013_slab", "image.nii.gz")), "--workers", "0"), ("workers",),
-         names_file=False),
-    Case("--organs and --all together", seg(str(data_path("amos_0013_slab", "image.nii.gz")), "--all"),
-         ("--all",), names_file=False),
-    Case("neither --organs nor --all", seg(str(data_path("amos_0013_slab", "image.nii.gz")), organs=None),
-         ("--organs",), names_file=False),
+    Case(
+        "CUDA on a CPU build",
+        seg(str(data_path("amos_0013_slab", "image.nii.gz")), "--device", "cuda"),
+        ("cuda",),
+        names_file=False,
+    ),
+    Case(
+        "unknown device",
+        seg(str(data_path("amos_0013_slab", "image.nii.gz")), "--device", "tpu"),
+        ("tpu",),
+        names_file=False,
+    ),
+    Case(
+        "--min-slice-mm nan",
+        seg(str(data_path("amos_0013_slab", "image.nii.gz")), "--min-slice-mm", "nan"),
+        ("min", "nan"),
+        names_file=False,
+    ),
+    Case(
+        "--min-slice-mm -5",
+        seg(str(data_path("amos_0013_slab", "image.nii.gz")), "--min-slice-mm", "-5"),
+        ("min",),
+        names_file=False,
+    ),
+    Case(
+        "--min-slice-mm inf",
+        seg(str(data_path("amos_0013_slab", "image.nii.gz")), "--min-slice-mm", "inf"),
+        ("min",),
+        names_file=False,
+    ),
+    Case(
+        "unknown design",
+        seg(str(data_path("amos_0013_slab", "image.nii.gz")), "--design", "unet"),
+        ("unet",),
+        names_file=False,
+    ),
+    Case(
+        "missing checkpoint",
+        seg(str(data_path("amos_0013_slab", "image.nii.gz")), "--checkpoint", "/nonexistent/model.pth"),
+        ("model.pth",),
+        names_file=False,
+    ),
+    Case(
+        "checkpoint that is not one",
+        lambda t: seg(_amos_copy(t), "--checkpoint", str(_checkpoint_text(t)))(t),
+        ("model.pth",),
+        names_file=False,
+    ),
+    Case(
+        "missing organ prompt table",
+        seg(str(data_path("amos_0013_slab", "image.nii.gz")), "--organ-prompts", "/nonexistent/table.safetensors"),
+        ("table.safetensors",),
+        names_file=False,
+    ),
+    Case(
+        "unknown modality",
+        seg(str(data_path("amos_0013_slab", "image.nii.gz")), "--modality", "PET"),
+        ("PET",),
+        names_file=False,
+    ),
+    Case(
+        "zero workers",
+        seg(str(data_path("amos_0013_slab", "image.nii.gz")), "--workers", "0"),
+        ("workers",),
+        names_file=False,
+    ),
+    Case(
+        "--organs and --all together",
+        seg(str(data_path("amos_0013_slab", "image.nii.gz")), "--all"),
+        ("--all",),
+        names_file=False,
+    ),
+    Case(
+        "neither --organs nor --all",
+        seg(str(data_path("amos_0013_slab", "image.nii.gz")), organs=None),
+        ("--organs",),
+        names_file=False,
+    ),
     # ---- the output place
     Case("output is an existing file", with_out("file"), ("out",), names_file=False),
     Case("output folder holds other files", with_out("foreign"), ("thesis.docx",), names_file=False),
     Case("output is a symbolic link loop", with_out("loop"), ("out",), names_file=False),
     Case("output in a read-only folder", with_out("readonly"), ("ro",), names_file=False),
-    Case("output is the input file", lambda t: ["segment", "-i", str(_amos_copy(t)), "-o", str(t / "ct.nii.gz"),
-                                                "--organs", "liver", "-q"], ("ct.nii.gz",)),
-    Case("output is the DICOM input folder", lambda t: ["segment", "-i", str(_dicom_copy(t)), "-o",
-                                                        str(t / "series"), "--organs", "liver", "-q"],
-         ("series",)),
+    Case(
+        "output is the input file",
+        lambda t: ["segment", "-i", str(_amos_copy(t)), "-o", str(t / "ct.nii.gz"), "--organs", "liver", "-q"],
+        ("ct.nii.gz",),
+    ),
+    Case(
+        "output is the DICOM input folder",
+        lambda t: ["segment", "-i", str(_dicom_copy(t)), "-o", str(t / "series"), "--organs", "liver", "-q"],
+        ("series",),
+    ),
     # ---- batches
-    Case("empty batch folder", lambda t: ["segment", "-i", str((t / "cases").mkdir() or t / "cases"), "-o",
-                                          str(t / "out"), "--organs", "liver", "-q"], ("cases",)),
-    Case("manifest listing a missing file", lambda t: ["segment", "-i", str(_write(
-        t, "cases.txt", f"{t / 'missing.nii.gz'}\n".encode())), "-o", str(t / "out"), "--organs", "liver",
-        "-q"], ("missing.nii.gz", "does not exist"), names_file=False),
-    Case("batch with an unknown organ", lambda t: ["segment", "-i", str(_write(
-        t, "cases.txt", f"{data_path('amos_0013_slab', 'image.nii.gz')}\n".encode())), "-o", str(t / "out"),
-        "--organs", "livr", "-q"], ("unknown organ",), names_file=False),
+    Case(
+        "empty batch folder",
+        lambda t: [
+            "segment",
+            "-i",
+            str((t / "cases").mkdir() or t / "cases"),
+            "-o",
+            str(t / "out"),
+            "--organs",
+            "liver",
+            "-q",
+        ],
+        ("cases",),
+    ),
+    Case(
+        "manifest listing a missing file",
+        lambda t: [
+            "segment",
+            "-i",
+            str(_write(t, "cases.txt", f"{t / 'missing.nii.gz'}\n".encode())),
+            "-o",
+            str(t / "out"),
+            "--organs",
+            "liver",
+            "-q",
+        ],
+        ("missing.nii.gz", "does not exist"),
+        names_file=False,
+    ),
+    Case(
+        "batch with an unknown organ",
+        lambda t: [
+            "segment",
+            "-i",
+            str(_write(t, "cases.txt", f"{data_path('amos_0013_slab', 'image.nii.gz')}\n".encode())),
+            "-o",
+            str(t / "out"),
+            "--organs",
+            "livr",
+            "-q",
+        ],
+        ("unknown organ",),
+        names_file=False,
+    ),
 ]
 
 

@@ -14,8 +14,16 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "organsam"
 
 LAYERS: dict[str, int] = {
-    "io": 0, "preprocessing": 0, "vocabulary": 0, "config": 0, "registry": 0, "weights": 0,
-    "model": 1, "priors": 1, "training": 1, "evaluation": 1,
+    "io": 0,
+    "preprocessing": 0,
+    "vocabulary": 0,
+    "config": 0,
+    "registry": 0,
+    "weights": 0,
+    "model": 1,
+    "priors": 1,
+    "training": 1,
+    "evaluation": 1,
     "inference": 2,
     "server": 3,
     "cli": 4,
@@ -34,8 +42,11 @@ def _imports(path: Path) -> list[tuple[int, str, tuple[str, ...]]]:
 
 
 def test_every_part_of_the_package_has_a_layer() -> None:
-    parts = {p.stem if p.is_file() else p.name for p in PACKAGE.iterdir()
-             if (p.is_dir() and (p / "__init__.py").exists()) or (p.suffix == ".py" and p.stem != "__init__")}
+    parts = {
+        p.stem if p.is_file() else p.name
+        for p in PACKAGE.iterdir()
+        if (p.is_dir() and (p / "__init__.py").exists()) or (p.suffix == ".py" and p.stem != "__init__")
+    }
     assert parts == set(LAYERS), "give a new part of the package its layer in LAYERS (and the module docstring)"
 
 
@@ -54,6 +65,5 @@ def test_modules_import_only_their_own_layer_or_lower() -> None:
                 continue
             target = module.split(".")[1]
             if LAYERS[target] > LAYERS[part]:
-                broken.append(f"{rel}:{line} ({part}, layer {LAYERS[part]}) imports {module} (layer "
-                              f"{LAYERS[target]})")
+                broken.append(f"{rel}:{line} ({part}, layer {LAYERS[part]}) imports {module} (layer {LAYERS[target]})")
     assert not broken, "\n".join(broken)

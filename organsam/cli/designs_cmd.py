@@ -15,8 +15,11 @@ from typing import Any
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("designs", help="list the model designs (and their parameter counts)")
     p.add_argument("names", nargs="*", help="only these designs (default: all)")
-    p.add_argument("--params", action="store_true",
-                   help="build each design (pretrained core) and print total / trainable parameter counts")
+    p.add_argument(
+        "--params",
+        action="store_true",
+        help="build each design (pretrained core) and print total / trainable parameter counts",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run)
 
@@ -45,8 +48,10 @@ def run(args: argparse.Namespace) -> int:
     width = max(len(r["name"]) for r in rows)
     for r in rows:
         if args.params:
-            print(f"{r['name']:<{width}}  total {r['total_params'] / 1e6:6.2f} M  trainable "
-                  f"{r['trainable_params'] / 1e6:6.2f} M  {r['summary']}")
+            print(
+                f"{r['name']:<{width}}  total {r['total_params'] / 1e6:6.2f} M  trainable "
+                f"{r['trainable_params'] / 1e6:6.2f} M  {r['summary']}"
+            )
         else:
             print(f"{r['name']:<{width}}  {r['summary']}")
     return 0

@@ -53,8 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"organsam {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
-    parser.add_argument("--debug", action="store_true",
-                        help="show the full traceback of an error instead of one line (anywhere on the command line)")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the full traceback of an error instead of one line (anywhere on the command line)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     for modname in COMMANDS.values():
         try:
@@ -87,8 +90,10 @@ def _error_text(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     if len(text) > 300:
         text = text[:297] + "..."
-    return (f"{type(exc).__name__}: {text}. Fix: check the input and options; run again with --debug for the "
-            f"traceback and report it if the input is valid")
+    return (
+        f"{type(exc).__name__}: {text}. Fix: check the input and options; run again with --debug for the "
+        f"traceback and report it if the input is valid"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,9 +8,10 @@ import json
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "organs", help="list the organ vocabulary, or resolve a prompt with --parse",
+        "organs",
+        help="list the organ vocabulary, or resolve a prompt with --parse",
         description="List the organ vocabulary (id, name, laterality, groups), resolve a free-text prompt "
-                    "into organ ids, or show a dataset label map.",
+        "into organ ids, or show a dataset label map.",
     )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--group", metavar="NAME", help="only the organs of this group (see --groups)")
@@ -31,8 +32,9 @@ def _parse(args: argparse.Namespace) -> int:
     except UnknownOrganError as e:
         if not args.json:
             raise
-        print(json.dumps({"prompt": args.parse, "error": str(e), "term": e.term, "suggestions": e.suggestions},
-                         indent=2))
+        print(
+            json.dumps({"prompt": args.parse, "error": str(e), "term": e.term, "suggestions": e.suggestions}, indent=2)
+        )
         return 2
     except ValueError as e:
         if not args.json:
@@ -51,9 +53,18 @@ def _labelmap(args: argparse.Namespace) -> int:
 
     lm = labelmap_info(args.labelmap)
     if args.json:
-        print(json.dumps({"name": lm.name, "title": lm.title, "modality": lm.modality, "source": lm.source,
-                          "labels": {str(v): {"label": lm.labels[v], "organ": lm.organs[v]} for v in lm.labels}},
-                         indent=2))
+        print(
+            json.dumps(
+                {
+                    "name": lm.name,
+                    "title": lm.title,
+                    "modality": lm.modality,
+                    "source": lm.source,
+                    "labels": {str(v): {"label": lm.labels[v], "organ": lm.organs[v]} for v in lm.labels},
+                },
+                indent=2,
+            )
+        )
     else:
         print(f"# {lm.title} [{lm.name}]: {lm.description}")
         for v in sorted(lm.labels):
@@ -96,8 +107,16 @@ def run(args: argparse.Namespace) -> int:
             print(f"{'knowledge:':<12} {organ.knowledge_text}")
         return 0
     if args.groups:
-        rows = [{"name": g.name, "title": g.title, "organs": len(vocab.group(g.name)),
-                 "aliases": list(g.aliases), "description": g.description} for g in vocab.groups.values()]
+        rows = [
+            {
+                "name": g.name,
+                "title": g.title,
+                "organs": len(vocab.group(g.name)),
+                "aliases": list(g.aliases),
+                "description": g.description,
+            }
+            for g in vocab.groups.values()
+        ]
         if args.json:
             print(json.dumps(rows, indent=2))
         else:
@@ -107,10 +126,25 @@ def run(args: argparse.Namespace) -> int:
     ids = vocab.group(_group_name(vocab, args.group)) if args.group else vocab.ids()
     organs = [vocab[i] for i in ids]
     if args.json:
-        print(json.dumps({"version": vocab.version,
-                          "organs": [{"id": o.id, "name": o.name, "laterality": o.laterality,
-                                      "label_value": o.label_value, "color": list(o.color or ()),
-                                      "groups": list(o.groups)} for o in organs]}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "version": vocab.version,
+                    "organs": [
+                        {
+                            "id": o.id,
+                            "name": o.name,
+                            "laterality": o.laterality,
+                            "label_value": o.label_value,
+                            "color": list(o.color or ()),
+                            "groups": list(o.groups),
+                        }
+                        for o in organs
+                    ],
+                },
+                indent=2,
+            )
+        )
     else:
         for o in organs:
             print(f"{o.id:<30} {o.name:<32} {o.label_value!s:>5}  {o.laterality:<10} {','.join(o.groups) or '-'}")

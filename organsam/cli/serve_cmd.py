@@ -21,24 +21,46 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     d = ServerSettings()  # the one place the defaults live
     p.add_argument("--host", default=d.host, help=f"interface to bind (default {d.host}: this machine only)")
     p.add_argument("--port", type=int, default=d.port, help=f"TCP port (default {d.port})")
-    p.add_argument("--max-upload-mb", type=float, default=d.max_upload_mb,
-                   help=f"largest upload in MiB (default {d.max_upload_mb:g})")
-    p.add_argument("--max-unpacked-mb", type=float, default=d.max_unpacked_mb,
-                   help=f"largest unpacked size of an upload (zipped DICOM, .nii.gz, npz) in MiB "
-                        f"(default {d.max_unpacked_mb:g})")
-    p.add_argument("--max-sessions", type=int, default=d.max_sessions,
-                   help=f"sessions kept at once (default {d.max_sessions})")
-    p.add_argument("--session-ttl", type=float, default=d.session_ttl_s,
-                   help=f"seconds an unused session is kept before its files are deleted (default {d.session_ttl_s:g})")
-    p.add_argument("--queue-size", type=int, default=d.queue_size,
-                   help=f"segmentation jobs that may wait (default {d.queue_size})")
+    p.add_argument(
+        "--max-upload-mb",
+        type=float,
+        default=d.max_upload_mb,
+        help=f"largest upload in MiB (default {d.max_upload_mb:g})",
+    )
+    p.add_argument(
+        "--max-unpacked-mb",
+        type=float,
+        default=d.max_unpacked_mb,
+        help=f"largest unpacked size of an upload (zipped DICOM, .nii.gz, npz) in MiB (default {d.max_unpacked_mb:g})",
+    )
+    p.add_argument(
+        "--max-sessions", type=int, default=d.max_sessions, help=f"sessions kept at once (default {d.max_sessions})"
+    )
+    p.add_argument(
+        "--session-ttl",
+        type=float,
+        default=d.session_ttl_s,
+        help=f"seconds an unused session is kept before its files are deleted (default {d.session_ttl_s:g})",
+    )
+    p.add_argument(
+        "--queue-size", type=int, default=d.queue_size, help=f"segmentation jobs that may wait (default {d.queue_size})"
+    )
     p.add_argument("--workdir", default=None, help="parent folder for session files (default: system temp)")
-    p.add_argument("-d", "--device", default=d.device,
-                   help="torch device of the model: auto (default: the GPU when there is one), cpu, cuda or cuda:N")
+    p.add_argument(
+        "-d",
+        "--device",
+        default=d.device,
+        help="torch device of the model: auto (default: the GPU when there is one), cpu, cuda or cuda:N",
+    )
     p.add_argument("--fast", action="store_true", help="faster, coarser atlas registration for the prior")
-    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
-                   help="also answer requests addressed to this host name (repeatable); by default a server on "
-                        "127.0.0.1 answers only to localhost, 127.0.0.1 and ::1")
+    p.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also answer requests addressed to this host name (repeatable); by default a server on "
+        "127.0.0.1 answers only to localhost, 127.0.0.1 and ::1",
+    )
     p.set_defaults(func=run)
 
 

@@ -44,9 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from organsam.training.train_config import load_train_config
 
     if not args.config:
-        raise CLIError(
-            "give a training config: --config FILE.yaml (or a packaged preset such as train_default)"
-        )
+        raise CLIError("give a training config: --config FILE.yaml (or a packaged preset such as train_default)")
     cfg = load_train_config(args.config, args.overrides)
     if args.print_config:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")

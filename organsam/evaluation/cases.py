@@ -16,8 +16,16 @@ from organsam.vocabulary import labelmap_info, load_labelmap, load_vocabulary
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EvaluationError", "PathLike", "label_table", "labelmap_name", "load_prediction", "load_reference",
-           "pair_cases", "values_for"]
+__all__ = [
+    "EvaluationError",
+    "PathLike",
+    "label_table",
+    "labelmap_name",
+    "load_prediction",
+    "load_reference",
+    "pair_cases",
+    "values_for",
+]
 
 PathLike = str | os.PathLike[str]
 
@@ -95,9 +103,10 @@ def _report_table(report: Path) -> dict[int, str]:
         doc = json.loads(report.read_text(encoding="utf-8"))
         return {int(k): str(v) for k, v in doc["labels"].items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise EvaluationError(f"{report}: cannot read the label table ('labels': {{value: organ id}}) of an "
-                              f"organsam report ({type(e).__name__}: {e}); give --pred-labelmap instead"
-                              ) from e
+        raise EvaluationError(
+            f"{report}: cannot read the label table ('labels': {{value: organ id}}) of an "
+            f"organsam report ({type(e).__name__}: {e}); give --pred-labelmap instead"
+        ) from e
 
 
 def _load_masks_folder(folder: Path, like: Volume) -> dict[str, np.ndarray]:
@@ -112,13 +121,16 @@ def _load_masks_folder(folder: Path, like: Volume) -> dict[str, np.ndarray]:
             continue
         out[oid] = load_labels(f, like) != 0
     if not out:
-        raise EvaluationError(f"{folder}: no <organ_id>.nii.gz mask files found; give an organsam output "
-                              f"folder, a folder of per-organ masks or a label file")
+        raise EvaluationError(
+            f"{folder}: no <organ_id>.nii.gz mask files found; give an organsam output "
+            f"folder, a folder of per-organ masks or a label file"
+        )
     return out
 
 
-def load_prediction(path: PathLike, like: Volume, labelmap: str | Mapping[int, str | None] | None = None,
-                    source: str = "auto") -> dict[str, np.ndarray]:
+def load_prediction(
+    path: PathLike, like: Volume, labelmap: str | Mapping[int, str | None] | None = None, source: str = "auto"
+) -> dict[str, np.ndarray]:
     """Read a prediction onto the grid of ``like`` as per-organ masks.
 
     Args:
@@ -154,8 +166,10 @@ def load_prediction(path: PathLike, like: Volume, labelmap: str | Mapping[int, s
     if labelmap is None:
         report = p.parent / "report.json"
         if not report.is_file():
-            raise EvaluationError(f"{p}: a label file needs its label map: pass pred_labelmap "
-                                  f"(--pred-labelmap), e.g. 'amos22' or a json file of value -> organ")
+            raise EvaluationError(
+                f"{p}: a label file needs its label map: pass pred_labelmap "
+                f"(--pred-labelmap), e.g. 'amos22' or a json file of value -> organ"
+            )
         table = _report_table(report)
     else:
         table = label_table(labelmap)
@@ -174,8 +188,7 @@ def _ref_cases(folder: Path) -> dict[str, Path]:
         if _is_label_file(f):
             cases[_stem(f)] = f
         elif f.is_dir():
-            found = [g for g in sorted(f.iterdir())
-                     if _is_label_file(g) and _stem(g).lower() in _GENERIC_STEMS]
+            found = [g for g in sorted(f.iterdir()) if _is_label_file(g) and _stem(g).lower() in _GENERIC_STEMS]
             if found:
                 cases[f.name] = found[0]
     return cases
@@ -185,8 +198,7 @@ def _is_prediction_folder(p: Path) -> bool:
     return (p / "segmentation.nii.gz").is_file() or (p / "masks").is_dir() or (p / "report.json").is_file()
 
 
-def pair_cases(pred: PathLike | Sequence[PathLike], ref: PathLike | Sequence[PathLike]
-               ) -> list[tuple[str, Path, Path]]:
+def pair_cases(pred: PathLike | Sequence[PathLike], ref: PathLike | Sequence[PathLike]) -> list[tuple[str, Path, Path]]:
     """Pair predictions with references.
 
     Args:
@@ -208,8 +220,10 @@ def pair_cases(pred: PathLike | Sequence[PathLike], ref: PathLike | Sequence[Pat
         if not p.exists():
             raise FileNotFoundError(f"{p} does not exist")
     if len(preds) != len(refs):
-        raise EvaluationError(f"{len(preds)} predictions but {len(refs)} references: give lists of equal "
-                              f"length (paired in order) or two folders (paired by case name)")
+        raise EvaluationError(
+            f"{len(preds)} predictions but {len(refs)} references: give lists of equal "
+            f"length (paired in order) or two folders (paired by case name)"
+        )
     if len(refs) > 1:
         return [(_case_name(r), p, r) for p, r in zip(preds, refs)]
     p, r = preds[0], refs[0]
@@ -219,8 +233,10 @@ def pair_cases(pred: PathLike | Sequence[PathLike], ref: PathLike | Sequence[Pat
     if not cases:
         raise EvaluationError(f"{r}: no reference label files (<case>.nii.gz or <case>/label.nii.gz) found")
     if p.is_file() or _is_prediction_folder(p):
-        raise EvaluationError(f"{p} is a single prediction but {r} holds {len(cases)} reference cases; give "
-                              f"the reference label file of this case")
+        raise EvaluationError(
+            f"{p} is a single prediction but {r} holds {len(cases)} reference cases; give "
+            f"the reference label file of this case"
+        )
     out, missing = [], []
     for name, rp in cases.items():
         cand = [p / name] + [p / f"{name}{e}" for e in _LABEL_ENDINGS]
@@ -230,8 +246,10 @@ def pair_cases(pred: PathLike | Sequence[PathLike], ref: PathLike | Sequence[Pat
         else:
             out.append((name, hit, rp))
     if missing:
-        raise EvaluationError(f"no prediction in {p} for reference case(s) {', '.join(missing)} (looked for "
-                              f"<case>/ and <case>.nii.gz); predict them or evaluate a sub-list of files")
+        raise EvaluationError(
+            f"no prediction in {p} for reference case(s) {', '.join(missing)} (looked for "
+            f"<case>/ and <case>.nii.gz); predict them or evaluate a sub-list of files"
+        )
     return out
 
 

@@ -49,14 +49,20 @@ from organsam.vocabulary import load_vocabulary
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["METRICS", "EvaluationError", "EvaluationResult", "evaluate", "load_prediction", "pair_cases",
-           "score_case"]
+__all__ = ["METRICS", "EvaluationError", "EvaluationResult", "evaluate", "load_prediction", "pair_cases", "score_case"]
 
 
-def score_case(pred_masks: Mapping[str, np.ndarray], ref_labels: np.ndarray, spacing: Sequence[float],
-               protocol: str | Protocol, *, ref_labelmap: str | Mapping[int, str | None] | None = None,
-               case: str = "case", rule: str | EmptyRule | None = None, hd95_unit: str = "mm"
-               ) -> list[dict[str, Any]]:
+def score_case(
+    pred_masks: Mapping[str, np.ndarray],
+    ref_labels: np.ndarray,
+    spacing: Sequence[float],
+    protocol: str | Protocol,
+    *,
+    ref_labelmap: str | Mapping[int, str | None] | None = None,
+    case: str = "case",
+    rule: str | EmptyRule | None = None,
+    hd95_unit: str = "mm",
+) -> list[dict[str, Any]]:
     """Score one case: every protocol organ, prediction against reference.
 
     Args:
@@ -92,15 +98,34 @@ def score_case(pred_masks: Mapping[str, np.ndarray], ref_labels: np.ndarray, spa
         if not values or mask is None:
             status = "not_in_reference" if not values else "not_predicted"
             logger.warning("%s: %s %s; left out", case, oid, status.replace("_", " "))
-            rows.append({**base, "dice": math.nan, "hd95": math.nan, "nsd": math.nan,
-                         "tolerance_mm": math.nan, "ref_voxels": None, "pred_voxels": None, "status": status})
+            rows.append(
+                {
+                    **base,
+                    "dice": math.nan,
+                    "hd95": math.nan,
+                    "nsd": math.nan,
+                    "tolerance_mm": math.nan,
+                    "ref_voxels": None,
+                    "pred_voxels": None,
+                    "status": status,
+                }
+            )
             continue
         if mask.shape != ref.shape:
-            raise EvaluationError(f"{case}: predicted {oid} mask {mask.shape} is not on the reference grid "
-                                  f"{ref.shape}")
+            raise EvaluationError(f"{case}: predicted {oid} mask {mask.shape} is not on the reference grid {ref.shape}")
         s = score_organ(mask, np.isin(ref, values), spacing, organ_id=oid, rule=er, hd95_unit=hd95_unit)
-        rows.append({**base, "dice": s.dice, "hd95": s.hd95, "nsd": s.nsd, "tolerance_mm": s.tolerance_mm,
-                     "ref_voxels": s.ref_voxels, "pred_voxels": s.pred_voxels, "status": s.status})
+        rows.append(
+            {
+                **base,
+                "dice": s.dice,
+                "hd95": s.hd95,
+                "nsd": s.nsd,
+                "tolerance_mm": s.tolerance_mm,
+                "ref_voxels": s.ref_voxels,
+                "pred_voxels": s.pred_voxels,
+                "status": s.status,
+            }
+        )
     return rows
 
 
@@ -172,10 +197,21 @@ class EvaluationResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready content (NaN written as null)."""
-        return jsonable({"protocol": self.protocol.name, "method": self.method, "empty_rule": self.rule,
-                         "hd95_unit": self.hd95_unit, "ref_labelmap": self.ref_labelmap,
-                         "description": self.describe(), "organs": self.organs, "cases": self.cases,
-                         "rows": self.rows, "summary": self.summary(), "meta": self.meta})
+        return jsonable(
+            {
+                "protocol": self.protocol.name,
+                "method": self.method,
+                "empty_rule": self.rule,
+                "hd95_unit": self.hd95_unit,
+                "ref_labelmap": self.ref_labelmap,
+                "description": self.describe(),
+                "organs": self.organs,
+                "cases": self.cases,
+                "rows": self.rows,
+                "summary": self.summary(),
+                "meta": self.meta,
+            }
+        )
 
     def save(self, outdir: PathLike, charts: bool = True) -> dict[str, Path]:
         """Write ``evaluation.md``, ``evaluation.csv`` (one row per case and organ), ``evaluation.json`` and
@@ -186,8 +222,7 @@ class EvaluationResult:
         """
         out = Path(outdir).expanduser()
         out.mkdir(parents=True, exist_ok=True)
-        written = {"markdown": out / "evaluation.md", "csv": out / "evaluation.csv",
-                   "json": out / "evaluation.json"}
+        written = {"markdown": out / "evaluation.md", "csv": out / "evaluation.csv", "json": out / "evaluation.json"}
         written["markdown"].write_text(self.to_markdown() + "\n", encoding="utf-8")
         write_csv(self.rows, written["csv"], method=self.method)
         written["json"].write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
@@ -197,13 +232,20 @@ class EvaluationResult:
         return written
 
 
-def evaluate(pred: PathLike | Sequence[PathLike], ref: PathLike | Sequence[PathLike],
-             protocol: str | Protocol = "synapse8", *,
-             ref_labelmap: str | Mapping[int, str | None] | None = None,
-             pred_labelmap: str | Mapping[int, str | None] | None = None,
-             image: PathLike | Sequence[PathLike] | None = None, empty: str | None = None,
-             hd95_unit: str = "mm", method: str = "organsam", pred_source: str = "auto",
-             output: PathLike | None = None) -> EvaluationResult:
+def evaluate(
+    pred: PathLike | Sequence[PathLike],
+    ref: PathLike | Sequence[PathLike],
+    protocol: str | Protocol = "synapse8",
+    *,
+    ref_labelmap: str | Mapping[int, str | None] | None = None,
+    pred_labelmap: str | Mapping[int, str | None] | None = None,
+    image: PathLike | Sequence[PathLike] | None = None,
+    empty: str | None = None,
+    hd95_unit: str = "mm",
+    method: str = "organsam",
+    pred_source: str = "auto",
+    output: PathLike | None = None,
+) -> EvaluationResult:
     """Evaluate predictions against references under a published protocol.
 
     Args:
@@ -242,11 +284,21 @@ def evaluate(pred: PathLike | Sequence[PathLike], ref: PathLike | Sequence[PathL
         like, labels = load_reference(r, img)
         masks = load_prediction(p, like, pred_labelmap, pred_source)
         logger.info("%s: prediction %s (%d organs) vs reference %s", case, p, len(masks), r)
-        rows.extend(score_case(masks, labels, like.spacing, proto, ref_labelmap=ref_map, case=case, rule=rule,
-                               hd95_unit=hd95_unit))
+        rows.extend(
+            score_case(
+                masks, labels, like.spacing, proto, ref_labelmap=ref_map, case=case, rule=rule, hd95_unit=hd95_unit
+            )
+        )
     pairs_meta = [{"case": c, "pred": str(p), "ref": str(r)} for c, p, r in pairs]
-    result = EvaluationResult(proto, method, rows, rule, hd95_unit, labelmap_name(ref_map),
-                              meta={"pairs": pairs_meta, "seconds": round(time.perf_counter() - t0, 2)})
+    result = EvaluationResult(
+        proto,
+        method,
+        rows,
+        rule,
+        hd95_unit,
+        labelmap_name(ref_map),
+        meta={"pairs": pairs_meta, "seconds": round(time.perf_counter() - t0, 2)},
+    )
     if output is not None:
         result.save(output)
     return result

@@ -35,22 +35,48 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "DEFAULT_NSD_TOLERANCE_MM", "EMPTY_RULES", "METRICS", "NSD_TOLERANCE_MM", "EmptyOutcome", "EmptyRule", "OrganScore",
-    "dice", "empty_rule", "grid_diagonal", "hausdorff", "nsd_tolerance", "score_organ", "surface_dice",
+    "DEFAULT_NSD_TOLERANCE_MM",
+    "EMPTY_RULES",
+    "METRICS",
+    "NSD_TOLERANCE_MM",
+    "EmptyOutcome",
+    "EmptyRule",
+    "OrganScore",
+    "dice",
+    "empty_rule",
+    "grid_diagonal",
+    "hausdorff",
+    "nsd_tolerance",
+    "score_organ",
+    "surface_dice",
 ]
 
 #: metric key -> (display name, unit, factor from the stored value to the displayed one)
-METRICS: dict[str, tuple[str, str, float]] = {"dice": ("Dice", "%", 100.0), "hd95": ("HD95", "mm", 1.0),
-                                              "nsd": ("NSD", "%", 100.0)}
+METRICS: dict[str, tuple[str, str, float]] = {
+    "dice": ("Dice", "%", 100.0),
+    "hd95": ("HD95", "mm", 1.0),
+    "nsd": ("NSD", "%", 100.0),
+}
 
 NA = float("nan")
 
 #: NSD tolerance in mm per organ. FLARE22/23 official values (liver 5, kidneys 3, spleen 3, pancreas 5,
 #: aorta 2, IVC 2, adrenal glands 2, gallbladder 2, esophagus 3, stomach 5, duodenum 7) plus bladder 3.
 NSD_TOLERANCE_MM: dict[str, float] = {
-    "liver": 5.0, "spleen": 3.0, "kidney_right": 3.0, "kidney_left": 3.0, "pancreas": 5.0, "aorta": 2.0,
-    "inferior_vena_cava": 2.0, "stomach": 5.0, "gallbladder": 2.0, "esophagus": 3.0,
-    "adrenal_gland_right": 2.0, "adrenal_gland_left": 2.0, "adrenal_glands": 2.0, "duodenum": 7.0,
+    "liver": 5.0,
+    "spleen": 3.0,
+    "kidney_right": 3.0,
+    "kidney_left": 3.0,
+    "pancreas": 5.0,
+    "aorta": 2.0,
+    "inferior_vena_cava": 2.0,
+    "stomach": 5.0,
+    "gallbladder": 2.0,
+    "esophagus": 3.0,
+    "adrenal_gland_right": 2.0,
+    "adrenal_gland_left": 2.0,
+    "adrenal_glands": 2.0,
+    "duodenum": 7.0,
     "urinary_bladder": 3.0,
 }
 #: NSD tolerance (mm) of organs not in :data:`NSD_TOLERANCE_MM`.
@@ -104,26 +130,35 @@ EMPTY_RULES: dict[str, EmptyRule] = {
         both_empty=EmptyOutcome(1.0, 1.0, 0.0),
         ref_empty=EmptyOutcome(0.0, 0.0, NA),
         pred_empty=EmptyOutcome(0.0, 0.0, "max"),
-        description=("both empty: Dice 1, NSD 1, HD95 0; reference empty but prediction not: Dice 0, NSD 0, "
-                     "HD95 n/a (no reference surface); prediction empty but reference not: Dice 0, NSD 0, "
-                     "HD95 = grid diagonal (worst case). Dice/NSD as in the FLARE22 evaluation code.")),
+        description=(
+            "both empty: Dice 1, NSD 1, HD95 0; reference empty but prediction not: Dice 0, NSD 0, "
+            "HD95 n/a (no reference surface); prediction empty but reference not: Dice 0, NSD 0, "
+            "HD95 = grid diagonal (worst case). Dice/NSD as in the FLARE22 evaluation code."
+        ),
+    ),
     "transunet": EmptyRule(
         "transunet",
         both_empty=EmptyOutcome(0.0, 0.0, 0.0),
         ref_empty=EmptyOutcome(1.0, 1.0, 0.0),
         pred_empty=EmptyOutcome(0.0, 0.0, 0.0),
-        description=("TransUNet `calculate_metric_percase`: prediction non-empty and reference empty: "
-                     "Dice 1, HD95 0; any empty prediction (reference empty or not): Dice 0, HD95 0 (a "
-                     "missed organ lowers Dice but improves mean HD95). NSD, not part of that protocol, "
-                     "follows Dice.")),
+        description=(
+            "TransUNet `calculate_metric_percase`: prediction non-empty and reference empty: "
+            "Dice 1, HD95 0; any empty prediction (reference empty or not): Dice 0, HD95 0 (a "
+            "missed organ lowers Dice but improves mean HD95). NSD, not part of that protocol, "
+            "follows Dice."
+        ),
+    ),
     "monai": EmptyRule(
         "monai",
         both_empty=EmptyOutcome(NA, NA, NA),
         ref_empty=EmptyOutcome(NA, NA, NA),
         pred_empty=EmptyOutcome(0.0, 0.0, "max"),
-        description=("MONAI DiceMetric(ignore_empty=True): cases with an empty reference are n/a (left "
-                     "out of means) whatever the prediction; prediction empty but reference not: Dice 0, "
-                     "NSD 0, HD95 = grid diagonal.")),
+        description=(
+            "MONAI DiceMetric(ignore_empty=True): cases with an empty reference are n/a (left "
+            "out of means) whatever the prediction; prediction empty but reference not: Dice 0, "
+            "NSD 0, HD95 = grid diagonal."
+        ),
+    ),
 }
 
 
@@ -138,8 +173,7 @@ def empty_rule(name: str | EmptyRule) -> EmptyRule:
     try:
         return EMPTY_RULES[str(name).lower()]
     except KeyError:
-        raise ValueError(f"unknown empty-case rule {name!r}; choose one of {', '.join(EMPTY_RULES)}"
-                         ) from None
+        raise ValueError(f"unknown empty-case rule {name!r}; choose one of {', '.join(EMPTY_RULES)}") from None
 
 
 @dataclass(frozen=True)
@@ -167,13 +201,13 @@ class OrganScore:
     hd95_unit: str = "mm"
 
 
-def _check_pair(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float] | None
-                ) -> tuple[np.ndarray, np.ndarray]:
+def _check_pair(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float] | None) -> tuple[np.ndarray, np.ndarray]:
     p = np.asarray(pred).astype(bool, copy=False)
     r = np.asarray(ref).astype(bool, copy=False)
     if p.shape != r.shape:
-        raise ValueError(f"prediction {p.shape} and reference {r.shape} masks differ in shape; put both on "
-                         f"the reference grid first")
+        raise ValueError(
+            f"prediction {p.shape} and reference {r.shape} masks differ in shape; put both on the reference grid first"
+        )
     if p.ndim not in (2, 3):
         raise ValueError(f"masks must be 2D (Y, X) or 3D (Z, Y, X), got shape {p.shape}")
     if spacing is not None and len(spacing) != p.ndim:
@@ -226,8 +260,7 @@ def dice(pred: np.ndarray, ref: np.ndarray) -> float:
     return float(value[0, 0])
 
 
-def hausdorff(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float] | None, percentile: float = 95.0
-              ) -> float:
+def hausdorff(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float] | None, percentile: float = 95.0) -> float:
     """Symmetric percentile Hausdorff distance (``monai.metrics.compute_hausdorff_distance``).
 
     Args:
@@ -248,8 +281,9 @@ def hausdorff(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float] | None
     sp = [1.0] * p.ndim if spacing is None else [float(s) for s in spacing]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        value = compute_hausdorff_distance(_as_tensor(p), _as_tensor(r), include_background=True,
-                                           percentile=float(percentile), spacing=sp)
+        value = compute_hausdorff_distance(
+            _as_tensor(p), _as_tensor(r), include_background=True, percentile=float(percentile), spacing=sp
+        )
     return float(value[0, 0])
 
 
@@ -275,14 +309,26 @@ def surface_dice(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], to
     p, r = _crop(p, r)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        value = compute_surface_dice(_as_tensor(p), _as_tensor(r), class_thresholds=[float(tolerance_mm)],
-                                     include_background=True, spacing=[float(s) for s in spacing])
+        value = compute_surface_dice(
+            _as_tensor(p),
+            _as_tensor(r),
+            class_thresholds=[float(tolerance_mm)],
+            include_background=True,
+            spacing=[float(s) for s in spacing],
+        )
     return float(value[0, 0])
 
 
-def score_organ(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], *, organ_id: str | None = None,
-                tolerance_mm: float | None = None, rule: str | EmptyRule = "strict", hd95_unit: str = "mm"
-                ) -> OrganScore:
+def score_organ(
+    pred: np.ndarray,
+    ref: np.ndarray,
+    spacing: Sequence[float],
+    *,
+    organ_id: str | None = None,
+    tolerance_mm: float | None = None,
+    rule: str | EmptyRule = "strict",
+    hd95_unit: str = "mm",
+) -> OrganScore:
     """Dice, HD95 and NSD of one organ, with the empty-case rule applied.
 
     Args:
@@ -306,8 +352,16 @@ def score_organ(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], *, 
     np_, nr = int(p.sum()), int(r.sum())
     hd_spacing = None if hd95_unit == "voxels" else spacing
     if np_ and nr:
-        return OrganScore(dice(p, r), hausdorff(p, r, hd_spacing, 95.0), surface_dice(p, r, spacing, tol),
-                          tol, nr, np_, "both", hd95_unit)
+        return OrganScore(
+            dice(p, r),
+            hausdorff(p, r, hd_spacing, 95.0),
+            surface_dice(p, r, spacing, tol),
+            tol,
+            nr,
+            np_,
+            "both",
+            hd95_unit,
+        )
     status = "both_empty" if not np_ and not nr else ("ref_empty" if np_ else "pred_empty")
     out: EmptyOutcome = getattr(er, status)
     hd = grid_diagonal(p.shape, hd_spacing) if out.hd95 == "max" else float(out.hd95)

@@ -66,13 +66,15 @@ class Protocol:
         names = self.organ_names()
         override = "" if used.name == self.empty_rule else f", instead of the protocol rule {self.empty_rule}"
         tol = ", ".join(f"{names[o]} {nsd_tolerance(o):g}" for o in self.organs)
-        pub = {"mm": "in millimetres", "voxels": "in voxels of the evaluated grid",
-               "-": "not at all (HD95 is not part of this benchmark)"}[self.published_hd95_unit]
+        pub = {
+            "mm": "in millimetres",
+            "voxels": "in voxels of the evaluated grid",
+            "-": "not at all (HD95 is not part of this benchmark)",
+        }[self.published_hd95_unit]
         lines = [
             f"Protocol {self.name}: {self.title}.",
             f"Organs ({len(self.organs)}, table order): {', '.join(names[o] for o in self.organs)}.",
-            f"Reference label map: {self.labelmap} (another map can be given; organs are matched by "
-            f"vocabulary id).",
+            f"Reference label map: {self.labelmap} (another map can be given; organs are matched by vocabulary id).",
             f"Published metrics: {', '.join(m.upper() if m != 'dice' else 'Dice' for m in self.metrics)}; "
             f"source: {self.source}.",
             f"HD95: published {pub}; reported here in "
@@ -89,13 +91,17 @@ class Protocol:
 
 
 def _short_name(organ_id: str, name: str) -> str:
-    special = {"inferior_vena_cava": "IVC", "portal_vein_and_splenic_vein": "PV/SV",
-               "prostate_uterus": "Prostate/uterus", "urinary_bladder": "Bladder"}
+    special = {
+        "inferior_vena_cava": "IVC",
+        "portal_vein_and_splenic_vein": "PV/SV",
+        "prostate_uterus": "Prostate/uterus",
+        "urinary_bladder": "Bladder",
+    }
     if organ_id in special:
         return special[organ_id]
     for side, tag in (("right", "R"), ("left", "L")):
         if name.startswith(side + " "):
-            return f"{name[len(side) + 1:].capitalize()} ({tag})"
+            return f"{name[len(side) + 1 :].capitalize()} ({tag})"
     return name.capitalize()
 
 
@@ -108,28 +114,58 @@ def _label_order(labelmap: str) -> tuple[str, ...]:
 def _protocols() -> dict[str, Protocol]:
     defs = [
         Protocol(
-            "synapse8", "Synapse multi-organ CT, 8 organs (TransUNet split and evaluation)",
-            _label_order("synapse"), "synapse", "transunet", ("dice", "hd95"), "voxels",
+            "synapse8",
+            "Synapse multi-organ CT, 8 organs (TransUNet split and evaluation)",
+            _label_order("synapse"),
+            "synapse",
+            "transunet",
+            ("dice", "hd95"),
+            "voxels",
             "TransUNet (Chen et al., 2021) test code: medpy dc/hd95 per case and organ",
             "Published HD95 comes from medpy hd95 without voxel spacing (voxel units, pooled directions); "
-            "numbers in mm are not comparable to them unless the grid is 1 mm isotropic."),
+            "numbers in mm are not comparable to them unless the grid is 1 mm isotropic.",
+        ),
         Protocol(
-            "btcv13", "BTCV (Multi-Atlas Labeling Beyond the Cranial Vault), 13 organs",
-            _label_order("btcv"), "btcv", "monai", ("dice",), "-",
-            "MONAI DiceMetric(include_background=False, ignore_empty=True) as in UNETR / Swin UNETR"),
+            "btcv13",
+            "BTCV (Multi-Atlas Labeling Beyond the Cranial Vault), 13 organs",
+            _label_order("btcv"),
+            "btcv",
+            "monai",
+            ("dice",),
+            "-",
+            "MONAI DiceMetric(include_background=False, ignore_empty=True) as in UNETR / Swin UNETR",
+        ),
         Protocol(
-            "amos15", "AMOS22 abdominal CT/MR, 15 organs",
-            _label_order("amos22"), "amos22", "strict", ("dice", "nsd"), "-",
-            "AMOS22 challenge (Dice and NSD); NSD tolerances are organsam's table, not AMOS's own"),
+            "amos15",
+            "AMOS22 abdominal CT/MR, 15 organs",
+            _label_order("amos22"),
+            "amos22",
+            "strict",
+            ("dice", "nsd"),
+            "-",
+            "AMOS22 challenge (Dice and NSD); NSD tolerances are organsam's table, not AMOS's own",
+        ),
         Protocol(
-            "word16", "WORD abdominal CT, 16 organs",
-            _label_order("word"), "word", "strict", ("dice", "hd95"), "mm",
+            "word16",
+            "WORD abdominal CT, 16 organs",
+            _label_order("word"),
+            "word",
+            "strict",
+            ("dice", "hd95"),
+            "mm",
             "WORD (Luo et al., 2022): Dice and HD95 in mm",
-            "WORD labels both adrenal glands as one class; a prediction of the two sides is merged."),
+            "WORD labels both adrenal glands as one class; a prediction of the two sides is merged.",
+        ),
         Protocol(
-            "flare13", "FLARE22 abdominal CT, 13 organs",
-            _label_order("flare22"), "flare22", "strict", ("dice", "nsd"), "-",
-            "FLARE22 official evaluation (DSC and NSD with organ-specific tolerances)"),
+            "flare13",
+            "FLARE22 abdominal CT, 13 organs",
+            _label_order("flare22"),
+            "flare22",
+            "strict",
+            ("dice", "nsd"),
+            "-",
+            "FLARE22 official evaluation (DSC and NSD with organ-specific tolerances)",
+        ),
     ]
     return {p.name: p for p in defs}
 
@@ -153,11 +189,17 @@ def get_protocol(name: str | Protocol) -> Protocol:
     if isinstance(name, Protocol):
         return name
     key = str(name).strip().lower().replace("-", "").replace("_", "")
-    aliases = {"synapse": "synapse8", "btcv": "btcv13", "amos": "amos15", "amos22": "amos15",
-               "word": "word16", "flare": "flare13", "flare22": "flare13"}
+    aliases = {
+        "synapse": "synapse8",
+        "btcv": "btcv13",
+        "amos": "amos15",
+        "amos22": "amos15",
+        "word": "word16",
+        "flare": "flare13",
+        "flare22": "flare13",
+    }
     key = aliases.get(key, key)
     table = _protocols()
     if key not in table:
-        raise UnknownProtocolError(f"unknown evaluation protocol {name!r}; choose one of "
-                                   f"{', '.join(PROTOCOLS)}")
+        raise UnknownProtocolError(f"unknown evaluation protocol {name!r}; choose one of {', '.join(PROTOCOLS)}")
     return table[key]

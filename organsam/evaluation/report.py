@@ -21,13 +21,29 @@ from organsam.evaluation.metrics import METRICS
 if TYPE_CHECKING:
     from organsam.evaluation.evaluate import EvaluationResult
 
-__all__ = ["bar_chart", "comparison_markdown", "format_value", "jsonable", "markdown_table",
-           "result_markdown", "write_csv"]
+__all__ = [
+    "bar_chart",
+    "comparison_markdown",
+    "format_value",
+    "jsonable",
+    "markdown_table",
+    "result_markdown",
+    "write_csv",
+]
 
-_CSV_FIELDS = ["method", "case", "organ", "dice", "hd95", "nsd", "tolerance_mm", "ref_voxels", "pred_voxels",
-               "status"]
-_PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-            (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+_CSV_FIELDS = ["method", "case", "organ", "dice", "hd95", "nsd", "tolerance_mm", "ref_voxels", "pred_voxels", "status"]
+_PALETTE = [
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+]
 
 
 def _metric(metric: str) -> tuple[str, str, float]:
@@ -73,19 +89,31 @@ def result_markdown(result: EvaluationResult, title: str | None = None) -> str:
         label = _metric(m)[0]
         rows = []
         for c in result.cases:
-            rows.append([c] + [format_value(result.value(c, o, m), m) for o in result.organs]
-                        + [format_value(summary[m]["cases"][c], m)])
+            rows.append(
+                [c]
+                + [format_value(result.value(c, o, m), m) for o in result.organs]
+                + [format_value(summary[m]["cases"][c], m)]
+            )
         organ_stats = summary[m]["organs"]
-        rows.append(["**mean ± std**" if len(result.cases) > 1 else "**mean**"]
-                    + [format_value(organ_stats[o]["mean"], m, organ_stats[o]["std"] if len(result.cases) > 1
-                                    else None) for o in result.organs]
-                    + [f"**{format_value(summary[m]['mean'], m)}**"])
-        parts += [f"### {label} ({_unit(result, m)})", "",
-                  markdown_table(["case", *header_organs, "mean"], rows), ""]
-    left_out = [f"{r['case']}/{r['organ']}: {r['status'].replace('_', ' ')}" for r in result.rows
-                if r["status"] in ("not_predicted", "not_in_reference")]
-    empties = [f"{r['case']}/{r['organ']}: {r['status'].replace('_', ' ')}" for r in result.rows
-               if r["status"] in ("both_empty", "ref_empty", "pred_empty")]
+        rows.append(
+            ["**mean ± std**" if len(result.cases) > 1 else "**mean**"]
+            + [
+                format_value(organ_stats[o]["mean"], m, organ_stats[o]["std"] if len(result.cases) > 1 else None)
+                for o in result.organs
+            ]
+            + [f"**{format_value(summary[m]['mean'], m)}**"]
+        )
+        parts += [f"### {label} ({_unit(result, m)})", "", markdown_table(["case", *header_organs, "mean"], rows), ""]
+    left_out = [
+        f"{r['case']}/{r['organ']}: {r['status'].replace('_', ' ')}"
+        for r in result.rows
+        if r["status"] in ("not_predicted", "not_in_reference")
+    ]
+    empties = [
+        f"{r['case']}/{r['organ']}: {r['status'].replace('_', ' ')}"
+        for r in result.rows
+        if r["status"] in ("both_empty", "ref_empty", "pred_empty")
+    ]
     if left_out:
         parts.append("Left out (n/a): " + "; ".join(left_out) + ".")
     if empties:
@@ -93,8 +121,9 @@ def result_markdown(result: EvaluationResult, title: str | None = None) -> str:
     return "\n".join(parts).rstrip()
 
 
-def comparison_markdown(results: Sequence[EvaluationResult], metric: str = "dice",
-                        labels: Sequence[str] | None = None) -> str:
+def comparison_markdown(
+    results: Sequence[EvaluationResult], metric: str = "dice", labels: Sequence[str] | None = None
+) -> str:
     """One table, rows = methods (their mean over cases per organ), columns = organs + mean over organs.
 
     Args:
@@ -112,8 +141,11 @@ def comparison_markdown(results: Sequence[EvaluationResult], metric: str = "dice
     for i, r in enumerate(results):
         s = r.summary()[metric]
         label = labels[i] if labels is not None else r.method
-        rows.append([label] + [format_value(s["organs"][o]["mean"], metric) for o in r.organs]
-                    + [f"**{format_value(s['mean'], metric)}**"])
+        rows.append(
+            [label]
+            + [format_value(s["organs"][o]["mean"], metric) for o in r.organs]
+            + [f"**{format_value(s['mean'], metric)}**"]
+        )
     header = [f"{_metric(metric)[0]} ({_unit(first, metric)})", *[names[o] for o in first.organs], "mean"]
     return markdown_table(header, rows)
 
@@ -141,8 +173,7 @@ def write_csv(rows: Sequence[Mapping[str, Any]], path: str | Path, method: str =
         for r in rows:
             line = {k: r.get(k) for k in _CSV_FIELDS}
             line["method"] = r.get("method", method)
-            w.writerow({k: "" if _isnan(v) else (f"{v:.6g}" if isinstance(v, float) else v)
-                        for k, v in line.items()})
+            w.writerow({k: "" if _isnan(v) else (f"{v:.6g}" if isinstance(v, float) else v) for k, v in line.items()})
     return p
 
 
@@ -158,8 +189,13 @@ def _text_size(draw: ImageDraw.ImageDraw, text: str, font: Any) -> tuple[int, in
     return x1 - x0, y1 - y0
 
 
-def bar_chart(results: Sequence[EvaluationResult], metric: str, path: str | Path, title: str | None = None,
-              labels: Sequence[str] | None = None) -> Path:
+def bar_chart(
+    results: Sequence[EvaluationResult],
+    metric: str,
+    path: str | Path,
+    title: str | None = None,
+    labels: Sequence[str] | None = None,
+) -> Path:
     """Grouped bar chart (PNG, drawn with PIL): per organ (and the mean) one bar per result = mean over
     cases, with a ± std whisker when there are several cases.
 
@@ -180,11 +216,14 @@ def bar_chart(results: Sequence[EvaluationResult], metric: str, path: str | Path
     series = []
     for r in results:
         s = r.summary()[metric]
-        vals = [(s["organs"][o]["mean"], s["organs"][o]["std"] if s["organs"][o]["n"] > 1 else math.nan)
-                for o in first.organs]
+        vals = [
+            (s["organs"][o]["mean"], s["organs"][o]["std"] if s["organs"][o]["n"] > 1 else math.nan)
+            for o in first.organs
+        ]
         vals.append((s["mean"], math.nan))
-        series.append([(v * scale if not _isnan(v) else math.nan, e * scale if not _isnan(e) else math.nan)
-                       for v, e in vals])
+        series.append(
+            [(v * scale if not _isnan(v) else math.nan, e * scale if not _isnan(e) else math.nan) for v, e in vals]
+        )
     unit = _unit(first, metric)
     finite = [v + (0 if _isnan(e) else e) for ser in series for v, e in ser if not _isnan(v)]
     ymax = 100.0 if unit == "%" else max([1.0, *finite]) * 1.1
@@ -198,8 +237,9 @@ def bar_chart(results: Sequence[EvaluationResult], metric: str, path: str | Path
     d = ImageDraw.Draw(img)
     f_small, f_title = _font(12), _font(15)
     plot_h = height - top - bottom
-    d.text((left, 12), title or f"{name} ({unit}) per organ - protocol {first.protocol.name}", fill="black",
-           font=f_title)
+    d.text(
+        (left, 12), title or f"{name} ({unit}) per organ - protocol {first.protocol.name}", fill="black", font=f_title
+    )
     for k in range(6):  # y grid and ticks
         yv = ymax * k / 5
         y = top + plot_h - plot_h * k / 5
@@ -235,8 +275,9 @@ def bar_chart(results: Sequence[EvaluationResult], metric: str, path: str | Path
         lines = [lines[0]] + [f"({x}" for x in lines[1:]]
         for li, text in enumerate(lines):
             tw, _ = _text_size(d, text, f_small)
-            d.text((left + ci * group_w + (group_w - tw) / 2, top + plot_h + 6 + 15 * li), text, fill="black",
-                   font=f_small)
+            d.text(
+                (left + ci * group_w + (group_w - tw) / 2, top + plot_h + 6 + 15 * li), text, fill="black", font=f_small
+            )
     legend = list(labels) if labels is not None else [r.method for r in results]
     lx, ly = left, height - 22
     for si, text in enumerate(legend):

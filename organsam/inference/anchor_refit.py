@@ -62,8 +62,12 @@ class MovedPrior:
                 out[zz] = None
                 continue
             x0, y0, x1, y1 = (float(v) for v in b)
-            moved = (min(max(x0 + dx, 0.0), X - 1.0), min(max(y0 + dy, 0.0), Y - 1.0),
-                     min(max(x1 + dx, 0.0), X - 1.0), min(max(y1 + dy, 0.0), Y - 1.0))
+            moved = (
+                min(max(x0 + dx, 0.0), X - 1.0),
+                min(max(y0 + dy, 0.0), Y - 1.0),
+                min(max(x1 + dx, 0.0), X - 1.0),
+                min(max(y1 + dy, 0.0), Y - 1.0),
+            )
             if moved[2] - moved[0] >= 2 and moved[3] - moved[1] >= 2:
                 out[zz] = moved
         return out
@@ -92,9 +96,15 @@ def _along_z(boxes: Mapping[int, Box | None], mask: np.ndarray) -> float | None:
     return float(np.mean(ends)) if ends else None
 
 
-def search_offset(state: InferenceState, anchor_boxes: Mapping[str, Mapping[int, Box | None]], decode: Decoder,
-                  *, steps_mm: Sequence[float] = (-20.0, -10.0, 0.0, 10.0, 20.0), slices_per_anchor: int = 2,
-                  min_gain: float = 0.25) -> tuple[float, float] | None:
+def search_offset(
+    state: InferenceState,
+    anchor_boxes: Mapping[str, Mapping[int, Box | None]],
+    decode: Decoder,
+    *,
+    steps_mm: Sequence[float] = (-20.0, -10.0, 0.0, 10.0, 20.0),
+    slices_per_anchor: int = 2,
+    min_gain: float = 0.25,
+) -> tuple[float, float] | None:
     """The in-plane (dy, dx) offset in pixels that the prior's anchor boxes fit best, or None (stay).
 
     Each anchor's boxes on its ``slices_per_anchor`` largest slices are moved together by candidate offsets and
@@ -116,9 +126,20 @@ def search_offset(state: InferenceState, anchor_boxes: Mapping[str, Mapping[int,
     def score(dy_mm: float, dx_mm: float) -> float:
         if (dy_mm, dx_mm) not in scores:
             dy, dx = dy_mm / sy, dx_mm / sx
-            jobs = [DecodeJob(z, a, (min(max(b[0] + dx, 0.0), X - 3.0), min(max(b[1] + dy, 0.0), Y - 3.0),
-                                     min(max(b[2] + dx, 2.0), X - 1.0), min(max(b[3] + dy, 2.0), Y - 1.0)), None)
-                    for a, z, b in picks]
+            jobs = [
+                DecodeJob(
+                    z,
+                    a,
+                    (
+                        min(max(b[0] + dx, 0.0), X - 3.0),
+                        min(max(b[1] + dy, 0.0), Y - 3.0),
+                        min(max(b[2] + dx, 2.0), X - 1.0),
+                        min(max(b[3] + dy, 2.0), Y - 1.0),
+                    ),
+                    None,
+                )
+                for a, z, b in picks
+            ]
             per: dict[str, list[float]] = {}
             for (a, _, _), cand in zip(picks, decode(state, jobs)):
                 per.setdefault(a, []).append(cand.score)
@@ -132,14 +153,26 @@ def search_offset(state: InferenceState, anchor_boxes: Mapping[str, Mapping[int,
     gain = score(*best) - score(0.0, 0.0)
     if gain < min_gain:
         return None
-    logger.info("anchor search: the prior's anchor boxes fit best moved by %.0f/%.0f mm (y/x; predicted IoU "
-                "+%.2f over %d anchors)", best[0], best[1], gain, len({a for a, _, _ in picks}))
+    logger.info(
+        "anchor search: the prior's anchor boxes fit best moved by %.0f/%.0f mm (y/x; predicted IoU "
+        "+%.2f over %d anchors)",
+        best[0],
+        best[1],
+        gain,
+        len({a for a, _, _ in picks}),
+    )
     return best[0] / sy, best[1] / sx
 
 
-def z_offset(planned: Mapping[str, Mapping[int, Box | None]], results: Mapping[str, OrganResult],
-             slice_mm: float, *, min_anchors: int = 2, max_spread_mm: float = 15.0,
-             min_shift_mm: float = 5.0) -> float | None:
+def z_offset(
+    planned: Mapping[str, Mapping[int, Box | None]],
+    results: Mapping[str, OrganResult],
+    slice_mm: float,
+    *,
+    min_anchors: int = 2,
+    max_spread_mm: float = 15.0,
+    min_shift_mm: float = 5.0,
+) -> float | None:
     """The shift in slices that moves the prior's slice ranges onto the anchors drawn, or None (no move needed, or
     the anchors do not agree).
 
@@ -151,8 +184,13 @@ def z_offset(planned: Mapping[str, Mapping[int, Box | None]], results: Mapping[s
         max_spread_mm: largest disagreement between the anchors' estimates.
         min_shift_mm: smallest offset worth a second pass.
     """
-    est = [dz * slice_mm for a in ANCHORS if a in planned and a in results and results[a].mask.any()
-           for dz in [_along_z(planned[a], results[a].mask)] if dz is not None]
+    est = [
+        dz * slice_mm
+        for a in ANCHORS
+        if a in planned and a in results and results[a].mask.any()
+        for dz in [_along_z(planned[a], results[a].mask)]
+        if dz is not None
+    ]
     if len(est) < min_anchors or max(est) - min(est) > max_spread_mm:
         return None
     shift = float(np.median(est))

@@ -35,8 +35,17 @@ from organsam.inference.track_refine import Decoder
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ANCHORS", "AnchorConflict", "Reassignment", "anchor_conflicts", "assign_against_anchors", "excluding_boxes",
-           "most_inside", "neighbouring_anchors", "resolve_anchor_conflicts"]
+__all__ = [
+    "ANCHORS",
+    "AnchorConflict",
+    "Reassignment",
+    "anchor_conflicts",
+    "assign_against_anchors",
+    "excluding_boxes",
+    "most_inside",
+    "neighbouring_anchors",
+    "resolve_anchor_conflicts",
+]
 
 #: Organs the core draws reliably once placed (Dice ~0.9 with atlas boxes: bench/quality.py, issue 14).
 ANCHORS: tuple[str, ...] = ("liver", "spleen", "kidney_left", "kidney_right", "aorta")
@@ -77,19 +86,23 @@ def excluding_boxes(box: Box, anchor: np.ndarray, min_frac: float = 0.2) -> list
     of the box's width or height)."""
     x0, y0, x1, y1 = (int(round(v)) for v in box)
     inside = np.zeros_like(anchor)
-    inside[max(y0, 0):y1 + 1, max(x0, 0):x1 + 1] = anchor[max(y0, 0):y1 + 1, max(x0, 0):x1 + 1]
+    inside[max(y0, 0) : y1 + 1, max(x0, 0) : x1 + 1] = anchor[max(y0, 0) : y1 + 1, max(x0, 0) : x1 + 1]
     if not inside.any():
         return []
     ys, xs = np.nonzero(inside)
     ax0, ax1, ay0, ay1 = int(xs.min()), int(xs.max()), int(ys.min()), int(ys.max())
     w, h = x1 - x0, y1 - y0
     parts = [(x0, y0, ax0 - 1, y1), (ax1 + 1, y0, x1, y1), (x0, y0, x1, ay0 - 1), (x0, ay1 + 1, x1, y1)]
-    return [tuple(float(v) for v in p) for p in parts  # type: ignore[misc]
-            if p[2] - p[0] >= max(4, min_frac * w) and p[3] - p[1] >= max(4, min_frac * h)]
+    return [
+        tuple(float(v) for v in p)
+        for p in parts  # type: ignore[misc]
+        if p[2] - p[0] >= max(4, min_frac * w) and p[3] - p[1] >= max(4, min_frac * h)
+    ]
 
 
-def neighbouring_anchors(planned: Mapping[str, Mapping[int, Box | None]],
-                         anchor_boxes: Mapping[str, Mapping[int, Box | None]]) -> list[str]:
+def neighbouring_anchors(
+    planned: Mapping[str, Mapping[int, Box | None]], anchor_boxes: Mapping[str, Mapping[int, Box | None]]
+) -> list[str]:
     """The anchors not asked for whose prior boxes overlap, on some slice, the box of an organ that was asked for
     and is not an anchor: they are segmented too (and not reported) so that joint assignment can keep that organ
     off them."""
@@ -100,8 +113,7 @@ def neighbouring_anchors(planned: Mapping[str, Mapping[int, Box | None]],
         for oid, boxes in planned.items():
             if oid in ANCHORS:
                 continue
-            if any(b is not None and a_boxes.get(z) is not None and _overlaps(b, a_boxes[z])
-                   for z, b in boxes.items()):
+            if any(b is not None and a_boxes.get(z) is not None and _overlaps(b, a_boxes[z]) for z, b in boxes.items()):
                 out.append(anchor)
                 break
     return out
@@ -145,14 +157,15 @@ class AnchorConflict:
         return self.a if self.score_a >= self.score_b else self.b
 
 
-def anchor_conflicts(results: Mapping[str, OrganResult], anchors: Sequence[str],
-                     max_inside: float = 0.5) -> list[AnchorConflict]:
+def anchor_conflicts(
+    results: Mapping[str, OrganResult], anchors: Sequence[str], max_inside: float = 0.5
+) -> list[AnchorConflict]:
     """Slices where one anchor's mask lies more than ``max_inside`` inside another's (see :class:`AnchorConflict`)."""
     present = [a for a in anchors if a in results and results[a].mask.any()]
     drawn = {a: results[a].mask.any(axis=(1, 2)) for a in present}
     out: list[AnchorConflict] = []
     for i, a in enumerate(present):
-        for b in present[i + 1:]:
+        for b in present[i + 1 :]:
             both = drawn[a] & drawn[b]
             for z in np.flatnonzero(both):
                 z = int(z)
@@ -162,10 +175,22 @@ def anchor_conflicts(results: Mapping[str, OrganResult], anchors: Sequence[str],
                 if not (a_in_b or b_in_a):
                     continue
                 inner = None if a_in_b == b_in_a else (a if a_in_b else b)
-                out.append(AnchorConflict(z, a, b, results[a].slice_scores.get(z, 0.0),
-                                          results[b].slice_scores.get(z, 0.0), inner))
-                logger.debug("slice %d: %s (%d px, predicted IoU %.2f) and %s (%d px, %.2f) drawn on one structure"
-                             " (inside: %s)", z, a, ma.sum(), out[-1].score_a, b, mb.sum(), out[-1].score_b, inner)
+                out.append(
+                    AnchorConflict(
+                        z, a, b, results[a].slice_scores.get(z, 0.0), results[b].slice_scores.get(z, 0.0), inner
+                    )
+                )
+                logger.debug(
+                    "slice %d: %s (%d px, predicted IoU %.2f) and %s (%d px, %.2f) drawn on one structure (inside: %s)",
+                    z,
+                    a,
+                    ma.sum(),
+                    out[-1].score_a,
+                    b,
+                    mb.sum(),
+                    out[-1].score_b,
+                    inner,
+                )
     return out
 
 
@@ -191,8 +216,9 @@ def _one_structure(image: np.ndarray, inner: np.ndarray, outer: np.ndarray) -> b
     return bool(lo <= float(np.median(image[inner])) <= hi)
 
 
-def _take_slice(out: dict[str, OrganResult], src: Mapping[str, OrganResult], original: Mapping[str, OrganResult],
-                oid: str, z: int) -> None:
+def _take_slice(
+    out: dict[str, OrganResult], src: Mapping[str, OrganResult], original: Mapping[str, OrganResult], oid: str, z: int
+) -> None:
     """Copy organ ``oid``'s slice ``z`` (mask and scores) from ``src`` into ``out``; the result is copied once,
     while ``out`` still shares it with ``original``."""
     if out[oid] is original[oid]:
@@ -206,10 +232,16 @@ def _take_slice(out: dict[str, OrganResult], src: Mapping[str, OrganResult], ori
             mine[z] = theirs[z]
 
 
-def resolve_anchor_conflicts(state: InferenceState, results: Mapping[str, OrganResult],
-                             boxes: Mapping[str, Mapping[int, Box | None]], decode: Decoder, iou_threshold: float,
-                             anchors: Sequence[str] = ANCHORS, max_inside: float = 0.5, split_margin: float = 0.1,
-                             ) -> tuple[dict[str, OrganResult], list[Reassignment]]:
+def resolve_anchor_conflicts(
+    state: InferenceState,
+    results: Mapping[str, OrganResult],
+    boxes: Mapping[str, Mapping[int, Box | None]],
+    decode: Decoder,
+    iou_threshold: float,
+    anchors: Sequence[str] = ANCHORS,
+    max_inside: float = 0.5,
+    split_margin: float = 0.1,
+) -> tuple[dict[str, OrganResult], list[Reassignment]]:
     """Two anchors drawn on one structure: who keeps it.
 
     * One mask inside the other (a liver box drew liver and kidney): the outer one is decoded again without the
@@ -224,8 +256,11 @@ def resolve_anchor_conflicts(state: InferenceState, results: Mapping[str, OrganR
     The anchor that gives the structure up is decoded again without the other, or emptied there.
     """
     conflicts = anchor_conflicts(results, anchors, max_inside)
-    splits = {(c.outer, c.z): (c.inner, _inside_fraction(results, c.inner, c.outer, c.z)) for c in conflicts
-              if c.inner is not None and _redrawable(state, c.outer, c.z)}
+    splits = {
+        (c.outer, c.z): (c.inner, _inside_fraction(results, c.inner, c.outer, c.z))
+        for c in conflicts
+        if c.inner is not None and _redrawable(state, c.outer, c.z)
+    }
     tried, _ = _redraw(state, results, boxes, decode, iou_threshold, max_inside, splits) if splits else (results, [])
     out = dict(results)
     log: list[Reassignment] = []
@@ -250,10 +285,15 @@ def resolve_anchor_conflicts(state: InferenceState, results: Mapping[str, OrganR
     return out, log + more
 
 
-def assign_against_anchors(state: InferenceState, results: Mapping[str, OrganResult],
-                           boxes: Mapping[str, Mapping[int, Box | None]], decode: Decoder, iou_threshold: float,
-                           anchors: Sequence[str] = ANCHORS, max_inside: float = 0.5
-                           ) -> tuple[dict[str, OrganResult], list[Reassignment]]:
+def assign_against_anchors(
+    state: InferenceState,
+    results: Mapping[str, OrganResult],
+    boxes: Mapping[str, Mapping[int, Box | None]],
+    decode: Decoder,
+    iou_threshold: float,
+    anchors: Sequence[str] = ANCHORS,
+    max_inside: float = 0.5,
+) -> tuple[dict[str, OrganResult], list[Reassignment]]:
     """Decode again the slices where an organ was drawn on an anchor (see the module docstring).
 
     First the anchors among themselves (:func:`resolve_anchor_conflicts`), then every other text-prompted organ
@@ -287,14 +327,23 @@ def assign_against_anchors(state: InferenceState, results: Mapping[str, OrganRes
     out, more = _redraw(state, out, boxes, decode, iou_threshold, max_inside, drawn_on)
     log += more
     if log:
-        logger.info("joint assignment: %d slices drawn on an anchor (%d redrawn)", len(log),
-                    sum(r.outcome == "redrawn" for r in log))
+        logger.info(
+            "joint assignment: %d slices drawn on an anchor (%d redrawn)",
+            len(log),
+            sum(r.outcome == "redrawn" for r in log),
+        )
     return out, log
 
 
-def _redraw(state: InferenceState, results: Mapping[str, OrganResult], boxes: Mapping[str, Mapping[int, Box | None]],
-            decode: Decoder, iou_threshold: float, max_inside: float,
-            drawn_on: Mapping[tuple[str, int], tuple[str, float]]) -> tuple[dict[str, OrganResult], list[Reassignment]]:
+def _redraw(
+    state: InferenceState,
+    results: Mapping[str, OrganResult],
+    boxes: Mapping[str, Mapping[int, Box | None]],
+    decode: Decoder,
+    iou_threshold: float,
+    max_inside: float,
+    drawn_on: Mapping[tuple[str, int], tuple[str, float]],
+) -> tuple[dict[str, OrganResult], list[Reassignment]]:
     """Decode each (organ, slice) of ``drawn_on`` again without the anchor it covered (cut boxes, a negative point);
     the best candidate that lies mostly inside no other organ wins, else the slice is emptied."""
     out = dict(results)

@@ -79,7 +79,7 @@ class _Timed:
     def _encode_missing(self, state: InferenceState, slices: list[int], encode_batch: Any) -> None:
         missing = [z for z in dict.fromkeys(slices) if z not in state.embeddings]
         for i in range(0, len(missing), self.batch_size):
-            chunk = missing[i:i + self.batch_size]
+            chunk = missing[i : i + self.batch_size]
             t0 = time.perf_counter()
             imgs, _ = to_model_input_batch(state.intensities[chunk])
             for z, enc in zip(chunk, encode_batch(imgs)):
@@ -107,9 +107,17 @@ class SamCoreDecoder(_Timed):
 
     design_name = "organsam"
 
-    def __init__(self, core: SamCore, device: torch.device, precision: str = "fp32",
-                 decoder_precision: str | None = None, fast_encoder: bool = True, quantize: bool = False,
-                 organ_prompts: OrganPromptTable | None = None, batch_size: int = 1) -> None:
+    def __init__(
+        self,
+        core: SamCore,
+        device: torch.device,
+        precision: str = "fp32",
+        decoder_precision: str | None = None,
+        fast_encoder: bool = True,
+        quantize: bool = False,
+        organ_prompts: OrganPromptTable | None = None,
+        batch_size: int = 1,
+    ) -> None:
         decoder_precision = decoder_precision or precision
         _check_precisions(precision, decoder_precision)
         if quantize and not fast_encoder:
@@ -131,9 +139,12 @@ class SamCoreDecoder(_Timed):
         """(B, 3, 256, 256) model inputs -> (B, 256, 64, 64) float32 embeddings."""
         if self.fast_encoder and isinstance(self.core.image_encoder, TinyViT):
             if self._fast is None:
-                self._fast = FastImageEncoder(self.core.image_encoder, precision=self.precision,
-                                              quantize=self.quantize and self.device.type == "cpu",
-                                              channels_last=True).to(self.device)
+                self._fast = FastImageEncoder(
+                    self.core.image_encoder,
+                    precision=self.precision,
+                    quantize=self.quantize and self.device.type == "cpu",
+                    channels_last=True,
+                ).to(self.device)
             return self._fast(images)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
             return self.core.encode(images, keep_levels=False).embedding.float()
@@ -171,8 +182,9 @@ class SamCoreDecoder(_Timed):
                 labels = np.stack([jobs[j].points[1] for j in idx])  # type: ignore[index]
                 points = (torch.from_numpy(coords).to(self.device), torch.from_numpy(labels).to(self.device))
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.decoder_precision == "bf16"):
-                logits, iou = self.core.decode(emb, boxes=boxes, points=points, sparse_extra=extra,
-                                               image_index=image_index)
+                logits, iou = self.core.decode(
+                    emb, boxes=boxes, points=points, sparse_extra=extra, image_index=image_index
+                )
             masks = (geom.logits_to_original(logits.float())[:, 0] > 0).cpu().numpy()
             for k, j in enumerate(idx):
                 results[j] = Candidate(masks[k], float(iou[k, 0]))
@@ -189,11 +201,19 @@ class DesignDecoder(_Timed):
         batch_size: slices per encoder pass.
     """
 
-    def __init__(self, model: OrganSegmenter, device: torch.device, precision: str = "fp32",
-                 decoder_precision: str | None = None, batch_size: int = 1) -> None:
+    def __init__(
+        self,
+        model: OrganSegmenter,
+        device: torch.device,
+        precision: str = "fp32",
+        decoder_precision: str | None = None,
+        batch_size: int = 1,
+    ) -> None:
         if not isinstance(model, OrganSegmenter):
-            raise TypeError(f"model must be a design (OrganSegmenter), got {type(model).__name__}; load one with "
-                            f"organsam.model.checkpoint.load_checkpoint")
+            raise TypeError(
+                f"model must be a design (OrganSegmenter), got {type(model).__name__}; load one with "
+                f"organsam.model.checkpoint.load_checkpoint"
+            )
         decoder_precision = decoder_precision or precision
         _check_precisions(precision, decoder_precision)
         self.device = device
@@ -232,8 +252,9 @@ class DesignDecoder(_Timed):
             organ_index = self.model.organ_index_of([jobs[j].organ_id for j in idx]).to(self.device)
             boxes = points = None
             if has_box:
-                boxes = torch.from_numpy(np.stack([geom.box_to_model(jobs[j].box) for j in idx])
-                                         ).float().to(self.device)
+                boxes = (
+                    torch.from_numpy(np.stack([geom.box_to_model(jobs[j].box) for j in idx])).float().to(self.device)
+                )
             if has_pts:
                 coords = np.stack([geom.points_to_model(jobs[j].points[0]) for j in idx])  # type: ignore[index]
                 labels = np.stack([jobs[j].points[1] for j in idx])  # type: ignore[index]

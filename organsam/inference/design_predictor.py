@@ -65,10 +65,18 @@ class EverySlice:
         return EverySlice.Fitted(int(volume.array.shape[0]))
 
 
-def design_predictor(model: OrganSegmenter, *, prompts: str = "prior", prior: LocationPrior | str | None = "atlas",
-                     score_threshold: float = 0.5, device: str | torch.device = "cpu", precision: str | None = None,
-                     decoder_precision: str | None = None, batch_size: int | None = None,
-                     **kwargs: Any) -> VolumePredictor:
+def design_predictor(
+    model: OrganSegmenter,
+    *,
+    prompts: str = "prior",
+    prior: LocationPrior | str | None = "atlas",
+    score_threshold: float = 0.5,
+    device: str | torch.device = "cpu",
+    precision: str | None = None,
+    decoder_precision: str | None = None,
+    batch_size: int | None = None,
+    **kwargs: Any,
+) -> VolumePredictor:
     """A :class:`VolumePredictor` whose masks a trained design draws.
 
     Args:
@@ -92,7 +100,15 @@ def design_predictor(model: OrganSegmenter, *, prompts: str = "prior", prior: Lo
     precision = precision or ("bf16" if dev.type == "cuda" else "fp32")
     batch_size = int(batch_size if batch_size is not None else VolumePredictor.default_batch_size(dev))
     decoder = DesignDecoder(model, dev, precision, decoder_precision, batch_size)
-    return VolumePredictor(prior=prior if prompts == "prior" else EverySlice(), device=dev, batch_size=batch_size,
-                           iou_threshold=score_threshold, track_refine=False, joint_assignment=False,
-                           anchor_refit=False, trim_ends=False, decoder=decoder,
-                           **kwargs)  # the corrections rank slices by LiteMedSAM's predicted IoU
+    return VolumePredictor(
+        prior=prior if prompts == "prior" else EverySlice(),
+        device=dev,
+        batch_size=batch_size,
+        iou_threshold=score_threshold,
+        track_refine=False,
+        joint_assignment=False,
+        anchor_refit=False,
+        trim_ends=False,
+        decoder=decoder,
+        **kwargs,
+    )  # the corrections rank slices by LiteMedSAM's predicted IoU

@@ -57,14 +57,16 @@ def resolve_organs(organs: str | Sequence[str] | OrganRequest | None, all_organs
     if all_organs:
         texts = [ALL_ORGANS_TEXT]
     elif organs is None or (isinstance(organs, str) and not organs.strip()):
-        raise ValueError("no organ named: say which organs to segment (--organs 'liver, spleen' on the command "
-                         "line, organs='liver, spleen' in Python) or ask for all of them (--all, all_organs=True)")
+        raise ValueError(
+            "no organ named: say which organs to segment (--organs 'liver, spleen' on the command "
+            "line, organs='liver, spleen' in Python) or ask for all of them (--all, all_organs=True)"
+        )
     else:
         texts = [organs] if isinstance(organs, str) else [str(t) for t in organs]
     vocab = load_vocabulary()
     ids: list[str] = []
     for text in texts:
-        for oid in ([text] if text in vocab else parse_prompt(text)):
+        for oid in [text] if text in vocab else parse_prompt(text):
             if oid not in ids:
                 ids.append(oid)
     if not ids:
@@ -119,7 +121,12 @@ class SegmentOptions:
 
     def build_predictor(self, progress: bool = True) -> Any:
         """The predictor these options describe (see :func:`organsam.inference.predictor_factory.build_predictor`)."""
-        return build_predictor(self.design, self.checkpoint, device=self.device, fast=self.fast, progress=progress,
-                               organ_prompts=self.organ_prompts, design_prompts=self.design_prompts)
-
-
+        return build_predictor(
+            self.design,
+            self.checkpoint,
+            device=self.device,
+            fast=self.fast,
+            progress=progress,
+            organ_prompts=self.organ_prompts,
+            design_prompts=self.design_prompts,
+        )

@@ -56,10 +56,10 @@ def trim_organ_ends(result: OrganResult, image: np.ndarray, fence: float = 1.5) 
     if len(drawn) < 3:
         return result, []
     i = max(range(len(drawn)), key=lambda k: result.slice_scores[drawn[k]])
-    core = drawn[max(0, i - 1): i + 2]
+    core = drawn[max(0, i - 1) : i + 2]
     lo, hi = _fences(np.concatenate([image[z][result.mask[z]] for z in core]), fence)
     cut: list[int] = []
-    for side in (drawn[i + 1:], drawn[:i][::-1]):
+    for side in (drawn[i + 1 :], drawn[:i][::-1]):
         for k, z in enumerate(side):
             if z not in core and not lo <= float(np.median(image[z][result.mask[z]])) <= hi:
                 cut += side[k:]
@@ -89,8 +89,9 @@ def trim_prior_placed(state: InferenceState) -> dict[str, OrganResult]:
                 continue
             inside, other = most_inside(result.mask, {o: r.mask for o, r in state.results.items() if o != oid})
             if inside > 0.5:
-                logger.info("%s: slices %s hold another tissue, but without them it lies on the %s; kept", oid,
-                            cut, other)
+                logger.info(
+                    "%s: slices %s hold another tissue, but without them it lies on the %s; kept", oid, cut, other
+                )
                 continue
             logger.info("%s: slices %s hold another tissue than the organ's; cut", oid, cut)
             out[oid] = result

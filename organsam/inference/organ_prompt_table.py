@@ -40,8 +40,13 @@ class OrganPromptTable:
         path: the file it was read from, if any.
     """
 
-    def __init__(self, tokens: torch.Tensor, organ_ids: list[str], metadata: dict[str, str] | None = None,
-                 path: Path | None = None) -> None:
+    def __init__(
+        self,
+        tokens: torch.Tensor,
+        organ_ids: list[str],
+        metadata: dict[str, str] | None = None,
+        path: Path | None = None,
+    ) -> None:
         if tokens.ndim != 3 or tokens.shape[0] != len(organ_ids) or tokens.shape[2] != 256:
             raise ValueError(f"tokens must be (K={len(organ_ids)}, T, 256), got {tuple(tokens.shape)}")
         self.tokens = tokens.float().contiguous()
@@ -92,8 +97,9 @@ def load_prompt_table(path: str | os.PathLike[str] | None = None, check_hash: bo
         with safe_open(str(p), framework="pt") as f:
             meta = dict(f.metadata() or {})
             if meta.get("format") != _FORMAT:
-                raise ValueError(f"{p}: not an organ prompt table (format {meta.get('format')!r}, expected "
-                                 f"{_FORMAT!r}); {hint}")
+                raise ValueError(
+                    f"{p}: not an organ prompt table (format {meta.get('format')!r}, expected {_FORMAT!r}); {hint}"
+                )
             tokens = f.get_tensor("tokens")
     except ValueError:
         raise
@@ -104,8 +110,7 @@ def load_prompt_table(path: str | os.PathLike[str] | None = None, check_hash: bo
     return OrganPromptTable(tokens, organ_ids, meta, Path(p))
 
 
-def export_prompt_table(checkpoint: str | os.PathLike[str], out: str | os.PathLike[str],
-                        command: str = "") -> Path:
+def export_prompt_table(checkpoint: str | os.PathLike[str], out: str | os.PathLike[str], command: str = "") -> Path:
     """Write the prompt table of a trained ``organ_prompts`` checkpoint (atomically).
 
     Args:
@@ -126,15 +131,22 @@ def export_prompt_table(checkpoint: str | os.PathLike[str], out: str | os.PathLi
     model = load_checkpoint(src, design="organ_prompts")
     cfg = model.config  # type: ignore[attr-defined]
     if getattr(model, "lora_layers", None) or not (cfg.freeze_mask_decoder and cfg.freeze_prompt_encoder):
-        raise ValueError(f"{src}: this organ_prompts checkpoint also changed the SAM core (LoRA adapters or a trained "
-                         f"prompt encoder / mask decoder), which a prompt table cannot carry; load the checkpoint "
-                         f"itself (organsam.model.checkpoint.load_checkpoint) or retrain with the core frozen")
+        raise ValueError(
+            f"{src}: this organ_prompts checkpoint also changed the SAM core (LoRA adapters or a trained "
+            f"prompt encoder / mask decoder), which a prompt table cannot carry; load the checkpoint "
+            f"itself (organsam.model.checkpoint.load_checkpoint) or retrain with the core frozen"
+        )
     table = model.prompt_table()  # type: ignore[operator]
     ids = list(table)
     info = read_checkpoint_info(src)
-    meta = {"format": _FORMAT, "organ_ids": json.dumps(ids), "design": "organ_prompts",
-            "text_fingerprint": str(model.text_fingerprint), "command": command,
-            "checkpoint_step": str((info.get("extra") or {}).get("step", ""))}
+    meta = {
+        "format": _FORMAT,
+        "organ_ids": json.dumps(ids),
+        "design": "organ_prompts",
+        "text_fingerprint": str(model.text_fingerprint),
+        "command": command,
+        "checkpoint_step": str((info.get("extra") or {}).get("step", "")),
+    }
     with atomic_path(dst) as tmp:
         save_file({"tokens": torch.stack([table[o] for o in ids]).contiguous()}, str(tmp), metadata=meta)
     logger.info("wrote the organ prompt table of %s (%d organs) to %s", src, len(ids), dst)

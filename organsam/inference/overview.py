@@ -19,8 +19,9 @@ HEADER_PX = 20
 _YELLOW = (255, 255, 0)
 
 
-def _overlay(gray: np.ndarray, labels: np.ndarray, colours: Mapping[int, tuple[int, int, int]],
-             alpha: float) -> np.ndarray:
+def _overlay(
+    gray: np.ndarray, labels: np.ndarray, colours: Mapping[int, tuple[int, int, int]], alpha: float
+) -> np.ndarray:
     rgb = np.repeat(gray[..., None], 3, axis=2).astype(np.float32)
     for v in np.unique(labels):
         if v == 0 or int(v) not in colours:
@@ -30,8 +31,9 @@ def _overlay(gray: np.ndarray, labels: np.ndarray, colours: Mapping[int, tuple[i
     return rgb.clip(0, 255).astype(np.uint8)
 
 
-def _letters(draw: ImageDraw.ImageDraw, x0: int, y0: int, w: int, h: int, top: str, bottom: str,
-             outside: bool = False) -> None:
+def _letters(
+    draw: ImageDraw.ImageDraw, x0: int, y0: int, w: int, h: int, top: str, bottom: str, outside: bool = False
+) -> None:
     """Orientation letters at the middle of each side of the panel at (x0, y0) of size (w, h); ``outside`` puts
     the top and bottom letters just beyond the panel (a thin strip has no room for them)."""
     draw.text((x0 + w // 2 - 3, y0 - 14 if outside else y0 + 2), top, fill=_YELLOW)
@@ -40,9 +42,15 @@ def _letters(draw: ImageDraw.ImageDraw, x0: int, y0: int, w: int, h: int, top: s
     draw.text((x0 + w - 10, y0 + h // 2 - 6), "L", fill=_YELLOW)
 
 
-def render_overview(display: np.ndarray, labels: np.ndarray, legend: Mapping[int, tuple[str, tuple[int, int, int]]],
-                    spacing: tuple[float, float, float], path: str | Path, alpha: float = 0.45,
-                    ijk_axis: Callable[[int], tuple[str, bool]] | None = None) -> Path:
+def render_overview(
+    display: np.ndarray,
+    labels: np.ndarray,
+    legend: Mapping[int, tuple[str, tuple[int, int, int]]],
+    spacing: tuple[float, float, float],
+    path: str | Path,
+    alpha: float = 0.45,
+    ijk_axis: Callable[[int], tuple[str, bool]] | None = None,
+) -> Path:
     """Write a PNG with the axial slice and the coronal plane through the labelled region's centre.
 
     Captions sit in a band above the panels, orientation letters on each side (axial A/P/R/L, coronal S/I/R/L),
@@ -63,7 +71,7 @@ def render_overview(display: np.ndarray, labels: np.ndarray, legend: Mapping[int
     Z, Y, X = labels.shape
     colours = {v: c for v, (_, c) in legend.items()}
     fg = np.argwhere(labels > 0)
-    cz, cy, _ = (fg.mean(axis=0).astype(int) if len(fg) else (Z // 2, Y // 2, X // 2))
+    cz, cy, _ = fg.mean(axis=0).astype(int) if len(fg) else (Z // 2, Y // 2, X // 2)
     # radiological display: axial anterior up, coronal superior up, patient's right on the image's left
     axial = _overlay(display_slice(display, "axial", cz), display_slice(labels, "axial", cz), colours, alpha)
     cor = _overlay(display_slice(display, "coronal", cy), display_slice(labels, "coronal", cy), colours, alpha)
@@ -84,8 +92,9 @@ def render_overview(display: np.ndarray, labels: np.ndarray, legend: Mapping[int
         where = f" {la}={Z - 1 - cz if ra else cz}, coronal {lc}={Y - 1 - cy if rc else cy}"
     draw.text((4, 4), f"axial{where}", fill=_YELLOW)
     _letters(draw, 0, HEADER_PX, ax_img.width, ax_img.height, "A", "P")
-    _letters(draw, ax_img.width, cor_y, cor_img.width, cor_img.height, "S", "I",
-             outside=cor_img.height < ax_img.height - 40)
+    _letters(
+        draw, ax_img.width, cor_y, cor_img.width, cor_img.height, "S", "I", outside=cor_img.height < ax_img.height - 40
+    )
     x0 = ax_img.width + cor_img.width + 10
     for i, (v, (name, colour)) in enumerate(sorted(legend.items())):
         y = HEADER_PX + 10 + 18 * i

@@ -45,9 +45,18 @@ from organsam.vocabulary import load_vocabulary
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MIN_SLICES_FOR_TEXT", "ORGAN_STATUSES", "JobCancelledError", "ProgressFn", "check_segmentable",
-           "locatable_request", "model_grid", "organ_report",
-           "run_segmentation", "to_input_grid"]
+__all__ = [
+    "MIN_SLICES_FOR_TEXT",
+    "ORGAN_STATUSES",
+    "JobCancelledError",
+    "ProgressFn",
+    "check_segmentable",
+    "locatable_request",
+    "model_grid",
+    "organ_report",
+    "run_segmentation",
+    "to_input_grid",
+]
 
 #: progress(stage, done, total)
 ProgressFn = Callable[[str, int, int], None]
@@ -69,8 +78,9 @@ def model_grid(volume: Volume, min_slice_mm: float) -> Volume:
     new_z = max(2, int(round(Z * sz / min_slice_mm)))
     if new_z >= Z:
         return volume
-    logger.info("%d slices of %.2f mm: segmenting %d slices of %.2f mm, masks interpolated back", Z, sz, new_z,
-                Z * sz / new_z)
+    logger.info(
+        "%d slices of %.2f mm: segmenting %d slices of %.2f mm, masks interpolated back", Z, sz, new_z, Z * sz / new_z
+    )
     spacing = (Z * sz / new_z, float(volume.spacing[1]), float(volume.spacing[2]))
     meta = VolumeMeta(modality_source=volume.meta.modality_source, is_8bit=volume.meta.is_8bit)
     return dataclasses.replace(volume, array=resample_z(volume.array, new_z), spacing=spacing, meta=meta)
@@ -89,8 +99,14 @@ def to_input_grid(mask: np.ndarray, volume: Volume) -> np.ndarray:
 ORGAN_STATUSES = ("present", "absent", "not_locatable", "rejected_by_verification")
 
 
-def organ_report(organ_id: str, mask: np.ndarray, volume: Volume, res: OrganResult | None,
-                 unlocatable: str | None = None, rejection: str | None = None) -> dict[str, Any]:
+def organ_report(
+    organ_id: str,
+    mask: np.ndarray,
+    volume: Volume,
+    res: OrganResult | None,
+    unlocatable: str | None = None,
+    rejection: str | None = None,
+) -> dict[str, Any]:
     """The report entry of one organ: status, size, intensity, extent, confidence and where it came from.
 
     Args:
@@ -99,8 +115,15 @@ def organ_report(organ_id: str, mask: np.ndarray, volume: Volume, res: OrganResu
         rejection: why verification rejected the organ's mask (then ``mask`` is empty).
     """
     voxel_ml = volume.voxel_ml
-    status = ("present" if mask.any() else "rejected_by_verification" if rejection
-              else "not_locatable" if unlocatable else "absent")
+    status = (
+        "present"
+        if mask.any()
+        else "rejected_by_verification"
+        if rejection
+        else "not_locatable"
+        if unlocatable
+        else "absent"
+    )
     entry: dict[str, Any] = {
         "name": load_vocabulary()[organ_id].name,
         "status": status,
@@ -116,9 +139,12 @@ def organ_report(organ_id: str, mask: np.ndarray, volume: Volume, res: OrganResu
     entry[key] = round(float(volume.array[mask].mean()), 1) if mask.any() else None
     if mask.any():
         idx = np.argwhere(volume.to_ijk_layout(mask))
-        entry["bbox_voxels"] = {"min": idx.min(axis=0).tolist(), "max": idx.max(axis=0).tolist(),
-                                "axes": "ijk: column, row, slice of the input's voxel grid (as ITK, 3D Slicer "
-                                        "and ITK-SNAP number voxels), 0-based"}
+        entry["bbox_voxels"] = {
+            "min": idx.min(axis=0).tolist(),
+            "max": idx.max(axis=0).tolist(),
+            "axes": "ijk: column, row, slice of the input's voxel grid (as ITK, 3D Slicer "
+            "and ITK-SNAP number voxels), 0-based",
+        }
     else:
         entry["bbox_voxels"] = None
         if rejection:
@@ -149,9 +175,12 @@ def check_segmentable(volume: Volume, work: Volume | None = None) -> None:
     Z = (work if work is not None else volume).array.shape[0]
     if Z < MIN_SLICES_FOR_TEXT:
         grid = "" if volume.array.shape[0] == Z else " on the model grid (--min-slice-mm)"
-        raise VolumeReadError(volume.path, f"has {Z} slice(s){grid}; text prompts place organs with a 3D atlas "
-                              f"registered to the scan, which needs at least {MIN_SLICES_FOR_TEXT} slices.",
-                              "give the whole series (every slice of the scan), or a smaller --min-slice-mm.")
+        raise VolumeReadError(
+            volume.path,
+            f"has {Z} slice(s){grid}; text prompts place organs with a 3D atlas "
+            f"registered to the scan, which needs at least {MIN_SLICES_FOR_TEXT} slices.",
+            "give the whole series (every slice of the scan), or a smaller --min-slice-mm.",
+        )
 
 
 def weights_record(options: SegmentOptions) -> dict[str, str]:
@@ -172,7 +201,7 @@ def weights_record(options: SegmentOptions) -> dict[str, str]:
 
 
 def locatable_request(predictor: Any, request: OrganRequest) -> OrganRequest:
-    """"All organs" means the organs the predictor can place from text: the others are left out (named)."""
+    """ "All organs" means the organs the predictor can place from text: the others are left out (named)."""
     if request.prompt != ALL_ORGANS_TEXT or not hasattr(predictor, "locatable_organs"):
         return request
     known = predictor.locatable_organs()
@@ -180,8 +209,10 @@ def locatable_request(predictor: Any, request: OrganRequest) -> OrganRequest:
         return request
     kept = tuple(o for o in request.organ_ids if o in known)
     if len(kept) < len(request.organ_ids):
-        logger.warning("all organs: leaving out %s (the location atlas does not have them; give boxes to segment "
-                       "them)", ", ".join(o for o in request.organ_ids if o not in known))
+        logger.warning(
+            "all organs: leaving out %s (the location atlas does not have them; give boxes to segment them)",
+            ", ".join(o for o in request.organ_ids if o not in known),
+        )
     return OrganRequest(request.prompt, kept)
 
 
@@ -211,11 +242,19 @@ def _needed_slices(predictor: Any, state: InferenceState) -> list[int]:
     return sorted(z for z in needed if z not in state.embeddings)
 
 
-def run_segmentation(predictor: Any, volume: Volume, request: OrganRequest, *,
-                     options: SegmentOptions | None = None, state: InferenceState | None = None,
-                     corrections: CorrectionsFn | None = None, progress: ProgressFn | None = None,
-                     cancelled: Callable[[], bool] | None = None, encode_chunk: int | None = None,
-                     report_extra: dict[str, Any] | None = None) -> SegmentationResult:
+def run_segmentation(
+    predictor: Any,
+    volume: Volume,
+    request: OrganRequest,
+    *,
+    options: SegmentOptions | None = None,
+    state: InferenceState | None = None,
+    corrections: CorrectionsFn | None = None,
+    progress: ProgressFn | None = None,
+    cancelled: Callable[[], bool] | None = None,
+    encode_chunk: int | None = None,
+    report_extra: dict[str, Any] | None = None,
+) -> SegmentationResult:
     """Segment the requested organs of ``volume``: every stage from the location prior to the report.
 
     Args:
@@ -253,8 +292,10 @@ def run_segmentation(predictor: Any, volume: Volume, request: OrganRequest, *,
     if state is None:
         state = predictor.init_state(work)
     elif state.volume.array.shape != work.array.shape:
-        raise ValueError(f"the session state is on a {state.volume.array.shape} grid, the volume's model grid is "
-                         f"{work.array.shape}; start a new state")
+        raise ValueError(
+            f"the session state is on a {state.volume.array.shape} grid, the volume's model grid is "
+            f"{work.array.shape}; start a new state"
+        )
     predictor.reset(state)  # keeps the slice embeddings and the fitted prior
     request = locatable_request(predictor, request)
     for oid in request.organ_ids:
@@ -269,7 +310,7 @@ def run_segmentation(predictor: Any, volume: Volume, request: OrganRequest, *,
     for i in range(0, len(todo), chunk):
         check_cancelled()
         report_progress("encoding slices", i, len(todo))
-        predictor.encode_slices(state, todo[i:i + chunk])
+        predictor.encode_slices(state, todo[i : i + chunk])
     t_encode = time.perf_counter()
     Z = work.array.shape[0]
     report_progress("segmenting", 0, Z)
@@ -296,8 +337,13 @@ def run_segmentation(predictor: Any, volume: Volume, request: OrganRequest, *,
     labelmap, table = merge_labelmap(masks, organ_ids)
     known = predictor.locatable_organs() if hasattr(predictor, "locatable_organs") else None
     t_end = time.perf_counter()
-    timings = {"prior": t_prior - t0, "encode": t_encode - t_prior, "model": t_model - t_encode,
-               "postprocess": t_end - t_model, "total": t_end - t0}
+    timings = {
+        "prior": t_prior - t0,
+        "encode": t_encode - t_prior,
+        "model": t_model - t_encode,
+        "postprocess": t_end - t_model,
+        "total": t_end - t0,
+    }
     report: dict[str, Any] = {
         "organsam_version": __version__,
         "input": str(volume.path) if volume.path else None,
@@ -311,9 +357,17 @@ def run_segmentation(predictor: Any, volume: Volume, request: OrganRequest, *,
         "spacing_zyx_mm": [float(s) for s in volume.spacing],
         "corrections": [],
         "labels": {str(v): k for v, k in table.items()},
-        "organs": {oid: organ_report(oid, masks[oid], volume, state.results.get(oid),
-                                     _unlocatable(state, oid, known, bool(model_masks[oid].any())),
-                                     rejections.get(oid)) for oid in organ_ids},
+        "organs": {
+            oid: organ_report(
+                oid,
+                masks[oid],
+                volume,
+                state.results.get(oid),
+                _unlocatable(state, oid, known, bool(model_masks[oid].any())),
+                rejections.get(oid),
+            )
+            for oid in organ_ids
+        },
         "prior_moves": [dict(m) for m in state.prior_moves],
         "encoded_slices": len(state.embeddings),
         "model_slices": int(Z),

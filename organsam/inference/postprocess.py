@@ -13,15 +13,33 @@ from organsam.vocabulary.palette import label_table
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SINGLE_COMPONENT_ORGANS", "keep_largest_components", "fill_holes_per_slice", "postprocess_mask",
-           "merge_labelmap"]
+__all__ = [
+    "SINGLE_COMPONENT_ORGANS",
+    "keep_largest_components",
+    "fill_holes_per_slice",
+    "postprocess_mask",
+    "merge_labelmap",
+]
 
 #: Organs that anatomy says form one connected structure: keep only their largest component.
-SINGLE_COMPONENT_ORGANS: frozenset[str] = frozenset({
-    "liver", "spleen", "kidney_left", "kidney_right", "gallbladder", "pancreas", "stomach",
-    "urinary_bladder", "adrenal_gland_left", "adrenal_gland_right", "heart", "prostate", "uterus",
-    "prostate_uterus",
-})
+SINGLE_COMPONENT_ORGANS: frozenset[str] = frozenset(
+    {
+        "liver",
+        "spleen",
+        "kidney_left",
+        "kidney_right",
+        "gallbladder",
+        "pancreas",
+        "stomach",
+        "urinary_bladder",
+        "adrenal_gland_left",
+        "adrenal_gland_right",
+        "heart",
+        "prostate",
+        "uterus",
+        "prostate_uterus",
+    }
+)
 #: Components smaller than this fraction of an organ's largest one are dropped (a liver lobe that a thin
 #: scan shows apart from the rest survives; stray blobs do not). Vessels are not filtered: a rejected
 #: slice can legitimately split them.
@@ -30,15 +48,31 @@ MIN_COMPONENT_FRACTION: float = 0.2
 
 #: Solid organs and vessels whose CT voxels are never below this (HU): air and fat are cut off their masks.
 SOFT_TISSUE_FLOOR_HU: float = -80.0
-SOLID_ORGANS: frozenset[str] = frozenset({
-    "liver", "spleen", "kidney_left", "kidney_right", "gallbladder", "pancreas", "aorta", "inferior_vena_cava",
-    "adrenal_gland_left", "adrenal_gland_right", "heart", "prostate", "uterus", "prostate_uterus",
-    "portal_vein_and_splenic_vein", "urinary_bladder",
-})
+SOLID_ORGANS: frozenset[str] = frozenset(
+    {
+        "liver",
+        "spleen",
+        "kidney_left",
+        "kidney_right",
+        "gallbladder",
+        "pancreas",
+        "aorta",
+        "inferior_vena_cava",
+        "adrenal_gland_left",
+        "adrenal_gland_right",
+        "heart",
+        "prostate",
+        "uterus",
+        "prostate_uterus",
+        "portal_vein_and_splenic_vein",
+        "urinary_bladder",
+    }
+)
 
 
-def keep_largest_components(mask: np.ndarray, n: int = 1, connectivity: int = 26,
-                            min_fraction: float = 1.0) -> np.ndarray:
+def keep_largest_components(
+    mask: np.ndarray, n: int = 1, connectivity: int = 26, min_fraction: float = 1.0
+) -> np.ndarray:
     """Keep the ``n`` largest connected components of a binary mask, plus any other component of at least
     ``min_fraction`` of the largest one's size.
 
@@ -53,8 +87,7 @@ def keep_largest_components(mask: np.ndarray, n: int = 1, connectivity: int = 26
     """
     if not mask.any():
         return mask.astype(bool, copy=False)
-    labels, count = cc3d.connected_components(mask.astype(np.uint8), connectivity=connectivity,
-                                              return_N=True)
+    labels, count = cc3d.connected_components(mask.astype(np.uint8), connectivity=connectivity, return_N=True)
     if count <= n:
         return mask.astype(bool, copy=False)
     sizes = np.bincount(labels.ravel())

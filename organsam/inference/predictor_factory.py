@@ -19,8 +19,14 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_DESIGN", "build_predictor", "check_design", "check_device", "is_design_checkpoint",
-           "resolve_device"]
+__all__ = [
+    "DEFAULT_DESIGN",
+    "build_predictor",
+    "check_design",
+    "check_device",
+    "is_design_checkpoint",
+    "resolve_device",
+]
 
 #: The shipped pipeline's name (also a registered research design, used when a checkpoint of it is given).
 DEFAULT_DESIGN = "organsam"
@@ -54,7 +60,8 @@ def check_design(design: str, checkpoint: str | os.PathLike[str] | None) -> None
         raise ValueError(
             f"design {design!r} needs a trained checkpoint: pass --checkpoint runs/<run>/model.safetensors written by "
             f"`organsam train --config ...` (with its model.json beside it); no checkpoint of it ships. Without one, "
-            f"use --design {DEFAULT_DESIGN} (LiteMedSAM core + atlas prior)")
+            f"use --design {DEFAULT_DESIGN} (LiteMedSAM core + atlas prior)"
+        )
 
 
 def check_device(device: str) -> None:
@@ -70,15 +77,19 @@ def check_device(device: str) -> None:
     import torch
 
     if not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but this torch build sees no CUDA GPU "
-                         f"(torch {torch.__version__}); use --device cpu, or install a CUDA build of torch")
+        raise ValueError(
+            f"device {device!r} asked for, but this torch build sees no CUDA GPU "
+            f"(torch {torch.__version__}); use --device cpu, or install a CUDA build of torch"
+        )
     suffix = device.partition(":")[2]
     if ":" in device and not suffix.isdigit():
         raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
     index = int(suffix) if suffix else 0
     if index >= torch.cuda.device_count():
-        raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s); "
-                         f"use cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+        raise ValueError(
+            f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s); "
+            f"use cuda:0 .. cuda:{torch.cuda.device_count() - 1}"
+        )
 
 
 def resolve_device(device: str) -> str:
@@ -92,10 +103,17 @@ def resolve_device(device: str) -> str:
     return chosen
 
 
-def build_predictor(design: str = DEFAULT_DESIGN, checkpoint: str | os.PathLike[str] | None = None, *,
-                    device: str = "auto", fast: bool = False, progress: bool = True,
-                    organ_prompts: str | os.PathLike[str] | bool = False, design_prompts: str = "prior",
-                    prior: Any = None) -> Any:
+def build_predictor(
+    design: str = DEFAULT_DESIGN,
+    checkpoint: str | os.PathLike[str] | None = None,
+    *,
+    device: str = "auto",
+    fast: bool = False,
+    progress: bool = True,
+    organ_prompts: str | os.PathLike[str] | bool = False,
+    design_prompts: str = "prior",
+    prior: Any = None,
+) -> Any:
     """The predictor of a segment call.
 
     Args:
@@ -132,15 +150,28 @@ def build_predictor(design: str = DEFAULT_DESIGN, checkpoint: str | os.PathLike[
         from organsam.model.checkpoint import load_checkpoint
 
         if organ_prompts:
-            raise ValueError("--organ-prompts adds tokens to the shipped pipeline's boxes; a design checkpoint "
-                             "brings its own prompts (for organ_prompts checkpoints use the design itself)")
+            raise ValueError(
+                "--organ-prompts adds tokens to the shipped pipeline's boxes; a design checkpoint "
+                "brings its own prompts (for organ_prompts checkpoints use the design itself)"
+            )
         assert checkpoint is not None
         model = load_checkpoint(checkpoint, design=None if design == DEFAULT_DESIGN else design)
-        logger.info("segmenting with the trained %s design from %s (prompts: %s)",
-                    type(model).__name__, checkpoint, design_prompts)
-        return design_predictor(model, prompts=design_prompts, prior=prior, device=device, progress=progress,
-                               precision=precision)
+        logger.info(
+            "segmenting with the trained %s design from %s (prompts: %s)",
+            type(model).__name__,
+            checkpoint,
+            design_prompts,
+        )
+        return design_predictor(
+            model, prompts=design_prompts, prior=prior, device=device, progress=progress, precision=precision
+        )
     from organsam.model.sam_core import build_lite_medsam
 
-    return VolumePredictor(build_lite_medsam(checkpoint) if checkpoint else None, prior=prior, device=device,
-                           progress=progress, precision=precision, organ_prompts=organ_prompts)
+    return VolumePredictor(
+        build_lite_medsam(checkpoint) if checkpoint else None,
+        prior=prior,
+        device=device,
+        progress=progress,
+        precision=precision,
+        organ_prompts=organ_prompts,
+    )

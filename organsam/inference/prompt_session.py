@@ -49,8 +49,9 @@ class PromptSession:
             raise ValueError(f"box must be (x0, y0, x1, y1) with x1 > x0 and y1 > y0, got {box}")
         self._organ(state, organ).boxes[z] = (x0, y0, x1, y1)
 
-    def add_points(self, state: InferenceState, organ: str, slice_index: int, points: np.ndarray,
-                   labels: np.ndarray) -> None:
+    def add_points(
+        self, state: InferenceState, organ: str, slice_index: int, points: np.ndarray, labels: np.ndarray
+    ) -> None:
         """Point prompts on one slice: ``points`` (N, 2) xy pixels, ``labels`` (N,) 1 = inside, 0 = outside."""
         z = self._check_slice(state, slice_index)
         pts = np.asarray(points, dtype=np.float32).reshape(-1, 2)

@@ -81,9 +81,13 @@ class SegmentationResult:
             try:
                 ordered = {k: self.masks[k] for k in self.label_table.values() if self.masks[k].any()}
                 written["dicom_seg"] = write_dicom_seg(
-                    ordered, self.volume, folder / "segmentation.dcm",
+                    ordered,
+                    self.volume,
+                    folder / "segmentation.dcm",
                     organ_names={k: vocab[k].name for k in ordered},
-                    organ_colors={k: organ_color(k) for k in ordered}, software_version=__version__)
+                    organ_colors={k: organ_color(k) for k in ordered},
+                    software_version=__version__,
+                )
             except Exception as e:  # DICOM-SEG is a bonus next to the NIfTI outputs
                 logger.warning("DICOM-SEG not written: %s", e)
         if overview:
@@ -91,9 +95,13 @@ class SegmentationResult:
             from organsam.preprocessing.intensity import to_uint8_display
 
             written["overview"] = render_overview(
-                to_uint8_display(self.volume), self.labelmap,
+                to_uint8_display(self.volume),
+                self.labelmap,
                 table,
-                tuple(self.volume.spacing), folder / "overview.png", ijk_axis=self.volume.ijk_axis)
+                tuple(self.volume.spacing),
+                folder / "overview.png",
+                ijk_axis=self.volume.ijk_axis,
+            )
         (folder / "report.json").write_text(json.dumps(self.report, indent=2))
         written["report"] = folder / "report.json"
         return written
@@ -111,5 +119,4 @@ class SegmentationResult:
         Returns:
             name -> written path.
         """
-        return write_output_folder(outdir, lambda folder: self.write_files(folder, overview),
-                                   input_paths(self.volume))
+        return write_output_folder(outdir, lambda folder: self.write_files(folder, overview), input_paths(self.volume))

@@ -20,13 +20,25 @@ from organsam.io import Volume, load_volume
 __all__ = ["SegmentationResult", "segment", "DEFAULT_DESIGN"]
 
 
-def segment(input: str | os.PathLike[str] | Volume, organs: str | list[str] | OrganRequest | None = None, *,
-            all_organs: bool = False, output: str | os.PathLike[str] | None = None,
-            design: str = DEFAULT_DESIGN, checkpoint: str | None = None, device: str = "auto",
-            fast: bool = False, quiet: bool = False, modality: str | None = None,
-            predictor: Any = None, min_slice_mm: float = DEFAULT_MIN_SLICE_MM,
-            organ_prompts: str | os.PathLike[str] | bool = False, design_prompts: str = "prior",
-            options: SegmentOptions | None = None, series_uid: str | None = None) -> SegmentationResult:
+def segment(
+    input: str | os.PathLike[str] | Volume,
+    organs: str | list[str] | OrganRequest | None = None,
+    *,
+    all_organs: bool = False,
+    output: str | os.PathLike[str] | None = None,
+    design: str = DEFAULT_DESIGN,
+    checkpoint: str | None = None,
+    device: str = "auto",
+    fast: bool = False,
+    quiet: bool = False,
+    modality: str | None = None,
+    predictor: Any = None,
+    min_slice_mm: float = DEFAULT_MIN_SLICE_MM,
+    organ_prompts: str | os.PathLike[str] | bool = False,
+    design_prompts: str = "prior",
+    options: SegmentOptions | None = None,
+    series_uid: str | None = None,
+) -> SegmentationResult:
     """Segment organs in a CT/MR volume from a text prompt.
 
     Args:
@@ -68,9 +80,16 @@ def segment(input: str | os.PathLike[str] | Volume, organs: str | list[str] | Or
     """
     t0 = time.perf_counter()
     if options is None:
-        options = SegmentOptions(design=design, checkpoint=checkpoint, device=device, fast=fast, modality=modality,
-                                 min_slice_mm=min_slice_mm, organ_prompts=organ_prompts,
-                                 design_prompts=design_prompts)
+        options = SegmentOptions(
+            design=design,
+            checkpoint=checkpoint,
+            device=device,
+            fast=fast,
+            modality=modality,
+            min_slice_mm=min_slice_mm,
+            organ_prompts=organ_prompts,
+            design_prompts=design_prompts,
+        )
     request = resolve_organs(organs, all_organs)
     if predictor is None:
         options.check()  # before reading the volume: a wrong name, path or device fails at once

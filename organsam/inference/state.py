@@ -11,8 +11,17 @@ import torch
 from organsam.io import Volume
 from organsam.preprocessing.slices import SliceGeometry
 
-__all__ = ["Box", "Candidate", "DecodeJob", "FittedPrior", "InferenceState", "LocationPrior", "OrganPrompt",
-           "OrganResult", "Points"]
+__all__ = [
+    "Box",
+    "Candidate",
+    "DecodeJob",
+    "FittedPrior",
+    "InferenceState",
+    "LocationPrior",
+    "OrganPrompt",
+    "OrganResult",
+    "Points",
+]
 
 #: (x0, y0, x1, y1) in a slice's pixels (x = column of the canonical slice)
 Box = tuple[float, float, float, float]

@@ -51,8 +51,9 @@ def _as_box(mask2d: np.ndarray, margin_px: int) -> Box | None:
     return None if b is None else tuple(float(v) for v in b)  # type: ignore[return-value]
 
 
-def widen_cut_boxes(state: InferenceState, jobs: list[DecodeJob], decoded: list[Candidate], decode: Decoder,
-                    margin_px: int) -> list[Candidate]:
+def widen_cut_boxes(
+    state: InferenceState, jobs: list[DecodeJob], decoded: list[Candidate], decode: Decoder, margin_px: int
+) -> list[Candidate]:
     """Decode again the prior boxes that cut their organ, each widened on the sides its mask touches.
 
     Where a prior-box mask touches a side of its box, that side is moved out by ``margin_px`` and the slice is
@@ -79,8 +80,12 @@ def widen_cut_boxes(state: InferenceState, jobs: list[DecodeJob], decoded: list[
         grow = (xs.min() <= x0 + 1, ys.min() <= y0 + 1, xs.max() >= x1 - 1, ys.max() >= y1 - 1)
         if not any(grow):
             continue
-        wide = (max(0.0, x0 - margin_px * grow[0]), max(0.0, y0 - margin_px * grow[1]),
-                min(W - 1.0, x1 + margin_px * grow[2]), min(H - 1.0, y1 + margin_px * grow[3]))
+        wide = (
+            max(0.0, x0 - margin_px * grow[0]),
+            max(0.0, y0 - margin_px * grow[1]),
+            min(W - 1.0, x1 + margin_px * grow[2]),
+            min(H - 1.0, y1 + margin_px * grow[3]),
+        )
         if wide != box:
             again.append((j, DecodeJob(z, oid, wide, None)))
     if not again:
@@ -118,8 +123,9 @@ class TrackRefiner:
     rebox_below: float = 0.85
     decodes: int = 0
 
-    def refine(self, state: InferenceState, planned: dict[str, dict[int, Box | None]], decode: Decoder,
-               margin_px: int) -> dict[str, OrganResult]:
+    def refine(
+        self, state: InferenceState, planned: dict[str, dict[int, Box | None]], decode: Decoder, margin_px: int
+    ) -> dict[str, OrganResult]:
         """The refined results of the prior-placed organs (``state`` is read, not changed).
 
         Args:
@@ -133,11 +139,14 @@ class TrackRefiner:
         """
         Z = state.num_slices
         results = {oid: state.results[oid].copy() for oid in planned}
-        seeds = {oid: max(results[oid].slice_scores, key=results[oid].slice_scores.__getitem__)
-                 for oid in planned if results[oid].slice_scores}
+        seeds = {
+            oid: max(results[oid].slice_scores, key=results[oid].slice_scores.__getitem__)
+            for oid in planned
+            if results[oid].slice_scores
+        }
         for direction in (1, -1):
             active = set(seeds)
-            for z in (range(Z) if direction == 1 else range(Z - 1, -1, -1)):
+            for z in range(Z) if direction == 1 else range(Z - 1, -1, -1):
                 todo = []
                 for oid in sorted(active):
                     if (z - seeds[oid]) * direction <= 0:
@@ -156,8 +165,9 @@ class TrackRefiner:
         logger.debug("track refinement: %d decodes", self.decodes)
         return results
 
-    def _agrees(self, res: OrganResult, planned: dict[str, dict[int, Box | None]], oid: str, z: int, box: Box,
-                margin_px: int) -> bool:
+    def _agrees(
+        self, res: OrganResult, planned: dict[str, dict[int, Box | None]], oid: str, z: int, box: Box, margin_px: int
+    ) -> bool:
         prior_box = planned[oid].get(z)
         if z not in res.slice_scores or prior_box is None:
             return False
@@ -166,9 +176,17 @@ class TrackRefiner:
         own = _as_box(res.mask[z], margin_px)
         return own is not None and box_iou(box, own) >= self.rebox_below
 
-    def _slice(self, state: InferenceState, results: dict[str, OrganResult], z: int, direction: int,
-               todo: list[tuple[str, Box]], planned: dict[str, dict[int, Box | None]], decode: Decoder,
-               margin_px: int) -> list[str]:
+    def _slice(
+        self,
+        state: InferenceState,
+        results: dict[str, OrganResult],
+        z: int,
+        direction: int,
+        todo: list[tuple[str, Box]],
+        planned: dict[str, dict[int, Box | None]],
+        decode: Decoder,
+        margin_px: int,
+    ) -> list[str]:
         """Refine one slice for several organs in ``results``; returns the organs whose track ends here."""
         # a track box close to the box the accepted prior-pass mask came from, or to that mask's own box,
         # would decode (nearly) the same mask: not decoded
@@ -186,8 +204,13 @@ class TrackRefiner:
             prev_area = int(res.mask[z - direction].sum())
             need = self.iou_threshold if prior_box is not None else self.extend_iou
             mask, iou = decoded.get(oid, (None, 0.0))
-            if (mask is not None and mask.any() and iou >= need and mask.sum() < self.max_growth * prev_area
-                    and (prior_box is None or _centred_in(mask, prior_box))):
+            if (
+                mask is not None
+                and mask.any()
+                and iou >= need
+                and mask.sum() < self.max_growth * prev_area
+                and (prior_box is None or _centred_in(mask, prior_box))
+            ):
                 cands.append((iou, mask, box))
             if not cands:
                 if res.mask[z].any():

@@ -26,6 +26,8 @@ def verify_mask(organ_id: str, mask: np.ndarray, voxel_ml: float) -> str | None:
     if organ.max_volume_ml is not None and mask.any():
         volume = float(mask.sum()) * voxel_ml
         if volume > organ.max_volume_ml:
-            return (f"rejected by verification: the mask is {volume:.0f} mL, more than the {organ.max_volume_ml:g} mL "
-                    f"a {organ.name} can have (organs.json); it is a neighbouring structure, so it is not drawn")
+            return (
+                f"rejected by verification: the mask is {volume:.0f} mL, more than the {organ.max_volume_ml:g} mL "
+                f"a {organ.name} can have (organs.json); it is a neighbouring structure, so it is not drawn"
+            )
     return None

@@ -101,13 +101,28 @@ class VolumePredictor(PromptSession):
             must then be left at their defaults).
     """
 
-    def __init__(self, core: SamCore | None = None, *, prior: LocationPrior | str | None = "atlas",
-                 device: str | torch.device = "cpu", batch_size: int | None = None, iou_threshold: float = 0.5,
-                 box_margin_mm: float = 8.0, track_margin_px: int = 3, progress: bool = True,
-                 precision: str | None = None, fast_encoder: bool = True, quantize: bool = False,
-                 track_refine: bool = True, decoder_precision: str | None = None, joint_assignment: bool = True,
-                 organ_prompts: OrganPromptTable | str | bool | None = False,
-                 decoder: SliceDecoder | None = None, anchor_refit: bool = True, trim_ends: bool = True) -> None:
+    def __init__(
+        self,
+        core: SamCore | None = None,
+        *,
+        prior: LocationPrior | str | None = "atlas",
+        device: str | torch.device = "cpu",
+        batch_size: int | None = None,
+        iou_threshold: float = 0.5,
+        box_margin_mm: float = 8.0,
+        track_margin_px: int = 3,
+        progress: bool = True,
+        precision: str | None = None,
+        fast_encoder: bool = True,
+        quantize: bool = False,
+        track_refine: bool = True,
+        decoder_precision: str | None = None,
+        joint_assignment: bool = True,
+        organ_prompts: OrganPromptTable | str | bool | None = False,
+        decoder: SliceDecoder | None = None,
+        anchor_refit: bool = True,
+        trim_ends: bool = True,
+    ) -> None:
         self.device = torch.device(device)
         self.batch_size = int(batch_size if batch_size is not None else self.default_batch_size(self.device))
         if self.batch_size < 1:
@@ -119,9 +134,16 @@ class VolumePredictor(PromptSession):
                 organ_prompts = load_prompt_table()
             elif isinstance(organ_prompts, (str, os.PathLike)):
                 organ_prompts = load_prompt_table(organ_prompts)
-            decoder = SamCoreDecoder(core if core is not None else build_lite_medsam(), self.device, precision,
-                                     decoder_precision, fast_encoder, quantize, organ_prompts or None,
-                                     self.batch_size)
+            decoder = SamCoreDecoder(
+                core if core is not None else build_lite_medsam(),
+                self.device,
+                precision,
+                decoder_precision,
+                fast_encoder,
+                quantize,
+                organ_prompts or None,
+                self.batch_size,
+            )
         elif core is not None or organ_prompts or precision is not None or decoder_precision is not None:
             raise TypeError("give either a decoder or the core's settings (core, precision, organ_prompts), not both")
         self.decoder: SliceDecoder = decoder
@@ -164,8 +186,9 @@ class VolumePredictor(PromptSession):
         """Prepare a volume: intensities for the model and the slice geometry (no model work yet)."""
         if volume.array.ndim != 3 or min(volume.array.shape) < 1:
             raise ValueError(f"{volume.path or 'volume'}: expected a 3D (Z, Y, X) volume, got {volume.array.shape}")
-        return InferenceState(volume=volume, intensities=model_intensities(volume),
-                              geometry=geometry_for(volume.array.shape[1:]))
+        return InferenceState(
+            volume=volume, intensities=model_intensities(volume), geometry=geometry_for(volume.array.shape[1:])
+        )
 
     # ------------------------------------------------------------------ prior
     def fit_prior(self, state: InferenceState) -> FittedPrior | None:
@@ -181,8 +204,10 @@ class VolumePredictor(PromptSession):
         ``None`` on a slice: look for the organ there without a box)."""
         fitted = self.fit_prior(state)
         if fitted is None:
-            raise ValueError(f"organ {organ_id!r} has only a text prompt and no location prior is configured: "
-                             f"give a box (add_box) or use the atlas prior")
+            raise ValueError(
+                f"organ {organ_id!r} has only a text prompt and no location prior is configured: "
+                f"give a box (add_box) or use the atlas prior"
+            )
         if not fitted.present(organ_id):
             known = self.locatable_organs()
             if known is not None and organ_id not in known:
@@ -191,8 +216,10 @@ class VolumePredictor(PromptSession):
                 logger.info("%s: the location prior places it outside this scan", organ_id)
             return {}
         margin = self.margin_px(state)
-        return {int(z): None if b is None else tuple(float(v) for v in b)  # type: ignore[misc]
-                for z, b in fitted.boxes(organ_id, margin_px=margin).items()}
+        return {
+            int(z): None if b is None else tuple(float(v) for v in b)  # type: ignore[misc]
+            for z, b in fitted.boxes(organ_id, margin_px=margin).items()
+        }
 
     def _hidden_anchors(self, state: InferenceState, planned: dict[str, dict[int, Box | None]]) -> list[str]:
         """Anchor organs to segment without being asked, for joint assignment (those next to an organ asked for)."""
@@ -233,8 +260,7 @@ class VolumePredictor(PromptSession):
         return self.decoder.decode(state, [DecodeJob(*job) for job in jobs])
 
     # ------------------------------------------------------------------ propagation
-    def propagate(self, state: InferenceState, reverse: bool = False
-                  ) -> Iterator[tuple[int, list[str], np.ndarray]]:
+    def propagate(self, state: InferenceState, reverse: bool = False) -> Iterator[tuple[int, list[str], np.ndarray]]:
         """Segment every prompted organ through the volume.
 
         Organs with a text prompt are placed by the location prior (a box per slice where the prior
@@ -283,8 +309,9 @@ class VolumePredictor(PromptSession):
         offset = search_offset(state, boxes, lambda s, jobs: decodes.append(len(jobs)) or self.decode(s, jobs))
         move_prior(state, (0.0, *(offset or (0.0, 0.0))), "anchor search", decodes=sum(decodes))
 
-    def _plan(self, state: InferenceState, tracked_too: bool
-              ) -> tuple[dict[str, dict[int, Box | None]], list[str], list[str]]:
+    def _plan(
+        self, state: InferenceState, tracked_too: bool
+    ) -> tuple[dict[str, dict[int, Box | None]], list[str], list[str]]:
         """Fresh results and the slices to decode: prior boxes of the text-prompted organs (user boxes override
         them), the organs prompted only by boxes or points (with ``tracked_too``), and the hidden anchors added
         to the prompts for joint assignment."""
@@ -306,8 +333,9 @@ class VolumePredictor(PromptSession):
             planned[oid] = self.prior_boxes(state, oid)
         return planned, tracked, hidden
 
-    def _segment(self, state: InferenceState, planned: dict[str, dict[int, Box | None]], tracked: list[str],
-                 order: range) -> None:
+    def _segment(
+        self, state: InferenceState, planned: dict[str, dict[int, Box | None]], tracked: list[str], order: range
+    ) -> None:
         """The prior pass (and tracking of box/point-prompted organs), then track refinement and joint
         assignment; fills ``state.results``."""
         Z = state.volume.array.shape[0]
@@ -316,7 +344,7 @@ class VolumePredictor(PromptSession):
             needed |= set(state.prompts[oid].boxes) | set(state.prompts[oid].points)
         bar = tqdm(total=Z, desc="segmenting", unit="slice", disable=not self.progress, leave=False)
         done: dict[str, set[int]] = {oid: set() for oid in tracked}
-        for direction in ((order,) if not tracked else (order, order[::-1])):
+        for direction in (order,) if not tracked else (order, order[::-1]):
             for z in direction:
                 jobs: list[DecodeJob] = []
                 for oid, boxes in planned.items():
@@ -357,8 +385,9 @@ class VolumePredictor(PromptSession):
             state.results.update(refiner.refine(state, planned, self.decode, self.margin_px(state)))
             self.refine_decodes += refiner.decodes
         if self.joint_assignment and planned:
-            results, state.reassignments = assign_against_anchors(state, state.results, planned, self.decode,
-                                                                  self.iou_threshold)
+            results, state.reassignments = assign_against_anchors(
+                state, state.results, planned, self.decode, self.iou_threshold
+            )
             state.results.update(results)
 
     def _prefetch(self, state: InferenceState, z: int, direction: range, needed: set[int]) -> None:

@@ -42,8 +42,7 @@ def is_dicom_file(path: Path) -> bool:
 
 def _candidate_files(folder: Path) -> list[Path]:
     return sorted(
-        f for f in folder.iterdir()
-        if f.is_file() and not f.name.startswith(".") and f.name.upper() != "DICOMDIR"
+        f for f in folder.iterdir() if f.is_file() and not f.name.startswith(".") and f.name.upper() != "DICOMDIR"
     )
 
 
@@ -80,8 +79,7 @@ class DicomReader(VolumeReader):
             return path.suffix.lower() in self.suffixes or is_dicom_file(path)
         return False
 
-    def read(self, path: Path, *, labels: bool = False, series_uid: str | None = None,
-             **options: Any) -> RawImage:
+    def read(self, path: Path, *, labels: bool = False, series_uid: str | None = None, **options: Any) -> RawImage:
         """Read a DICOM series.
 
         Args:
@@ -100,8 +98,9 @@ class DicomReader(VolumeReader):
             try:
                 ds0 = pydicom.dcmread(path, stop_before_pixels=True)
             except Exception as exc:
-                raise VolumeReadError(path, f"is not a readable DICOM file ({exc}).",
-                                      "check the file or give the series folder.") from exc
+                raise VolumeReadError(
+                    path, f"is not a readable DICOM file ({exc}).", "check the file or give the series folder."
+                ) from exc
             if series_uid is None:
                 series_uid = str(ds0.get("SeriesInstanceUID", "") or "")
 
@@ -122,31 +121,45 @@ class DicomReader(VolumeReader):
                 continue
             headers.append((f, ds))
         if skipped:  # SEG, SR, presentation states beside the images: expected
-            logger.info("%s: skipped %d non-image file(s): %s", folder, len(skipped),
-                        ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
+            logger.info(
+                "%s: skipped %d non-image file(s): %s",
+                folder,
+                len(skipped),
+                ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else ""),
+            )
         if unreadable:  # a slice may be missing from the volume: say so
-            logger.warning("%s: %d file(s) could not be read as DICOM and were left out: %s", folder,
-                           len(unreadable), ", ".join(unreadable[:5]) + (" ..." if len(unreadable) > 5 else ""))
+            logger.warning(
+                "%s: %d file(s) could not be read as DICOM and were left out: %s",
+                folder,
+                len(unreadable),
+                ", ".join(unreadable[:5]) + (" ..." if len(unreadable) > 5 else ""),
+            )
         if not headers:
-            raise VolumeReadError(folder, "contains no readable DICOM image files.",
-                                  "give the folder that holds the CT/MR slices of one series.")
+            raise VolumeReadError(
+                folder,
+                "contains no readable DICOM image files.",
+                "give the folder that holds the CT/MR slices of one series.",
+            )
 
         groups: dict[str, list[tuple[Path, Any]]] = defaultdict(list)
         for f, ds in headers:
             groups[str(ds.get("SeriesInstanceUID", "") or "")].append((f, ds))
         if series_uid is not None:
             if series_uid not in groups:
-                raise VolumeReadError(folder, f"holds no series with SeriesInstanceUID {series_uid!r}.",
-                                      f"pick one of: {', '.join(repr(u) for u in groups)}.")
+                raise VolumeReadError(
+                    folder,
+                    f"holds no series with SeriesInstanceUID {series_uid!r}.",
+                    f"pick one of: {', '.join(repr(u) for u in groups)}.",
+                )
             chosen = groups[series_uid]
         elif len(groups) > 1:
             listing = "; ".join(
-                f"{uid or '(empty UID)'}: {len(items)} file(s), "
-                f"'{items[0][1].get('SeriesDescription', '') or ''}'"
+                f"{uid or '(empty UID)'}: {len(items)} file(s), '{items[0][1].get('SeriesDescription', '') or ''}'"
                 for uid, items in groups.items()
             )
             raise VolumeReadError(
-                folder, f"holds {len(groups)} DICOM series ({listing}); organsam reads one series at a time.",
+                folder,
+                f"holds {len(groups)} DICOM series ({listing}); organsam reads one series at a time.",
                 "pick one with --series-uid UID (organsam segment) or series_uid=... (load_volume), or move each "
                 "series into its own folder.",
             )
@@ -156,8 +169,9 @@ class DicomReader(VolumeReader):
         sorted_items, affine, extra = self._geometry(folder, chosen)
         array, datasets = self._pixels(folder, sorted_items, labels=labels)
         modality = str(datasets[0].get("Modality", "") or "").upper() or None
-        extra.update({"series_uid": series_uid, "series_description": str(
-            datasets[0].get("SeriesDescription", "") or "")})
+        extra.update(
+            {"series_uid": series_uid, "series_description": str(datasets[0].get("SeriesDescription", "") or "")}
+        )
         return RawImage(
             array=array,
             affine=affine,
@@ -169,41 +183,59 @@ class DicomReader(VolumeReader):
         )
 
     @staticmethod
-    def _geometry(folder: Path, items: list[tuple[Path, Any]]
-                  ) -> tuple[list[tuple[Path, Any]], np.ndarray, dict[str, Any]]:
+    def _geometry(
+        folder: Path, items: list[tuple[Path, Any]]
+    ) -> tuple[list[tuple[Path, Any]], np.ndarray, dict[str, Any]]:
         """Sort slices along the normal and build the RAS affine of the (slice, row, column) array."""
         if any(int(ds.get("NumberOfFrames", 1) or 1) > 1 for _, ds in items):
-            raise VolumeReadError(folder, "holds multi-frame (enhanced) DICOM, which organsam does not read.",
-                                  _CONVERT_HINT.removeprefix("or ") + ".")
+            raise VolumeReadError(
+                folder,
+                "holds multi-frame (enhanced) DICOM, which organsam does not read.",
+                _CONVERT_HINT.removeprefix("or ") + ".",
+            )
         first = items[0][1]
         iop = _floats(first, "ImageOrientationPatient", 6)
         spacing = _floats(first, "PixelSpacing", 2)
         if iop is None or spacing is None:
             missing = "ImageOrientationPatient" if iop is None else "PixelSpacing"
             raise VolumeReadError(
-                folder, f"the DICOM images lack {missing}, so they are not a cross-sectional CT/MR series "
-                "(e.g. a scout, screenshot or secondary capture).", "give the folder of the axial CT/MR series.")
+                folder,
+                f"the DICOM images lack {missing}, so they are not a cross-sectional CT/MR series "
+                "(e.g. a scout, screenshot or secondary capture).",
+                "give the folder of the axial CT/MR series.",
+            )
         row_dir, col_dir = iop[:3], iop[3:]
         normal = np.cross(row_dir, col_dir)
         if not np.isclose(np.linalg.norm(normal), 1.0, atol=1e-3):
-            raise VolumeReadError(folder, f"has an invalid ImageOrientationPatient {iop.tolist()}.",
-                                  "the headers are damaged; re-export the series.")
+            raise VolumeReadError(
+                folder,
+                f"has an invalid ImageOrientationPatient {iop.tolist()}.",
+                "the headers are damaged; re-export the series.",
+            )
         rows, cols = int(first.Rows), int(first.Columns)
         positions = []
         for f, ds in items:
             ipp = _floats(ds, "ImagePositionPatient", 3)
             if ipp is None:
-                raise VolumeReadError(f, "lacks ImagePositionPatient, so the slice cannot be placed.",
-                                      "give a complete CT/MR series " + _CONVERT_HINT + ".")
+                raise VolumeReadError(
+                    f,
+                    "lacks ImagePositionPatient, so the slice cannot be placed.",
+                    "give a complete CT/MR series " + _CONVERT_HINT + ".",
+                )
             other = _floats(ds, "ImageOrientationPatient", 6)
             if other is None or not np.allclose(other, iop, atol=1e-4):
                 raise VolumeReadError(
-                    folder, f"mixes slice orientations ({f.name} has {None if other is None else other.tolist()}, "
+                    folder,
+                    f"mixes slice orientations ({f.name} has {None if other is None else other.tolist()}, "
                     f"{items[0][0].name} has {iop.tolist()}).",
-                    "keep only the slices of one stack in the folder (e.g. remove localizer images).")
+                    "keep only the slices of one stack in the folder (e.g. remove localizer images).",
+                )
             if int(ds.Rows) != rows or int(ds.Columns) != cols:
-                raise VolumeReadError(folder, f"mixes image sizes ({f.name} is {ds.Rows}x{ds.Columns}, "
-                                      f"others {rows}x{cols}).", "keep only one series in the folder.")
+                raise VolumeReadError(
+                    folder,
+                    f"mixes image sizes ({f.name} is {ds.Rows}x{ds.Columns}, others {rows}x{cols}).",
+                    "keep only one series in the folder.",
+                )
             positions.append(ipp)
         pos = np.array(positions)
         dist = pos @ normal
@@ -216,14 +248,22 @@ class DicomReader(VolumeReader):
             if np.any(gaps < 1e-3):
                 dup = int(np.sum(gaps < 1e-3))
                 raise VolumeReadError(
-                    folder, f"has {dup} slice(s) at the same position as another: the series holds several "
+                    folder,
+                    f"has {dup} slice(s) at the same position as another: the series holds several "
                     "acquisitions (e.g. phases, echoes or repeated scans).",
-                    "split the series into one folder per acquisition " + _CONVERT_HINT + ".")
+                    "split the series into one folder per acquisition " + _CONVERT_HINT + ".",
+                )
             step = (pos[-1] - pos[0]) / (n - 1)
             if gaps.max() - gaps.min() > 0.01 * max(float(np.median(gaps)), 1e-6) + 1e-3:
-                logger.warning("%s: slice spacing is not uniform (%.3f..%.3f mm, %d slices); using the mean "
-                               "%.3f mm: missing slices would distort the geometry", folder, gaps.min(),
-                               gaps.max(), n, float(np.linalg.norm(step)))
+                logger.warning(
+                    "%s: slice spacing is not uniform (%.3f..%.3f mm, %d slices); using the mean "
+                    "%.3f mm: missing slices would distort the geometry",
+                    folder,
+                    gaps.min(),
+                    gaps.max(),
+                    n,
+                    float(np.linalg.norm(step)),
+                )
         else:
             thick = first.get("SpacingBetweenSlices") or first.get("SliceThickness") or 1.0
             step = normal * float(thick)
@@ -252,12 +292,18 @@ class DicomReader(VolumeReader):
                 ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "?")
                 name = getattr(ts, "name", ts)
                 raise VolumeReadError(
-                    f, f"pixel data cannot be decoded (transfer syntax {name}: {exc}).",
+                    f,
+                    f"pixel data cannot be decoded (transfer syntax {name}: {exc}).",
                     "install a decoder (`pip install pylibjpeg pylibjpeg-openjpeg pylibjpeg-libjpeg`) "
-                    + _CONVERT_HINT + ".") from exc
+                    + _CONVERT_HINT
+                    + ".",
+                ) from exc
             if pix.ndim != 2:
-                raise VolumeReadError(f, f"is not a single grayscale slice (pixel array shape {pix.shape}).",
-                                      "give a CT/MR series " + _CONVERT_HINT + ".")
+                raise VolumeReadError(
+                    f,
+                    f"is not a single grayscale slice (pixel array shape {pix.shape}).",
+                    "give a CT/MR series " + _CONVERT_HINT + ".",
+                )
             slope = float(ds.get("RescaleSlope", 1) or 1)
             inter = float(ds.get("RescaleIntercept", 0) or 0)
             values = pix.astype(np.float64) * slope + inter

@@ -65,14 +65,16 @@ def _source_datasets(like: Volume) -> list[Any]:
 
     datasets = like.meta.dicom_datasets
     if not datasets:
-        raise VolumeWriteError(None, f"DICOM-SEG needs DICOM input, but {like.path} was read as "
-                               f"{like.meta.file_format}.", "write NIfTI instead (e.g. labels.nii.gz).")
+        raise VolumeWriteError(
+            None,
+            f"DICOM-SEG needs DICOM input, but {like.path} was read as {like.meta.file_format}.",
+            "write NIfTI instead (e.g. labels.nii.gz).",
+        )
     out = []
     filled: set[str] = set()
     seed = str(datasets[0].get("FrameOfReferenceUID", "") or like.path)
     study_uid = str(datasets[0].get("StudyInstanceUID", "") or "") or generate_uid(entropy_srcs=["study", seed])
-    series_uid = str(datasets[0].get("SeriesInstanceUID", "") or "") or generate_uid(
-        entropy_srcs=["series", seed])
+    series_uid = str(datasets[0].get("SeriesInstanceUID", "") or "") or generate_uid(entropy_srcs=["series", seed])
     for ds in datasets:
         d = copy.deepcopy(ds)
         meta = getattr(d, "file_meta", None)
@@ -84,18 +86,32 @@ def _source_datasets(like: Volume) -> list[Any]:
         ):
             if not str(d.get(keyword, "") or ""):
                 if not fallback:
-                    raise VolumeWriteError(None, f"the DICOM input {like.path} lacks {keyword}.",
-                                           "write NIfTI output instead.")
+                    raise VolumeWriteError(
+                        None, f"the DICOM input {like.path} lacks {keyword}.", "write NIfTI output instead."
+                    )
                 setattr(d, keyword, fallback)
                 filled.add(keyword)
-        for keyword in ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "StudyID",
-                        "AccessionNumber", "ReferringPhysicianName", "StudyDate", "StudyTime"):
+        for keyword in (
+            "PatientID",
+            "PatientName",
+            "PatientBirthDate",
+            "PatientSex",
+            "StudyID",
+            "AccessionNumber",
+            "ReferringPhysicianName",
+            "StudyDate",
+            "StudyTime",
+        ):
             if keyword not in d:
                 setattr(d, keyword, "")
         out.append(d)
     if filled:
-        logger.warning("%s: the DICOM headers lack %s (anonymised?); the SEG references the files' media-storage "
-                       "UIDs and derived study/series UIDs", like.path, ", ".join(sorted(filled)))
+        logger.warning(
+            "%s: the DICOM headers lack %s (anonymised?); the SEG references the files' media-storage "
+            "UIDs and derived study/series UIDs",
+            like.path,
+            ", ".join(sorted(filled)),
+        )
     return out
 
 
@@ -140,29 +156,38 @@ def write_dicom_seg(
     for organ_id, mask in masks.items():
         m = np.asarray(mask)
         if tuple(m.shape) != like.shape:
-            raise VolumeWriteError(out, f"mask {organ_id!r} has shape {m.shape}, the image {like.shape}.",
-                                   "pass masks on the image's canonical grid.")
+            raise VolumeWriteError(
+                out,
+                f"mask {organ_id!r} has shape {m.shape}, the image {like.shape}.",
+                "pass masks on the image's canonical grid.",
+            )
         m = m != 0 if m.dtype != bool else m
         if not m.any():
             logger.info("%s: mask %r is empty; left out of the SEG", out, organ_id)
             continue
         number = len(descriptions) + 1
-        descriptions.append(hd.seg.SegmentDescription(
-            segment_number=number,
-            segment_label=names.get(organ_id, organ_id.replace("_", " "))[:64],
-            segmented_property_category=codes.SCT.AnatomicalStructure,
-            segmented_property_type=organ_code(organ_id),
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-            algorithm_identification=hd.AlgorithmIdentificationSequence(
-                name="organsam", version=software_version, family=codes.cid7162.ArtificialIntelligence),
-            tracking_id=organ_id,
-            tracking_uid=generate_uid(),
-            display_color=(hd.color.CIELabColor.from_rgb(*colors[organ_id]) if organ_id in colors else None),
-        ))
+        descriptions.append(
+            hd.seg.SegmentDescription(
+                segment_number=number,
+                segment_label=names.get(organ_id, organ_id.replace("_", " "))[:64],
+                segmented_property_category=codes.SCT.AnatomicalStructure,
+                segmented_property_type=organ_code(organ_id),
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+                algorithm_identification=hd.AlgorithmIdentificationSequence(
+                    name="organsam", version=software_version, family=codes.cid7162.ArtificialIntelligence
+                ),
+                tracking_id=organ_id,
+                tracking_uid=generate_uid(),
+                display_color=(hd.color.CIELabColor.from_rgb(*colors[organ_id]) if organ_id in colors else None),
+            )
+        )
         planes.append(np.ascontiguousarray(like.to_file_layout(m)))  # (slices, rows, columns)
     if not descriptions:
-        raise VolumeWriteError(out, "all masks are empty; there is nothing to write to a DICOM SEG.",
-                               "check the prompt/organ list; empty results are not written as SEG.")
+        raise VolumeWriteError(
+            out,
+            "all masks are empty; there is nothing to write to a DICOM SEG.",
+            "check the prompt/organ list; empty results are not written as SEG.",
+        )
     pixel_array = np.stack(planes, axis=-1).astype(bool)  # (frames, rows, columns, segments)
     seg = hd.seg.Segmentation(
         source_images=sources,
@@ -216,23 +241,28 @@ class DicomSegReader(VolumeReader):
             overlap) with the RAS affine of the SEG's frames.
         """
         if not labels:
-            raise VolumeReadError(path, "is a DICOM SEG (a segmentation), not an image.",
-                                  "give the CT/MR series folder the SEG refers to; read the SEG with load_labels.")
+            raise VolumeReadError(
+                path,
+                "is a DICOM SEG (a segmentation), not an image.",
+                "give the CT/MR series folder the SEG refers to; read the SEG with load_labels.",
+            )
         import highdicom as hd
 
         try:
             seg = hd.seg.segread(str(path))
             vol = seg.get_volume(combine_segments=True, skip_overlap_checks=True)
         except Exception as exc:
-            raise VolumeReadError(path, f"cannot be read as a DICOM SEG volume ({type(exc).__name__}: {exc}).",
-                                  "check that the SEG holds parallel, evenly spaced frames; re-export it.") from exc
+            raise VolumeReadError(
+                path,
+                f"cannot be read as a DICOM SEG volume ({type(exc).__name__}: {exc}).",
+                "check that the SEG holds parallel, evenly spaced frames; re-export it.",
+            ) from exc
         return RawImage(
             array=np.asarray(vol.array),
             affine=LPS_TO_RAS @ np.asarray(vol.affine, dtype=np.float64),
             file_format="dicom_seg",
             sources=(path,),
-            extra={"segments": {int(n): seg.get_segment_description(n).segment_label
-                                for n in seg.segment_numbers}},
+            extra={"segments": {int(n): seg.get_segment_description(n).segment_label for n in seg.segment_numbers}},
         )
 
 

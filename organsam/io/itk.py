@@ -17,8 +17,7 @@ __all__ = ["ItkReader", "itk_affine_zyx"]
 logger = logging.getLogger(__name__)
 
 
-def itk_affine_zyx(origin: tuple[float, ...], spacing: tuple[float, ...], direction: tuple[float, ...]
-                   ) -> np.ndarray:
+def itk_affine_zyx(origin: tuple[float, ...], spacing: tuple[float, ...], direction: tuple[float, ...]) -> np.ndarray:
     """RAS affine of a SimpleITK array (``GetArrayFromImage`` order (z, y, x)) from ITK's LPS geometry.
 
     Args:
@@ -61,13 +60,16 @@ class ItkReader(VolumeReader):
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()
             raise VolumeReadError(
-                path, f"cannot be read as {self.name} ({first[-1] if first else exc}).",
+                path,
+                f"cannot be read as {self.name} ({first[-1] if first else exc}).",
                 "check that the file (and, for .nhdr/.mhd, its data file) is complete; re-export it.",
             ) from exc
         if img.GetNumberOfComponentsPerPixel() != 1:
             raise VolumeReadError(
-                path, f"has {img.GetNumberOfComponentsPerPixel()} components per voxel (vector/RGB image).",
-                "give a single-channel (grayscale) CT/MR volume.")
+                path,
+                f"has {img.GetNumberOfComponentsPerPixel()} components per voxel (vector/RGB image).",
+                "give a single-channel (grayscale) CT/MR volume.",
+            )
         dim = img.GetDimension()
         arr = sitk.GetArrayFromImage(img)
         if dim != 3:
@@ -83,8 +85,14 @@ class ItkReader(VolumeReader):
             mod = mod[4:]
         if str(mod).upper() in ("CT", "MR"):
             modality = str(mod).upper()
-        return RawImage(array=arr, affine=affine, file_format="itk", sources=(path,), modality=modality,
-                        extra={"itk_metadata": keys})
+        return RawImage(
+            array=arr,
+            affine=affine,
+            file_format="itk",
+            sources=(path,),
+            modality=modality,
+            extra={"itk_metadata": keys},
+        )
 
 
 register_reader(ItkReader())

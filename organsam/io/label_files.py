@@ -22,8 +22,14 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["LabelTable", "label_xml_names", "nifti_label_extension", "read_itksnap_labels", "write_itksnap_labels",
-           "write_seg_nrrd"]
+__all__ = [
+    "LabelTable",
+    "label_xml_names",
+    "nifti_label_extension",
+    "read_itksnap_labels",
+    "write_itksnap_labels",
+    "write_seg_nrrd",
+]
 
 LabelTable = Mapping[int, tuple[str, tuple[int, int, int]]]
 
@@ -35,20 +41,28 @@ def nifti_label_extension(table: LabelTable) -> object:
     """A ``nibabel`` NIfTI-1 extension with the XML label table (colours as 0..1)."""
     import nibabel as nib
 
-    rows = [f'<Label Key="{v}" Red="{c[0] / 255:.4f}" Green="{c[1] / 255:.4f}" Blue="{c[2] / 255:.4f}" '
-            f'Alpha="1"><![CDATA[{name}]]></Label>' for v, (name, c) in sorted(table.items())]
-    xml = ('<?xml version="1.0" encoding="UTF-8"?>\n<CaretExtension>\n<VolumeInformation Index="0">\n<LabelTable>\n'
-           + "\n".join(rows) + "\n</LabelTable>\n</VolumeInformation>\n</CaretExtension>\n")
+    rows = [
+        f'<Label Key="{v}" Red="{c[0] / 255:.4f}" Green="{c[1] / 255:.4f}" Blue="{c[2] / 255:.4f}" '
+        f'Alpha="1"><![CDATA[{name}]]></Label>'
+        for v, (name, c) in sorted(table.items())
+    ]
+    xml = (
+        '<?xml version="1.0" encoding="UTF-8"?>\n<CaretExtension>\n<VolumeInformation Index="0">\n<LabelTable>\n'
+        + "\n".join(rows)
+        + "\n</LabelTable>\n</VolumeInformation>\n</CaretExtension>\n"
+    )
     return nib.nifti1.Nifti1Extension(NIFTI_LABEL_ECODE, xml.encode("utf-8"))
 
 
 def itksnap_label_text(table: LabelTable) -> str:
     """The text of an ITK-SNAP label description file (background first, then each label)."""
-    lines = ["################################################",
-             "# ITK-SnAP Label Description File (written by organsam)",
-             "# Columns: IDX -R- -G- -B- -A-- VIS MSH LABEL",
-             "################################################",
-             '    0     0    0    0        0  0  0    "Clear Label"']
+    lines = [
+        "################################################",
+        "# ITK-SnAP Label Description File (written by organsam)",
+        "# Columns: IDX -R- -G- -B- -A-- VIS MSH LABEL",
+        "################################################",
+        '    0     0    0    0        0  0  0    "Clear Label"',
+    ]
     for v, (name, c) in sorted(table.items()):
         label = name.replace('"', "'")
         lines.append(f'{v:5d} {c[0]:5d} {c[1]:4d} {c[2]:4d}        1  1  1    "{label}"')
@@ -136,4 +150,3 @@ def label_xml_names(xml: bytes) -> dict[int, str]:
 
     root = ET.fromstring(xml)
     return {int(e.attrib["Key"]): e.text or "" for e in root.iter("Label")}
-

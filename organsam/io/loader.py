@@ -50,12 +50,16 @@ def _resolve(path: str | Path) -> Path:
         raise VolumeFileNotFoundError(None, "the input path is empty.", "give the image file or DICOM folder to read.")
     p = Path(path).expanduser()
     if p.is_symlink() and not p.exists():
-        raise VolumeReadError(p, "is a symbolic link that leads nowhere (a loop, or its target was removed).",
-                              "give the image file itself, or fix the link.")
+        raise VolumeReadError(
+            p,
+            "is a symbolic link that leads nowhere (a loop, or its target was removed).",
+            "give the image file itself, or fix the link.",
+        )
     if p.exists() and not (p.is_file() or p.is_dir()):
         kind = "a named pipe (FIFO)" if stat.S_ISFIFO(p.stat().st_mode) else "not a regular file or folder"
-        raise VolumeReadError(p, f"is {kind}, which cannot be read as an image.",
-                              "save the image to a file first and give that file.")
+        raise VolumeReadError(
+            p, f"is {kind}, which cannot be read as an image.", "save the image to a file first and give that file."
+        )
     if not p.exists():
         hint = "check the spelling and the working directory"
         if p.parent.is_dir():
@@ -75,8 +79,11 @@ def _read(path: Path, labels: bool, options: dict[str, Any]) -> tuple[RawImage, 
     except MemoryError as exc:
         raise VolumeReadError(path, "is too large to load into memory.", "crop or downsample it first.") from exc
     except Exception as exc:  # library errors are turned into one user-facing error type
-        raise VolumeReadError(path, f"could not be read as {reader.name} ({type(exc).__name__}: {exc}).",
-                              "check that the file is complete and of the type its name says.") from exc
+        raise VolumeReadError(
+            path,
+            f"could not be read as {reader.name} ({type(exc).__name__}: {exc}).",
+            "check that the file is complete and of the type its name says.",
+        ) from exc
     return raw, reader
 
 
@@ -89,13 +96,17 @@ def _spatial_3d(raw: RawImage, path: Path, reader: VolumeReader) -> np.ndarray:
         arr = arr[..., 0]
     if arr.ndim <= 2:
         raise VolumeReadError(
-            path, f"is a 2D image (shape {arr.shape}); organsam segments 3D CT/MR volumes.",
-            "give the whole 3D volume (all slices), or save this slice as a PNG to segment it as one slice.")
+            path,
+            f"is a 2D image (shape {arr.shape}); organsam segments 3D CT/MR volumes.",
+            "give the whole 3D volume (all slices), or save this slice as a PNG to segment it as one slice.",
+        )
     if arr.ndim > 3:
         raise VolumeReadError(
-            path, f"is {arr.ndim}D (shape {arr.shape}): a time series or multi-channel image with "
+            path,
+            f"is {arr.ndim}D (shape {arr.shape}): a time series or multi-channel image with "
             f"{int(np.prod(arr.shape[3:]))} volumes.",
-            "extract one 3D volume first (e.g. nibabel `img.slicer[..., 0]` or `fslroi in out 0 1`).")
+            "extract one 3D volume first (e.g. nibabel `img.slicer[..., 0]` or `fslroi in out 0 1`).",
+        )
     if arr.ndim != 3:
         raise VolumeReadError(path, f"has unsupported shape {arr.shape}.", "give a 3D volume.")
     if np.iscomplexobj(arr):
@@ -103,8 +114,7 @@ def _spatial_3d(raw: RawImage, path: Path, reader: VolumeReader) -> np.ndarray:
     return arr
 
 
-def load_volume(path: str | Path, modality: str | None = None, *, check_values: bool = True,
-                **options: Any) -> Volume:
+def load_volume(path: str | Path, modality: str | None = None, *, check_values: bool = True, **options: Any) -> Volume:
     """Read a CT/MR volume into organsam's canonical (Z, Y, X) layout.
 
     Supported: NIfTI (``.nii``, ``.nii.gz``), a DICOM series folder (or one of its files), NRRD/MetaImage
@@ -140,8 +150,9 @@ def load_volume(path: str | Path, modality: str | None = None, *, check_values: 
     try:
         perm, flips = canonical_transform(raw.affine)
     except ValueError as exc:
-        raise VolumeReadError(p, f"has an unusable orientation ({exc}).",
-                              "fix the file's affine/direction (e.g. re-export it).") from exc
+        raise VolumeReadError(
+            p, f"has an unusable orientation ({exc}).", "fix the file's affine/direction (e.g. re-export it)."
+        ) from exc
     meta = VolumeMeta(
         file_format=raw.file_format,
         affine=np.asarray(raw.affine, dtype=np.float64),
@@ -166,26 +177,28 @@ def load_volume(path: str | Path, modality: str | None = None, *, check_values: 
             except IntensityError as exc:
                 raise VolumeReadError(None, str(exc)) from exc
         elif wanted == "MR" and guess_modality(canonical) == "CT":
-            logger.warning("%s: read as MR as asked, but its values look like CT Hounsfield units (air at about "
-                           "-1000); if it is a CT, leave --modality out or pass CT", p)
+            logger.warning(
+                "%s: read as MR as asked, but its values look like CT Hounsfield units (air at about "
+                "-1000); if it is a CT, leave --modality out or pass CT",
+                p,
+            )
     elif raw.modality in ("CT", "MR"):
         mod, source = raw.modality, "dicom" if raw.file_format == "dicom" else "file"
     else:
         mod, source = guess_modality(canonical), "heuristic"
         if raw.modality:
-            logger.info("%s: file modality %r is neither CT nor MR; intensity heuristic says %s", p,
-                        raw.modality, mod)
+            logger.info("%s: file modality %r is neither CT nor MR; intensity heuristic says %s", p, raw.modality, mod)
     meta.modality_source = source
     vol = Volume(array=canonical, spacing=spacing, modality=mod, path=p, meta=meta)  # type: ignore[arg-type]
-    logger.info("loaded %r (file axes %s -> canonical, modality from %s)", vol, "".join(axcodes(raw.affine)),
-                source)
+    logger.info("loaded %r (file axes %s -> canonical, modality from %s)", vol, "".join(axcodes(raw.affine)), source)
     return vol
 
 
 def _grid_mismatch(world_a: np.ndarray, world_b: np.ndarray, shape: tuple[int, ...]) -> float:
     """Largest distance in mm between where the two affines put the corner voxels of the grid."""
-    corners = np.array([[i, j, k, 1.0] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1)
-                        for k in (0, shape[2] - 1)]).T
+    corners = np.array(
+        [[i, j, k, 1.0] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1) for k in (0, shape[2] - 1)]
+    ).T
     return float(np.max(np.linalg.norm((world_a @ corners - world_b @ corners)[:3], axis=0)))
 
 
@@ -218,14 +231,20 @@ def load_labels(path: str | Path, like: Volume, *, tolerance_mm: float | None = 
     if not np.issubdtype(arr.dtype, np.integer):
         rounded = np.rint(arr)
         if not np.allclose(arr, rounded, atol=1e-3):
-            raise VolumeReadError(p, "holds non-integer values, so it is not a label map "
-                                  f"(e.g. {float(arr[np.abs(arr - rounded) > 1e-3].flat[0]):g}).",
-                                  "give an integer label map (one value per organ).")
+            raise VolumeReadError(
+                p,
+                "holds non-integer values, so it is not a label map "
+                f"(e.g. {float(arr[np.abs(arr - rounded) > 1e-3].flat[0]):g}).",
+                "give an integer label map (one value per organ).",
+            )
         arr = rounded
     lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
     if lo < 0:
-        raise VolumeReadError(p, f"has negative label values (minimum {lo:g}).",
-                              "label values must be 0 (background) or positive organ ids.")
+        raise VolumeReadError(
+            p,
+            f"has negative label values (minimum {lo:g}).",
+            "label values must be 0 (background) or positive organ ids.",
+        )
     arr = arr.astype(np.uint8 if hi <= 255 else np.int32, copy=False)
     try:
         perm, flips = canonical_transform(raw.affine)
@@ -239,9 +258,11 @@ def load_labels(path: str | Path, like: Volume, *, tolerance_mm: float | None = 
         embedded = _embed_subgrid(canonical, world, like, tol) if positioned else None
         if embedded is None:
             raise VolumeReadError(
-                p, f"the label grid {canonical.shape} (canonical Z, Y, X) differs from the image grid {like.shape} "
+                p,
+                f"the label grid {canonical.shape} (canonical Z, Y, X) differs from the image grid {like.shape} "
                 f"of {like.path} and is not a block of it.",
-                "give the label map that belongs to this image, or resample it onto the image grid.")
+                "give the label map that belongs to this image, or resample it onto the image grid.",
+            )
         logger.info("%s: label grid %s is a block of the image grid %s; embedded", p, canonical.shape, like.shape)
         return embedded
     if not positioned:
@@ -250,10 +271,12 @@ def load_labels(path: str | Path, like: Volume, *, tolerance_mm: float | None = 
     diff = _grid_mismatch(world, like.world_affine_canonical, like.shape)
     if diff > tol:
         raise VolumeReadError(
-            p, f"the label map is not on the image grid of {like.path}: its corner voxels lie "
+            p,
+            f"the label map is not on the image grid of {like.path}: its corner voxels lie "
             f"up to {diff:.3g} mm away from the image's (tolerance {tol:.3g} mm).\n"
             f"labels:\n{np.round(world, 4)}\nimage:\n{np.round(like.world_affine_canonical, 4)}",
-            "give the label map made for this image, or resample it onto the image grid first.")
+            "give the label map made for this image, or resample it onto the image grid first.",
+        )
     return canonical
 
 
@@ -281,5 +304,5 @@ def _embed_subgrid(canonical: np.ndarray, world: np.ndarray, like: Volume, tol: 
     if np.any(start < 0) or np.any(stop > np.asarray(like.shape)):
         return None
     out = np.zeros(like.shape, dtype=canonical.dtype)
-    out[start[0]:stop[0], start[1]:stop[1], start[2]:stop[2]] = canonical
+    out[start[0] : stop[0], start[1] : stop[1], start[2] : stop[2]] = canonical
     return out

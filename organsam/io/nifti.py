@@ -46,12 +46,14 @@ class NiftiReader(VolumeReader):
                 img = nib.load(str(path))
         except Exception as exc:  # nibabel raises many kinds (ImageFileError, HeaderDataError, EOFError, ...)
             raise VolumeReadError(
-                path, f"is not a readable NIfTI file ({type(exc).__name__}: {exc}).",
+                path,
+                f"is not a readable NIfTI file ({type(exc).__name__}: {exc}).",
                 "check that the download/export finished; re-export the image as .nii.gz.",
             ) from exc
         if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
-            raise VolumeReadError(path, f"was read by nibabel as {type(img).__name__}, not NIfTI.",
-                                  "convert it to NIfTI (.nii.gz).")
+            raise VolumeReadError(
+                path, f"was read by nibabel as {type(img).__name__}, not NIfTI.", "convert it to NIfTI (.nii.gz)."
+            )
         _check_geometry(img, path)
         if np.issubdtype(img.get_data_dtype(), np.complexfloating):
             raise VolumeReadError(path, "holds complex values.", "save the magnitude image instead.")
@@ -101,23 +103,31 @@ def _check_geometry(img: Any, path: Path) -> None:
     hdr = img.header
     for name, code_key, matrix in (("sform", "sform_code", hdr.get_sform), ("qform", "qform_code", hdr.get_qform)):
         if int(hdr[code_key]) > 0 and not np.isfinite(matrix()).all():
-            raise VolumeReadError(path, f"has NaN or infinite values in its {name} (the voxel-to-world affine).",
-                                  "repair the header (e.g. nibabel: img.set_sform(affine); img.set_qform(affine)) "
-                                  "or re-export the image.")
+            raise VolumeReadError(
+                path,
+                f"has NaN or infinite values in its {name} (the voxel-to-world affine).",
+                "repair the header (e.g. nibabel: img.set_sform(affine); img.set_qform(affine)) "
+                "or re-export the image.",
+            )
     zero = [a for a, d in zip("ijk", _raw_pixdim(img, path)) if d == 0]
     affine = np.asarray(img.affine, dtype=float)
     if zero or not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
         what = f"a zero voxel size along {', '.join(zero)} (pixdim)" if zero else "a degenerate affine"
-        raise VolumeReadError(path, f"has {what}: where its voxels lie in space is unknown.",
-                              "set the voxel size in the header (nibabel: img.header.set_zooms(...)) or "
-                              "re-export the image.")
+        raise VolumeReadError(
+            path,
+            f"has {what}: where its voxels lie in space is unknown.",
+            "set the voxel size in the header (nibabel: img.header.set_zooms(...)) or re-export the image.",
+        )
     if int(hdr["qform_code"]) > 0 and int(hdr["sform_code"]) > 0:
         q, s_ = hdr.get_qform(), hdr.get_sform()
         gap = float(np.abs(q - s_).max())
         if gap > 1e-2:
-            logger.warning("%s: the qform and sform disagree (by up to %.3g mm); organsam uses the sform, as "
-                           "nibabel does, but tools that read the qform (some ITK-based ones) place it elsewhere",
-                           path, gap)
+            logger.warning(
+                "%s: the qform and sform disagree (by up to %.3g mm); organsam uses the sform, as "
+                "nibabel does, but tools that read the qform (some ITK-based ones) place it elsewhere",
+                path,
+                gap,
+            )
 
 
 register_reader(NiftiReader())

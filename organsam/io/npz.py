@@ -55,8 +55,11 @@ def _to_zyx(arr: np.ndarray, key: str, path: Path) -> tuple[np.ndarray, bool]:
         return arr[None], True
     if arr.ndim == 3:
         return arr, False
-    raise VolumeReadError(path, f"'{key}' has shape {arr.shape}; expected (D, H, W), (H, W) or (H, W, 3).",
-                          "save the volume as imgs=(D, H, W) array.")
+    raise VolumeReadError(
+        path,
+        f"'{key}' has shape {arr.shape}; expected (D, H, W), (H, W) or (H, W, 3).",
+        "save the volume as imgs=(D, H, W) array.",
+    )
 
 
 class NpzReader(VolumeReader):
@@ -65,8 +68,7 @@ class NpzReader(VolumeReader):
     name = "CVPR-challenge npz"
     suffixes = (".npz",)
 
-    def read(self, path: Path, *, labels: bool = False, spacing_order: str = "xyz",
-             **options: Any) -> RawImage:
+    def read(self, path: Path, *, labels: bool = False, spacing_order: str = "xyz", **options: Any) -> RawImage:
         """Read ``imgs`` (or ``gts`` with ``labels=True``).
 
         Args:
@@ -82,31 +84,43 @@ class NpzReader(VolumeReader):
             with np.load(path, allow_pickle=False) as data:
                 keys = list(data.keys())
                 if "imgs" not in keys:
-                    raise VolumeReadError(path, f"has no 'imgs' array (keys: {keys}).",
-                                          "save the image as imgs=(D, H, W) (CVPR-challenge npz format).")
+                    raise VolumeReadError(
+                        path,
+                        f"has no 'imgs' array (keys: {keys}).",
+                        "save the image as imgs=(D, H, W) (CVPR-challenge npz format).",
+                    )
                 key = "gts" if labels else "imgs"
                 if key not in keys:
-                    raise VolumeReadError(path, "has no 'gts' label array.",
-                                          "give a label file, or an npz saved with gts=(D, H, W) labels.")
+                    raise VolumeReadError(
+                        path,
+                        "has no 'gts' label array.",
+                        "give a label file, or an npz saved with gts=(D, H, W) labels.",
+                    )
                 arr = np.asarray(data[key])
                 imgs_shape = data["imgs"].shape if labels else arr.shape
                 raw_spacing = np.asarray(data["spacing"]) if "spacing" in keys else None
         except VolumeReadError:
             raise
         except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
-            raise VolumeReadError(path, f"is not a readable .npz file ({type(exc).__name__}: {exc}).",
-                                  "check that the file is complete; save it again with numpy.savez_compressed.") \
-                from exc
+            raise VolumeReadError(
+                path,
+                f"is not a readable .npz file ({type(exc).__name__}: {exc}).",
+                "check that the file is complete; save it again with numpy.savez_compressed.",
+            ) from exc
         arr, is_2d = _to_zyx(arr, key, path)
         if labels and arr.shape != _to_zyx(np.empty(imgs_shape, dtype=np.uint8), "imgs", path)[0].shape:
-            raise VolumeReadError(path, f"'gts' shape {arr.shape} does not match 'imgs' shape {imgs_shape}.",
-                                  "save gts on the same grid as imgs.")
+            raise VolumeReadError(
+                path,
+                f"'gts' shape {arr.shape} does not match 'imgs' shape {imgs_shape}.",
+                "save gts on the same grid as imgs.",
+            )
         if raw_spacing is not None and raw_spacing.size == 3:
             try:
                 spacing = npz_spacing_zyx(raw_spacing, spacing_order)
             except ValueError as exc:
-                raise VolumeReadError(path, f"has an invalid 'spacing' ({exc}).",
-                                      "store spacing=(sx, sy, sz) in mm.") from exc
+                raise VolumeReadError(
+                    path, f"has an invalid 'spacing' ({exc}).", "store spacing=(sx, sy, sz) in mm."
+                ) from exc
         else:
             if not is_2d:
                 logger.warning("%s: no 'spacing' stored; assuming 1 mm voxels", path)

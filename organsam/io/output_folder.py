@@ -49,8 +49,9 @@ def _resolve(path: Path) -> Path:
     try:
         return path.resolve(strict=False)
     except (RuntimeError, OSError) as e:  # symlink loop (RuntimeError before Python 3.13, OSError after)
-        raise OutputFolderError(path, f"cannot be resolved ({e}); it is probably a symbolic-link loop.",
-                                "choose another output folder.") from e
+        raise OutputFolderError(
+            path, f"cannot be resolved ({e}); it is probably a symbolic-link loop.", "choose another output folder."
+        ) from e
 
 
 def _inside(child: Path, parent: Path) -> bool:
@@ -74,8 +75,11 @@ def foreign_entries(folder: Path) -> list[str]:
             if rel != OUTPUT_MARKER and rel not in listed:
                 foreign.append(rel)
         dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(root, d))]
-        foreign += [(rel_root / d).as_posix() for d in os.listdir(root)
-                    if os.path.islink(os.path.join(root, d)) and (rel_root / d).as_posix() not in listed]
+        foreign += [
+            (rel_root / d).as_posix()
+            for d in os.listdir(root)
+            if os.path.islink(os.path.join(root, d)) and (rel_root / d).as_posix() not in listed
+        ]
     return sorted(foreign)
 
 
@@ -87,8 +91,9 @@ def _probe_writable(path: Path) -> None:
     try:
         probe = tempfile.mkdtemp(prefix=_STAGE + "probe-", dir=anc)
     except OSError as e:
-        raise OutputFolderError(path, f"cannot be written ({e.strerror or e} in {anc}).",
-                                "choose a folder you can write to.") from e
+        raise OutputFolderError(
+            path, f"cannot be written ({e.strerror or e} in {anc}).", "choose a folder you can write to."
+        ) from e
     shutil.rmtree(probe, ignore_errors=True)
 
 
@@ -120,29 +125,40 @@ def _check(out: Path, inputs: list[str | os.PathLike[str]]) -> Path:
     if out.is_symlink() and not out.exists():
         raise OutputFolderError(out, "is a dangling symbolic link.", "remove it or choose another output folder.")
     if out.exists() and not out.is_dir():
-        raise OutputFolderError(out, "is an existing file, not a folder.",
-                                "give a folder name for the outputs (e.g. -o results/).")
+        raise OutputFolderError(
+            out, "is an existing file, not a folder.", "give a folder name for the outputs (e.g. -o results/)."
+        )
     for inp in inputs:
         try:
             src = _resolve(Path(inp).expanduser())
         except OutputFolderError:
             continue  # an input that cannot be resolved is refused by the reader, with its own message
         if resolved == src:
-            raise OutputFolderError(out, "is the input itself; organsam never writes over its input.",
-                                    "choose another output folder.")
+            raise OutputFolderError(
+                out, "is the input itself; organsam never writes over its input.", "choose another output folder."
+            )
         if _inside(src, resolved):
-            raise OutputFolderError(out, f"contains the input {inp}; writing the result would replace it.",
-                                    "choose an output folder that does not contain the input.")
+            raise OutputFolderError(
+                out,
+                f"contains the input {inp}; writing the result would replace it.",
+                "choose an output folder that does not contain the input.",
+            )
         if src.is_dir() and _inside(resolved, src):
-            raise OutputFolderError(out, f"lies inside the input folder {inp}; the outputs would mix with it.",
-                                    "choose an output folder outside the input folder.")
+            raise OutputFolderError(
+                out,
+                f"lies inside the input folder {inp}; the outputs would mix with it.",
+                "choose an output folder outside the input folder.",
+            )
     if out.is_dir():
         foreign = foreign_entries(out)
         if foreign:
             more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
-            raise OutputFolderError(out, f"holds files organsam did not write ({foreign[0]}{more}); it is never "
-                                         f"emptied or mixed with other files.",
-                                    "choose a new or empty output folder, or one written by organsam before.")
+            raise OutputFolderError(
+                out,
+                f"holds files organsam did not write ({foreign[0]}{more}); it is never "
+                f"emptied or mixed with other files.",
+                "choose a new or empty output folder, or one written by organsam before.",
+            )
     _probe_writable(out)
     return out
 
@@ -168,7 +184,7 @@ def _clean_stale(parent: Path) -> None:
     previous result that a run killed between its two renames left aside."""
     for p in parent.iterdir():
         if p.name.startswith(_OLD) and p.is_dir() and p.name.count("-") >= 2:
-            target = parent / p.name[len(_OLD):].rsplit("-", 2)[0]
+            target = parent / p.name[len(_OLD) :].rsplit("-", 2)[0]
             if not target.exists():
                 logger.warning("%s: restoring the previous result left aside by an interrupted run", target)
                 os.replace(p, target)
@@ -178,8 +194,9 @@ def _clean_stale(parent: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-def write_output_folder(out: str | os.PathLike[str], build: Callable[[Path], dict[str, Path]],
-                        inputs: Iterable[str | os.PathLike[str]] = ()) -> dict[str, Path]:
+def write_output_folder(
+    out: str | os.PathLike[str], build: Callable[[Path], dict[str, Path]], inputs: Iterable[str | os.PathLike[str]] = ()
+) -> dict[str, Path]:
     """Build a result folder beside ``out`` and switch it into place.
 
     Args:
@@ -200,8 +217,9 @@ def write_output_folder(out: str | os.PathLike[str], build: Callable[[Path], dic
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise OutputFolderError(parent, f"cannot be created ({e.strerror or e}).",
-                                "choose a folder you can write to.") from e
+        raise OutputFolderError(
+            parent, f"cannot be created ({e.strerror or e}).", "choose a folder you can write to."
+        ) from e
     with _parent_lock(parent):
         _clean_stale(parent)
         _check(out, inputs)
@@ -211,8 +229,9 @@ def write_output_folder(out: str | os.PathLike[str], build: Callable[[Path], dic
         try:
             built = build(stage)
             files = sorted(p.relative_to(stage).as_posix() for p in stage.rglob("*") if not p.is_dir())
-            atomic_write_text(stage / OUTPUT_MARKER, json.dumps(
-                {"organsam_version": __version__, "files": files}, indent=1) + "\n")
+            atomic_write_text(
+                stage / OUTPUT_MARKER, json.dumps({"organsam_version": __version__, "files": files}, indent=1) + "\n"
+            )
             old = None
             if out.exists():
                 old = parent / f"{_OLD}{out.name}-{token}"
@@ -223,8 +242,11 @@ def write_output_folder(out: str | os.PathLike[str], build: Callable[[Path], dic
                 if old is not None:
                     os.replace(old, out)
                 if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
-                    raise OutputFolderError(out, "was created by another program while the result was written.",
-                                            "run again with a new output folder.") from e
+                    raise OutputFolderError(
+                        out,
+                        "was created by another program while the result was written.",
+                        "run again with a new output folder.",
+                    ) from e
                 raise
             if old is not None:
                 shutil.rmtree(old, ignore_errors=True)

@@ -57,11 +57,17 @@ class ImageReader(VolumeReader):
                 else:
                     arr = np.asarray(im)
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-            raise VolumeReadError(path, f"is not a readable image ({type(exc).__name__}: {exc}).",
-                                  "check that the file is a complete PNG/JPEG; save it again.") from exc
+            raise VolumeReadError(
+                path,
+                f"is not a readable image ({type(exc).__name__}: {exc}).",
+                "check that the file is a complete PNG/JPEG; save it again.",
+            ) from exc
         if arr.ndim != 2:
-            raise VolumeReadError(path, f"decoded to an array of shape {arr.shape}, not a 2D grayscale image.",
-                                  "save the slice as a grayscale or RGB PNG.")
+            raise VolumeReadError(
+                path,
+                f"decoded to an array of shape {arr.shape}, not a 2D grayscale image.",
+                "save the slice as a grayscale or RGB PNG.",
+            )
         is_8bit = arr.dtype == np.uint8
         out = arr[None]
         if not labels:

@@ -51,8 +51,11 @@ def atomic_output(path: Path, like: Volume | None = None) -> Iterator[Path]:
         if like.path is not None:
             inputs.add(Path(like.path).resolve())
         if path.resolve() in inputs:
-            raise VolumeWriteError(path, "is the input image; organsam never overwrites its input.",
-                                   "choose another output path (e.g. an output folder).")
+            raise VolumeWriteError(
+                path,
+                "is the input image; organsam never overwrites its input.",
+                "choose another output path (e.g. an output folder).",
+            )
     if path.is_dir():
         raise VolumeWriteError(path, "is a folder, not a file name.", "give a file name such as labels.nii.gz.")
     with atomic_path(path, suffix=".tmp" + suffix_of(path)) as tmp:  # the writers pick the format by ending
@@ -86,8 +89,11 @@ def label_dtype(labels: np.ndarray) -> np.dtype:
 def _check_labels(labels_zyx: np.ndarray, like: Volume, path: Path) -> np.ndarray:
     arr = np.asarray(labels_zyx)
     if tuple(arr.shape) != like.shape:
-        raise VolumeWriteError(path, f"label shape {arr.shape} differs from the image's canonical shape "
-                               f"{like.shape} ({like.path}).", "pass labels on the grid of the image they belong to.")
+        raise VolumeWriteError(
+            path,
+            f"label shape {arr.shape} differs from the image's canonical shape {like.shape} ({like.path}).",
+            "pass labels on the grid of the image they belong to.",
+        )
     try:
         dtype = label_dtype(arr)
     except ValueError as exc:
@@ -143,8 +149,7 @@ def _write_png(labels_zyx: np.ndarray, tmp: Path) -> None:
     if labels_zyx.shape[0] != 1:
         raise ValueError("PNG output holds one slice only")
     arr = labels_zyx[0]
-    im = Image.fromarray(arr.astype(np.uint8)) if arr.dtype == np.uint8 else Image.fromarray(
-        arr.astype(np.uint16))
+    im = Image.fromarray(arr.astype(np.uint8)) if arr.dtype == np.uint8 else Image.fromarray(arr.astype(np.uint16))
     im.save(tmp, format="PNG")
 
 
@@ -181,18 +186,21 @@ def write_labelmap(labels_zyx: np.ndarray, like: Volume, path: str | Path, table
                 np.savez_compressed(fh, segs=arr)
         elif suffix == ".png":
             if like.shape[0] != 1:
-                raise VolumeWriteError(out, f"PNG holds one slice but the labels have {like.shape[0]}.",
-                                       "write a .nii.gz instead.")
+                raise VolumeWriteError(
+                    out, f"PNG holds one slice but the labels have {like.shape[0]}.", "write a .nii.gz instead."
+                )
             _write_png(arr, tmp)
         else:
-            raise VolumeWriteError(out, f"unknown output type {suffix!r}.",
-                                   "use .nii.gz, .nii, .nrrd, .mha, .npz or .png.")
+            raise VolumeWriteError(
+                out, f"unknown output type {suffix!r}.", "use .nii.gz, .nii, .nrrd, .mha, .npz or .png."
+            )
     logger.info("wrote label map %s (%s, max label %d)", out, arr.dtype, int(arr.max()) if arr.size else 0)
     return out
 
 
-def write_masks(masks: Mapping[str, np.ndarray], like: Volume, outdir: str | Path,
-                suffix: str = ".nii.gz") -> dict[str, Path]:
+def write_masks(
+    masks: Mapping[str, np.ndarray], like: Volume, outdir: str | Path, suffix: str = ".nii.gz"
+) -> dict[str, Path]:
     """Write one binary mask file per organ: ``outdir/<organ_id><suffix>`` (uint8 0/1).
 
     Args:
@@ -213,8 +221,11 @@ def write_masks(masks: Mapping[str, np.ndarray], like: Volume, outdir: str | Pat
     written: dict[str, Path] = {}
     for organ_id, mask in masks.items():
         if not _ORGAN_ID.match(organ_id):
-            raise VolumeWriteError(folder / organ_id, f"organ id {organ_id!r} is not a safe file name.",
-                                   "use snake_case organ ids such as 'kidney_left'.")
+            raise VolumeWriteError(
+                folder / organ_id,
+                f"organ id {organ_id!r} is not a safe file name.",
+                "use snake_case organ ids such as 'kidney_left'.",
+            )
         m = np.asarray(mask)
         if m.dtype != bool:
             m = m != 0

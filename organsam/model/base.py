@@ -60,8 +60,14 @@ from organsam.model.vocabulary_text import resolve_organ_ids, vocabulary_embeddi
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SegmenterConfig", "DesignOutput", "DecoderRun", "OrganSegmenter", "vocabulary_embeddings",
-           "resolve_organ_ids"]
+__all__ = [
+    "SegmenterConfig",
+    "DesignOutput",
+    "DecoderRun",
+    "OrganSegmenter",
+    "vocabulary_embeddings",
+    "resolve_organ_ids",
+]
 
 
 # ---------------------------------------------------------------------------------------------------- base
@@ -153,8 +159,10 @@ class OrganSegmenter(nn.Module):
             if oid not in self.organ_ids:
                 close = difflib.get_close_matches(oid, self.organ_ids, n=3)
                 hint = f"; did you mean {', '.join(close)}?" if close else ""
-                raise ValueError(f"organ {oid!r} is not in the vocabulary of design {self.design_name} "
-                                 f"({self.num_organs} organs){hint}")
+                raise ValueError(
+                    f"organ {oid!r} is not in the vocabulary of design {self.design_name} "
+                    f"({self.num_organs} organs){hint}"
+                )
             out.append(self.organ_ids.index(oid))
         return torch.tensor(out, dtype=torch.long, device=self.name_emb.device)
 
@@ -166,19 +174,24 @@ class OrganSegmenter(nn.Module):
     def _check_images(self, images: Tensor) -> None:
         if not isinstance(images, Tensor) or images.ndim != 4 or tuple(images.shape[1:]) != (3, IMAGE_SIZE, IMAGE_SIZE):
             shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-            raise ValueError(f"images must be (B, 3, {IMAGE_SIZE}, {IMAGE_SIZE}) float in [0, 1], got {shape}; "
-                             f"use organsam.preprocessing.slices.to_model_input")
+            raise ValueError(
+                f"images must be (B, 3, {IMAGE_SIZE}, {IMAGE_SIZE}) float in [0, 1], got {shape}; "
+                f"use organsam.preprocessing.slices.to_model_input"
+            )
 
     def _check_organ_index(self, organ_index: Tensor | Sequence[int]) -> Tensor:
         if not isinstance(organ_index, Tensor):
             organ_index = torch.as_tensor(organ_index)
         organ_index = organ_index.to(device=self.name_emb.device)
         if organ_index.ndim != 1 or organ_index.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"organ_index must be a (B,) integer tensor, got {organ_index.dtype} "
-                             f"{tuple(organ_index.shape)}; map organ ids with model.organ_index_of(ids)")
+            raise ValueError(
+                f"organ_index must be a (B,) integer tensor, got {organ_index.dtype} "
+                f"{tuple(organ_index.shape)}; map organ ids with model.organ_index_of(ids)"
+            )
         if organ_index.numel() and (int(organ_index.min()) < 0 or int(organ_index.max()) >= self.num_organs):
-            raise ValueError(f"organ_index values must lie in [0, {self.num_organs}) (design vocabulary), got "
-                             f"{organ_index.tolist()}")
+            raise ValueError(
+                f"organ_index values must lie in [0, {self.num_organs}) (design vocabulary), got {organ_index.tolist()}"
+            )
         return organ_index.long()
 
     @staticmethod
@@ -205,16 +218,29 @@ class OrganSegmenter(nn.Module):
             return self.core.encode(images, keep_levels=bool(self.encoder_levels))
 
     # ------------------------------------------------------------------ decoder
-    def run_decoder(self, embedding: Tensor, sparse: Tensor, dense: Tensor, extra_tokens: Tensor | None = None,
-                    sam_tokens: bool = True, upscale: bool = True) -> DecoderRun:
+    def run_decoder(
+        self,
+        embedding: Tensor,
+        sparse: Tensor,
+        dense: Tensor,
+        extra_tokens: Tensor | None = None,
+        sam_tokens: bool = True,
+        upscale: bool = True,
+    ) -> DecoderRun:
         """SAM's mask decoder with extra output tokens and its intermediate outputs
         (:func:`organsam.model.decoder_run.run_mask_decoder`)."""
         return run_mask_decoder(self.core, embedding, sparse, dense, extra_tokens, sam_tokens, upscale)
 
     # ------------------------------------------------------------------ contract
-    def forward(self, images: Tensor | None = None, organ_index: Tensor | Sequence[int] | None = None,
-                boxes: Tensor | None = None, points: tuple[Tensor, Tensor] | None = None, *,
-                encoded: EncoderOutput | None = None) -> DesignOutput:
+    def forward(
+        self,
+        images: Tensor | None = None,
+        organ_index: Tensor | Sequence[int] | None = None,
+        boxes: Tensor | None = None,
+        points: tuple[Tensor, Tensor] | None = None,
+        *,
+        encoded: EncoderOutput | None = None,
+    ) -> DesignOutput:
         """Segment the prompted organ on each slice.
 
         Args:
@@ -236,19 +262,33 @@ class OrganSegmenter(nn.Module):
                 raise ValueError("pass images (B, 3, 256, 256) or encoded=model.encode_plain(images)")
             self._check_images(images)
             if images.shape[0] not in (1, B):
-                raise ValueError(f"images have batch {images.shape[0]} but organ_index has {B} entries; give one "
-                                 f"image per organ prompt, or a single image for all")
+                raise ValueError(
+                    f"images have batch {images.shape[0]} but organ_index has {B} entries; give one "
+                    f"image per organ prompt, or a single image for all"
+                )
         elif encoded.embedding.shape[0] not in (1, B):
             raise ValueError(f"encoded features have batch {encoded.embedding.shape[0]}, organ_index {B}")
         self._check_prompts(B, boxes, points)
         return self._forward(images, encoded, organ_index, boxes, points)
 
-    def _forward(self, images: Tensor | None, encoded: EncoderOutput | None, organ_index: Tensor,
-                 boxes: Tensor | None, points: tuple[Tensor, Tensor] | None) -> DesignOutput:
+    def _forward(
+        self,
+        images: Tensor | None,
+        encoded: EncoderOutput | None,
+        organ_index: Tensor,
+        boxes: Tensor | None,
+        points: tuple[Tensor, Tensor] | None,
+    ) -> DesignOutput:
         raise NotImplementedError
 
-    def compute_loss(self, output: DesignOutput, target_masks: Tensor, present: Tensor,
-                     class_targets: Tensor | None = None, all_targets: Tensor | None = None) -> dict[str, Tensor]:
+    def compute_loss(
+        self,
+        output: DesignOutput,
+        target_masks: Tensor,
+        present: Tensor,
+        class_targets: Tensor | None = None,
+        all_targets: Tensor | None = None,
+    ) -> dict[str, Tensor]:
         """Training loss.
 
         Args:
@@ -264,12 +304,24 @@ class OrganSegmenter(nn.Module):
         """
         raise NotImplementedError
 
-    def _check_targets(self, output: DesignOutput, target_masks: Tensor, present: Tensor,
-                       class_targets: Tensor | None, all_targets: Tensor | None) -> None:
+    def _check_targets(
+        self,
+        output: DesignOutput,
+        target_masks: Tensor,
+        present: Tensor,
+        class_targets: Tensor | None,
+        all_targets: Tensor | None,
+    ) -> None:
         check_targets(output, target_masks, present, class_targets, all_targets, self.num_organs)
 
-    def predict_all(self, images: Tensor | None = None, *, encoded: EncoderOutput | None = None,
-                    organ_index: Tensor | None = None, chunk: int = 8) -> Tensor:
+    def predict_all(
+        self,
+        images: Tensor | None = None,
+        *,
+        encoded: EncoderOutput | None = None,
+        organ_index: Tensor | None = None,
+        chunk: int = 8,
+    ) -> Tensor:
         """Prompt-free mode: mask logits of every vocabulary organ.
 
         The generic version encodes each image once and decodes the organs in chunks with their text
@@ -285,20 +337,31 @@ class OrganSegmenter(nn.Module):
             (B, K, 256, 256) mask logits (K' = len(organ_index) when given).
         """
         enc = encoded if encoded is not None else self.encode_plain(images)
-        organs = (torch.arange(self.num_organs, device=self.name_emb.device) if organ_index is None
-                  else self._check_organ_index(organ_index))
+        organs = (
+            torch.arange(self.num_organs, device=self.name_emb.device)
+            if organ_index is None
+            else self._check_organ_index(organ_index)
+        )
         rows = []
         for b in range(enc.embedding.shape[0]):
             enc_b = enc.select(b)
-            parts = [self.forward(None, organs[i:i + chunk], encoded=enc_b).masks[:, 0]
-                     for i in range(0, organs.numel(), chunk)]
+            parts = [
+                self.forward(None, organs[i : i + chunk], encoded=enc_b).masks[:, 0]
+                for i in range(0, organs.numel(), chunk)
+            ]
             rows.append(torch.cat(parts, dim=0))
         return torch.stack(rows, dim=0)
 
-    def forward_sequence(self, images: Tensor | None = None, organ_index: Tensor | Sequence[int] | None = None,
-                         boxes: Tensor | None = None, *, encoded: Sequence[EncoderOutput] | None = None,
-                         slice_indices: Sequence[int] | None = None,
-                         spacing: float | None = None) -> list[DesignOutput]:
+    def forward_sequence(
+        self,
+        images: Tensor | None = None,
+        organ_index: Tensor | Sequence[int] | None = None,
+        boxes: Tensor | None = None,
+        *,
+        encoded: Sequence[EncoderOutput] | None = None,
+        slice_indices: Sequence[int] | None = None,
+        spacing: float | None = None,
+    ) -> list[DesignOutput]:
         """Segment organs on consecutive slices of one volume, in order.
 
         This base version treats the slices independently; designs with a slice memory override it.
@@ -317,11 +380,10 @@ class OrganSegmenter(nn.Module):
         T = self._sequence_length(images, encoded, boxes)
         outputs = []
         for t in range(T):
-            enc_t = encoded[t] if encoded is not None else self.encode_plain(images[t:t + 1])
+            enc_t = encoded[t] if encoded is not None else self.encode_plain(images[t : t + 1])
             outputs.append(self.forward(None, organ_index, boxes[t] if boxes is not None else None, encoded=enc_t))
         return outputs
 
     @staticmethod
-    def _sequence_length(images: Tensor | None, encoded: Sequence[EncoderOutput] | None,
-                         boxes: Tensor | None) -> int:
+    def _sequence_length(images: Tensor | None, encoded: Sequence[EncoderOutput] | None, boxes: Tensor | None) -> int:
         return sequence_length(images, encoded, boxes)

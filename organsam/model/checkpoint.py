@@ -35,8 +35,14 @@ from organsam.model.sam_core import CheckpointError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["save_checkpoint", "load_checkpoint", "read_checkpoint_info", "sidecar_path", "CheckpointError",
-           "CHECKPOINT_FORMAT"]
+__all__ = [
+    "save_checkpoint",
+    "load_checkpoint",
+    "read_checkpoint_info",
+    "sidecar_path",
+    "CheckpointError",
+    "CHECKPOINT_FORMAT",
+]
 
 CHECKPOINT_FORMAT = "organsam-checkpoint-v1"
 _CORE = "core."
@@ -46,8 +52,10 @@ def sidecar_path(path: str | os.PathLike[str]) -> Path:
     """The JSON sidecar of a tensor file: same folder and stem, ``.json`` suffix."""
     p = Path(path)
     if p.suffix == ".json":
-        raise ValueError(f"{p}: a checkpoint's tensor file cannot end in .json (that is the sidecar's name); "
-                         f"use e.g. model.safetensors")
+        raise ValueError(
+            f"{p}: a checkpoint's tensor file cannot end in .json (that is the sidecar's name); "
+            f"use e.g. model.safetensors"
+        )
     return p.with_suffix(".json")
 
 
@@ -69,8 +77,14 @@ def _base_weights(config: Any) -> tuple[Path, str] | None:
     return path, str(sha)
 
 
-def save_checkpoint(model: torch.nn.Module, path: str | os.PathLike[str], *, design: str | None = None,
-                    config: Any = None, extra: dict[str, Any] | None = None) -> Path:
+def save_checkpoint(
+    model: torch.nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    design: str | None = None,
+    config: Any = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
     """Save a design's learned weights and its sidecar.
 
     Args:
@@ -103,8 +117,9 @@ def save_checkpoint(model: torch.nn.Module, path: str | os.PathLike[str], *, des
     entry = get_design(design)
     config = config if config is not None else model.config
     if not isinstance(config, entry.config_cls):
-        raise ValueError(f"save_checkpoint: config is a {type(config).__name__}, design {design!r} needs "
-                         f"{entry.config_cls.__name__}")
+        raise ValueError(
+            f"save_checkpoint: config is a {type(config).__name__}, design {design!r} needs {entry.config_cls.__name__}"
+        )
     extra = dict(extra or {})
     try:
         json.dumps(extra)
@@ -123,7 +138,7 @@ def save_checkpoint(model: torch.nn.Module, path: str | os.PathLike[str], *, des
     n_lora = sum(1 for key in state if is_lora_parameter(key))
     for key, value in state.items():
         if key.startswith(_CORE) and base is not None and not is_lora_parameter(key):
-            ref = reference.get(key[len(_CORE):])
+            ref = reference.get(key[len(_CORE) :])
             same = ref is not None and ref.shape == value.shape and ref.dtype == value.dtype
             if same and torch.equal(ref, value.cpu()):
                 continue
@@ -155,8 +170,15 @@ def save_checkpoint(model: torch.nn.Module, path: str | os.PathLike[str], *, des
         Path(tmp).write_text(text + "\n", encoding="utf-8")
 
     _atomic_write(side, write_json)
-    logger.info("saved %s checkpoint %s (%d tensors, %d changed core tensors, %d LoRA tensors) + %s", design, p,
-                len(tensors), n_core, n_lora, side.name)
+    logger.info(
+        "saved %s checkpoint %s (%d tensors, %d changed core tensors, %d LoRA tensors) + %s",
+        design,
+        p,
+        len(tensors),
+        n_core,
+        n_lora,
+        side.name,
+    )
     return p
 
 
@@ -172,16 +194,19 @@ def read_checkpoint_info(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not p.is_file():
         raise FileNotFoundError(f"{p}: checkpoint file not found")
     if not side.is_file():
-        raise FileNotFoundError(f"{side}: sidecar of checkpoint {p.name} not found; a checkpoint is the tensor "
-                                f"file plus its .json written by organsam.model.checkpoint.save_checkpoint")
+        raise FileNotFoundError(
+            f"{side}: sidecar of checkpoint {p.name} not found; a checkpoint is the tensor "
+            f"file plus its .json written by organsam.model.checkpoint.save_checkpoint"
+        )
     try:
         info = json.loads(side.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{side}: cannot read the checkpoint sidecar as JSON ({e})") from e
     if not isinstance(info, dict) or info.get("format") != CHECKPOINT_FORMAT:
         fmt = info.get("format") if isinstance(info, dict) else None
-        raise CheckpointError(f"{side}: not an organsam checkpoint sidecar (format {fmt!r}, expected "
-                              f"{CHECKPOINT_FORMAT!r})")
+        raise CheckpointError(
+            f"{side}: not an organsam checkpoint sidecar (format {fmt!r}, expected {CHECKPOINT_FORMAT!r})"
+        )
     missing = [k for k in ("design", "config", "vocabulary_version", "organ_ids", "tensor_sha256") if k not in info]
     if missing:
         raise CheckpointError(f"{side}: sidecar lacks {', '.join(missing)}; re-save the checkpoint")
@@ -193,8 +218,9 @@ def _listing(keys: list[str], n: int = 8) -> str:
     return f"{shown}{f', ... ({len(keys)} in all)' if len(keys) > n else ''}"
 
 
-def load_checkpoint(path: str | os.PathLike[str], *, design: str | None = None,
-                    strict_text: bool = True) -> torch.nn.Module:
+def load_checkpoint(
+    path: str | os.PathLike[str], *, design: str | None = None, strict_text: bool = True
+) -> torch.nn.Module:
     """Rebuild a design from a checkpoint and load its weights, checking everything.
 
     Args:
@@ -223,20 +249,25 @@ def load_checkpoint(path: str | os.PathLike[str], *, design: str | None = None,
     side = sidecar_path(p)
     stored = info["design"]
     if design is not None and design != stored:
-        raise CheckpointError(f"{p}: holds a {stored!r} checkpoint, not {design!r}; load it as {stored!r} or pick "
-                              f"a {design!r} checkpoint")
+        raise CheckpointError(
+            f"{p}: holds a {stored!r} checkpoint, not {design!r}; load it as {stored!r} or pick a {design!r} checkpoint"
+        )
     try:
         entry = get_design(stored)
     except KeyError as e:
         raise CheckpointError(f"{side}: unknown design {stored!r} ({e.args[0] if e.args else e})") from e
     if info["vocabulary_version"] != VOCAB_VERSION:
-        raise CheckpointError(f"{p}: trained with organ vocabulary version {info['vocabulary_version']}, this "
-                              f"organsam has vocabulary version {VOCAB_VERSION}; use the organsam release the "
-                              f"checkpoint was made with, or fine-tune it again")
+        raise CheckpointError(
+            f"{p}: trained with organ vocabulary version {info['vocabulary_version']}, this "
+            f"organsam has vocabulary version {VOCAB_VERSION}; use the organsam release the "
+            f"checkpoint was made with, or fine-tune it again"
+        )
     digest = file_sha256(p)
     if digest != info["tensor_sha256"]:
-        raise CheckpointError(f"{p}: SHA-256 {digest[:16]}... does not match {info['tensor_sha256'][:16]}... "
-                              f"recorded in {side.name}; the tensor file was modified or is corrupt")
+        raise CheckpointError(
+            f"{p}: SHA-256 {digest[:16]}... does not match {info['tensor_sha256'][:16]}... "
+            f"recorded in {side.name}; the tensor file was modified or is corrupt"
+        )
     try:
         config = from_dict(entry.config_cls, info["config"], where=f"{side} config")
     except (ConfigError, TypeError) as e:
@@ -245,20 +276,26 @@ def load_checkpoint(path: str | os.PathLike[str], *, design: str | None = None,
     if base is not None:
         now = _base_weights(config)
         if now is None or now[1] != base.get("sha256"):
-            raise CheckpointError(f"{p}: was trained on LiteMedSAM weights with SHA-256 "
-                                  f"{str(base.get('sha256'))[:16]}..., but the weights found now differ; pass the "
-                                  f"same base weights (config sam_checkpoint)")
+            raise CheckpointError(
+                f"{p}: was trained on LiteMedSAM weights with SHA-256 "
+                f"{str(base.get('sha256'))[:16]}..., but the weights found now differ; pass the "
+                f"same base weights (config sam_checkpoint)"
+            )
 
     model = build_design(stored, config=config)
     if list(model.organ_ids) != list(info["organ_ids"]):
         ours, theirs = set(model.organ_ids), set(info["organ_ids"])
         diff = sorted(ours ^ theirs) or ["(same ids, different order)"]
-        raise CheckpointError(f"{p}: organ list differs from this vocabulary ({_listing(diff)}); the checkpoint "
-                              f"needs the vocabulary it was trained with")
+        raise CheckpointError(
+            f"{p}: organ list differs from this vocabulary ({_listing(diff)}); the checkpoint "
+            f"needs the vocabulary it was trained with"
+        )
     fp = info.get("text_fingerprint")
     if fp != model.text_fingerprint:
-        msg = (f"{p}: trained with text encoder {str(fp)[:16]}..., this build uses {model.text_fingerprint[:16]}...; "
-               f"set config text_model to the encoder it was trained with")
+        msg = (
+            f"{p}: trained with text encoder {str(fp)[:16]}..., this build uses {model.text_fingerprint[:16]}...; "
+            f"set config text_model to the encoder it was trained with"
+        )
         if strict_text:
             raise CheckpointError(msg)
         logger.warning("%s", msg)
@@ -271,8 +308,11 @@ def load_checkpoint(path: str | os.PathLike[str], *, design: str | None = None,
     unexpected = sorted(k for k in tensors if k not in expected)
     required = [k for k in expected if not k.startswith(_CORE) or base is None or is_lora_parameter(k)]
     missing = sorted(k for k in required if k not in tensors)
-    shapes = sorted(f"{k} {tuple(v.shape)} vs {tuple(expected[k].shape)}" for k, v in tensors.items()
-                    if k in expected and v.shape != expected[k].shape)
+    shapes = sorted(
+        f"{k} {tuple(v.shape)} vs {tuple(expected[k].shape)}"
+        for k, v in tensors.items()
+        if k in expected and v.shape != expected[k].shape
+    )
     problems = []
     if missing:
         problems.append(f"missing tensors: {_listing(missing)}")

@@ -12,8 +12,15 @@ from organsam.model.sam_core import EMBED_DIM, EMBED_SIZE, SamCore
 __all__ = ["run_mask_decoder"]
 
 
-def run_mask_decoder(core: SamCore, embedding: Tensor, sparse: Tensor, dense: Tensor,
-                     extra_tokens: Tensor | None = None, sam_tokens: bool = True, upscale: bool = True) -> DecoderRun:
+def run_mask_decoder(
+    core: SamCore,
+    embedding: Tensor,
+    sparse: Tensor,
+    dense: Tensor,
+    extra_tokens: Tensor | None = None,
+    sam_tokens: bool = True,
+    upscale: bool = True,
+) -> DecoderRun:
     """Run SAM's mask decoder with optional extra output tokens and access to its intermediate outputs.
 
     Token order: [IoU token, 4 mask tokens] (if ``sam_tokens``), ``extra_tokens``, ``sparse``. Without
@@ -47,8 +54,9 @@ def run_mask_decoder(core: SamCore, embedding: Tensor, sparse: Tensor, dense: Te
     parts.append(sparse)
     tokens = torch.cat(parts, dim=1)
     if embedding.shape[0] not in (1, P) or tuple(embedding.shape[1:]) != (EMBED_DIM, EMBED_SIZE, EMBED_SIZE):
-        raise ValueError(f"embedding must be (P={P} or 1, {EMBED_DIM}, {EMBED_SIZE}, {EMBED_SIZE}), got "
-                         f"{tuple(embedding.shape)}")
+        raise ValueError(
+            f"embedding must be (P={P} or 1, {EMBED_DIM}, {EMBED_SIZE}, {EMBED_SIZE}), got {tuple(embedding.shape)}"
+        )
     src = embedding.expand(P, -1, -1, -1) + dense
     pos = core.get_dense_pe().expand(P, -1, -1, -1)
     b, c, h, w = src.shape
@@ -56,7 +64,7 @@ def run_mask_decoder(core: SamCore, embedding: Tensor, sparse: Tensor, dense: Te
     run = DecoderRun(image_tokens=img.transpose(1, 2).reshape(b, c, h, w))
     n0 = 1 + dec.num_mask_tokens if sam_tokens else 0
     if n_extra:
-        run.extra = hs[:, n0:n0 + n_extra]
+        run.extra = hs[:, n0 : n0 + n_extra]
     if sam_tokens:
         run.mask_token = hs[:, 1]
         run.iou = dec.iou_prediction_head(hs[:, 0])[:, :1]

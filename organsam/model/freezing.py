@@ -38,13 +38,23 @@ def add_lora(core: Any, config: Any) -> list[str]:
     if rank == 0:
         return []
     if not config.lora_targets:
-        raise ValueError("config lora_targets is empty while lora_rank > 0; name the image-encoder layers to "
-                         f"adapt, e.g. {list(TINYVIT_LORA_TARGETS)}")
+        raise ValueError(
+            "config lora_targets is empty while lora_rank > 0; name the image-encoder layers to "
+            f"adapt, e.g. {list(TINYVIT_LORA_TARGETS)}"
+        )
     if not config.freeze_image_encoder:
-        logger.warning("lora_rank %d with freeze_image_encoder: false: the adapted layers keep their base "
-                       "weights frozen, every other encoder weight trains fully", rank)
-    return apply_lora(core.image_encoder, rank, float(config.lora_alpha), tuple(config.lora_targets),
-                      dropout=float(config.lora_dropout))
+        logger.warning(
+            "lora_rank %d with freeze_image_encoder: false: the adapted layers keep their base "
+            "weights frozen, every other encoder weight trains fully",
+            rank,
+        )
+    return apply_lora(
+        core.image_encoder,
+        rank,
+        float(config.lora_alpha),
+        tuple(config.lora_targets),
+        dropout=float(config.lora_dropout),
+    )
 
 
 def apply_freezing(model: nn.Module, config: Any, unused: Iterable[nn.Module]) -> None:

@@ -45,8 +45,9 @@ def _monai_loss(kind: str) -> Any:
 
 def _check(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     if logits.shape != target.shape:
-        raise ValueError(f"logits {tuple(logits.shape)} and target {tuple(target.shape)} must have the same shape "
-                         f"(B, C, H, W)")
+        raise ValueError(
+            f"logits {tuple(logits.shape)} and target {tuple(target.shape)} must have the same shape (B, C, H, W)"
+        )
     if logits.ndim != 4:
         raise ValueError(f"mask losses expect (B, C, H, W) tensors, got {tuple(logits.shape)}")
     return logits.float(), target.float()
@@ -166,8 +167,10 @@ def presence_loss(presence_logits: Tensor, present: Tensor) -> Tensor:
         scalar float32.
     """
     if presence_logits.shape != present.shape:
-        raise ValueError(f"presence logits {tuple(presence_logits.shape)} and targets {tuple(present.shape)} "
-                         f"must have the same shape")
+        raise ValueError(
+            f"presence logits {tuple(presence_logits.shape)} and targets {tuple(present.shape)} "
+            f"must have the same shape"
+        )
     with torch.autocast(device_type=presence_logits.device.type, enabled=False):
         return F.binary_cross_entropy_with_logits(presence_logits.float(), present.float())
 

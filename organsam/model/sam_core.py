@@ -22,8 +22,15 @@ from organsam.model.components.two_way_transformer import TwoWayTransformer
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SamCore", "CheckpointError", "build_lite_medsam", "load_checkpoint_state", "IMAGE_SIZE",
-           "EMBED_SIZE", "EMBED_DIM"]
+__all__ = [
+    "SamCore",
+    "CheckpointError",
+    "build_lite_medsam",
+    "load_checkpoint_state",
+    "IMAGE_SIZE",
+    "EMBED_SIZE",
+    "EMBED_DIM",
+]
 
 IMAGE_SIZE = 256
 """Side of the square model input."""
@@ -53,8 +60,9 @@ class SamCore(nn.Module):
         self.mask_decoder = mask_decoder
 
     # ------------------------------------------------------------------ encoder
-    def encode(self, images: torch.Tensor, level_residual_fn: LevelResidualFn | None = None,
-               keep_levels: bool = True) -> EncoderOutput:
+    def encode(
+        self, images: torch.Tensor, level_residual_fn: LevelResidualFn | None = None, keep_levels: bool = True
+    ) -> EncoderOutput:
         """Encode model-input images.
 
         Args:
@@ -68,8 +76,10 @@ class SamCore(nn.Module):
             [(B, 64, 256, 256), (B, 128, 128, 128), (B, 160, 64, 64), (B, 320, 64, 64)].
         """
         if images.ndim != 4 or tuple(images.shape[1:]) != (3, IMAGE_SIZE, IMAGE_SIZE):
-            raise ValueError(f"encode() expects images of shape (B, 3, {IMAGE_SIZE}, {IMAGE_SIZE}) in [0, 1], "
-                             f"got {tuple(images.shape)}; use organsam.preprocessing.slices.to_model_input")
+            raise ValueError(
+                f"encode() expects images of shape (B, 3, {IMAGE_SIZE}, {IMAGE_SIZE}) in [0, 1], "
+                f"got {tuple(images.shape)}; use organsam.preprocessing.slices.to_model_input"
+            )
         return self.image_encoder.forward_features(images, level_residual_fn, keep_levels)
 
     def get_dense_pe(self) -> torch.Tensor:
@@ -107,8 +117,10 @@ class SamCore(nn.Module):
         if points is not None:
             coords, labels = points
             if coords.ndim != 3 or coords.shape[-1] != 2 or tuple(labels.shape) != tuple(coords.shape[:2]):
-                raise ValueError(f"points must be (coords (P, N, 2), labels (P, N)), got "
-                                 f"{tuple(coords.shape)} and {tuple(labels.shape)}")
+                raise ValueError(
+                    f"points must be (coords (P, N, 2), labels (P, N)), got "
+                    f"{tuple(coords.shape)} and {tuple(labels.shape)}"
+                )
         if mask_input is not None:
             self.prompt_encoder.check_mask_size(mask_input)
         sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=mask_input, batch_size=P)
@@ -118,8 +130,10 @@ class SamCore(nn.Module):
             sparse = torch.cat([sparse.to(sparse_extra.dtype), sparse_extra], dim=1)
         if dense_extra is not None:
             if tuple(dense_extra.shape) != (P, EMBED_DIM, EMBED_SIZE, EMBED_SIZE):
-                raise ValueError(f"dense_extra must be (P={P}, {EMBED_DIM}, {EMBED_SIZE}, {EMBED_SIZE}), got "
-                                 f"{tuple(dense_extra.shape)}")
+                raise ValueError(
+                    f"dense_extra must be (P={P}, {EMBED_DIM}, {EMBED_SIZE}, {EMBED_SIZE}), got "
+                    f"{tuple(dense_extra.shape)}"
+                )
             dense = dense + dense_extra
         return sparse, dense
 
@@ -157,8 +171,9 @@ class SamCore(nn.Module):
             low_res_logits (P, M, 256, 256) and iou_pred (P, M); M = 3 if ``multimask_output`` else 1.
         """
         if embedding.ndim != 4 or tuple(embedding.shape[1:]) != (EMBED_DIM, EMBED_SIZE, EMBED_SIZE):
-            raise ValueError(f"embedding must be (B, {EMBED_DIM}, {EMBED_SIZE}, {EMBED_SIZE}), "
-                             f"got {tuple(embedding.shape)}")
+            raise ValueError(
+                f"embedding must be (B, {EMBED_DIM}, {EMBED_SIZE}, {EMBED_SIZE}), got {tuple(embedding.shape)}"
+            )
         B = embedding.shape[0]
         fallback = int(image_index.shape[0]) if image_index is not None else B
         sparse, dense = self.embed_prompts(boxes, points, mask_input, sparse_extra, dense_extra, fallback)
@@ -168,12 +183,15 @@ class SamCore(nn.Module):
                 raise ValueError(f"image_index must be (P={P},), got {tuple(image_index.shape)}")
             if mask_input is None and dense_extra is None:
                 # the dense prompt is the same no-mask embedding for every prompt set: share the image side
-                return self.mask_decoder(embedding, self.get_dense_pe(), sparse, dense[:1], multimask_output,
-                                         image_index=image_index.long())
+                return self.mask_decoder(
+                    embedding, self.get_dense_pe(), sparse, dense[:1], multimask_output, image_index=image_index.long()
+                )
             embedding = embedding.expand(P, -1, -1, -1) if B == 1 else embedding[image_index.long()]
         elif B not in (1, P):
-            raise ValueError(f"{B} image embeddings for {P} prompt sets: pass image_index (P,) to say which "
-                             f"embedding each prompt set uses")
+            raise ValueError(
+                f"{B} image embeddings for {P} prompt sets: pass image_index (P,) to say which "
+                f"embedding each prompt set uses"
+            )
         return self.mask_decoder(embedding, self.get_dense_pe(), sparse, dense, multimask_output)
 
     def forward(self, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
@@ -190,9 +208,14 @@ class SamCore(nn.Module):
         return self.decode(emb, boxes=boxes)[0]
 
 
-def _prompt_batch(boxes: torch.Tensor | None, points: tuple[torch.Tensor, torch.Tensor] | None,
-                  mask_input: torch.Tensor | None, sparse_extra: torch.Tensor | None,
-                  dense_extra: torch.Tensor | None, batch_size: int | None) -> int:
+def _prompt_batch(
+    boxes: torch.Tensor | None,
+    points: tuple[torch.Tensor, torch.Tensor] | None,
+    mask_input: torch.Tensor | None,
+    sparse_extra: torch.Tensor | None,
+    dense_extra: torch.Tensor | None,
+    batch_size: int | None,
+) -> int:
     if boxes is not None:
         return int(boxes.reshape(-1, 4).shape[0])
     if points is not None:
@@ -222,8 +245,10 @@ def load_checkpoint_state(path: str | os.PathLike[str]) -> dict[str, torch.Tenso
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise CheckpointError(f"{p}: cannot read as a torch weights file ({first}); pass a LiteMedSAM .pth "
-                              f"state dict saved with torch.save(model.state_dict(), path)") from e
+        raise CheckpointError(
+            f"{p}: cannot read as a torch weights file ({first}); pass a LiteMedSAM .pth "
+            f"state dict saved with torch.save(model.state_dict(), path)"
+        ) from e
     if isinstance(obj, dict):
         for key in ("model", "state_dict"):
             if key in obj and isinstance(obj[key], dict):
@@ -251,13 +276,23 @@ def build_lite_medsam(checkpoint: str | os.PathLike[str] | None = None, pretrain
     """
     model = SamCore(
         image_encoder=TinyViT(
-            in_channels=3, embed_dims=(64, 128, 160, 320), depths=(2, 2, 6, 2), num_heads=(2, 4, 5, 10),
-            window_sizes=(7, 7, 14, 7), mlp_ratio=4.0, mbconv_expand_ratio=4.0, out_channels=EMBED_DIM,
+            in_channels=3,
+            embed_dims=(64, 128, 160, 320),
+            depths=(2, 2, 6, 2),
+            num_heads=(2, 4, 5, 10),
+            window_sizes=(7, 7, 14, 7),
+            mlp_ratio=4.0,
+            mbconv_expand_ratio=4.0,
+            out_channels=EMBED_DIM,
         ),
         prompt_encoder=PromptEncoder(EMBED_DIM, (EMBED_SIZE, EMBED_SIZE), (IMAGE_SIZE, IMAGE_SIZE), 16),
-        mask_decoder=MaskDecoder(TwoWayTransformer(depth=2, embed_dim=EMBED_DIM, num_heads=8, mlp_dim=2048),
-                                 transformer_dim=EMBED_DIM, num_multimask_outputs=3, iou_head_depth=3,
-                                 iou_head_hidden_dim=256),
+        mask_decoder=MaskDecoder(
+            TwoWayTransformer(depth=2, embed_dim=EMBED_DIM, num_heads=8, mlp_dim=2048),
+            transformer_dim=EMBED_DIM,
+            num_multimask_outputs=3,
+            iou_head_depth=3,
+            iou_head_hidden_dim=256,
+        ),
     )
     if pretrained:
         from organsam.weights import find_weight
@@ -267,7 +302,9 @@ def build_lite_medsam(checkpoint: str | os.PathLike[str] | None = None, pretrain
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as e:
-            raise CheckpointError(f"{path}: does not fit the LiteMedSAM architecture ({e}); pass a checkpoint "
-                                  f"saved from organsam's SamCore or the original LiteMedSAM") from e
+            raise CheckpointError(
+                f"{path}: does not fit the LiteMedSAM architecture ({e}); pass a checkpoint "
+                f"saved from organsam's SamCore or the original LiteMedSAM"
+            ) from e
         logger.info("loaded LiteMedSAM weights from %s", path)
     return model.eval()

@@ -36,14 +36,17 @@ def resolve_organ_ids(organs: Sequence[str] = ()) -> list[str]:
         else:
             close = difflib.get_close_matches(entry, vocab.ids() + vocab.group_names(), n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise ValueError(f"config 'organs': {entry!r} is neither an organ id nor a group of organs.json{hint} "
-                             f"(run 'organsam organs' to list them)")
+            raise ValueError(
+                f"config 'organs': {entry!r} is neither an organ id nor a group of organs.json{hint} "
+                f"(run 'organsam organs' to list them)"
+            )
         out.extend(i for i in ids if i not in out)
     return out
 
 
-def vocabulary_embeddings(organs: Sequence[str] = (), text_model: str | None = None,
-                          cache_dir: str | None = None) -> VocabularyEmbeddings:
+def vocabulary_embeddings(
+    organs: Sequence[str] = (), text_model: str | None = None, cache_dir: str | None = None
+) -> VocabularyEmbeddings:
     """Name and knowledge embeddings of a design vocabulary (memoised per encoder fingerprint and organ set).
 
     Args:
@@ -61,6 +64,9 @@ def vocabulary_embeddings(organs: Sequence[str] = (), text_model: str | None = N
     key = (cache.fingerprint(), str(cache.cache_dir), tuple(ids))
     if key not in _TEXT_MEMO:
         _TEXT_MEMO[key] = embed_vocabulary(cache, load_vocabulary(), ids)
-        logger.info("embedded %d organs (%d knowledge sentences) for the design text table", len(ids),
-                    int(_TEXT_MEMO[key].knowledge_mask.sum()))
+        logger.info(
+            "embedded %d organs (%d knowledge sentences) for the design text table",
+            len(ids),
+            int(_TEXT_MEMO[key].knowledge_mask.sum()),
+        )
     return _TEXT_MEMO[key]

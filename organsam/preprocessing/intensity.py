@@ -82,8 +82,9 @@ def resolve_window(window: str | tuple[float, float]) -> tuple[float, float]:
     if isinstance(window, str):
         key = window.strip().lower().replace("-", "_").replace(" ", "_")
         if key not in CT_WINDOWS:
-            raise ValueError(f"unknown CT window {window!r}; choose one of {sorted(CT_WINDOWS)} "
-                             "or give (level, width) in HU")
+            raise ValueError(
+                f"unknown CT window {window!r}; choose one of {sorted(CT_WINDOWS)} or give (level, width) in HU"
+            )
         return CT_WINDOWS[key]
     try:
         level, width = (float(v) for v in window)
@@ -202,8 +203,7 @@ class MRNormalizer:
         return f"MRNormalizer(lower={self.lower:g}, upper={self.upper:g}, foreground_only={self.foreground_only})"
 
 
-def normalize_mr(arr: np.ndarray, lower: float = 0.5, upper: float = 99.5,
-                 foreground_only: bool = True) -> np.ndarray:
+def normalize_mr(arr: np.ndarray, lower: float = 0.5, upper: float = 99.5, foreground_only: bool = True) -> np.ndarray:
     """Percentile-normalise an MR (or any non-HU) array to float32 in [0, 255].
 
     Args:
@@ -294,7 +294,8 @@ def check_ct_intensities(arr: np.ndarray, path: str | Path | None = None) -> Non
         )
     if lo < -10000.0 or hi > 100000.0:
         raise IntensityError(
-            path, f"CT was requested but the intensities range from {lo:g} to {hi:g}, far outside HU.",
+            path,
+            f"CT was requested but the intensities range from {lo:g} to {hi:g}, far outside HU.",
             "check the scaling (scl_slope/scl_inter or RescaleSlope/Intercept) of the file.",
         )
 
@@ -346,8 +347,9 @@ class DisplayConverter:
         mr_upper: Upper percentile for MR/unknown volumes.
     """
 
-    def __init__(self, window: str | tuple[float, float] = "abdomen", mr_lower: float = 0.5,
-                 mr_upper: float = 99.5) -> None:
+    def __init__(
+        self, window: str | tuple[float, float] = "abdomen", mr_lower: float = 0.5, mr_upper: float = 99.5
+    ) -> None:
         self.ct = CTWindow(window)
         self.mr = MRNormalizer(mr_lower, mr_upper)
 

@@ -28,8 +28,10 @@ def resampled_shape(shape: Sequence[int], spacing: Sequence[float], new_spacing:
         The output shape; the exact output spacing is ``shape * spacing / out_shape``.
     """
     if not (len(shape) == len(spacing) == len(new_spacing)):
-        raise ValueError(f"shape {tuple(shape)}, spacing {tuple(spacing)} and new_spacing {tuple(new_spacing)} "
-                         "must have the same length")
+        raise ValueError(
+            f"shape {tuple(shape)}, spacing {tuple(spacing)} and new_spacing {tuple(new_spacing)} "
+            "must have the same length"
+        )
     if any(s <= 0 for s in spacing) or any(s <= 0 for s in new_spacing):
         raise ValueError(f"spacings must be positive, got {tuple(spacing)} -> {tuple(new_spacing)}")
     return tuple(max(1, int(round(n * s / ns))) for n, s, ns in zip(shape, spacing, new_spacing))
@@ -71,8 +73,9 @@ def resample_to_shape(arr: np.ndarray, shape: Sequence[int], order: int = 1) -> 
     return out.astype(out_dtype, copy=False)
 
 
-def resample_volume(arr: np.ndarray, spacing: Sequence[float], new_spacing: Sequence[float],
-                    order: int = 1) -> np.ndarray:
+def resample_volume(
+    arr: np.ndarray, spacing: Sequence[float], new_spacing: Sequence[float], order: int = 1
+) -> np.ndarray:
     """Resample an image (``order=1``) or label map (``order=0``) from ``spacing`` to ``new_spacing``.
 
     Args:
@@ -85,8 +88,9 @@ def resample_volume(arr: np.ndarray, spacing: Sequence[float], new_spacing: Sequ
         Array of shape :func:`resampled_shape` ``(arr.shape, spacing, new_spacing)``.
     """
     target = resampled_shape(np.shape(arr), spacing, new_spacing)
-    logger.debug("resample %s @ %s -> %s @ %s (order %d)", np.shape(arr), tuple(spacing), target,
-                 tuple(new_spacing), order)
+    logger.debug(
+        "resample %s @ %s -> %s @ %s (order %d)", np.shape(arr), tuple(spacing), target, tuple(new_spacing), order
+    )
     return resample_to_shape(arr, target, order)
 
 

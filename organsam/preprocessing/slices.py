@@ -110,6 +110,7 @@ class SliceGeometry:
         out[:, :h, :w] = frac >= 0.5 - 1e-6
         return out.reshape(m.shape[:-2] + (self.size, self.size))
 
+
 def geometry_for(shape_hw: tuple[int, int], size: int = 256) -> SliceGeometry:
     """The :class:`SliceGeometry` of an (H, W) slice (resized size rounded as LiteMedSAM does)."""
     H, W = int(shape_hw[0]), int(shape_hw[1])
@@ -195,8 +196,9 @@ def to_model_input(slice_2d: np.ndarray, size: int = 256) -> tuple[np.ndarray, S
     """
     a = np.asarray(slice_2d)
     if a.ndim != 2:
-        raise ValueError(f"to_model_input expects one (H, W) slice, got shape {a.shape}; "
-                         f"use to_model_input_batch for (N, H, W)")
+        raise ValueError(
+            f"to_model_input expects one (H, W) slice, got shape {a.shape}; use to_model_input_batch for (N, H, W)"
+        )
     batch, geom = to_model_input_batch(a[None], size)
     return batch[0], geom
 

@@ -27,7 +27,21 @@ from organsam.priors.registration import (
 )
 
 __all__ = [
-    "ATLAS_ENV", "Atlas", "AtlasNotFoundError", "AtlasPrior", "AtlasResult", "AtlasTransform", "Box",
-    "RegistrationError", "RegistrationSettings", "box_of_slice", "boxes_from_labels", "default_atlas",
-    "mask_to_boxes", "pseudo_ct", "register_atlas", "registration_image", "warp_labels",
+    "ATLAS_ENV",
+    "Atlas",
+    "AtlasNotFoundError",
+    "AtlasPrior",
+    "AtlasResult",
+    "AtlasTransform",
+    "Box",
+    "RegistrationError",
+    "RegistrationSettings",
+    "box_of_slice",
+    "boxes_from_labels",
+    "default_atlas",
+    "mask_to_boxes",
+    "pseudo_ct",
+    "register_atlas",
+    "registration_image",
+    "warp_labels",
 ]

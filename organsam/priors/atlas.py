@@ -36,8 +36,7 @@ from organsam.priors.registration import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ATLAS_ENV", "Atlas", "AtlasNotFoundError", "AtlasPrior", "AtlasResult", "atlas_source",
-           "default_atlas"]
+__all__ = ["ATLAS_ENV", "Atlas", "AtlasNotFoundError", "AtlasPrior", "AtlasResult", "atlas_source", "default_atlas"]
 
 #: Environment variable naming an atlas file (``organsam atlas build``), or a folder with ``image.nii.gz``,
 #: ``label.nii.gz`` and ``labelmap.json``.
@@ -75,14 +74,21 @@ class Atlas:
 
     def __post_init__(self) -> None:
         if self.image.ndim != 3 or self.labels.shape != self.image.shape:
-            raise ValueError(f"atlas {self.name!r}: image {self.image.shape} and labels {self.labels.shape} "
-                             "must be 3D (Z, Y, X) arrays of the same shape")
+            raise ValueError(
+                f"atlas {self.name!r}: image {self.image.shape} and labels {self.labels.shape} "
+                "must be 3D (Z, Y, X) arrays of the same shape"
+            )
         self.spacing = tuple(float(s) for s in self.spacing)  # type: ignore[assignment]
         self.label_to_organ = {int(k): str(v) for k, v in self.label_to_organ.items() if v is not None}
 
     @classmethod
-    def from_files(cls, image_path: str | Path, label_path: str | Path,
-                   labelmap: str | Path | Mapping[int, str | None], name: str | None = None) -> Atlas:
+    def from_files(
+        cls,
+        image_path: str | Path,
+        label_path: str | Path,
+        labelmap: str | Path | Mapping[int, str | None],
+        name: str | None = None,
+    ) -> Atlas:
         """Read an atlas from an image and a label file (any format ``organsam.io`` reads).
 
         Args:
@@ -107,11 +113,20 @@ class Atlas:
         vol = load_volume(image_path, modality="CT")
         labels = load_labels(label_path, vol)
         mapping = dict(labelmap) if isinstance(labelmap, Mapping) else load_labelmap(str(labelmap))
-        atlas = cls(image=vol.array, spacing=vol.spacing, labels=labels,
-                    label_to_organ={k: v for k, v in mapping.items() if v is not None},
-                    name=name or Path(image_path).resolve().parent.name)
-        logger.info("atlas %s: %s voxels at %s mm, %d organs", atlas.name, atlas.image.shape, atlas.spacing,
-                    len(atlas.organ_ids()))
+        atlas = cls(
+            image=vol.array,
+            spacing=vol.spacing,
+            labels=labels,
+            label_to_organ={k: v for k, v in mapping.items() if v is not None},
+            name=name or Path(image_path).resolve().parent.name,
+        )
+        logger.info(
+            "atlas %s: %s voxels at %s mm, %d organs",
+            atlas.name,
+            atlas.image.shape,
+            atlas.spacing,
+            len(atlas.organ_ids()),
+        )
         return atlas
 
     def save(self, path: str | Path, *, source: str = "", licence: str = "", command: str = "") -> Path:
@@ -124,9 +139,14 @@ class Atlas:
     def load(cls, path: str | Path) -> Atlas:
         """Read an atlas file written by :meth:`save` (``organsam atlas build``)."""
         content = read_atlas_file(path)
-        return cls(image=content.image, spacing=content.spacing, labels=content.labels,
-                   label_to_organ={i + 1: o for i, o in enumerate(content.organs)},
-                   name=str(content.meta.get("name") or Path(path).stem), meta=content.meta)
+        return cls(
+            image=content.image,
+            spacing=content.spacing,
+            labels=content.labels,
+            label_to_organ={i + 1: o for i, o in enumerate(content.organs)},
+            name=str(content.meta.get("name") or Path(path).stem),
+            meta=content.meta,
+        )
 
     def organ_ids(self) -> list[str]:
         """Organ ids that have at least one voxel in the atlas, in label-value order (computed once)."""
@@ -184,9 +204,11 @@ def default_atlas() -> Atlas:
         files = [d / "image.nii.gz", d / "label.nii.gz", d / "labelmap.json"]
         missing = [str(f) for f in files if not f.is_file()]
         if missing:
-            raise AtlasNotFoundError(f"${ATLAS_ENV}={env} is set but {', '.join(missing)} is missing; set it to an "
-                                     "atlas file (organsam atlas build) or a folder with image.nii.gz (CT in HU), "
-                                     "label.nii.gz and labelmap.json (label value -> class name)")
+            raise AtlasNotFoundError(
+                f"${ATLAS_ENV}={env} is set but {', '.join(missing)} is missing; set it to an "
+                "atlas file (organsam atlas build) or a folder with image.nii.gz (CT in HU), "
+                "label.nii.gz and labelmap.json (label value -> class name)"
+            )
         return Atlas.from_files(files[0], files[1], files[2], name=d.name)
     from organsam.weights import WeightsError, find_weight
 
@@ -311,8 +333,9 @@ class AtlasPrior:
         settings: explicit registration settings (override ``fast``).
     """
 
-    def __init__(self, atlas: Atlas | None = None, *, fast: bool = False,
-                 settings: RegistrationSettings | None = None) -> None:
+    def __init__(
+        self, atlas: Atlas | None = None, *, fast: bool = False, settings: RegistrationSettings | None = None
+    ) -> None:
         self._atlas = atlas
         self.fast = fast
         self.settings = settings
@@ -358,8 +381,19 @@ class AtlasPrior:
         compact, organs = self._compact
         warped = warp_labels(compact, tx, array.shape, sp, atlas.spacing)
         seconds = time.perf_counter() - t0
-        result = AtlasResult(labels=warped, organ_ids=list(organs), transform=tx, spacing=sp,  # type: ignore[arg-type]
-                             seconds=seconds)
-        logger.info("atlas prior (%s) on %s: %.1f s, %d of %d atlas organs on the target grid", atlas.name,
-                    array.shape, seconds, len(result.present_organs), len(organs))
+        result = AtlasResult(
+            labels=warped,
+            organ_ids=list(organs),
+            transform=tx,
+            spacing=sp,  # type: ignore[arg-type]
+            seconds=seconds,
+        )
+        logger.info(
+            "atlas prior (%s) on %s: %.1f s, %d of %d atlas organs on the target grid",
+            atlas.name,
+            array.shape,
+            seconds,
+            len(result.present_organs),
+            len(organs),
+        )
         return result

@@ -57,9 +57,14 @@ def write_atlas_file(path: str | os.PathLike[str], content: AtlasArrays) -> Path
         raise AtlasFileError(f"{path}: intensities {lo:g}..{hi:g} do not fit int16 (an atlas holds CT HU)")
     meta = {**content.meta, "format": ATLAS_FORMAT, "organsam_version": __version__}
     with atomic_path(path, suffix=".tmp.npz") as tmp, open(tmp, "wb") as fh:
-        np.savez_compressed(fh, image=image.astype(np.int16), labels=content.labels,
-                            organs=np.array(content.organs, dtype=str),
-                            spacing=np.asarray(content.spacing, dtype=np.float64), meta=np.array(json.dumps(meta)))
+        np.savez_compressed(
+            fh,
+            image=image.astype(np.int16),
+            labels=content.labels,
+            organs=np.array(content.organs, dtype=str),
+            spacing=np.asarray(content.spacing, dtype=np.float64),
+            meta=np.array(json.dumps(meta)),
+        )
     return path
 
 
@@ -74,14 +79,20 @@ def read_atlas_file(path: str | os.PathLike[str]) -> AtlasArrays:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
             if meta.get("format") != ATLAS_FORMAT:
-                raise AtlasFileError(f"{path}: format {meta.get('format')!r} is not {ATLAS_FORMAT}; rebuild it with "
-                                     f"`organsam atlas build`")
-            return AtlasArrays(image=z["image"].astype(np.float32), labels=z["labels"],
-                               organs=[str(o) for o in z["organs"]],
-                               spacing=tuple(float(s) for s in z["spacing"]),  # type: ignore[arg-type]
-                               meta=meta)
+                raise AtlasFileError(
+                    f"{path}: format {meta.get('format')!r} is not {ATLAS_FORMAT}; rebuild it with "
+                    f"`organsam atlas build`"
+                )
+            return AtlasArrays(
+                image=z["image"].astype(np.float32),
+                labels=z["labels"],
+                organs=[str(o) for o in z["organs"]],
+                spacing=tuple(float(s) for s in z["spacing"]),  # type: ignore[arg-type]
+                meta=meta,
+            )
     except AtlasFileError:
         raise
     except (OSError, KeyError, ValueError, EOFError) as e:
-        raise AtlasFileError(f"{path}: not a readable organsam atlas file ({e}); rebuild it with "
-                             f"`organsam atlas build`") from e
+        raise AtlasFileError(
+            f"{path}: not a readable organsam atlas file ({e}); rebuild it with `organsam atlas build`"
+        ) from e

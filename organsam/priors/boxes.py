@@ -110,5 +110,4 @@ def boxes_from_labels(
         organ = label_to_organ.get(v)
         if organ is not None:
             by_organ.setdefault(organ, []).append(v)
-    return {organ: mask_to_boxes(np.isin(lab, values), margin_px, min_pixels)
-            for organ, values in by_organ.items()}
+    return {organ: mask_to_boxes(np.isin(lab, values), margin_px, min_pixels) for organ, values in by_organ.items()}

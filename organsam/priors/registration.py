@@ -56,11 +56,13 @@ from organsam.priors.registration_stages import affine_stage, demons_stage, mean
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "AtlasTransform", "RegistrationError", "RegistrationSettings", "register_atlas", "warp_labels", "THIN_SLAB_MM",
+    "AtlasTransform",
+    "RegistrationError",
+    "RegistrationSettings",
+    "register_atlas",
+    "warp_labels",
+    "THIN_SLAB_MM",
 ]
-
-
-
 
 
 @dataclass
@@ -187,9 +189,14 @@ def register_atlas(
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
 
 
-def _register(fixed: np.ndarray, fixed_spacing: Sequence[float], moving: np.ndarray,
-              moving_spacing: Sequence[float], fast: bool, settings: RegistrationSettings | None
-              ) -> AtlasTransform:
+def _register(
+    fixed: np.ndarray,
+    fixed_spacing: Sequence[float],
+    moving: np.ndarray,
+    moving_spacing: Sequence[float],
+    fast: bool,
+    settings: RegistrationSettings | None,
+) -> AtlasTransform:
     fsp = check_volume("fixed", fixed, fixed_spacing)
     msp = check_volume("moving", moving, moving_spacing)
     cfg = settings or RegistrationSettings.default(fast)
@@ -215,8 +222,9 @@ def _register(fixed: np.ndarray, fixed_spacing: Sequence[float], moving: np.ndar
     t0 = time.perf_counter()
     f_info = slice_info(f_cl, f_body, f_sp)
     m_info = slice_info(m_cl, m_body, m_sp)
-    z_off, z_score, used = z_search(f_info, f_sp[0], m_info, m_sp[0], step_mm=min(f_sp[0], m_sp[0]) / 2,
-                                     forced=cfg.z_offset_mm)
+    z_off, z_score, used = z_search(
+        f_info, f_sp[0], m_info, m_sp[0], step_mm=min(f_sp[0], m_sp[0]) / 2, forced=cfg.z_offset_mm
+    )
     zf = np.flatnonzero(used)
     mpos = (zf * f_sp[0] + z_off) / m_sp[0]
     m_cent, _ = interp_rows(m_info.centroid, m_info.valid, mpos)
@@ -231,16 +239,24 @@ def _register(fixed: np.ndarray, fixed_spacing: Sequence[float], moving: np.ndar
     init.SetMatrix((float(scale_yx[1]), 0.0, 0.0, 0.0, float(scale_yx[0]), 0.0, 0.0, 0.0, 1.0))
     init.SetTranslation((float(m_cent[1] - f_cent[1]), float(m_cent[0] - f_cent[0]), float(z_off)))
     timings["zsearch"] = time.perf_counter() - t0
-    logger.info("z search: offset %.1f mm (score %.3f, %d fixed slices), in-plane scale y %.2f x %.2f",
-                z_off, z_score, zf.size, scale_yx[0], scale_yx[1])
+    logger.info(
+        "z search: offset %.1f mm (score %.3f, %d fixed slices), in-plane scale y %.2f x %.2f",
+        z_off,
+        z_score,
+        zf.size,
+        scale_yx[0],
+        scale_yx[1],
+    )
 
     # 3. affine, Mattes MI
     t0 = time.perf_counter()
     f_img = to_sitk(f_cl, f_sp)
     m_img = to_sitk(m_cl, m_sp)
     thin = fixed.shape[0] * fsp[0] < THIN_SLAB_MM
-    runs = [affine_stage(f_img, m_img, f_body, f_sp, init, replace(cfg, seed=cfg.seed + i), thin)
-            for i in range(max(cfg.affine_runs, 1))]
+    runs = [
+        affine_stage(f_img, m_img, f_body, f_sp, init, replace(cfg, seed=cfg.seed + i), thin)
+        for i in range(max(cfg.affine_runs, 1))
+    ]
     affine, metric = mean_affine([r[0] for r in runs], init), float(np.nanmean([r[1] for r in runs]))
     timings["affine"] = time.perf_counter() - t0
     stages = ["zsearch", "affine"]
@@ -253,11 +269,22 @@ def _register(fixed: np.ndarray, fixed_spacing: Sequence[float], moving: np.ndar
         stages.append("demons")
         timings["demons"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_start
-    logger.info("atlas registration (%s) took %.1f s: %s", "+".join(stages), timings["total"],
-                ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
-    return AtlasTransform(transform=transform, affine=sitk.AffineTransform(affine), z_offset_mm=z_off,
-                          z_score=z_score, stages=tuple(stages), timings=timings, metric=metric,
-                          initial=init)
+    logger.info(
+        "atlas registration (%s) took %.1f s: %s",
+        "+".join(stages),
+        timings["total"],
+        ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()),
+    )
+    return AtlasTransform(
+        transform=transform,
+        affine=sitk.AffineTransform(affine),
+        z_offset_mm=z_off,
+        z_score=z_score,
+        stages=tuple(stages),
+        timings=timings,
+        metric=metric,
+        initial=init,
+    )
 
 
 def warp_labels(

@@ -57,8 +57,9 @@ def reference_grid(shape_zyx: Sequence[int], spacing_zyx: Sequence[float]) -> si
     return ref
 
 
-def downsample(array: np.ndarray, spacing: tuple[float, float, float], target_mm: float
-                ) -> tuple[np.ndarray, tuple[float, float, float]]:
+def downsample(
+    array: np.ndarray, spacing: tuple[float, float, float], target_mm: float
+) -> tuple[np.ndarray, tuple[float, float, float]]:
     """Gaussian-smooth and resample to about ``target_mm`` per axis (never upsampled).
 
     Returns the (Z', Y', X') float32 array (unclipped HU) and its spacing.
@@ -71,13 +72,16 @@ def downsample(array: np.ndarray, spacing: tuple[float, float, float], target_mm
     new_sp = tuple(n * s / m for n, s, m in zip(array.shape, spacing, shape))
     sigmas = [0.5 * np.sqrt(max(t**2 - s**2, 0.0)) for s, t in zip(spacing[::-1], new_sp[::-1])]
     sm = sitk.SmoothingRecursiveGaussian(img, [max(s, 1e-3) for s in sigmas]) if max(sigmas) > 0 else img
-    out = sitk.Resample(sm, reference_grid(shape, new_sp), sitk.Transform(), sitk.sitkLinear,
-                        -1000.0, sitk.sitkFloat32)
+    out = sitk.Resample(sm, reference_grid(shape, new_sp), sitk.Transform(), sitk.sitkLinear, -1000.0, sitk.sitkFloat32)
     return sitk.GetArrayFromImage(out), new_sp  # type: ignore[return-value]
 
 
-def body_mask(array_hu: np.ndarray, spacing: tuple[float, float, float], shape: Sequence[int],
-               grid_spacing: tuple[float, float, float]) -> np.ndarray:
+def body_mask(
+    array_hu: np.ndarray,
+    spacing: tuple[float, float, float],
+    shape: Sequence[int],
+    grid_spacing: tuple[float, float, float],
+) -> np.ndarray:
     """Body mask on the working grid, computed at ~2 mm in-plane so that thin gaps (arms beside the
     body, the table) survive: per slice HU > -500, opened, largest 2D component, holes filled.
 
@@ -102,8 +106,14 @@ def body_mask(array_hu: np.ndarray, spacing: tuple[float, float, float], shape: 
         sizes = ndimage.sum_labels(sl, lab, index=np.arange(1, n + 1))
         fine[k] = ndimage.binary_fill_holes(lab == (int(np.argmax(sizes)) + 1))
     fine_sp = (spacing[0], spacing[1] * step, spacing[2] * step)
-    img = sitk.Resample(to_sitk(fine, fine_sp), reference_grid(shape, grid_spacing), sitk.Transform(),
-                        sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    img = sitk.Resample(
+        to_sitk(fine, fine_sp),
+        reference_grid(shape, grid_spacing),
+        sitk.Transform(),
+        sitk.sitkLinear,
+        0.0,
+        sitk.sitkFloat32,
+    )
     return sitk.GetArrayFromImage(img) > 0.5
 
 
@@ -172,8 +182,9 @@ def interp_rows(values: np.ndarray, valid: np.ndarray, pos: np.ndarray) -> tuple
     return values[i0] * (1 - w) + values[i1] * w, ok
 
 
-def z_search(fix: SliceInfo, fsz: float, mov: SliceInfo, msz: float, step_mm: float,
-              forced: float | None = None) -> tuple[float, float, np.ndarray]:
+def z_search(
+    fix: SliceInfo, fsz: float, mov: SliceInfo, msz: float, step_mm: float, forced: float | None = None
+) -> tuple[float, float, np.ndarray]:
     """Best z offset (mm) so that fixed z maps to moving z + offset; returns (offset, score, fixed slices used)."""
     nzf, nzm = fix.desc.shape[0], mov.desc.shape[0]
     zf = np.arange(nzf) * fsz
@@ -196,5 +207,6 @@ def z_search(fix: SliceInfo, fsz: float, mov: SliceInfo, msz: float, step_mm: fl
     if not np.isfinite(best[0]):
         raise RegistrationError(
             f"z search found no offset with enough overlap (fixed {ext_f:.0f} mm, atlas {ext_m:.0f} mm "
-            "along z, or no body found in either volume): check that both are CT volumes in HU")
+            "along z, or no body found in either volume): check that both are CT volumes in HU"
+        )
     return best[1], best[0], best[2]

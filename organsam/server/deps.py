@@ -19,8 +19,19 @@ from organsam.server.settings import ServerSettings
 from organsam.vocabulary.palette import organ_color
 
 __all__ = [
-    "JobId", "Queue", "RenderGate", "SessionId", "Settings", "Store", "View", "check_slice", "hex_color", "job_out",
-    "organ_colors", "resolve_one_organ", "session_out",
+    "JobId",
+    "Queue",
+    "RenderGate",
+    "SessionId",
+    "Settings",
+    "Store",
+    "View",
+    "check_slice",
+    "hex_color",
+    "job_out",
+    "organ_colors",
+    "resolve_one_organ",
+    "session_out",
 ]
 
 SessionId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$", description="session id (32 hex digits)")]
@@ -66,8 +77,7 @@ def resolve_one_organ(text: str) -> str:
         raise ApiError(
             422,
             "ambiguous_organ",
-            f"a correction applies to one organ; {text!r} names "
-            f"{len(ids)} ({', '.join(ids)}): choose one of them",
+            f"a correction applies to one organ; {text!r} names {len(ids)} ({', '.join(ids)}): choose one of them",
         )
     return ids[0]
 

@@ -281,9 +281,7 @@ class JobQueue:
             self._finish(
                 job,
                 "cancelled",
-                error="the server is shutting down"
-                if self._stop and not session.closed
-                else "the session was deleted",
+                error="the server is shutting down" if self._stop and not session.closed else "the session was deleted",
             )
         except (ValueError, FileNotFoundError, KeyError) as e:
             msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)

@@ -96,10 +96,14 @@ class HostCheckMiddleware:
         if scope["type"] in ("http", "websocket"):
             headers = dict(scope.get("headers") or [])
             host = headers.get(b"host", b"").decode("latin-1").lower()
-            name = host[1:host.index("]")] if host.startswith("[") and "]" in host else host.rsplit(":", 1)[0]
+            name = host[1 : host.index("]")] if host.startswith("[") and "]" in host else host.rsplit(":", 1)[0]
             if name not in self.allowed:
-                await error_response(400, "bad_host", f"this server answers to {', '.join(sorted(self.allowed))} "
-                                     "only (it has no authentication); open it as http://127.0.0.1:PORT or "
-                                     "start it with --allow-host NAME")(scope, receive, send)
+                await error_response(
+                    400,
+                    "bad_host",
+                    f"this server answers to {', '.join(sorted(self.allowed))} "
+                    "only (it has no authentication); open it as http://127.0.0.1:PORT or "
+                    "start it with --allow-host NAME",
+                )(scope, receive, send)
                 return
         await self.app(scope, receive, send)

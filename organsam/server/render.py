@@ -32,7 +32,6 @@ __all__ = [
 VIEWS = DISPLAY_VIEWS
 
 
-
 def _check_view(view: str) -> None:
     if view not in VIEWS:
         raise ValueError(f"unknown view {view!r}; use one of {', '.join(VIEWS)}")
@@ -61,9 +60,7 @@ def _check_index(shape_zyx: Sequence[int], view: str, index: int) -> None:
     _check_view(view)
     n = int(shape_zyx[VIEWS.index(view)])
     if not 0 <= index < n:
-        raise IndexError(
-            f"{view} slice {index} is out of range: the volume has {n} {view} slices (0..{n - 1})"
-        )
+        raise IndexError(f"{view} slice {index} is out of range: the volume has {n} {view} slices (0..{n - 1})")
 
 
 def extract(array: np.ndarray, view: str, index: int) -> np.ndarray:

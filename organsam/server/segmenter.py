@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["JobCancelledError", "correction_box", "run_session", "write_downloads"]
 
+
 def correction_box(
     mask_slice: np.ndarray | None,
     points: np.ndarray,
@@ -130,9 +131,16 @@ def run_session(
         _apply_corrections(predictor, state, corrections, previous, predictor.margin_px(state))
 
     result = run_segmentation(
-        predictor, session.volume, OrganRequest(session.prompt or "", tuple(organ_ids)),
-        state=session.state, corrections=add_corrections, progress=progress, cancelled=cancelled,
-        encode_chunk=encode_chunk, report_extra={"corrections": [c.as_dict() for c in corrections]})
+        predictor,
+        session.volume,
+        OrganRequest(session.prompt or "", tuple(organ_ids)),
+        state=session.state,
+        corrections=add_corrections,
+        progress=progress,
+        cancelled=cancelled,
+        encode_chunk=encode_chunk,
+        report_extra={"corrections": [c.as_dict() for c in corrections]},
+    )
     result.report["input"] = session.filename
     return result
 
@@ -147,6 +155,7 @@ def write_downloads(result: SegmentationResult, outdir: Path) -> dict[str, Path]
     Returns:
         ``labelmap`` / ``masks_zip`` / ``report`` (/ ``dicom_seg`` for DICOM input) -> path.
     """
+
     def build(folder: Path) -> dict[str, Path]:
         written = result.write_files(folder, overview=False)
         files = {"labelmap": written["segmentation"], "report": written["report"]}

@@ -199,13 +199,17 @@ class Session:
             raise IndexError(f"voxel (z, y, x) = ({z}, {y}, {x}) is outside the volume's {Z} x {Y} x {X} voxels")
         res = self.result
         organs = [o for o, m in (res.masks.items() if res is not None else ()) if m[z, y, x]]
-        return {"zyx": [z, y, x], "ijk": list(self.volume.ijk_index((z, y, x))),
-                "value": round(float(self.volume.array[z, y, x]), 1),
-                "unit": self.unit, "organs": organs}
+        return {
+            "zyx": [z, y, x],
+            "ijk": list(self.volume.ijk_index((z, y, x))),
+            "value": round(float(self.volume.array[z, y, x]), 1),
+            "unit": self.unit,
+            "organs": organs,
+        }
 
     @functools.cached_property
     def unit(self) -> str:
-        """"HU" for a CT in Hounsfield units, else "" (computed once: the readout asks on every cursor move)."""
+        """ "HU" for a CT in Hounsfield units, else "" (computed once: the readout asks on every cursor move)."""
         return "HU" if is_ct_in_hu(self.volume) else ""
 
     def expires_in(self, ttl: float) -> float:
@@ -285,9 +289,7 @@ class SessionStore:
         now = time.time() if now is None else now
         with self._lock:
             old = [
-                s.id
-                for s in self._sessions.values()
-                if now - s.last_used > self.settings.session_ttl_s and not s.busy
+                s.id for s in self._sessions.values() if now - s.last_used > self.settings.session_ttl_s and not s.busy
             ]
         for sid in old:
             logger.info("session %s expired", sid)

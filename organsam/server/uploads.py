@@ -134,22 +134,18 @@ def detect_kind(path: Path) -> str:
             with gzip.open(path, "rb") as g:
                 inner = g.read(1024)
         except (OSError, EOFError, zlib.error) as e:
-            raise UploadError(
-                f"the upload is a broken gzip file ({e})", status=400, code="corrupt_upload"
-            ) from e
+            raise UploadError(f"the upload is a broken gzip file ({e})", status=400, code="corrupt_upload") from e
         kind = _nifti_header_kind(inner)
         if kind in ("n+1", "n+2"):
             return "nifti_gz"
         if kind == "pair":
             raise UploadError(
-                "the upload is a NIfTI header (.hdr) without its image: convert the .hdr/.img "
-                "pair to one .nii.gz file",
+                "the upload is a NIfTI header (.hdr) without its image: convert the .hdr/.img pair to one .nii.gz file",
                 status=415,
                 code="unsupported_type",
             )
         raise UploadError(
-            "the upload is gzip-compressed but not a NIfTI image; send a .nii.gz, a .npz or a "
-            "zip of one DICOM series",
+            "the upload is gzip-compressed but not a NIfTI image; send a .nii.gz, a .npz or a zip of one DICOM series",
             status=415,
             code="unsupported_type",
         )
@@ -158,8 +154,7 @@ def detect_kind(path: Path) -> str:
         return "nifti"
     if kind == "pair":
         raise UploadError(
-            "the upload is a NIfTI header (.hdr) without its image: convert the .hdr/.img pair "
-            "to one .nii.gz file",
+            "the upload is a NIfTI header (.hdr) without its image: convert the .hdr/.img pair to one .nii.gz file",
             status=415,
             code="unsupported_type",
         )
@@ -168,9 +163,7 @@ def detect_kind(path: Path) -> str:
             with zipfile.ZipFile(path) as zf:
                 names = [i.filename for i in zf.infolist() if not i.is_dir()]
         except (zipfile.BadZipFile, OSError) as e:
-            raise UploadError(
-                f"the upload is a broken zip file ({e})", status=400, code="corrupt_upload"
-            ) from e
+            raise UploadError(f"the upload is a broken zip file ({e})", status=400, code="corrupt_upload") from e
         if not names:
             raise UploadError("the uploaded zip is empty", status=400, code="empty_upload")
         if "imgs.npy" in names:
@@ -185,8 +178,7 @@ def detect_kind(path: Path) -> str:
         return "dicom_zip"
     if len(head) >= 132 and head[128:132] == b"DICM":
         raise UploadError(
-            "the upload is a single DICOM file (one slice); zip the folder of the whole series "
-            "and upload the zip",
+            "the upload is a single DICOM file (one slice); zip the folder of the whole series and upload the zip",
             status=415,
             code="unsupported_type",
         )
@@ -236,8 +228,7 @@ def unpack_dicom_zip(path: Path, dest: Path, *, max_bytes: int, max_files: int) 
             infos = [i for i in zf.infolist() if not i.is_dir() and _is_dicom_member(i.filename)]
             if len(infos) > max_files:
                 raise UploadTooLargeError(
-                    f"the zip holds {len(infos)} files, more than the limit of {max_files}; "
-                    "upload one series at a time"
+                    f"the zip holds {len(infos)} files, more than the limit of {max_files}; upload one series at a time"
                 )
             for info in infos:
                 target = dest / f"{written:05d}.dcm"
@@ -271,9 +262,7 @@ def unpack_dicom_zip(path: Path, dest: Path, *, max_bytes: int, max_files: int) 
         NotImplementedError,
     ) as e:
         shutil.rmtree(dest, ignore_errors=True)
-        raise UploadError(
-            f"the zip could not be unpacked ({type(e).__name__}: {e})", code="corrupt_upload"
-        ) from e
+        raise UploadError(f"the zip could not be unpacked ({type(e).__name__}: {e})", code="corrupt_upload") from e
     if written == 0:
         shutil.rmtree(dest, ignore_errors=True)
         raise UploadError(
@@ -287,9 +276,11 @@ def unpack_dicom_zip(path: Path, dest: Path, *, max_bytes: int, max_files: int) 
 def check_unpacked_size(path: Path, kind: str, max_bytes: int) -> None:
     """Refuse a compressed upload that would unpack to more than ``max_bytes`` (a ``.nii.gz`` of zeros that
     unpacks to 1 GB, an npz bomb), counting while decompressing and stopping at the limit."""
-    too_big = UploadTooLargeError(f"the upload unpacks to more than the limit of {max_bytes / 2**20:.0f} MiB; "
-                                  "crop or downsample the volume, or restart the server with a larger "
-                                  "--max-unpacked-mb")
+    too_big = UploadTooLargeError(
+        f"the upload unpacks to more than the limit of {max_bytes / 2**20:.0f} MiB; "
+        "crop or downsample the volume, or restart the server with a larger "
+        "--max-unpacked-mb"
+    )
     try:
         if kind == "nifti_gz":
             total = 0
@@ -306,9 +297,7 @@ def check_unpacked_size(path: Path, kind: str, max_bytes: int) -> None:
         return  # damaged: the reader says what is wrong with it
 
 
-def store_upload(
-    src: Path, session_dir: Path, *, max_unpacked_bytes: int, max_dicom_files: int
-) -> tuple[str, Path]:
+def store_upload(src: Path, session_dir: Path, *, max_unpacked_bytes: int, max_dicom_files: int) -> tuple[str, Path]:
     """Move a received upload into ``session_dir`` under a server-chosen name, unpacking DICOM zips.
 
     Args:

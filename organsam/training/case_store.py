@@ -204,9 +204,7 @@ class CaseStore:
         """
         vals = self.values[case_index][organ]
         if vals is None:
-            raise ValueError(
-                f"organ {self.organ_ids[organ]} is not labelled in case {self.cases[case_index].case_id}"
-            )
+            raise ValueError(f"organ {self.organ_ids[organ]} is not labelled in case {self.cases[case_index].case_id}")
         return np.isin(np.asarray(self.data[case_index].labels[z]), vals)
 
     def case_index(self, case_id: str) -> int:

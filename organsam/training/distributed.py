@@ -67,9 +67,7 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ValueError(
-                f"device {device!r} asked for but CUDA is not available; use device: cpu (or auto)"
-            )
+            raise ValueError(f"device {device!r} asked for but CUDA is not available; use device: cpu (or auto)")
         if device == "cuda":
             device = f"cuda:{local_rank % max(1, torch.cuda.device_count())}"
     return torch.device(device)

@@ -59,9 +59,7 @@ class FeatureCache:
         ValueError: the image encoder has LoRA adapters or trainable parameters.
     """
 
-    def __init__(
-        self, root: str | Path, model: torch.nn.Module, dtype: str = "float32", tag: str = ""
-    ) -> None:
+    def __init__(self, root: str | Path, model: torch.nn.Module, dtype: str = "float32", tag: str = "") -> None:
         from organsam.model.components.lora import lora_modules
 
         n_lora = len(lora_modules(model.core.image_encoder))  # type: ignore[union-attr, arg-type]
@@ -121,9 +119,7 @@ class FeatureCache:
         return load_file(str(path))
 
     @torch.no_grad()
-    def get(
-        self, model: torch.nn.Module, images: torch.Tensor, keys: Sequence[tuple[str, int]]
-    ) -> EncoderOutput:
+    def get(self, model: torch.nn.Module, images: torch.Tensor, keys: Sequence[tuple[str, int]]) -> EncoderOutput:
         """Encoder outputs of a batch, from the cache where present (missing ones are encoded and stored).
 
         Args:

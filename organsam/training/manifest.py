@@ -152,8 +152,7 @@ def read_manifest(path: str | Path) -> list[Case]:
             doc = doc.get("cases")
         if not isinstance(doc, list) or not all(isinstance(r, dict) for r in doc):
             raise ManifestError(
-                f'{p}: expected a JSON list of objects (or {{"cases": [...]}}) with image, label '
-                f"and labelmap keys"
+                f'{p}: expected a JSON list of objects (or {{"cases": [...]}}) with image, label and labelmap keys'
             )
         rows = doc
     else:
@@ -161,10 +160,7 @@ def read_manifest(path: str | Path) -> list[Case]:
             reader = csv.DictReader(f)
             if reader.fieldnames is None:
                 raise ManifestError(f"{p}: empty CSV; the first row must be the header image,label,labelmap")
-            rows = [
-                {k.strip(): (v.strip() if isinstance(v, str) else v) for k, v in r.items() if k}
-                for r in reader
-            ]
+            rows = [{k.strip(): (v.strip() if isinstance(v, str) else v) for k, v in r.items() if k} for r in reader]
     cases = [_case_from_row(r, base, f"{p} row {i + 1}") for i, r in enumerate(rows)]
     if not cases:
         raise ManifestError(f"{p}: the manifest lists no cases")
@@ -187,9 +183,7 @@ def write_manifest(cases: Sequence[Case], path: str | Path) -> Path:
         if not isinstance(c.image, (str, Path)) or not isinstance(c.label, (str, Path)):
             raise ManifestError(f"case {c.case_id}: in-memory image/label cannot be written to a manifest")
         if not isinstance(c.labelmap, (str, Path)):
-            raise ManifestError(
-                f"case {c.case_id}: label map must be a packaged name or a json file to be written"
-            )
+            raise ManifestError(f"case {c.case_id}: label map must be a packaged name or a json file to be written")
         row: dict[str, Any] = {
             "image": str(c.image),
             "label": str(c.label),
@@ -214,9 +208,7 @@ def _check_unique(cases: Iterable[Case], where: str) -> None:
     seen: set[str] = set()
     for c in cases:
         if c.case_id in seen:
-            raise ManifestError(
-                f"{where}: case id {c.case_id!r} appears twice; give each row a unique 'case'"
-            )
+            raise ManifestError(f"{where}: case id {c.case_id!r} appears twice; give each row a unique 'case'")
         seen.add(c.case_id)
 
 
@@ -295,9 +287,7 @@ def split_cases(
         if groups["val"]:
             check_patient_split(groups["train"], groups["val"])
             return groups[split]
-        logger.info(
-            "the dataset defines no val cases; taking %.0f%% of its train patients", 100 * val_fraction
-        )
+        logger.info("the dataset defines no val cases; taking %.0f%% of its train patients", 100 * val_fraction)
         cases = groups["train"]
     if split == "test":
         return []

@@ -106,9 +106,7 @@ class MetricsLogger:
             for k, v in values.items():
                 self.writer.add_scalar(f"train/{k}", v, step)
 
-    def log_val(
-        self, step: int, rows: list[tuple[str, str, float]], per_organ: dict[str, float], mean: float
-    ) -> None:
+    def log_val(self, step: int, rows: list[tuple[str, str, float]], per_organ: dict[str, float], mean: float) -> None:
         """Validation rows, per-organ means and the overall mean."""
         if not self.enabled:
             return

@@ -42,8 +42,9 @@ class SequenceDataset(SliceDataset):
         keys = ("image", "mask", "box", "present", "class_targets", "class_known")
         rows: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
         for t, z in enumerate(spec.zs):
-            out = self.slice_item(spec.case, z, spec.organ, spec.present[t], spec.seed,
-                                  box_seed=spec.seed + 7919 * (t + 1))
+            out = self.slice_item(
+                spec.case, z, spec.organ, spec.present[t], spec.seed, box_seed=spec.seed + 7919 * (t + 1)
+            )
             for k in keys:
                 rows[k].append(out[k])
         item: dict[str, Any] = {k: torch.stack(v) for k, v in rows.items()}

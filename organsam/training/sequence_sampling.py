@@ -77,8 +77,16 @@ class SequenceSampler(OrganBalancedSampler):
         ValueError: ``length`` < 2 or ``stride`` < 1; no case is long enough; no positive pair.
     """
 
-    def __init__(self, areas: Sequence[np.ndarray], known: Sequence[np.ndarray], pixel_scales: Sequence[float], *,
-                 length: int, stride: int = 1, **sampling: Any) -> None:
+    def __init__(
+        self,
+        areas: Sequence[np.ndarray],
+        known: Sequence[np.ndarray],
+        pixel_scales: Sequence[float],
+        *,
+        length: int,
+        stride: int = 1,
+        **sampling: Any,
+    ) -> None:
         if int(length) < 2:
             raise ValueError(f"sequence length must be >= 2, got {length}")
         if int(stride) < 1:

@@ -41,8 +41,9 @@ class SliceDataset(Dataset):
     def __len__(self) -> int:  # the dataset is indexed by SampleSpec, not by position
         return sum(int(a.shape[0]) for a in self.store.areas)
 
-    def slice_item(self, case: int, z: int, organ: int, present: bool, seed: int,
-                   box_seed: int | None = None) -> dict[str, torch.Tensor]:
+    def slice_item(
+        self, case: int, z: int, organ: int, present: bool, seed: int, box_seed: int | None = None
+    ) -> dict[str, torch.Tensor]:
         """One slice in model space with its targets for one prompted organ.
 
         Args:

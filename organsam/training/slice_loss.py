@@ -16,8 +16,9 @@ from organsam.model.losses import neutral_class_targets
 __all__ = ["slice_loss"]
 
 
-def slice_loss(net: torch.nn.Module, model: torch.nn.Module, batch: dict[str, Any], dev: torch.device,
-               use_boxes: bool, cache: Any) -> dict[str, torch.Tensor]:
+def slice_loss(
+    net: torch.nn.Module, model: torch.nn.Module, batch: dict[str, Any], dev: torch.device, use_boxes: bool, cache: Any
+) -> dict[str, torch.Tensor]:
     """Loss terms (``"total"`` among them) of one micro-batch.
 
     Args:

@@ -209,9 +209,7 @@ class TrainConfig:
         if not 0.0 <= self.data.box_prompt_prob <= 1.0:
             raise ConfigError(f"data.box_prompt_prob must be in [0, 1], got {self.data.box_prompt_prob}")
         if not isinstance(self.model, dict):
-            raise ConfigError(
-                f"model must be a mapping of design config overrides, got {type(self.model).__name__}"
-            )
+            raise ConfigError(f"model must be a mapping of design config overrides, got {type(self.model).__name__}")
         rank = self.model.get("lora_rank", 0)
         if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
             raise ConfigError(f"model.lora_rank must be an integer >= 0 (0: no LoRA adapters), got {rank!r}")
@@ -245,9 +243,7 @@ def find_config_file(name: str | Path) -> Path:
     )
 
 
-def load_train_config(
-    files: str | Path | Sequence[str | Path] = (), overrides: Iterable[str] = ()
-) -> TrainConfig:
+def load_train_config(files: str | Path | Sequence[str | Path] = (), overrides: Iterable[str] = ()) -> TrainConfig:
     """Merge YAML files (in order) and ``key=value`` overrides into a :class:`TrainConfig`.
 
     Raises:

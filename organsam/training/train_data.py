@@ -32,6 +32,7 @@ def organ_indices(model: torch.nn.Module, organs: tuple[str, ...], what: str, de
         )
     return [model.organ_ids.index(o) for o in ids]
 
+
 def build_train_data(cfg: TrainConfig, model: torch.nn.Module, is_main: bool) -> dict[str, Any]:
     """The run's data: the training cases' store, sampler and dataset, and the validation store (main process
     only; None without validation cases)."""
@@ -93,8 +94,7 @@ def build_train_data(cfg: TrainConfig, model: torch.nn.Module, is_main: bool) ->
     augment = d.augment
     if d.feature_cache and augment.enabled:
         logger.warning(
-            "data.feature_cache is on: augmentation is turned off (cached features are of the "
-            "unaugmented slices)"
+            "data.feature_cache is on: augmentation is turned off (cached features are of the unaugmented slices)"
         )
         augment = None
     transform = SliceTransform(augment, d.box_jitter, d.box_jitter_rel, d.box_margin)

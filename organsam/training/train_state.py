@@ -26,8 +26,15 @@ from organsam.training.validation import ValResult
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["STATE_FILE", "STATE_FORMAT", "check_train_state", "load_train_state", "restore_train_state",
-           "save_model", "save_train_state"]
+__all__ = [
+    "STATE_FILE",
+    "STATE_FORMAT",
+    "check_train_state",
+    "load_train_state",
+    "restore_train_state",
+    "save_model",
+    "save_train_state",
+]
 
 STATE_FORMAT = "organsam-train-state-v1"
 STATE_FILE = "train_state.pt"
@@ -92,8 +99,17 @@ def _config_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [f"{prefix[:-1]}: {a!r} vs {b!r}"]
 
 
-def save_train_state(out_dir: Path, cfg: TrainConfig, step: int, model: torch.nn.Module, opt: torch.optim.Optimizer,
-                     sched: Any, scaler: Any, best: float, world_size: int) -> Path:
+def save_train_state(
+    out_dir: Path,
+    cfg: TrainConfig,
+    step: int,
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: Any,
+    scaler: Any,
+    best: float,
+    world_size: int,
+) -> Path:
     """Write the state after ``step`` to ``checkpoints/`` and ``train_state.pt``, keeping the newest
     ``cfg.keep_checkpoints`` step files; returns the step file."""
     state = {
@@ -143,8 +159,9 @@ def check_train_state(path: Path, cfg: TrainConfig, model: torch.nn.Module) -> d
     return state
 
 
-def restore_train_state(state: dict[str, Any], model: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any,
-                        scaler: Any) -> tuple[int, float]:
+def restore_train_state(
+    state: dict[str, Any], model: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any, scaler: Any
+) -> tuple[int, float]:
     """Load a checked state into the run's objects and the RNGs; returns (step, best validation Dice)."""
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])

@@ -74,7 +74,6 @@ logger = logging.getLogger(__name__)
 __all__ = ["Trainer", "TrainResult", "train", "STATE_FORMAT", "load_train_state"]
 
 
-
 @dataclass
 class TrainResult:
     """What a run produced.
@@ -169,9 +168,7 @@ class Trainer:
         o = self.cfg.optim
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
-            raise ConfigError(
-                f"design {self.cfg.design}: no trainable parameters with these freezing options"
-            )
+            raise ConfigError(f"design {self.cfg.design}: no trainable parameters with these freezing options")
         decay = [p for p in params if p.ndim >= 2]
         no_decay = [p for p in params if p.ndim < 2]
         groups = [
@@ -289,8 +286,24 @@ class Trainer:
 
             progress = tqdm(total=cfg.steps, initial=start_step, desc=f"train {cfg.design}", unit="step")
         model.train()
-        return _Run(di, model, net, opt, params, sched, scaler, iter(loader), data["val_store"], cache, mlog,
-                    progress, autocast, val_organs, start_step, best)
+        return _Run(
+            di,
+            model,
+            net,
+            opt,
+            params,
+            sched,
+            scaler,
+            iter(loader),
+            data["val_store"],
+            cache,
+            mlog,
+            progress,
+            autocast,
+            val_organs,
+            start_step,
+            best,
+        )
 
     def train_step(self, run: _Run, step: int) -> dict[str, float]:
         """One optimizer step over ``grad_accum`` micro-batches; returns its metrics (means over the processes)."""
@@ -332,8 +345,9 @@ class Trainer:
         metrics = {("loss" if k == "total" else f"loss_{k}"): v for k, v in sums.items()}
         metrics = all_reduce_mean(metrics, dev)
         global_batch = cfg.batch_size * di.world_size * cfg.grad_accum
-        metrics.update(lr=lr, grad_norm=float(gnorm), samples_per_s=global_batch / max(dt, 1e-9),
-                       skipped=float(not finite))
+        metrics.update(
+            lr=lr, grad_norm=float(gnorm), samples_per_s=global_batch / max(dt, 1e-9), skipped=float(not finite)
+        )
         return metrics
 
     def log_step(self, run: _Run, done: int, metrics: dict[str, float]) -> None:
@@ -351,9 +365,16 @@ class Trainer:
         """Validate on the held-out cases (main process); a better mean Dice writes ``best.safetensors``."""
         v = self.cfg.val
         if run.val_store is not None:
-            run.last_val = validate(run.model, run.val_store, run.val_organs, max_slices=v.max_slices,
-                                    presence_gate=v.presence_gate, batch_size=v.batch_size,
-                                    autocast=run.autocast(), box_margin=v.box_margin)
+            run.last_val = validate(
+                run.model,
+                run.val_store,
+                run.val_organs,
+                max_slices=v.max_slices,
+                presence_gate=v.presence_gate,
+                batch_size=v.batch_size,
+                autocast=run.autocast(),
+                box_margin=v.box_margin,
+            )
             run.mlog.log_val(done, run.last_val.rows, run.last_val.per_organ, run.last_val.mean_dice)
             if math.isfinite(run.last_val.mean_dice) and run.last_val.mean_dice > run.best:
                 run.best = run.last_val.mean_dice
@@ -363,8 +384,9 @@ class Trainer:
     def checkpoint(self, run: _Run, done: int) -> None:
         """Write the training state (main process), for ``resume``."""
         if run.di.is_main:
-            save_train_state(self.out_dir, self.cfg, done, run.model, run.opt, run.sched, run.scaler, run.best,
-                             run.di.world_size)
+            save_train_state(
+                self.out_dir, self.cfg, done, run.model, run.opt, run.sched, run.scaler, run.best, run.di.world_size
+            )
         barrier()
 
     def on_train_end(self, run: _Run) -> TrainResult:

@@ -119,8 +119,13 @@ class SliceTransform:
         box_margin: box margin in model pixels, with ``box_jitter_rel``.
     """
 
-    def __init__(self, augment: AugmentConfig | None = None, box_jitter: float = 5.0, box_jitter_rel: float = 0.0,
-                 box_margin: float = 0.0) -> None:
+    def __init__(
+        self,
+        augment: AugmentConfig | None = None,
+        box_jitter: float = 5.0,
+        box_jitter_rel: float = 0.0,
+        box_margin: float = 0.0,
+    ) -> None:
         self.augment = augment if augment is not None and augment.enabled else None
         self.box_jitter = float(box_jitter)
         self.box_jitter_rel = float(box_jitter_rel)
@@ -156,8 +161,9 @@ class SliceTransform:
             ]
         )
 
-    def __call__(self, image_hw: np.ndarray, mask_hw: np.ndarray, seed: int,
-                 box_seed: int | None = None) -> dict[str, torch.Tensor]:
+    def __call__(
+        self, image_hw: np.ndarray, mask_hw: np.ndarray, seed: int, box_seed: int | None = None
+    ) -> dict[str, torch.Tensor]:
         """Transform one slice.
 
         Args:
@@ -182,8 +188,14 @@ class SliceTransform:
             target = (_plain(out["mask"]).float() > 0.5).float()
         h, w = geom.resized_shape
         rng = np.random.default_rng([int(seed if box_seed is None else box_seed), 1])
-        box = box_from_mask(target[0].numpy() > 0.5, self.box_jitter, rng, (0.0, 0.0, w - 1.0, h - 1.0),
-                           self.box_jitter_rel, self.box_margin)
+        box = box_from_mask(
+            target[0].numpy() > 0.5,
+            self.box_jitter,
+            rng,
+            (0.0, 0.0, w - 1.0, h - 1.0),
+            self.box_jitter_rel,
+            self.box_margin,
+        )
         return {
             "image": image.expand(3, -1, -1).contiguous(),
             "mask": target.contiguous(),

@@ -118,8 +118,9 @@ def validate(
                                 continue
                             boxes = torch.from_numpy(np.stack([_margin_box(gts[j], box_margin) for j in rows_b]))
                             boxes = boxes.to(device)
-                        out = model(None, organ_index[torch.from_numpy(rows_b).to(device)], boxes,
-                                    encoded=enc.select(b))
+                        out = model(
+                            None, organ_index[torch.from_numpy(rows_b).to(device)], boxes, encoded=enc.select(b)
+                        )
                         pred = out.masks[:, 0].float() > 0
                         if presence_gate:
                             pred &= (out.presence_logit.float() > 0)[:, None, None]

@@ -67,8 +67,11 @@ class LabelMap:
         if direct:
             return direct
         wanted = set(vocab.expand_parts(organ_id))
-        return [v for v, o in self.organs.items() if o is not None and wanted & set(vocab.expand_parts(o))
-                and set(vocab.expand_parts(o)) <= wanted]
+        return [
+            v
+            for v, o in self.organs.items()
+            if o is not None and wanted & set(vocab.expand_parts(o)) and set(vocab.expand_parts(o)) <= wanted
+        ]
 
 
 def _key(name: str) -> str:
@@ -85,9 +88,16 @@ def _packaged() -> dict[str, LabelMap]:
         doc = json.loads(res.read_text(encoding="utf-8"))
         labels = {int(v): e["label"] for v, e in doc["labels"].items()}
         organs = {int(v): e["organ"] for v, e in doc["labels"].items()}
-        lm = LabelMap(name=doc["name"], title=doc["title"], aliases=tuple(doc.get("aliases", ())),
-                      modality=doc.get("modality", ""), source=doc.get("source", ""),
-                      description=doc.get("description", ""), labels=labels, organs=organs)
+        lm = LabelMap(
+            name=doc["name"],
+            title=doc["title"],
+            aliases=tuple(doc.get("aliases", ())),
+            modality=doc.get("modality", ""),
+            source=doc.get("source", ""),
+            description=doc.get("description", ""),
+            labels=labels,
+            organs=organs,
+        )
         out[lm.name] = lm
     return out
 
@@ -114,8 +124,10 @@ def labelmap_info(name: str) -> LabelMap:
     """
     canonical = _aliases().get(_key(name))
     if canonical is None:
-        raise LabelMapError(f"unknown label map {name!r}; packaged maps: {', '.join(list_labelmaps())} "
-                            f"(or pass a json file of value -> class name to labelmap_from_json)")
+        raise LabelMapError(
+            f"unknown label map {name!r}; packaged maps: {', '.join(list_labelmaps())} "
+            f"(or pass a json file of value -> class name to labelmap_from_json)"
+        )
     return _packaged()[canonical]
 
 
@@ -169,8 +181,9 @@ def resolve_class_name(name: str, vocabulary: Vocabulary | None = None) -> str |
     for o in vocab:
         if o.parts and sorted(o.parts) == sorted(ids):
             return o.id
-    raise PromptError(f"class name {name!r} names several organs ({', '.join(ids)}) and no vocabulary entry "
-                      f"combines them")
+    raise PromptError(
+        f"class name {name!r} names several organs ({', '.join(ids)}) and no vocabulary entry combines them"
+    )
 
 
 def _entries(doc: Any, path: Path) -> list[tuple[int, Any]]:
@@ -180,8 +193,10 @@ def _entries(doc: Any, path: Path) -> list[tuple[int, Any]]:
     if isinstance(doc, list):
         return list(enumerate(doc))
     if not isinstance(doc, dict) or not doc:
-        raise LabelMapError(f"{path}: expected a json object of label value -> class name (or a 'labels' "
-                            f"object / list), got {type(doc).__name__}")
+        raise LabelMapError(
+            f"{path}: expected a json object of label value -> class name (or a 'labels' "
+            f"object / list), got {type(doc).__name__}"
+        )
 
     def is_int(x: Any) -> bool:
         return isinstance(x, int) and not isinstance(x, bool) or isinstance(x, str) and x.strip().isdigit()
@@ -190,12 +205,14 @@ def _entries(doc: Any, path: Path) -> list[tuple[int, Any]]:
         return [(int(k), v) for k, v in doc.items()]
     if all(is_int(v) for v in doc.values()):  # nnU-Net style: class name -> value
         return [(int(v), k) for k, v in doc.items()]
-    raise LabelMapError(f"{path}: cannot tell label values from class names; write {{\"1\": \"liver\", ...}} "
-                        f"or {{\"liver\": 1, ...}}")
+    raise LabelMapError(
+        f'{path}: cannot tell label values from class names; write {{"1": "liver", ...}} or {{"liver": 1, ...}}'
+    )
 
 
-def labelmap_from_json(path: str | Path, vocabulary: Vocabulary | None = None,
-                       strict: bool = True) -> dict[int, str | None]:
+def labelmap_from_json(
+    path: str | Path, vocabulary: Vocabulary | None = None, strict: bool = True
+) -> dict[int, str | None]:
     """Read a user label file and map every class name to a vocabulary id.
 
     Accepted layouts: ``{"1": "liver", "2": "left kidney"}``, ``{"liver": 1, ...}`` (nnU-Net), either of
@@ -243,8 +260,10 @@ def labelmap_from_json(path: str | Path, vocabulary: Vocabulary | None = None,
             out[value] = resolve_class_name(entry, vocabulary)
         except PromptError as e:
             if strict:
-                raise LabelMapError(f"{path}: label {value} {entry!r}: {e}. Rename the class in the file, "
-                                    f"or pass strict=False to leave it unmapped") from e
+                raise LabelMapError(
+                    f"{path}: label {value} {entry!r}: {e}. Rename the class in the file, "
+                    f"or pass strict=False to leave it unmapped"
+                ) from e
             logger.warning("%s: label %d %r left unmapped: %s", path, value, entry, e)
             out[value] = None
     return out

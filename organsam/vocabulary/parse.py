@@ -45,6 +45,7 @@ from organsam.vocabulary.vocabulary import Organ, Vocabulary, VocabularyError, l
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class _Target:
     """What a phrase names: one organ, a left/right pair (optionally one side) or a group."""
@@ -151,7 +152,7 @@ class PromptParser:
     # ------------------------------------------------------------------ matching
     def _match(self, toks: list[str], i: int) -> tuple[int, _Target] | None:
         for length in range(min(self._maxlen, len(toks) - i), 0, -1):
-            key = tuple(toks[i:i + length])
+            key = tuple(toks[i : i + length])
             if SEP in key:
                 continue
             target = self._index.get(key)
@@ -189,12 +190,19 @@ class PromptParser:
 
         def similarity(term: str, phrase: str) -> float:
             whole = difflib.SequenceMatcher(None, term, phrase).ratio()
-            start = difflib.SequenceMatcher(None, term, phrase[:len(term)]).ratio() if len(phrase) > len(term) else 0
+            start = difflib.SequenceMatcher(None, term, phrase[: len(term)]).ratio() if len(phrase) > len(term) else 0
             return max(whole, 0.9 * start)
 
         def ranked(term: str, cutoff: float) -> list[str]:
-            close = sorted(((sc + (0.1 if p in self._common else 0.0), p) for p in pool
-                            for sc in [similarity(term, p)] if sc >= cutoff), key=lambda x: (-x[0], x[1]))
+            close = sorted(
+                (
+                    (sc + (0.1 if p in self._common else 0.0), p)
+                    for p in pool
+                    for sc in [similarity(term, p)]
+                    if sc >= cutoff
+                ),
+                key=lambda x: (-x[0], x[1]),
+            )
             return [p for sc, p in close if sc >= close[0][0] - 0.15]  # not the far ones after a close match
 
         out = ranked(norm, 0.6)[:n]
@@ -221,8 +229,12 @@ class PromptParser:
         """
         foreign = foreign_words(text)
         if foreign:
-            raise UnknownOrganError(" ".join(foreign), text, hint="organ names are understood in English (and Latin "
-                                    "terms such as 'hepar'); run 'organsam organs' for the list")
+            raise UnknownOrganError(
+                " ".join(foreign),
+                text,
+                hint="organ names are understood in English (and Latin "
+                "terms such as 'hepar'); run 'organsam organs' for the list",
+            )
         toks = normalize(text)
         out: list[str] = []
         pending: list[str] = []  # sides mentioned before their organ ("left and right ...")
@@ -246,7 +258,7 @@ class PromptParser:
                     m = None
             if m is not None:
                 length, target = m
-                words = toks[i:i + length]
+                words = toks[i : i + length]
                 j = i + length
                 explicit = [s for s in pending if s != "both"]
                 if target.kind == "pair":
@@ -291,18 +303,27 @@ class PromptParser:
                 i += 1
             else:
                 k = i
-                while (k < len(toks) and toks[k] not in STOPWORDS and toks[k] not in CONNECTORS
-                       and toks[k] not in SIDE_WORDS and toks[k] not in QUANTIFIERS
-                       and (k == i or self._match(toks, k) is None)):
+                while (
+                    k < len(toks)
+                    and toks[k] not in STOPWORDS
+                    and toks[k] not in CONNECTORS
+                    and toks[k] not in SIDE_WORDS
+                    and toks[k] not in QUANTIFIERS
+                    and (k == i or self._match(toks, k) is None)
+                ):
                     k += 1
                 term = " ".join(toks[i:k])
                 raise UnknownOrganError(term, text, self.suggest(term))
         if any(s != "both" for s in pending):
-            raise PromptError(f'side "{" ".join(pending_words)}" in prompt "{shown(text)}" is not followed by an organ '
-                              f'(write e.g. "left kidney")')
+            raise PromptError(
+                f'side "{" ".join(pending_words)}" in prompt "{shown(text)}" is not followed by an organ '
+                f'(write e.g. "left kidney")'
+            )
         if not out:
-            raise PromptError(f'no organ named in prompt "{shown(text)}"; name organs such as "liver, spleen" or '
-                              f'a group such as "abdomen" (run \'organsam organs\' for the list)')
+            raise PromptError(
+                f'no organ named in prompt "{shown(text)}"; name organs such as "liver, spleen" or '
+                f"a group such as \"abdomen\" (run 'organsam organs' for the list)"
+            )
         return out
 
 

@@ -7,14 +7,39 @@ import re
 import unicodedata
 from collections.abc import Iterable
 
-__all__ = ["CONNECTORS", "QUANTIFIERS", "SEP", "SIDE_WORDS", "STOPWORDS", "PromptError", "UnknownOrganError",
-           "foreign_words", "normalize", "plurals", "shown"]
+__all__ = [
+    "CONNECTORS",
+    "QUANTIFIERS",
+    "SEP",
+    "SIDE_WORDS",
+    "STOPWORDS",
+    "PromptError",
+    "UnknownOrganError",
+    "foreign_words",
+    "normalize",
+    "plurals",
+    "shown",
+]
 
 SEP = ","
 SIDE_WORDS: dict[str, str] = {
-    "left": "left", "l": "left", "lt": "left", "sinister": "left", "sinistra": "left", "sinistrum": "left",
-    "right": "right", "r": "right", "rt": "right", "dexter": "right", "dextra": "right", "dextrum": "right",
-    "both": "both", "bilateral": "both", "bilaterally": "both", "each": "both", "paired": "both",
+    "left": "left",
+    "l": "left",
+    "lt": "left",
+    "sinister": "left",
+    "sinistra": "left",
+    "sinistrum": "left",
+    "right": "right",
+    "r": "right",
+    "rt": "right",
+    "dexter": "right",
+    "dextra": "right",
+    "dextrum": "right",
+    "both": "both",
+    "bilateral": "both",
+    "bilaterally": "both",
+    "each": "both",
+    "paired": "both",
 }
 CONNECTORS = frozenset({SEP, "and", "or", "plus", "with", "including", "also", "then", "vs", "versus"})
 QUANTIFIERS = frozenset({"all", "every"})
@@ -29,8 +54,15 @@ side sides sided
 """
 STOPWORDS = frozenset(_STOPWORD_TEXT.split())
 TRAILING_SKIP = CONNECTORS | {"on", "side", "sides", "sided"}
-IRREGULAR_PLURALS = {"vertebra": "vertebrae", "atrium": "atria", "femur": "femora", "ilium": "ilia",
-                      "pelvis": "pelves", "os": "ossa", "cor": "corda"}
+IRREGULAR_PLURALS = {
+    "vertebra": "vertebrae",
+    "atrium": "atria",
+    "femur": "femora",
+    "ilium": "ilia",
+    "pelvis": "pelves",
+    "os": "ossa",
+    "cor": "corda",
+}
 
 
 class PromptError(ValueError):
@@ -62,7 +94,7 @@ def shown(text: str, limit: int = 80) -> str:
     cut to ``limit`` characters (a 10,000-character prompt is not echoed back whole)."""
     clean = "".join(c if unicodedata.category(c)[0] != "C" else " " for c in str(text))
     clean = " ".join(clean.split())
-    return clean if len(clean) <= limit else clean[:limit - 1] + "\u2026"
+    return clean if len(clean) <= limit else clean[: limit - 1] + "\u2026"
 
 
 def foreign_words(text: str) -> list[str]:

@@ -84,9 +84,14 @@ class Organ:
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dict with the same keys as an entry of ``organs.json``."""
         return {
-            "id": self.id, "name": self.name, "synonyms": list(self.synonyms),
-            "laterality": self.laterality, "pair": self.pair, "groups": list(self.groups),
-            "parts": list(self.parts), "knowledge": list(self.knowledge),
+            "id": self.id,
+            "name": self.name,
+            "synonyms": list(self.synonyms),
+            "laterality": self.laterality,
+            "pair": self.pair,
+            "groups": list(self.groups),
+            "parts": list(self.parts),
+            "knowledge": list(self.knowledge),
             **({} if self.max_volume_ml is None else {"max_volume_ml": self.max_volume_ml}),
             **({} if self.label_value is None else {"label_value": self.label_value}),
             **({} if self.color is None else {"color": list(self.color)}),
@@ -141,8 +146,9 @@ class Vocabulary:
                 raise VocabularyError(f"{self.source}: duplicate organ id {o.id!r}")
             self._by_id[o.id] = o
             if o.label_value is not None and o.label_value in values:
-                raise VocabularyError(f"{self.source}: organs {values[o.label_value]!r} and {o.id!r} share label "
-                                      f"value {o.label_value}")
+                raise VocabularyError(
+                    f"{self.source}: organs {values[o.label_value]!r} and {o.id!r} share label value {o.label_value}"
+                )
             if o.label_value is not None:
                 values[o.label_value] = o.id
         for o in self.organs:
@@ -241,8 +247,10 @@ class Vocabulary:
         return {
             "version": self.version,
             "prompt_template": PROMPT_TEMPLATE,
-            "groups": {g.name: {"name": g.title, "aliases": list(g.aliases), "description": g.description}
-                       for g in self.groups.values()},
+            "groups": {
+                g.name: {"name": g.title, "aliases": list(g.aliases), "description": g.description}
+                for g in self.groups.values()
+            },
             "organs": [o.to_dict() for o in self.organs],
         }
 
@@ -255,23 +263,36 @@ def vocabulary_from_dict(doc: dict[str, Any], source: str = "<dict>") -> Vocabul
     """
     try:
         groups = {
-            name: Group(name=name, title=str(g.get("name", name)), aliases=tuple(g.get("aliases", ())),
-                        description=str(g.get("description", "")))
+            name: Group(
+                name=name,
+                title=str(g.get("name", name)),
+                aliases=tuple(g.get("aliases", ())),
+                description=str(g.get("description", "")),
+            )
             for name, g in doc["groups"].items()
         }
         organs = [
-            Organ(id=e["id"], name=e["name"], synonyms=tuple(e.get("synonyms", ())),
-                  laterality=e.get("laterality", "midline"), pair=e.get("pair"),
-                  groups=tuple(e.get("groups", ())), parts=tuple(e.get("parts", ())),
-                  knowledge=tuple(e["knowledge"]),
-                  max_volume_ml=None if e.get("max_volume_ml") is None else float(e["max_volume_ml"]),
-                  label_value=int(e["label_value"]), color=tuple(int(c) for c in e["color"]))
+            Organ(
+                id=e["id"],
+                name=e["name"],
+                synonyms=tuple(e.get("synonyms", ())),
+                laterality=e.get("laterality", "midline"),
+                pair=e.get("pair"),
+                groups=tuple(e.get("groups", ())),
+                parts=tuple(e.get("parts", ())),
+                knowledge=tuple(e["knowledge"]),
+                max_volume_ml=None if e.get("max_volume_ml") is None else float(e["max_volume_ml"]),
+                label_value=int(e["label_value"]),
+                color=tuple(int(c) for c in e["color"]),
+            )
             for e in doc["organs"]
         ]
         version = str(doc["version"])
     except (KeyError, TypeError, AttributeError) as e:
-        raise VocabularyError(f"{source}: malformed vocabulary file ({e!r}); expected top-level keys "
-                              f"'version', 'groups' and 'organs' as in organsam/vocabulary/organs.json") from e
+        raise VocabularyError(
+            f"{source}: malformed vocabulary file ({e!r}); expected top-level keys "
+            f"'version', 'groups' and 'organs' as in organsam/vocabulary/organs.json"
+        ) from e
     return Vocabulary(organs, groups, version=version, source=source)
 
 

@@ -17,9 +17,27 @@ SYNAPSE8 = ("liver", "spleen", "kidney_right", "kidney_left", "gallbladder", "st
 @pytest.mark.slow
 def test_compare_designs_one_step_then_reuse(tmp_path):
     root = data_path()
-    cmd = [sys.executable, str(SCRIPT), "--steps", "1", "--batch-size", "1", "--designs", "organsam",
-           "--val-slices", "1", "--no-prefill", "--device", "cpu", "--data", str(root),
-           "--out", str(tmp_path / "runs"), "--json", str(tmp_path / "result.json")]
+    cmd = [
+        sys.executable,
+        str(SCRIPT),
+        "--steps",
+        "1",
+        "--batch-size",
+        "1",
+        "--designs",
+        "organsam",
+        "--val-slices",
+        "1",
+        "--no-prefill",
+        "--device",
+        "cpu",
+        "--data",
+        str(root),
+        "--out",
+        str(tmp_path / "runs"),
+        "--json",
+        str(tmp_path / "result.json"),
+    ]
     first = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
     assert first.returncode == 0, first.stderr[-3000:]
     lines = first.stdout.strip().splitlines()  # stdout holds the table only (logs go to stderr)
@@ -44,9 +62,29 @@ def test_compare_designs_box_prompts_score_like_litemedsam(tmp_path):
     """With --prompts box every design gets LiteMedSAM's box path: after one step the box-prompted masks of the
     validation slice are already good (a text-only design after one step scores about 0)."""
     root = data_path()
-    cmd = [sys.executable, str(SCRIPT), "--prompts", "box", "--steps", "1", "--batch-size", "1",
-           "--designs", "organ_prompts", "--val-slices", "1", "--no-prefill", "--device", "cpu",
-           "--data", str(root), "--out", str(tmp_path / "runs"), "--json", str(tmp_path / "result.json")]
+    cmd = [
+        sys.executable,
+        str(SCRIPT),
+        "--prompts",
+        "box",
+        "--steps",
+        "1",
+        "--batch-size",
+        "1",
+        "--designs",
+        "organ_prompts",
+        "--val-slices",
+        "1",
+        "--no-prefill",
+        "--device",
+        "cpu",
+        "--data",
+        str(root),
+        "--out",
+        str(tmp_path / "runs"),
+        "--json",
+        str(tmp_path / "result.json"),
+    ]
     run = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     lines = run.stdout.strip().splitlines()
@@ -61,6 +99,11 @@ def test_compare_designs_box_prompts_score_like_litemedsam(tmp_path):
 
 
 def test_organ_prompts_needs_box_prompts():
-    run = subprocess.run([sys.executable, str(SCRIPT), "--designs", "organ_prompts"], capture_output=True,
-                         text=True, cwd=REPO, timeout=120)
+    run = subprocess.run(
+        [sys.executable, str(SCRIPT), "--designs", "organ_prompts"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert run.returncode == 2 and "--prompts box" in run.stderr

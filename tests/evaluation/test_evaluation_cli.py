@@ -21,8 +21,25 @@ def test_cli_evaluate_writes_tables(tmp_path, capsys):
     sh[:, 2:, :] = lab[:, :-2, :]  # 2 voxels towards anterior
     pred = write_labelmap(sh, like, tmp_path / "pred" / "shifted.nii.gz")
     out = tmp_path / "eval"
-    code = main(["evaluate", "--pred", str(pred), "--pred-labelmap", "amos22", "--ref", str(ref),
-                 "--ref-labelmap", "amos22", "--protocol", "synapse8", "--method", "shifted", "-o", str(out)])
+    code = main(
+        [
+            "evaluate",
+            "--pred",
+            str(pred),
+            "--pred-labelmap",
+            "amos22",
+            "--ref",
+            str(ref),
+            "--ref-labelmap",
+            "amos22",
+            "--protocol",
+            "synapse8",
+            "--method",
+            "shifted",
+            "-o",
+            str(out),
+        ]
+    )
     assert code == 0
     stdout = capsys.readouterr().out
     assert "Protocol synapse8" in stdout and "| amos_0013_slab |" in stdout and "### NSD (%)" in stdout

@@ -50,10 +50,18 @@ def amos(tmp_path_factory) -> dict:
 @pytest.mark.slow
 def test_shifted_predictions_rank_and_files(amos):
     sx = amos["like"].spacing[2]
-    r2 = evaluate(amos["shift2"], amos["ref"], "synapse8", ref_labelmap="amos22", pred_labelmap="amos22",
-                  method="shift 2", output=amos["tmp"] / "report2")
-    r4 = evaluate(amos["shift4"], amos["ref"], "synapse8", ref_labelmap="amos22", pred_labelmap="amos22",
-                  method="shift 4")
+    r2 = evaluate(
+        amos["shift2"],
+        amos["ref"],
+        "synapse8",
+        ref_labelmap="amos22",
+        pred_labelmap="amos22",
+        method="shift 2",
+        output=amos["tmp"] / "report2",
+    )
+    r4 = evaluate(
+        amos["shift4"], amos["ref"], "synapse8", ref_labelmap="amos22", pred_labelmap="amos22", method="shift 4"
+    )
     assert r2.cases == ["amos_0013_slab"] and r2.organs == list(SYN8)
     for o in SYN8:
         d2, d4 = r2.value("amos_0013_slab", o, "dice"), r4.value("amos_0013_slab", o, "dice")

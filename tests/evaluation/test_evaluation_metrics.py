@@ -91,19 +91,25 @@ def test_score_organ_uses_organ_tolerance(cubes):
     assert vox.hd95 == pytest.approx(2.0)
 
 
-@pytest.mark.parametrize("rule, both, ref_empty, pred_empty", [
-    ("strict", (1.0, 1.0, 0.0), (0.0, 0.0, "nan"), (0.0, 0.0, "max")),
-    ("transunet", (0.0, 0.0, 0.0), (1.0, 1.0, 0.0), (0.0, 0.0, 0.0)),
-    ("monai", ("nan", "nan", "nan"), ("nan", "nan", "nan"), (0.0, 0.0, "max")),
-])
+@pytest.mark.parametrize(
+    "rule, both, ref_empty, pred_empty",
+    [
+        ("strict", (1.0, 1.0, 0.0), (0.0, 0.0, "nan"), (0.0, 0.0, "max")),
+        ("transunet", (0.0, 0.0, 0.0), (1.0, 1.0, 0.0), (0.0, 0.0, 0.0)),
+        ("monai", ("nan", "nan", "nan"), ("nan", "nan", "nan"), (0.0, 0.0, "max")),
+    ],
+)
 def test_empty_rules(cubes, rule, both, ref_empty, pred_empty):
     a, _ = cubes
     z = np.zeros_like(a)
     sp = (2.0, 1.0, 0.5)
     diag = grid_diagonal(a.shape, sp)
-    assert diag == pytest.approx(math.sqrt((11 * 2.0) ** 2 + 11.0 ** 2 + (13 * 0.5) ** 2))
-    for (pred, ref), want, status in (((z, z), both, "both_empty"), ((a, z), ref_empty, "ref_empty"),
-                                      ((z, a), pred_empty, "pred_empty")):
+    assert diag == pytest.approx(math.sqrt((11 * 2.0) ** 2 + 11.0**2 + (13 * 0.5) ** 2))
+    for (pred, ref), want, status in (
+        ((z, z), both, "both_empty"),
+        ((a, z), ref_empty, "ref_empty"),
+        ((z, a), pred_empty, "pred_empty"),
+    ):
         s = score_organ(pred, ref, sp, rule=rule)
         assert s.status == status
         for got, exp in zip((s.dice, s.nsd, s.hd95), want):

@@ -26,8 +26,7 @@ def test_protocol_organs_match_vocabulary_group_and_labelmap(name):
 
 def test_synapse8_is_in_transunet_table_order_and_conventions():
     p = get_protocol("synapse8")
-    assert p.organs == ("aorta", "gallbladder", "kidney_left", "kidney_right", "liver", "pancreas", "spleen",
-                        "stomach")
+    assert p.organs == ("aorta", "gallbladder", "kidney_left", "kidney_right", "liver", "pancreas", "spleen", "stomach")
     assert p.empty_rule == "transunet" and p.published_hd95_unit == "voxels"
     text = p.describe()
     assert "published in voxels" in text and "reported here in millimetres" in text

@@ -28,8 +28,10 @@ class _Boxes:
         return organ_id in self._boxes
 
     def boxes(self, organ_id: str, margin_px: int = 0) -> dict[int, tuple[float, float, float, float]]:
-        return {z: (b[0] - margin_px, b[1] - margin_px, b[2] + margin_px, b[3] + margin_px)
-                for z, b in self._boxes.get(organ_id, {}).items()}
+        return {
+            z: (b[0] - margin_px, b[1] - margin_px, b[2] + margin_px, b[3] + margin_px)
+            for z, b in self._boxes.get(organ_id, {}).items()
+        }
 
 
 class _Fixed:

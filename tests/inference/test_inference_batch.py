@@ -80,7 +80,10 @@ def test_discover_folder_files_and_dicom_series(tmp_path: Path) -> None:
     (scans / "results").mkdir()  # the output folder inside the input folder is left out
     cases = discover_cases(scans, exclude=scans / "results")
     assert [(c.case_id, c.path.name) for c in cases] == [
-        ("ct_a", "ct_a.nii.gz"), ("mr_b", "mr b.nii.gz"), ("series1", "series1")]
+        ("ct_a", "ct_a.nii.gz"),
+        ("mr_b", "mr b.nii.gz"),
+        ("series1", "series1"),
+    ]
     assert is_batch_input(scans)
     assert not is_batch_input(data_path("ts_b_dicom", "dicom"))  # a DICOM series folder is one volume
     assert not is_batch_input(scans / "ct_a.nii.gz")
@@ -109,7 +112,9 @@ def test_discover_manifests(tmp_path: Path) -> None:
     # same file names in different folders: the folder names tell them apart
     (tmp_path / "same.txt").write_text(f"{img}\n{data_path('amos_0001_slab', 'image.nii.gz')}\n")
     assert [c.case_id for c in discover_cases(tmp_path / "same.txt")] == [
-        "amos_0013_slab_image", "amos_0001_slab_image"]
+        "amos_0013_slab_image",
+        "amos_0001_slab_image",
+    ]
     (tmp_path / "dup.txt").write_text(f"a\t{img}\na\t{dcm}\n")
     with pytest.raises(BatchInputError, match="two inputs get the case id 'a'"):
         discover_cases(tmp_path / "dup.txt")
@@ -122,8 +127,7 @@ def test_discover_manifests(tmp_path: Path) -> None:
         discover_cases(empty)
 
 
-def test_cli_batch_bad_prompt_fails_before_any_work(tmp_path: Path,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_batch_bad_prompt_fails_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     scans = tmp_path / "scans"
     scans.mkdir()
     (scans / "a.nii.gz").symlink_to(data_path("amos_0013_slab", "image.nii.gz"))
@@ -152,8 +156,13 @@ def test_pool_run_segments_and_isolates_the_corrupt_volume(pool_run, batch_input
         assert rec["status"] == "done" and rec["prompt"] == "liver, spleen" and rec["error"] is None
         assert rec["input_sha256"] == input_sha256(batch_input / f"{cid}.nii.gz")
         assert rec["outputs"] == hash_outputs(out / cid)
-        assert {"segmentation.nii.gz", "masks/liver.nii.gz", "masks/spleen.nii.gz", "report.json",
-                "overview.png"} <= set(rec["outputs"])
+        assert {
+            "segmentation.nii.gz",
+            "masks/liver.nii.gz",
+            "masks/spleen.nii.gz",
+            "report.json",
+            "overview.png",
+        } <= set(rec["outputs"])
         assert rec["timings_s"]["wall"] > 0 and rec["worker"].split(":")[-1] != str(os.getpid())
         report = json.loads((out / cid / "report.json").read_text())
         assert report["input"] == str(batch_input / f"{cid}.nii.gz")
@@ -182,22 +191,25 @@ def test_resume_skips_finished_and_retries_failed(pool_run, batch_input: Path, t
     summary = run_batch(batch_input, ORGANS, out, workers=1, progress=False)
     elapsed = time.perf_counter() - t0
     assert [(c.case_id, c.state) for c in summary.cases] == [
-        ("amos0001", "skipped"), ("amos0013", "skipped"), ("broken", "failed")]
+        ("amos0001", "skipped"),
+        ("amos0013", "skipped"),
+        ("broken", "failed"),
+    ]
     assert elapsed < 20, f"nothing to segment, yet took {elapsed:.1f} s"  # the model is never built
     manifest = BatchManifest(out / MANIFEST_NAME)
     assert manifest.cases["broken"]["attempts"] == 2  # failures are retried on every run
-    assert manifest.cases["amos0013"]["finished_at"] == json.loads(
-        (ref_out / MANIFEST_NAME).read_text())["cases"]["amos0013"]["finished_at"]  # untouched
+    assert (
+        manifest.cases["amos0013"]["finished_at"]
+        == json.loads((ref_out / MANIFEST_NAME).read_text())["cases"]["amos0013"]["finished_at"]
+    )  # untouched
 
     settings = BatchSettings(("liver", "spleen"))
     sha = input_sha256(batch_input / "amos0013.nii.gz")
     assert manifest.is_current("amos0013", sha, settings, out / "amos0013") == (True, "")
     assert not manifest.is_current("amos0013", "0" * 64, settings, out / "amos0013")[0]
     assert not manifest.is_current("amos0013", sha, BatchSettings(("liver",)), out / "amos0013")[0]
-    assert not manifest.is_current("amos0013", sha, BatchSettings(("liver", "spleen"), fast=True),
-                                   out / "amos0013")[0]
-    assert not manifest.is_current("broken", input_sha256(batch_input / "broken.nii.gz"), settings,
-                                   out / "broken")[0]
+    assert not manifest.is_current("amos0013", sha, BatchSettings(("liver", "spleen"), fast=True), out / "amos0013")[0]
+    assert not manifest.is_current("broken", input_sha256(batch_input / "broken.nii.gz"), settings, out / "broken")[0]
     mask = out / "amos0013" / "masks" / "liver.nii.gz"
     mask.write_bytes(mask.read_bytes()[:-10])  # a damaged output means the case is not finished
     ok, why = manifest.is_current("amos0013", sha, settings, out / "amos0013")
@@ -207,17 +219,28 @@ def test_resume_skips_finished_and_retries_failed(pool_run, batch_input: Path, t
 
 
 @pytest.mark.slow
-def test_kill_half_way_then_resume_gives_the_uninterrupted_result(pool_run, batch_input: Path,
-                                                                   tmp_path: Path) -> None:
+def test_kill_half_way_then_resume_gives_the_uninterrupted_result(pool_run, batch_input: Path, tmp_path: Path) -> None:
     _, ref_out = pool_run
     out = tmp_path / "results"
-    cmd = [sys.executable, "-m", "organsam.cli.main", "segment", "-i", str(batch_input), "-o", str(out),
-           "--organs", ORGANS, "-q"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "organsam.cli.main",
+        "segment",
+        "-i",
+        str(batch_input),
+        "-o",
+        str(out),
+        "--organs",
+        ORGANS,
+        "-q",
+    ]
     # one torch thread, as each worker of the 2-process reference run had (same arithmetic, and faster
     # than 2 threads on the 2 shared cores)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True, env=env)
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, env=env
+    )
     manifest_path = out / MANIFEST_NAME
     deadline = time.monotonic() + 400
     first_done = None
@@ -246,18 +269,25 @@ def test_kill_half_way_then_resume_gives_the_uninterrupted_result(pool_run, batc
     assert lines[2].startswith("failed   broken") and "1 done, 1 skipped, 1 failed" in lines[3]
     manifest = json.loads(manifest_path.read_text())["cases"]
     assert {cid: r["status"] for cid, r in manifest.items()} == {
-        "amos0001": "done", "amos0013": "done", "broken": "failed"}
+        "amos0001": "done",
+        "amos0013": "done",
+        "broken": "failed",
+    }
     for cid in ("amos0001", "amos0013"):
         assert comparable_outputs(out / cid) == comparable_outputs(ref_out / cid), cid
         assert manifest[cid]["outputs"] == hash_outputs(out / cid)
     assert not [p for p in out.rglob(".organsam-*") if p.name != ".organsam-output.json"]  # no staging left
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
-        "amos0001", "amos0013", MANIFEST_NAME]
+        "amos0001",
+        "amos0013",
+        MANIFEST_NAME,
+    ]
 
 
 # ------------------------------------------------------------------------------------------ Ray
-def test_cli_ray_missing_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_ray_missing_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     scans = tmp_path / "scans"
     scans.mkdir()
     (scans / "a.nii.gz").symlink_to(data_path("amos_0013_slab", "image.nii.gz"))
@@ -271,8 +301,7 @@ def test_cli_ray_missing_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.Mo
 
 @pytest.mark.slow
 def test_ray_actors_on_a_loopback_cluster(pool_run, batch_input: Path, tmp_path: Path) -> None:
-    ray = pytest.importorskip("ray", reason="Ray is not installed (optional extra: "
-                                            "pip install 'organsam[ray]')")
+    ray = pytest.importorskip("ray", reason="Ray is not installed (optional extra: pip install 'organsam[ray]')")
     _, ref_out = pool_run
     out = tmp_path / "results"
     out.mkdir()
@@ -289,7 +318,10 @@ def test_ray_actors_on_a_loopback_cluster(pool_run, batch_input: Path, tmp_path:
     finally:
         ray.shutdown()
     assert [(c.case_id, c.state) for c in summary.cases] == [
-        ("amos0001", "skipped"), ("amos0013", "done"), ("broken", "failed")]
+        ("amos0001", "skipped"),
+        ("amos0013", "done"),
+        ("broken", "failed"),
+    ]
     assert summary.backend == "ray" and summary.workers == 2
     manifest = json.loads((out / MANIFEST_NAME).read_text())["cases"]
     workers = {cid: manifest[cid]["worker"] for cid in ("amos0013", "broken")}

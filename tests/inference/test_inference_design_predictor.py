@@ -36,8 +36,14 @@ def test_design_checkpoint_segments_through_segment(organ_prompts_checkpoint, tm
     vol = load_volume(data_path("amos_0013_slab", "image.nii.gz"))
     labels = load_labels(data_path("amos_0013_slab", "label.nii.gz"), vol)
     amos = labelmap_info("amos22")
-    res = segment(vol, "liver, spleen", design="organ_prompts", checkpoint=str(organ_prompts_checkpoint),
-                  output=tmp_path / "out", quiet=True)
+    res = segment(
+        vol,
+        "liver, spleen",
+        design="organ_prompts",
+        checkpoint=str(organ_prompts_checkpoint),
+        output=tmp_path / "out",
+        quiet=True,
+    )
     assert res.report["design"] == "organ_prompts"
     assert (tmp_path / "out" / "segmentation.nii.gz").is_file() and (tmp_path / "out" / "report.json").is_file()
     for organ in ("liver", "spleen"):
@@ -57,8 +63,9 @@ def test_text_only_prompts_decode_every_slice_without_a_prior() -> None:
     yielded = list(predictor.propagate(state))
     assert isinstance(state.prior, EverySlice.Fitted)  # text alone: every slice, no atlas registration
     assert predictor.encoded_slices == vol.array.shape[0]  # every slice asked, each encoded once for both organs
-    scored = {z for oid in ("liver", "spleen") for z in
-              (*state.results[oid].slice_scores, *state.results[oid].rejected)}
+    scored = {
+        z for oid in ("liver", "spleen") for z in (*state.results[oid].slice_scores, *state.results[oid].rejected)
+    }
     assert scored == set(range(vol.array.shape[0]))
     for _z, ids, masks in yielded:
         assert masks.shape == (len(ids), *vol.array.shape[1:]) and masks.dtype == bool

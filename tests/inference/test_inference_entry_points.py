@@ -93,8 +93,20 @@ def test_cuda_on_a_cpu_build_is_one_line(tmp_path: Path, capsys, no_compute) -> 
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a CUDA GPU: --device cuda is valid here")
-    code = cli(["segment", "-i", str(data_path(*AMOS)), "-o", str(tmp_path / "o"), "--organs", "liver",
-                "--device", "cuda", "-q"])
+    code = cli(
+        [
+            "segment",
+            "-i",
+            str(data_path(*AMOS)),
+            "-o",
+            str(tmp_path / "o"),
+            "--organs",
+            "liver",
+            "--device",
+            "cuda",
+            "-q",
+        ]
+    )
     assert code == 2
     _one_line_error(capsys, "sees no CUDA GPU", "--device cpu")
     assert not (tmp_path / "o").exists()
@@ -113,8 +125,9 @@ def test_unexpected_errors_are_one_line_and_debug_shows_the_traceback(tmp_path: 
     else:
         pytest.fail("SimpleITK read a junk file")
     perm = PermissionError(13, "Permission denied", "/data/out/report.json")
-    assert error_line(perm) == ("/data/out/report.json: Permission denied. Fix: check the path, its permissions "
-                                "and the free disk space")
+    assert error_line(perm) == (
+        "/data/out/report.json: Permission denied. Fix: check the path, its permissions and the free disk space"
+    )
     with pytest.raises(UnknownOrganError):  # --debug (anywhere on the line) lets the real exception through
         cli(["segment", "-i", str(data_path(*AMOS)), "-o", str(tmp_path / "o"), "--organs", "livr", "--debug"])
     assert cli(["segment", "-i", str(data_path(*AMOS)), "-o", str(tmp_path / "o"), "--organs", "livr"]) == 2
@@ -168,11 +181,14 @@ def test_cli_batch_and_server_reports_have_the_same_keys(tmp_path: Path) -> None
     for report in (cli_report, batch_report, server_report):
         assert report["prompt"] == PROMPT and report["organ_ids"] == ["liver", "spleen"]
         assert report["organsam_version"] and report["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
-        assert report["weights_sha256"] == {"lite_medsam": WEIGHTS["lite_medsam"].sha256,
-                                            "atlas": WEIGHTS["atlas"].sha256}
+        assert report["weights_sha256"] == {
+            "lite_medsam": WEIGHTS["lite_medsam"].sha256,
+            "atlas": WEIGHTS["atlas"].sha256,
+        }
     # the same pipeline gives the same masks: identical organ volumes from all three entry points
-    vols = [{k: r["organs"][k]["voxels"] for k in ("liver", "spleen")}
-            for r in (cli_report, batch_report, server_report)]
+    vols = [
+        {k: r["organs"][k]["voxels"] for k in ("liver", "spleen")} for r in (cli_report, batch_report, server_report)
+    ]
     assert vols[0] == vols[1] == vols[2], vols
 
 
@@ -193,8 +209,10 @@ def test_reports_say_which_organs_text_cannot_locate(tmp_path: Path) -> None:
         assert organs[oid]["status"] == "not_locatable" and not organs[oid]["present"]
         assert "give a box" in organs[oid]["absent_reason"]
     # the atlas has the bladder, but places it below this upper-abdominal slab: searched, absent
-    assert organs["urinary_bladder"]["status"] == "absent" and "outside this scan" in organs["urinary_bladder"][
-        "absent_reason"]
+    assert (
+        organs["urinary_bladder"]["status"] == "absent"
+        and "outside this scan" in organs["urinary_bladder"]["absent_reason"]
+    )
     every = resolve_organs(None, all_organs=True)
     assert {"esophagus", "rectum", "prostate_uterus"} <= set(every.organ_ids)
     known = predictor.locatable_organs()

@@ -63,8 +63,9 @@ def test_outputs_on_input_grid_and_report(amos13_result) -> None:
     # no staging leftovers beside the folder; its marker lists exactly the files written
     assert not [p for p in out.parent.iterdir() if p.name.startswith((".organsam-stage-", ".organsam-old-"))]
     listed = json.loads((out / ".organsam-output.json").read_text())["files"]
-    assert sorted(listed) == sorted(p.relative_to(out).as_posix() for p in out.rglob("*")
-                                    if p.is_file() and p.name != ".organsam-output.json")
+    assert sorted(listed) == sorted(
+        p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and p.name != ".organsam-output.json"
+    )
 
 
 def test_cli_unknown_organ_fails_cleanly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -75,11 +75,10 @@ def test_user_box_slice_is_kept(amos13) -> None:
     box = (float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max()))
     predictor.add_box(state, "liver", z, box)
     list(predictor.propagate(state))
-    (direct, _), = predictor.decode(state, [(z, "liver", box, None)])
+    ((direct, _),) = predictor.decode(state, [(z, "liver", box, None)])
     assert np.array_equal(state.results["liver"].mask[z], direct)
     assert _dice(direct, refs["liver"][z]) > 0.85
     state.prompts["liver"].boxes.clear()
-
 
 
 @pytest.mark.slow
@@ -88,8 +87,10 @@ def test_cut_prior_boxes_are_widened() -> None:
     decoder then fails (Dice 0.09 against the TotalSegmentator labels). Widening a box on the side its mask
     touches recovers it."""
     vol = load_volume(data_path("ts_b_dicom", "dicom"))
-    ref = np.isin(load_labels(data_path("ts_b_dicom", "label_ts_v2.nii.gz"), vol),
-                  labelmap_info("totalsegmentator_v2").values_for("aorta"))
+    ref = np.isin(
+        load_labels(data_path("ts_b_dicom", "label_ts_v2.nii.gz"), vol),
+        labelmap_info("totalsegmentator_v2").values_for("aorta"),
+    )
     predictor = VolumePredictor(progress=False)
     state = predictor.init_state(vol)
     predictor.add_text_prompt(state, "aorta")

@@ -25,8 +25,13 @@ def test_seg_round_trip(ts_b, tmp_path):
     vol, labels = ts_b
     body = vol.array > -300  # the body (and table) by thresholding
     masks = {"liver": labels == 5, "spleen": labels == 1, "body": body, "kidney_left": np.zeros_like(body)}
-    out = write_dicom_seg(masks, vol, tmp_path / "seg.dcm", {"liver": "Liver (organsam)"},
-                          organ_colors={"liver": (220, 80, 40), "spleen": (150, 50, 210)})
+    out = write_dicom_seg(
+        masks,
+        vol,
+        tmp_path / "seg.dcm",
+        {"liver": "Liver (organsam)"},
+        organ_colors={"liver": (220, 80, 40), "spleen": (150, 50, 210)},
+    )
 
     ds = pydicom.dcmread(out)
     assert ds.Modality == "SEG" and ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4"
@@ -44,14 +49,18 @@ def test_seg_round_trip(ts_b, tmp_path):
     # the recommended display colour a viewer shows (CIELab in the file), back as RGB
     assert ds.SegmentSequence[0].RecommendedDisplayCIELabValue is not None
     assert hd.color.CIELabColor.from_dicom_value(ds.SegmentSequence[0].RecommendedDisplayCIELabValue).to_rgb() == (
-        220, 80, 40)
+        220,
+        80,
+        40,
+    )
     assert "RecommendedDisplayCIELabValue" not in ds.SegmentSequence[2]  # "body": no colour given
 
     geo = seg.get_volume()
     ras = LPS_TO_RAS @ geo.affine
     perm, flips = canonical_transform(ras)
-    assert np.allclose(canonical_index_affine(ras, geo.array.shape[:3], perm, flips), vol.world_affine_canonical,
-                       atol=1e-4)
+    assert np.allclose(
+        canonical_index_affine(ras, geo.array.shape[:3], perm, flips), vol.world_affine_canonical, atol=1e-4
+    )
     for i, organ in enumerate(("liver", "spleen", "body")):
         back = to_canonical(geo.array[..., i], perm, flips).astype(bool)
         assert np.array_equal(back, masks[organ]), organ

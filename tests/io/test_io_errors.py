@@ -174,7 +174,7 @@ def test_cropped_label_block_is_embedded_and_misaligned_one_refused(tmp_path):
     embedded = load_labels(path, vol)
     assert embedded.shape == vol.shape
     inside = np.zeros(vol.shape, bool)
-    inside[30:100, 10:80, 122 - 90:122 - 20] = True  # canonical z <- k, y <- j, x <- flipped i (RAS file)
+    inside[30:100, 10:80, 122 - 90 : 122 - 20] = True  # canonical z <- k, y <- j, x <- flipped i (RAS file)
     assert np.array_equal(embedded[inside], full[inside]) and not embedded[~inside].any()
     shifted = block.affine.copy()
     shifted[:3, 3] += [1.5, 0.0, 0.0]  # half a voxel: not on the image grid

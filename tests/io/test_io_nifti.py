@@ -54,8 +54,9 @@ def test_canonical_equals_nibabel_reorientation_to_las():
     for rel in ("ts_a/image.nii.gz", "ts_mr/image.nii.gz"):
         path = data_path(*rel.split("/"))
         img = nib.load(str(path))
-        ornt = nib.orientations.ornt_transform(nib.orientations.io_orientation(img.affine),
-                                               nib.orientations.axcodes2ornt(("L", "A", "S")))
+        ornt = nib.orientations.ornt_transform(
+            nib.orientations.io_orientation(img.affine), nib.orientations.axcodes2ornt(("L", "A", "S"))
+        )
         las = img.as_reoriented(ornt)
         expected = np.transpose(las.get_fdata(dtype=np.float32), (2, 1, 0))
         vol = load_volume(path)

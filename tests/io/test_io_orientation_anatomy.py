@@ -75,7 +75,7 @@ def test_amos_cases_liver_right_spine_posterior(image, label):
     half = int(round(15.0 / vol.spacing[2]))
     col = int(round(aorta[2]))
     band = np.zeros(vol.shape, dtype=bool)
-    band[:, :, col - half: col + half + 1] = True
+    band[:, :, col - half : col + half + 1] = True
     spine = _centroid(band & (vol.array > 200) & (labels == 0))
     assert spine[1] < aorta[1], f"spine row {spine[1]:.1f} should be < aorta row {aorta[1]:.1f}"
     assert spine[1] < liver[1]

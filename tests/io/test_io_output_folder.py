@@ -28,8 +28,11 @@ def _writer(files: dict[str, str]):
 
 
 def _tree(folder: Path) -> dict[str, str]:
-    return {p.relative_to(folder).as_posix(): p.read_text() for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.name != OUTPUT_MARKER}
+    return {
+        p.relative_to(folder).as_posix(): p.read_text()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != OUTPUT_MARKER
+    }
 
 
 def test_second_run_replaces_the_first_whole(tmp_path: Path) -> None:
@@ -38,7 +41,10 @@ def test_second_run_replaces_the_first_whole(tmp_path: Path) -> None:
     paths = write_output_folder(out, _writer(first))
     assert paths["masks/liver.nii.gz"] == out / "masks" / "liver.nii.gz" and paths["report.json"].read_text() == "1"
     assert json.loads((out / OUTPUT_MARKER).read_text())["files"] == [
-        "masks/liver.nii.gz", "masks/spleen.nii.gz", "report.json"]
+        "masks/liver.nii.gz",
+        "masks/spleen.nii.gz",
+        "report.json",
+    ]
     write_output_folder(out, _writer({"report.json": "2", "masks/liver.nii.gz": "L2"}))
     assert _tree(out) == {"report.json": "2", "masks/liver.nii.gz": "L2"}  # no file of the first run is left
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging folder beside it
@@ -82,8 +88,11 @@ def test_unusable_places_are_refused_in_one_line(tmp_path: Path) -> None:
     loop = tmp_path / "loop"
     loop.symlink_to(tmp_path / "loop2")
     (tmp_path / "loop2").symlink_to(loop)
-    for bad, why in ((loop, "symbolic-link loop"), (Path("/proc/organsam-out"), "cannot be written"),
-                     (tmp_path / "dangling", "dangling")):
+    for bad, why in (
+        (loop, "symbolic-link loop"),
+        (Path("/proc/organsam-out"), "cannot be written"),
+        (tmp_path / "dangling", "dangling"),
+    ):
         if why == "dangling":
             bad.symlink_to(tmp_path / "nowhere")
         with pytest.raises(OutputFolderError, match=why) as e:

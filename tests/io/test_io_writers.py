@@ -9,8 +9,21 @@ from conftest import data_path
 
 from organsam.io import VolumeWriteError, load_labels, load_volume, write_labelmap, write_masks
 
-_GEOMETRY_FIELDS = ("qform_code", "sform_code", "quatern_b", "quatern_c", "quatern_d", "qoffset_x", "qoffset_y",
-                    "qoffset_z", "srow_x", "srow_y", "srow_z", "pixdim", "xyzt_units")
+_GEOMETRY_FIELDS = (
+    "qform_code",
+    "sform_code",
+    "quatern_b",
+    "quatern_c",
+    "quatern_d",
+    "qoffset_x",
+    "qoffset_y",
+    "qoffset_z",
+    "srow_x",
+    "srow_y",
+    "srow_z",
+    "pixdim",
+    "xyzt_units",
+)
 
 CASES = [  # RAS, LPS, LAS
     ("ts_a/image.nii.gz", "ts_a/label_ts_v2_fast.nii.gz"),
@@ -63,7 +76,10 @@ def test_masks_one_file_per_organ(tmp_path):
     masks = {"liver": labels == 5, "spleen": labels == 1, "kidney_left": labels == 3}
     paths = write_masks(masks, vol, tmp_path / "masks")
     assert sorted(p.name for p in (tmp_path / "masks").iterdir()) == [
-        "kidney_left.nii.gz", "liver.nii.gz", "spleen.nii.gz"]
+        "kidney_left.nii.gz",
+        "liver.nii.gz",
+        "spleen.nii.gz",
+    ]
     original = nib.load(str(img_path))
     for organ, path in paths.items():
         written = nib.load(str(path))
@@ -116,8 +132,7 @@ def test_dicom_input_to_nifti_and_itk_outputs(tmp_path):
     # the NIfTI written for DICOM input lies exactly where TotalSegmentator's NIfTI does
     ref = nib.load(str(data_path("ts_b_dicom", "label_ts_v2.nii.gz")))
     ours = load_volume(tmp_path / "labels.nii.gz", check_values=False)
-    assert np.array_equal(ours.array.astype(np.uint8), load_labels(data_path("ts_b_dicom", "label_ts_v2.nii.gz"),
-                                                                   ours))
+    assert np.array_equal(ours.array.astype(np.uint8), load_labels(data_path("ts_b_dicom", "label_ts_v2.nii.gz"), ours))
     assert nib.aff2axcodes(ref.affine) == ("L", "A", "S")
 
 

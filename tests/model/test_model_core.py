@@ -130,8 +130,9 @@ def test_point_prompts_refine_a_box(model, ct_slice, encoded):
         box_only, _ = model.decode(encoded.embedding, boxes=box)
         pos, _ = model.decode(encoded.embedding, boxes=box, points=(pt, torch.ones(1, 1, dtype=torch.long)))
         neg, _ = model.decode(encoded.embedding, boxes=box, points=(pt, torch.zeros(1, 1, dtype=torch.long)))
-        multi, iou = model.decode(encoded.embedding, points=(pt, torch.ones(1, 1, dtype=torch.long)),
-                                  multimask_output=True)
+        multi, iou = model.decode(
+            encoded.embedding, points=(pt, torch.ones(1, 1, dtype=torch.long)), multimask_output=True
+        )
     full = geom.logits_to_original(pos[0, 0]) > 0
     assert bool(full[row, col]), "a positive click inside the liver must be covered by the mask"
     assert _dice(full.numpy(), liver) > 0.9
@@ -146,7 +147,7 @@ def test_many_prompts_against_shared_and_indexed_embeddings(model, ct_slice, enc
     boxes = torch.from_numpy(geom.box_to_model(np.concatenate([_box(liver), [[100, 150, 300, 400]]])))
     with torch.inference_mode():
         shared, iou_shared = model.decode(emb, boxes=boxes)
-        single = [model.decode(emb, boxes=boxes[i:i + 1])[0] for i in range(2)]
+        single = [model.decode(emb, boxes=boxes[i : i + 1])[0] for i in range(2)]
         two = torch.cat([emb, emb.flip(-1)])
         indexed, _ = model.decode(two, boxes=boxes[[0, 0, 1]], image_index=torch.tensor([0, 1, 0]))
         flipped_only, _ = model.decode(two[1:], boxes=boxes[:1])
@@ -195,8 +196,9 @@ def test_gradients_reach_every_decoder_and_prompt_encoder_parameter(model, ct_sl
         # Box + clicks, single mask: box corners, both click types, mask token 0, 'no mask' embedding.
         l1, iou1 = model.decode(emb, boxes=box, points=(pts, labels))
         # Clicks only (adds the padding point) + a mask prompt, multimask: the other mask tokens.
-        l2, iou2 = model.decode(emb, points=(pts, labels), mask_input=torch.randn(1, 1, 256, 256),
-                                multimask_output=True)
+        l2, iou2 = model.decode(
+            emb, points=(pts, labels), mask_input=torch.randn(1, 1, 256, 256), multimask_output=True
+        )
         bce = torch.nn.functional.binary_cross_entropy_with_logits
         loss = bce(l1, target) + bce(l2, target.expand_as(l2)) + iou1.sum() + iou2.sum()
         loss.backward()

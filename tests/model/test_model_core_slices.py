@@ -65,8 +65,7 @@ def test_resize_area_properties():
     np.testing.assert_allclose(out, a.reshape(2, 30, 3, 20, 3).mean(axis=(2, 4)), atol=1e-6)
     # Enlarging by an integer factor replicates pixels (OpenCV INTER_AREA behaviour).
     small = rng.random((1, 4, 5)).astype(np.float32)
-    np.testing.assert_allclose(resize_area(small, (8, 10)), small.repeat(2, axis=1).repeat(2, axis=2),
-                               atol=1e-6)
+    np.testing.assert_allclose(resize_area(small, (8, 10)), small.repeat(2, axis=1).repeat(2, axis=2), atol=1e-6)
 
 
 def test_batch_matches_single_and_constant_slice_is_safe(amos_slab):

@@ -52,7 +52,7 @@ def encoded(real) -> list[EncoderOutput]:
     core = build_lite_medsam()
     with torch.no_grad():
         enc = core.encode(real["images"], keep_levels=True)
-    return [EncoderOutput(enc.embedding[i:i + 1], [lv[i:i + 1] for lv in enc.levels]) for i in range(len(SLICES))]
+    return [EncoderOutput(enc.embedding[i : i + 1], [lv[i : i + 1] for lv in enc.levels]) for i in range(len(SLICES))]
 
 
 _MODELS: dict[str, OrganSegmenter] = {}
@@ -96,9 +96,9 @@ def test_real_slice_forward_backward_reaches_every_trainable_weight(name, real, 
     liver = model.organ_index_of(["liver"])
     present = torch.ones(1)
     # Full path from the image (for crisp_sam2: one encoder pass with the text injected through the hook).
-    out = model(real["images"][MID:MID + 1], liver)
+    out = model(real["images"][MID : MID + 1], liver)
     _check_output(out, 1, model.num_organs)
-    terms = model.compute_loss(out, real["masks"][MID:MID + 1], present)
+    terms = model.compute_loss(out, real["masks"][MID : MID + 1], present)
     assert "total" in terms and all(torch.isfinite(v) for v in terms.values())
     total = terms["total"]
     # Precomputed plain encoder features give the same result (crisp_sam2 resumes the encoder at stage 2).
@@ -109,7 +109,7 @@ def test_real_slice_forward_backward_reaches_every_trainable_weight(name, real, 
         # The memory modules only act on slice sequences: add a 2-slice sequence (the 2nd uses memory).
         seq = model.forward_sequence(None, liver, encoded=encoded[1:])
         for t, o in enumerate(seq):
-            total = total + model.compute_loss(o, real["masks"][1 + t:2 + t], present)["total"]
+            total = total + model.compute_loss(o, real["masks"][1 + t : 2 + t], present)["total"]
     total.backward()
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     unreached = [n for n, p in trainable if p.grad is None]
@@ -135,10 +135,10 @@ def test_bf16_autocast_has_no_nan(name, real, encoded):
     liver = model.organ_index_of(["liver"])
     # crisp_sam2 runs the encoder (text injected inside it) under autocast; the others decode bf16 from
     # the shared fp32 features (the core's own bf16 encoder is tested with the core).
-    images = real["images"][MID:MID + 1] if name == "crisp_sam2" else None
+    images = real["images"][MID : MID + 1] if name == "crisp_sam2" else None
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(images, liver, boxes=real["box"], encoded=None if images is not None else encoded[MID])
-        terms = model.compute_loss(out, real["masks"][MID:MID + 1], torch.ones(1))
+        terms = model.compute_loss(out, real["masks"][MID : MID + 1], torch.ones(1))
     _check_output(out, 1, model.num_organs)
     assert all(torch.isfinite(v) for v in terms.values())
 

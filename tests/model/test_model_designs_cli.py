@@ -13,12 +13,14 @@ from organsam.registry import list_designs
 
 
 def test_designs_lists_every_design_without_importing_torch():
-    code = ("import sys, io, contextlib, argparse; from organsam.cli import designs_cmd; buf = io.StringIO()\n"
-            "args = argparse.Namespace(names=[], params=False, json=True)\n"
-            "with contextlib.redirect_stdout(buf): rc = designs_cmd.run(args)\n"
-            "print(buf.getvalue()); print('TORCH', 'torch' in sys.modules, rc)")
+    code = (
+        "import sys, io, contextlib, argparse; from organsam.cli import designs_cmd; buf = io.StringIO()\n"
+        "args = argparse.Namespace(names=[], params=False, json=True)\n"
+        "with contextlib.redirect_stdout(buf): rc = designs_cmd.run(args)\n"
+        "print(buf.getvalue()); print('TORCH', 'torch' in sys.modules, rc)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    rows = json.loads(out[:out.rindex("TORCH")])
+    rows = json.loads(out[: out.rindex("TORCH")])
     assert [r["name"] for r in rows] == list_designs()
     assert all(r["summary"] for r in rows)
     assert out.strip().endswith("TORCH False 0")

@@ -22,11 +22,27 @@ from organsam.preprocessing.slices import to_model_input_batch
 
 logger = logging.getLogger(__name__)
 
-AMOS_ORGANS = {1: "spleen", 2: "kidney_right", 3: "kidney_left", 4: "gallbladder", 6: "liver", 7: "stomach",
-               8: "aorta", 10: "pancreas"}
+AMOS_ORGANS = {
+    1: "spleen",
+    2: "kidney_right",
+    3: "kidney_left",
+    4: "gallbladder",
+    6: "liver",
+    7: "stomach",
+    8: "aorta",
+    10: "pancreas",
+}
 # Dice of the original LiteMedSAM code on this slab with this protocol.
-REFERENCE_DICE = {"spleen": 0.935, "kidney_right": 0.923, "kidney_left": 0.920, "liver": 0.922, "aorta": 0.894,
-                  "gallbladder": 0.941, "stomach": 0.924, "pancreas": 0.822}
+REFERENCE_DICE = {
+    "spleen": 0.935,
+    "kidney_right": 0.923,
+    "kidney_left": 0.920,
+    "liver": 0.922,
+    "aorta": 0.894,
+    "gallbladder": 0.941,
+    "stomach": 0.924,
+    "pancreas": 0.822,
+}
 TOLERANCE = 0.02
 
 
@@ -42,8 +58,9 @@ def slab() -> tuple[np.ndarray, np.ndarray]:
     return window_ct(vol.array, "abdomen"), np.asarray(lab)
 
 
-def segment_with_boxes(model: SamCore, image: np.ndarray, labels: np.ndarray,
-                       slices: list[int]) -> dict[int, np.ndarray]:
+def segment_with_boxes(
+    model: SamCore, image: np.ndarray, labels: np.ndarray, slices: list[int]
+) -> dict[int, np.ndarray]:
     """Per-organ predicted masks (Z, Y, X) bool: each slice encoded once, all its organs decoded in one batch."""
     x, geom = to_model_input_batch(image[slices])
     pred = {k: np.zeros(labels.shape, dtype=bool) for k in AMOS_ORGANS}
@@ -52,7 +69,7 @@ def segment_with_boxes(model: SamCore, image: np.ndarray, labels: np.ndarray,
             present = [k for k in AMOS_ORGANS if (labels[z] == k).any()]
             if not present:
                 continue
-            emb = model.encode(torch.from_numpy(x[i:i + 1]), keep_levels=False).embedding
+            emb = model.encode(torch.from_numpy(x[i : i + 1]), keep_levels=False).embedding
             boxes = []
             for k in present:
                 ys, xs = np.nonzero(labels[z] == k)

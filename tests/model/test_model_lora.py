@@ -83,8 +83,12 @@ def test_apply_lora_on_tinyvit_names_and_errors():
     names = apply_lora(encoder, 2, 2.0, TINYVIT_LINEAR_NAMES)
     # 10 attention blocks in stages 1-3 (2 + 6 + 2), four linear layers each.
     assert len(names) == 40 and len(lora_modules(encoder)) == 40
-    assert names[:4] == ["layers.1.blocks.0.attn.qkv", "layers.1.blocks.0.attn.proj",
-                         "layers.1.blocks.0.mlp.fc1", "layers.1.blocks.0.mlp.fc2"]
+    assert names[:4] == [
+        "layers.1.blocks.0.attn.qkv",
+        "layers.1.blocks.0.attn.proj",
+        "layers.1.blocks.0.mlp.fc1",
+        "layers.1.blocks.0.mlp.fc2",
+    ]
     keys_after = set(encoder.state_dict())
     assert keys_before <= keys_after  # the base weights keep their LiteMedSAM keys
     assert all(is_lora_parameter(k) for k in keys_after - keys_before)
@@ -162,8 +166,11 @@ def trained(adapted, real):
     model = copy.deepcopy(adapted)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     model.train()
-    modes = {"encoder": model.core.image_encoder.training, "decoder": model.core.mask_decoder.training,
-             "adapters": [m.training for m in lora_modules(model.core.image_encoder)]}
+    modes = {
+        "encoder": model.core.image_encoder.training,
+        "decoder": model.core.mask_decoder.training,
+        "adapters": [m.training for m in lora_modules(model.core.image_encoder)],
+    }
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0)
     present = torch.ones(1)
@@ -179,8 +186,15 @@ def trained(adapted, real):
     model.eval()
     with torch.no_grad():
         after = _run(model, real)
-    return {"model": model, "before": before, "first": first, "second": second, "modes": modes,
-            "embedding_grad": embedding_grad, "out": after}
+    return {
+        "model": model,
+        "before": before,
+        "first": first,
+        "second": second,
+        "modes": modes,
+        "embedding_grad": embedding_grad,
+        "out": after,
+    }
 
 
 def test_frozen_encoder_with_adapters_trains_only_the_adapters(adapted, trained):
@@ -247,8 +261,9 @@ def test_checkpoint_round_trip_recreates_the_adapters(trained, real, tmp_path):
     assert info["num_tensors"] == n_design + n_lora
     loaded = load_checkpoint(path, design=DESIGN)
     assert loaded.lora_layers == model.lora_layers and not loaded.training
-    assert {n for n, p in loaded.named_parameters() if p.requires_grad} == \
-        {n for n, p in model.named_parameters() if p.requires_grad}
+    assert {n for n, p in loaded.named_parameters() if p.requires_grad} == {
+        n for n, p in model.named_parameters() if p.requires_grad
+    }
     with torch.no_grad():
         a, b = trained["out"], _run(loaded, real)
     for key in ("masks", "iou", "presence_logit"):

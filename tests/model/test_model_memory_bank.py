@@ -26,7 +26,7 @@ def test_similarity_sums_hand_computed() -> None:
     bank.add(1, _const(2.0, 0.0))  # same direction as slice 0: cosine 1
     bank.add(2, _const(0.0, 3.0))  # orthogonal to both
     bank.add(3, _const(1.0, 1.0))  # 45 degrees to all: cos = 1/sqrt(2)
-    r = 2 ** -0.5
+    r = 2**-0.5
     expected = {0: 1 + 0 + r, 1: 1 + 0 + r, 2: 0 + 0 + r, 3: 3 * r}
     got = bank.similarity_sums()
     assert got.keys() == expected.keys()

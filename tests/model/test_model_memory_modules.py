@@ -42,8 +42,11 @@ def test_sine_encoding_2d() -> None:
 
 
 def _grads_ok(module: torch.nn.Module) -> None:
-    missing = [n for n, p in module.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()
-               or p.grad.abs().sum() == 0]
+    missing = [
+        n
+        for n, p in module.named_parameters()
+        if p.grad is None or not torch.isfinite(p.grad).all() or p.grad.abs().sum() == 0
+    ]
     assert not missing, f"parameters without gradient: {missing}"
 
 
@@ -84,8 +87,7 @@ def test_memory_attention_shapes_and_gradients() -> None:
     torch.manual_seed(0)
     attn = MemoryAttention(d_model=256, mem_dim=64, layers=2, heads=8)
     x = torch.randn(2, 256, GRID, GRID)
-    out = attn(x, _memory(2, 3, 1), slice_distance=torch.tensor([-2.0, -1.0, 3.0]),
-               pointers=torch.randn(2, 3, 64))
+    out = attn(x, _memory(2, 3, 1), slice_distance=torch.tensor([-2.0, -1.0, 3.0]), pointers=torch.randn(2, 3, 64))
     assert out.shape == x.shape and torch.isfinite(out).all()
     out.square().mean().backward()
     _grads_ok(attn)
@@ -105,8 +107,13 @@ def test_memory_attention_no_nan_bf16_autocast() -> None:
     attn = MemoryAttention()
     x = torch.randn(1, 256, GRID, GRID) * 5
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = attn(x, _memory(1, 2, 3) * 5, slice_distance=torch.tensor([-1.0, 1.0]),
-                   pointers=torch.randn(1, 2, 64), memory_valid=torch.tensor([[True, False]]))
+        out = attn(
+            x,
+            _memory(1, 2, 3) * 5,
+            slice_distance=torch.tensor([-1.0, 1.0]),
+            pointers=torch.randn(1, 2, 64),
+            memory_valid=torch.tensor([[True, False]]),
+        )
     assert out.shape == x.shape and torch.isfinite(out.float()).all()
     out.float().square().mean().backward()
     assert all(p.grad is None or torch.isfinite(p.grad).all() for p in attn.parameters())

@@ -127,17 +127,26 @@ def _check_vocab_embeddings(ve: VocabularyEmbeddings, vocab, minilm: TextEncoder
     oid = ve.ids[k0]
     torch.testing.assert_close(ve.name_emb[k0], minilm.encode([vocab.prompt_text(oid)])[0].cpu(), atol=1e-5, rtol=0)
     if organs[oid].knowledge:
-        torch.testing.assert_close(ve.knowledge_emb[k0, 0], minilm.encode([organs[oid].knowledge[0]])[0].cpu(),
-                                   atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            ve.knowledge_emb[k0, 0], minilm.encode([organs[oid].knowledge[0]])[0].cpu(), atol=1e-5, rtol=0
+        )
 
 
 def test_embed_inline_vocabulary(minilm: TextEncoder, tmp_path: Path) -> None:
-    vocab = _Vocab([
-        _Organ("liver", "liver", ["The liver is the largest solid organ of the abdomen.",
-                                  "It lies in the right upper quadrant under the diaphragm."]),
-        _Organ("kidney_left", "left kidney", ["A bean-shaped retroperitoneal organ on the left side."]),
-        _Organ("aorta", "aorta", []),
-    ])
+    vocab = _Vocab(
+        [
+            _Organ(
+                "liver",
+                "liver",
+                [
+                    "The liver is the largest solid organ of the abdomen.",
+                    "It lies in the right upper quadrant under the diaphragm.",
+                ],
+            ),
+            _Organ("kidney_left", "left kidney", ["A bean-shaped retroperitoneal organ on the left side."]),
+            _Organ("aorta", "aorta", []),
+        ]
+    )
     cache = TextEmbeddingCache(minilm, cache_dir=tmp_path)
     ve = embed_vocabulary(cache, vocab)
     assert ve.ids == ["liver", "kidney_left", "aorta"] and ve.fingerprint == minilm.fingerprint()

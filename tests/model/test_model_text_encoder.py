@@ -30,8 +30,11 @@ def minilm() -> TextEncoder:
 
 
 def _save_model(model: torch.nn.Module, folder: Path) -> None:
-    kw = {"safe_serialization": True} if "safe_serialization" in inspect.signature(model.save_pretrained).parameters \
+    kw = (
+        {"safe_serialization": True}
+        if "safe_serialization" in inspect.signature(model.save_pretrained).parameters
         else {}
+    )
     model.save_pretrained(str(folder), **kw)
     for name in TOKENIZER_FILES:  # reuse MiniLM's (BERT uncased) tokenizer
         shutil.copy(minilm_dir() / name, folder / name)
@@ -43,8 +46,14 @@ def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=64)
+    cfg = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
     folder = tmp_path_factory.mktemp("tiny_bert")
     _save_model(BertModel(cfg).eval(), folder)
     return folder
@@ -53,9 +62,18 @@ def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _clip_text_config():
     from transformers import CLIPTextConfig
 
-    return CLIPTextConfig(vocab_size=30522, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                          num_attention_heads=2, max_position_embeddings=77, projection_dim=16,
-                          bos_token_id=101, eos_token_id=102, pad_token_id=0)
+    return CLIPTextConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=77,
+        projection_dim=16,
+        bos_token_id=101,
+        eos_token_id=102,
+        pad_token_id=0,
+    )
 
 
 def test_minilm_semantics_shape_and_norm(minilm: TextEncoder) -> None:
@@ -157,10 +175,18 @@ def test_full_clip_checkpoint_uses_text_projection(tmp_path: Path) -> None:
     from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig
 
     torch.manual_seed(2)
-    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                              image_size=32, patch_size=16, projection_dim=16)
-    model = CLIPModel(CLIPConfig(text_config=_clip_text_config().to_dict(), vision_config=vision.to_dict(),
-                                 projection_dim=16)).eval()
+    vision = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=16,
+        projection_dim=16,
+    )
+    model = CLIPModel(
+        CLIPConfig(text_config=_clip_text_config().to_dict(), vision_config=vision.to_dict(), projection_dim=16)
+    ).eval()
     _save_model(model, tmp_path)
     enc = TextEncoder(tmp_path)
     assert enc.spec.kind == "clip_projection" and enc.dim == 16

@@ -24,13 +24,16 @@ def _affine(codes_matrix, zooms=(1.0, 2.0, 3.0)):
     return a
 
 
-@pytest.mark.parametrize(("rotation", "perm", "flips", "codes"), [
-    (np.eye(3), (2, 1, 0), (False, False, True), ("R", "A", "S")),  # RAS (x, y, z)
-    (np.diag([-1, 1, 1]), (2, 1, 0), (False, False, False), ("L", "A", "S")),  # LAS: already canonical
-    (np.diag([-1, -1, 1]), (2, 1, 0), (False, True, False), ("L", "P", "S")),  # LPS
-    # DICOM-style (slice, row, col) with rows running posterior: see the ts_b series
-    (np.array([[0, 0, -1], [0, -1, 0], [1, 0, 0]]), (0, 1, 2), (False, True, False), ("S", "P", "L")),
-])
+@pytest.mark.parametrize(
+    ("rotation", "perm", "flips", "codes"),
+    [
+        (np.eye(3), (2, 1, 0), (False, False, True), ("R", "A", "S")),  # RAS (x, y, z)
+        (np.diag([-1, 1, 1]), (2, 1, 0), (False, False, False), ("L", "A", "S")),  # LAS: already canonical
+        (np.diag([-1, -1, 1]), (2, 1, 0), (False, True, False), ("L", "P", "S")),  # LPS
+        # DICOM-style (slice, row, col) with rows running posterior: see the ts_b series
+        (np.array([[0, 0, -1], [0, -1, 0], [1, 0, 0]]), (0, 1, 2), (False, True, False), ("S", "P", "L")),
+    ],
+)
 def test_canonical_transform(rotation, perm, flips, codes):
     a = _affine(rotation)
     assert axcodes(a) == codes

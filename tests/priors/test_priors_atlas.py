@@ -23,8 +23,16 @@ from organsam.priors import (
 from organsam.priors import atlas as atlas_module
 
 SYNAPSE8 = ["spleen", "kidney_right", "kidney_left", "gallbladder", "liver", "stomach", "aorta", "pancreas"]
-AMOS = {1: "spleen", 2: "kidney_right", 3: "kidney_left", 4: "gallbladder", 6: "liver", 7: "stomach",
-        8: "aorta", 10: "pancreas"}
+AMOS = {
+    1: "spleen",
+    2: "kidney_right",
+    3: "kidney_left",
+    4: "gallbladder",
+    6: "liver",
+    7: "stomach",
+    8: "aorta",
+    10: "pancreas",
+}
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +44,9 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def ts_a() -> Atlas:
-    return Atlas.from_files(data_path("ts_a", "image.nii.gz"), data_path("ts_a", "label_ts_v2_fast.nii.gz"),
-                            "totalsegmentator_v2")
+    return Atlas.from_files(
+        data_path("ts_a", "image.nii.gz"), data_path("ts_a", "label_ts_v2_fast.nii.gz"), "totalsegmentator_v2"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +86,11 @@ def test_atlas_prior_on_amos_0013_slab(amos13) -> None:
     assert res.transform.stages == ("zsearch", "affine", "demons")
     dice = {organ: _dice(gt == v, res.mask(organ)) for v, organ in AMOS.items()}
     logger.info("atlas prior Dice on amos_0013_slab: %s", {k: round(v, 3) for k, v in dice.items()})
-    print("atlas Dice amos_0013_slab:", {k: round(v, 3) for k, v in dice.items()},
-          f"mean {np.mean(list(dice.values())):.3f}, fit {res.seconds:.1f} s")
+    print(
+        "atlas Dice amos_0013_slab:",
+        {k: round(v, 3) for k, v in dice.items()},
+        f"mean {np.mean(list(dice.values())):.3f}, fit {res.seconds:.1f} s",
+    )
     assert dice["liver"] > 0.55
     assert dice["kidney_right"] > 0.45 and dice["kidney_left"] > 0.45
     assert np.mean([dice[o] for o in SYNAPSE8]) > 0.42
@@ -99,7 +111,7 @@ def test_atlas_liver_boxes_cover_the_true_liver(amos13) -> None:
             continue
         x0, y0, x1, y1 = boxes[k]
         assert 0 <= x0 <= x1 < vol.shape[2] and 0 <= y0 <= y1 < vol.shape[1]
-        inside = liver[k, y0:y1 + 1, x0:x1 + 1].sum() / liver[k].sum()
+        inside = liver[k, y0 : y1 + 1, x0 : x1 + 1].sum() / liver[k].sum()
         covered += inside > 0.5
     assert covered >= 0.8 * len(ref_slices), f"liver boxes cover the liver on {covered}/{len(ref_slices)} slices"
 
@@ -165,8 +177,7 @@ def test_register_atlas_rejects_bad_input() -> None:
     with pytest.raises(RegistrationError, match="spacing"):
         register_atlas(vol, (0.0, 1.0, 1.0), vol, (1.0, 1.0, 1.0))
     with pytest.raises(RegistrationError, match="no body"):
-        register_atlas(np.full((10, 32, 32), -1000.0, np.float32), (4.0, 4.0, 4.0), vol, (4.0, 4.0, 4.0),
-                       fast=True)
+        register_atlas(np.full((10, 32, 32), -1000.0, np.float32), (4.0, 4.0, 4.0), vol, (4.0, 4.0, 4.0), fast=True)
 
 
 def test_fit_needs_spacing_for_plain_arrays(ts_a: Atlas) -> None:
@@ -183,8 +194,9 @@ def test_packaged_atlas_is_the_shared_ts_a_lossless(monkeypatch: pytest.MonkeyPa
     atlas = default_atlas()
     assert atlas.name == "ts_a" and atlas.meta["licence"] == "Apache-2.0" and "TotalSegmentator" in atlas.meta["source"]
     assert atlas_module.atlas_source().endswith("assets/atlas_ts_a.npz")
-    ref = Atlas.from_files(data_path("ts_a", "image.nii.gz"), data_path("ts_a", "label_ts_v2_fast.nii.gz"),
-                           "totalsegmentator_v2")
+    ref = Atlas.from_files(
+        data_path("ts_a", "image.nii.gz"), data_path("ts_a", "label_ts_v2_fast.nii.gz"), "totalsegmentator_v2"
+    )
     assert atlas.spacing == ref.spacing and np.array_equal(atlas.image, ref.image)
     (a_lab, a_org), (r_lab, r_org) = atlas.compact_labels(), ref.compact_labels()
     assert a_org == r_org and np.array_equal(a_lab, r_lab)
@@ -194,9 +206,24 @@ def test_atlas_file_round_trip_and_env_file(tmp_path, monkeypatch: pytest.Monkey
     from organsam.cli.main import main as cli
 
     out = tmp_path / "amos.npz"
-    code = cli(["atlas", "build", "--image", str(data_path("amos_0013_slab", "image.nii.gz")),
-                "--labels", str(data_path("amos_0013_slab", "label.nii.gz")), "--labelmap", "amos22", "-o", str(out),
-                "--source", "AMOS 0013 slab", "--licence", "AMOS22 terms"])
+    code = cli(
+        [
+            "atlas",
+            "build",
+            "--image",
+            str(data_path("amos_0013_slab", "image.nii.gz")),
+            "--labels",
+            str(data_path("amos_0013_slab", "label.nii.gz")),
+            "--labelmap",
+            "amos22",
+            "-o",
+            str(out),
+            "--source",
+            "AMOS 0013 slab",
+            "--licence",
+            "AMOS22 terms",
+        ]
+    )
     assert code == 0 and "12 organs" in capsys.readouterr().out  # the slab holds 12 of the 15 AMOS classes
     monkeypatch.setenv(atlas_module.ATLAS_ENV, str(out))
     atlas = default_atlas()

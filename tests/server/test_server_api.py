@@ -266,8 +266,9 @@ def test_voxel_readout_and_free_window_level(app_client) -> None:
     assert narrow.status_code == wide.status_code == 200
     dark = np.asarray(Image.open(io.BytesIO(narrow.content))).mean()
     assert dark < np.asarray(Image.open(io.BytesIO(wide.content))).mean() / 3  # soft tissue below a bone level
-    _json_error(client.get(f"/api/sessions/{sid}/views/axial/5/image.png", params={"window": "40,0"}), 422,
-                "bad_window")
+    _json_error(
+        client.get(f"/api/sessions/{sid}/views/axial/5/image.png", params={"window": "40,0"}), 422, "bad_window"
+    )
     assert client.delete(f"/api/sessions/{sid}").status_code == 204
 
 
@@ -300,8 +301,7 @@ def test_zipped_dicom_with_hostile_member_names(app_client, tmp_path: Path) -> N
     s = r.json()
     assert s["kind"] == "dicom_zip" and s["shape_zyx"] == [4, 512, 512] and s["modality"] == "CT"
     sdir = app.state.store.root / s["id"]
-    assert sorted(p.name for p in (sdir / "dicom").iterdir()) == ["00000.dcm", "00001.dcm", "00002.dcm",
-                                                                   "00003.dcm"]
+    assert sorted(p.name for p in (sdir / "dicom").iterdir()) == ["00000.dcm", "00001.dcm", "00002.dcm", "00003.dcm"]
     for base in (sdir / "dicom", sdir, app.state.store.root, app.state.store.root.parent):
         for name in ("evil_a.dcm", "evil_b.dcm", "evil_c.dcm", "evil_d.dcm"):
             assert not (base / name).exists()
@@ -404,9 +404,7 @@ def test_slices_and_overlays_in_display_orientation(app_client, segmented) -> No
     ov = np.asarray(Image.open(io.BytesIO(client.get(f"{base}/axial/5/overlay.png?organs=liver").content)))
     liver_cols = np.nonzero(np.all(ov[..., :3] == colors["liver"], axis=-1) & (ov[..., 3] > 0))[1]
     assert liver_cols.size > 1000 and liver_cols.mean() < 256
-    ov = np.asarray(
-        Image.open(io.BytesIO(client.get(f"{base}/axial/5/overlay.png?organs=kidney_left").content))
-    )
+    ov = np.asarray(Image.open(io.BytesIO(client.get(f"{base}/axial/5/overlay.png?organs=kidney_left").content)))
     assert not np.any(np.all(ov[..., :3] == colors["liver"], axis=-1) & (ov[..., 3] > 0))  # toggled off
     kid = np.nonzero(ov[..., 3] > 0)[1]
     assert kid.size > 100 and kid.mean() > 256
@@ -529,9 +527,7 @@ def test_corrections_rerun_queue_and_cancel(app_client, segmented) -> None:
     report = client.get(f"/api/sessions/{sid}/result").json()["report"]
     assert report["encoded_slices"] == 11  # embeddings were reused, not recomputed
     # only decoding ran again: the re-run encoded nothing, the first run encoded every slice
-    assert report["timings_s"]["encode"] < 0.1 * first_result["report"]["timings_s"]["encode"], report[
-        "timings_s"
-    ]
+    assert report["timings_s"]["encode"] < 0.1 * first_result["report"]["timings_s"]["encode"], report["timings_s"]
     res1 = app.state.store.get(sid).result
     new = res1.masks["liver"][z]
     inside = new[int(ys.min()) : int(ys.max()) + 1, int(x0) : int(x1) + 1].sum()

@@ -168,9 +168,7 @@ def test_viewer_uploads_segments_and_shows_overlay(server: str, browser, tmp_pat
         return d.execute_script("return document.body.dataset.overlayVersion") == "1"
 
     WebDriverWait(d, 400, poll_frequency=0.3).until(finished)
-    assert any(s.startswith(("encoding", "locating", "loading", "Waiting", "segmenting")) for s in stages), (
-        stages
-    )
+    assert any(s.startswith(("encoding", "locating", "loading", "Waiting", "segmenting")) for s in stages), stages
     row = d.find_element(By.CSS_SELECTOR, "#organ-table tr[data-organ=liver]")
     assert float(row.get_attribute("data-volume-ml")) > 10
     assert "liver" in d.find_element(By.ID, "legend").text
@@ -202,9 +200,7 @@ def test_viewer_uploads_segments_and_shows_overlay(server: str, browser, tmp_pat
     )
     assert "Segmented" in d.find_element(By.ID, "status").text
 
-    links = {
-        a: d.find_element(By.ID, f"dl-{a}").get_attribute("href") for a in ("labelmap", "masks", "report")
-    }
+    links = {a: d.find_element(By.ID, f"dl-{a}").get_attribute("href") for a in ("labelmap", "masks", "report")}
     assert all(h.startswith(server + "/api/sessions/") and h.endswith(a) for a, h in links.items()), links
 
     shot = tmp_path / "viewer.png"

@@ -90,9 +90,7 @@ def test_nnunet_v2_layout(tmp_path, amos13):
     _link(lab, tmp_path / "labelsTr" / "abd_013.nii.gz")
     labels = {"background": 0, **{name: v for v, name in AMOS_NAMES.items()}}
     (tmp_path / "dataset.json").write_text(
-        json.dumps(
-            {"channel_names": {"0": "CT"}, "labels": labels, "numTraining": 1, "file_ending": ".nii.gz"}
-        )
+        json.dumps({"channel_names": {"0": "CT"}, "labels": labels, "numTraining": 1, "file_ending": ".nii.gz"})
     )
     (case,) = read_dataset("nnunet", tmp_path)
     assert case.case_id == "abd_013" and case.patient_id == "abd_013" and case.modality == "CT"
@@ -110,9 +108,7 @@ def test_msd_layout_with_packaged_labelmap(tmp_path, amos13):
                 "name": "AMOS",
                 "modality": {"0": "CT"},
                 "labels": {"0": "background", "1": "spleen"},
-                "training": [
-                    {"image": "./imagesTr/amos_0013.nii.gz", "label": "./labelsTr/amos_0013.nii.gz"}
-                ],
+                "training": [{"image": "./imagesTr/amos_0013.nii.gz", "label": "./labelsTr/amos_0013.nii.gz"}],
             }
         )
     )
@@ -248,9 +244,7 @@ def test_cvpr_npz_per_file_labelmaps(tmp_path, amos13, caplog):
     _, _, vol, labels = amos13
     imgs = np.clip((vol.array + 160) / 400 * 255, 0, 255).astype(np.uint8)
     sp = vol.spacing
-    np.savez_compressed(
-        tmp_path / "CT_AMOS_amos_0013.npz", imgs=imgs, gts=labels, spacing=[sp[2], sp[1], sp[0]]
-    )
+    np.savez_compressed(tmp_path / "CT_AMOS_amos_0013.npz", imgs=imgs, gts=labels, spacing=[sp[2], sp[1], sp[0]])
     np.savez_compressed(tmp_path / "CT_Other_x.npz", imgs=imgs[:2], gts=labels[:2], spacing=[1, 1, 1])
     with caplog.at_level(logging.WARNING):
         cases = read_dataset("cvpr_npz", tmp_path, labelmaps={"CT_AMOS_*": "amos22"})
@@ -309,12 +303,8 @@ def test_patient_level_splits():
     assert len(train) + len(val) == 60
     assert not {c.patient_id for c in train} & {c.patient_id for c in val}
     assert 2 <= len({c.patient_id for c in val}) <= 9
-    assert [c.case_id for c in val] == [
-        c.case_id for c in split_cases(cases, "val", val_fraction=0.25, seed=3)
-    ]
-    assert [c.case_id for c in val] != [
-        c.case_id for c in split_cases(cases, "val", val_fraction=0.25, seed=4)
-    ]
+    assert [c.case_id for c in val] == [c.case_id for c in split_cases(cases, "val", val_fraction=0.25, seed=3)]
+    assert [c.case_id for c in val] != [c.case_id for c in split_cases(cases, "val", val_fraction=0.25, seed=4)]
     two = [_case("a", "pa"), _case("b", "pb")]
     assert len(split_cases(two, "val", val_fraction=0.01)) == 1  # at least one val patient
     marked = [_case("a", "p1", "train"), _case("b", "p2", "val"), _case("c", "p1", "val")]

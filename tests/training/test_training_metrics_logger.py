@@ -13,8 +13,9 @@ def _log_a_run(out_dir, tensorboard: bool) -> MetricsLogger:
     log = MetricsLogger(out_dir, tensorboard=tensorboard)
     log.log(1, {"loss": 0.5, "lr": 1.0e-4})
     log.log(2, {"loss": 0.25, "lr": 2.0e-4})
-    log.log_val(2, [("amos_0013_slab", "liver", 0.9), ("amos_0013_slab", "spleen", 0.7)],
-                {"liver": 0.9, "spleen": 0.7}, 0.8)
+    log.log_val(
+        2, [("amos_0013_slab", "liver", 0.9), ("amos_0013_slab", "spleen", 0.7)], {"liver": 0.9, "spleen": 0.7}, 0.8
+    )
     log.close()
     return log
 

@@ -67,9 +67,7 @@ def test_absent_samples_and_prompt_restriction(store):
     for sp in absent:  # absent = labelled by the case but not on the slice
         assert store.known[sp.case][sp.organ] and store.areas[sp.case][sp.z, sp.organ] == 0
     amos = store.case_index("amos_0001")
-    assert not any(
-        sp.case == amos and sp.organ == k("colon") for sp in specs
-    )  # AMOS does not label the colon
+    assert not any(sp.case == amos and sp.organ == k("colon") for sp in specs)  # AMOS does not label the colon
     for sp in specs:
         if sp.present:
             assert store.areas[sp.case][sp.z, sp.organ] > 0

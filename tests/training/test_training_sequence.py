@@ -190,9 +190,7 @@ def test_memory_modules_learn_only_in_sequence_runs(runs):
     # the independent-slice run did train the rest of the design
     others = [k for k in init if k.startswith(("refinement.", "prompt_encoder.", "cross."))]
     assert any(not torch.equal(init[k], s_flat["model"][k]) for k in others)
-    assert not any(
-        not torch.equal(init[k], s_seq["model"][k]) for k in init if k.startswith("core.image_encoder.")
-    )
+    assert not any(not torch.equal(init[k], s_seq["model"][k]) for k in init if k.startswith("core.image_encoder."))
 
 
 @pytest.mark.slow

@@ -18,8 +18,16 @@ h5py = pytest.importorskip("h5py")
 
 #: AMOS22 label value of each Synapse organ (AMOS: 1 spleen, 2 right kidney, 3 left kidney, 4 gallbladder,
 #: 6 liver, 7 stomach, 8 aorta, 10 pancreas).
-AMOS_VALUE = {"spleen": 1, "kidney_right": 2, "kidney_left": 3, "gallbladder": 4, "liver": 6, "stomach": 7,
-              "aorta": 8, "pancreas": 10}
+AMOS_VALUE = {
+    "spleen": 1,
+    "kidney_right": 2,
+    "kidney_left": 3,
+    "gallbladder": 4,
+    "liver": 6,
+    "stomach": 7,
+    "aorta": 8,
+    "pancreas": 10,
+}
 
 
 @pytest.fixture(scope="module")

@@ -68,9 +68,7 @@ def test_training_run_changes_trainable_parameters(run_a):
     assert s2["step"] == 2 and s3["step"] == 3
     from organsam.registry import build_design
 
-    trainable = {
-        n for n, p in build_design("organsam", [run_a["cfg"].model]).named_parameters() if p.requires_grad
-    }
+    trainable = {n for n, p in build_design("organsam", [run_a["cfg"].model]).named_parameters() if p.requires_grad}
     changed = {k for k in s3["model"] if not torch.equal(s2["model"][k], s3["model"][k])}
     assert changed and changed <= trainable | {k for k in s3["model"] if "running" in k or "num_batches" in k}
     assert len(changed & trainable) > 0.5 * len(trainable)
@@ -223,9 +221,7 @@ def test_ddp_two_processes_match_one_process(run_a, tmp_path):
     if launcher is None:
         pytest.skip("torchrun is not installed next to this Python")
     out = tmp_path / "ddp"
-    args = _overrides(
-        run_a["root"], out, run_a["cache"], "batch_size=1", "steps=2", "val.every=-1", "device=cpu"
-    )
+    args = _overrides(run_a["root"], out, run_a["cache"], "batch_size=1", "steps=2", "val.every=-1", "device=cpu")
     cmd = [
         *launcher,
         "--standalone",
@@ -247,9 +243,7 @@ def test_ddp_two_processes_match_one_process(run_a, tmp_path):
     if (
         proc.returncode != 0
         and not (out / STATE_FILE).exists()
-        and (
-            "Address already in use" in err or "RendezvousConnectionError" in err or "DistNetworkError" in err
-        )
+        and ("Address already in use" in err or "RendezvousConnectionError" in err or "DistNetworkError" in err)
     ):
         pytest.skip(f"torchrun could not start its process group here: {err.strip().splitlines()[-1]}")
     assert proc.returncode == 0, err[-3000:]

@@ -48,19 +48,11 @@ def test_augmentation_is_seeded_bounded_and_keeps_sides(store):
     mask_r = store.organ_mask(0, _slice_with(store, "kidney_left")[0], IDS.index("kidney_right"))
     t = SliceTransform(AugmentConfig(affine_prob=1.0, intensity_prob=1.0, noise_prob=1.0), box_jitter=5.0)
     a, b, c = t(image, mask_l, 11), t(image, mask_l, 11), t(image, mask_l, 12)
-    assert (
-        torch.equal(a["image"], b["image"])
-        and torch.equal(a["mask"], b["mask"])
-        and torch.equal(a["box"], b["box"])
-    )
+    assert torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"]) and torch.equal(a["box"], b["box"])
     assert not torch.equal(a["image"], c["image"])
     ref, geom = to_model_input(image)
     assert not np.array_equal(a["image"].numpy(), ref)
-    assert (
-        a["image"].shape == (3, 256, 256)
-        and float(a["image"].min()) >= 0.0
-        and float(a["image"].max()) <= 1.0
-    )
+    assert a["image"].shape == (3, 256, 256) and float(a["image"].min()) >= 0.0 and float(a["image"].max()) <= 1.0
     assert set(torch.unique(a["mask"]).tolist()) <= {0.0, 1.0}
     # no left-right flips: the left kidney stays on the image's right half (patient left), the right kidney
     # on the left half
@@ -129,8 +121,9 @@ def test_atlas_like_box_jitter_moves_scales_and_widens():
     mask = np.zeros((256, 256), bool)
     mask[100:140, 80:160] = True  # 80 wide, 40 high
     rng = np.random.default_rng(0)
-    boxes = np.stack([box_from_mask(mask, 0.0, rng, (0.0, 0.0, 255.0, 255.0), jitter_rel=0.15, margin=5.0)
-                      for _ in range(400)])
+    boxes = np.stack(
+        [box_from_mask(mask, 0.0, rng, (0.0, 0.0, 255.0, 255.0), jitter_rel=0.15, margin=5.0) for _ in range(400)]
+    )
     assert np.all(boxes >= 0) and np.all(boxes <= 255) and np.all(boxes[:, 2] > boxes[:, 0])
     cx = (boxes[:, 0] + boxes[:, 2]) / 2
     width = boxes[:, 2] - boxes[:, 0]

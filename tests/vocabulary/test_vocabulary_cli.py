@@ -48,8 +48,10 @@ def test_parse(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["organs", "--parse", "liver and both kidneys"]) == 0
     assert capsys.readouterr().out.split() == ["liver", "kidney_right", "kidney_left"]
     assert main(["organs", "--parse", "IVC, left adrenal", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"prompt": "IVC, left adrenal",
-                                                   "ids": ["inferior_vena_cava", "adrenal_gland_left"]}
+    assert json.loads(capsys.readouterr().out) == {
+        "prompt": "IVC, left adrenal",
+        "ids": ["inferior_vena_cava", "adrenal_gland_left"],
+    }
 
 
 def test_parse_failure_exits_nonzero_with_suggestions(capsys: pytest.CaptureFixture[str]) -> None:
@@ -84,14 +86,33 @@ def test_show_groups_and_labelmaps(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_generate_knowledge_dry_run(tmp_path: Path) -> None:
     out = tmp_path / "out.json"
-    r = subprocess.run([sys.executable, str(REPO / "scripts" / "generate_knowledge.py"), "--dry-run",
-                        "--organs", "liver", "kidney_left", "--mode", "extend", "-o", str(out)],
-                       capture_output=True, text=True, timeout=60, env={"PATH": "", "OPENAI_API_KEY": ""})
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "generate_knowledge.py"),
+            "--dry-run",
+            "--organs",
+            "liver",
+            "kidney_left",
+            "--mode",
+            "extend",
+            "-o",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "", "OPENAI_API_KEY": ""},
+    )
     assert r.returncode == 0, r.stderr
     assert "### liver" in r.stdout and "### kidney_left" in r.stdout and "### spleen" not in r.stdout
     assert "left kidney" in r.stdout and "JSON array" in r.stdout
     assert load_vocabulary()["liver"].knowledge[0] in r.stdout  # extend mode shows the existing sentences
     assert not out.exists()  # a dry run writes nothing
-    bad = subprocess.run([sys.executable, str(REPO / "scripts" / "generate_knowledge.py"), "--dry-run",
-                          "--organs", "brain"], capture_output=True, text=True, timeout=60)
+    bad = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "generate_knowledge.py"), "--dry-run", "--organs", "brain"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode == 2 and "unknown organ ids" in bad.stderr

@@ -19,12 +19,23 @@ from organsam.vocabulary import (
 )
 from organsam.vocabulary.labelmaps import LabelMapError, resolve_class_name
 
-EXPECTED_SIZES = {"amos22": 15, "btcv": 13, "synapse": 8, "word": 16, "flare22": 13, "totalsegmentator_v1": 104,
-                  "totalsegmentator_v2": 117, "totalsegmentator_mr": 50}
+EXPECTED_SIZES = {
+    "amos22": 15,
+    "btcv": 13,
+    "synapse": 8,
+    "word": 16,
+    "flare22": 13,
+    "totalsegmentator_v1": 104,
+    "totalsegmentator_v2": 117,
+    "totalsegmentator_mr": 50,
+}
 # shared/data/labelmaps file -> packaged map with the same classes
-SHARED_TO_PACKAGED = {"amos22_15.json": "amos22", "totalsegmentator_v1_total_104.json": "totalsegmentator_v1",
-                      "totalsegmentator_v2_total_117.json": "totalsegmentator_v2",
-                      "totalsegmentator_total_mr_50.json": "totalsegmentator_mr"}
+SHARED_TO_PACKAGED = {
+    "amos22_15.json": "amos22",
+    "totalsegmentator_v1_total_104.json": "totalsegmentator_v1",
+    "totalsegmentator_v2_total_117.json": "totalsegmentator_v2",
+    "totalsegmentator_total_mr_50.json": "totalsegmentator_mr",
+}
 
 
 def test_list_and_sizes() -> None:
@@ -44,16 +55,38 @@ def test_every_mapped_id_is_in_the_vocabulary() -> None:
 
 
 def test_amos_contract() -> None:
-    expected = ["spleen", "kidney_right", "kidney_left", "gallbladder", "esophagus", "liver", "stomach", "aorta",
-                "inferior_vena_cava", "pancreas", "adrenal_gland_right", "adrenal_gland_left", "duodenum",
-                "urinary_bladder", "prostate_uterus"]
+    expected = [
+        "spleen",
+        "kidney_right",
+        "kidney_left",
+        "gallbladder",
+        "esophagus",
+        "liver",
+        "stomach",
+        "aorta",
+        "inferior_vena_cava",
+        "pancreas",
+        "adrenal_gland_right",
+        "adrenal_gland_left",
+        "duodenum",
+        "urinary_bladder",
+        "prostate_uterus",
+    ]
     assert load_labelmap("amos22") == dict(enumerate(expected, start=1))
     assert load_labelmap("AMOS") == load_labelmap("amos15") == load_labelmap("amos22")
 
 
 def test_synapse_transunet_values() -> None:
-    assert load_labelmap("synapse") == {1: "aorta", 2: "gallbladder", 3: "kidney_left", 4: "kidney_right",
-                                        5: "liver", 6: "pancreas", 7: "spleen", 8: "stomach"}
+    assert load_labelmap("synapse") == {
+        1: "aorta",
+        2: "gallbladder",
+        3: "kidney_left",
+        4: "kidney_right",
+        5: "liver",
+        6: "pancreas",
+        7: "spleen",
+        8: "stomach",
+    }
 
 
 def test_word_and_flare_and_btcv() -> None:
@@ -64,8 +97,13 @@ def test_word_and_flare_and_btcv() -> None:
     assert flare[2] == "kidney_right" and flare[13] == "kidney_left" and flare[6] == "inferior_vena_cava"
     assert load_labelmap("btcv")[10] == "portal_vein_and_splenic_vein"
     vocab = load_vocabulary()
-    for name, group in [("btcv", "btcv13"), ("synapse", "synapse8"), ("amos22", "amos15"), ("word", "word16"),
-                        ("flare22", "flare13")]:
+    for name, group in [
+        ("btcv", "btcv13"),
+        ("synapse", "synapse8"),
+        ("amos22", "amos15"),
+        ("word", "word16"),
+        ("flare22", "flare13"),
+    ]:
         assert set(load_labelmap(name).values()) == set(vocab.group(group)), name
 
 
@@ -114,11 +152,17 @@ def test_shared_dcmqi_label_map_resolves_through_the_parser() -> None:
     assert labelmap_from_json(path) == {1: "liver", 2: "vertebrae_thoracic", 3: "heart"}
 
 
-@pytest.mark.parametrize("label_file,labelmap", [
-    ("ts_a/label_ts_v2_fast.nii.gz", "totalsegmentator_v2"), ("ts_a/label_ts_v1.nii.gz", "totalsegmentator_v1"),
-    ("ts_b_dicom/label_ts_v2.nii.gz", "totalsegmentator_v2"), ("ts_mr/label_ts_mr.nii.gz", "totalsegmentator_mr"),
-    ("amos_0001_slab/label.nii.gz", "amos22"), ("amos_0013_slab/label.nii.gz", "amos22"),
-])
+@pytest.mark.parametrize(
+    "label_file,labelmap",
+    [
+        ("ts_a/label_ts_v2_fast.nii.gz", "totalsegmentator_v2"),
+        ("ts_a/label_ts_v1.nii.gz", "totalsegmentator_v1"),
+        ("ts_b_dicom/label_ts_v2.nii.gz", "totalsegmentator_v2"),
+        ("ts_mr/label_ts_mr.nii.gz", "totalsegmentator_mr"),
+        ("amos_0001_slab/label.nii.gz", "amos22"),
+        ("amos_0013_slab/label.nii.gz", "amos22"),
+    ],
+)
 def test_label_volumes_only_use_mapped_values(label_file: str, labelmap: str) -> None:
     nib = pytest.importorskip("nibabel")
     values = np.unique(np.asarray(nib.load(data_path(*label_file.split("/"))).dataobj))
@@ -140,8 +184,22 @@ def test_v1_and_v2_maps_name_the_same_anatomy_on_the_same_patient() -> None:
     v1 = np.asarray(nib.load(data_path("ts_a", "label_ts_v1.nii.gz")).dataobj).round().astype(np.int16)
     v2 = np.asarray(nib.load(data_path("ts_a", "label_ts_v2_fast.nii.gz")).dataobj).astype(np.int16)
     assert v1.shape == v2.shape
-    ids = ["liver", "spleen", "kidney_left", "kidney_right", "pancreas", "aorta", "inferior_vena_cava",
-           "stomach", "vertebrae_lumbar", "urinary_bladder", "colon", "lung_left", "heart", "hip_left"]
+    ids = [
+        "liver",
+        "spleen",
+        "kidney_left",
+        "kidney_right",
+        "pancreas",
+        "aorta",
+        "inferior_vena_cava",
+        "stomach",
+        "vertebrae_lumbar",
+        "urinary_bladder",
+        "colon",
+        "lung_left",
+        "heart",
+        "hip_left",
+    ]
     m1 = _organ_masks(v1, labelmap_info("totalsegmentator_v1"), ids)
     m2 = _organ_masks(v2, labelmap_info("totalsegmentator_v2"), ids)
     checked = 0
@@ -165,16 +223,20 @@ def _write(tmp_path: Path, doc: object) -> Path:
 
 
 def test_user_label_file_layouts(tmp_path: Path) -> None:
-    assert labelmap_from_json(_write(tmp_path, {"0": "background", "1": "Liver", "2": "kidney_L",
-                                                "3": "R. kidney", "4": "Gall bladder"})) == {
-        1: "liver", 2: "kidney_left", 3: "kidney_right", 4: "gallbladder"}
+    assert labelmap_from_json(
+        _write(tmp_path, {"0": "background", "1": "Liver", "2": "kidney_L", "3": "R. kidney", "4": "Gall bladder"})
+    ) == {1: "liver", 2: "kidney_left", 3: "kidney_right", 4: "gallbladder"}
     assert labelmap_from_json(_write(tmp_path, {"labels": {"background": 0, "spleen": 1, "IVC": 2}})) == {
-        1: "spleen", 2: "inferior_vena_cava"}
+        1: "spleen",
+        2: "inferior_vena_cava",
+    }
     assert labelmap_from_json(_write(tmp_path, ["background", "liver", "adrenal glands"])) == {
-        1: "liver", 2: "adrenal_glands"}
-    assert labelmap_from_json(_write(tmp_path, {"labels": {"1": {"label": "x", "organ": "liver"},
-                                                           "2": {"label": "y", "organ": None}}})) == {
-        1: "liver", 2: None}
+        1: "liver",
+        2: "adrenal_glands",
+    }
+    assert labelmap_from_json(
+        _write(tmp_path, {"labels": {"1": {"label": "x", "organ": "liver"}, "2": {"label": "y", "organ": None}}})
+    ) == {1: "liver", 2: None}
     assert labelmap_from_json(_write(tmp_path, {"1": "brain", "2": "rib_left_3"})) == {1: None, 2: "ribs_left"}
 
 
@@ -220,8 +282,13 @@ def test_overview_and_viewer_draw_an_organ_in_the_same_colour(tmp_path) -> None:
     assert organ_colors({organ_label("liver"): "liver"}) == {"liver": liver}
     labels = np.zeros((4, 32, 32), dtype=np.uint8)
     labels[1:3, 8:24, 8:24] = organ_label("liver")
-    png = render_overview(np.full(labels.shape, 90, np.uint8), labels, {organ_label("liver"): ("liver", liver)},
-                          (3.0, 1.0, 1.0), tmp_path / "overview.png")
+    png = render_overview(
+        np.full(labels.shape, 90, np.uint8),
+        labels,
+        {organ_label("liver"): ("liver", liver)},
+        (3.0, 1.0, 1.0),
+        tmp_path / "overview.png",
+    )
     pixels = np.asarray(Image.open(png).convert("RGB")).reshape(-1, 3)
     assert (pixels == liver).all(axis=1).any()  # the legend swatch
     rgba = overlay_rgba({"liver": labels == organ_label("liver")}, {"liver": liver}, labels.shape, "axial", 1)

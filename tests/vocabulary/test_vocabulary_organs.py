@@ -27,10 +27,28 @@ from organsam.vocabulary.vocabulary import Group, vocabulary_from_dict
 # The dataset classes every model trained on these benchmarks needs (exact group sizes).
 DATASET_GROUPS = {"btcv13": 13, "synapse8": 8, "amos15": 15, "word16": 16, "flare13": 13}
 TS_ABDOMINAL = [
-    "small_bowel", "colon", "urinary_bladder", "prostate", "portal_vein_and_splenic_vein",
-    "iliac_artery_left", "iliac_artery_right", "iliac_vein_left", "iliac_vein_right", "vertebrae_lumbar",
-    "vertebrae_thoracic", "lung_left", "lung_right", "heart", "esophagus", "trachea", "duodenum",
-    "gluteus_maximus_left", "iliopsoas_right", "sacrum", "hip_left", "femur_right",
+    "small_bowel",
+    "colon",
+    "urinary_bladder",
+    "prostate",
+    "portal_vein_and_splenic_vein",
+    "iliac_artery_left",
+    "iliac_artery_right",
+    "iliac_vein_left",
+    "iliac_vein_right",
+    "vertebrae_lumbar",
+    "vertebrae_thoracic",
+    "lung_left",
+    "lung_right",
+    "heart",
+    "esophagus",
+    "trachea",
+    "duodenum",
+    "gluteus_maximus_left",
+    "iliopsoas_right",
+    "sacrum",
+    "hip_left",
+    "femur_right",
 ]
 
 
@@ -162,7 +180,9 @@ def test_validation_errors() -> None:
 
 
 def test_imports_without_torch_or_numpy() -> None:
-    code = ("import sys; import organsam.vocabulary as v; v.parse_prompt('liver'); v.load_labelmap('amos22'); "
-            "bad = [m for m in ('torch', 'numpy') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
+    code = (
+        "import sys; import organsam.vocabulary as v; v.parse_prompt('liver'); v.load_labelmap('amos22'); "
+        "bad = [m for m in ('torch', 'numpy') if m in sys.modules]; print(bad); sys.exit(bool(bad))"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -19,8 +19,10 @@ CASES: list[tuple[str, list[str]]] = [
     ("liver\nspleen\npancreas", ["liver", "spleen", "pancreas"]),
     ("the aorta + inferior vena cava", ["aorta", "inferior_vena_cava"]),
     ("aorta & IVC", ["aorta", "inferior_vena_cava"]),
-    ("liver, spleen, left kidney, right kidney, aorta, pancreas, stomach, gallbladder",
-     ["liver", "spleen", "kidney_left", "kidney_right", "aorta", "pancreas", "stomach", "gallbladder"]),
+    (
+        "liver, spleen, left kidney, right kidney, aorta, pancreas, stomach, gallbladder",
+        ["liver", "spleen", "kidney_left", "kidney_right", "aorta", "pancreas", "stomach", "gallbladder"],
+    ),
     ("liver, liver and the liver", ["liver"]),
     ("pancreas. liver!", ["pancreas", "liver"]),
     # stop-words
@@ -104,8 +106,17 @@ CASES: list[tuple[str, list[str]]] = [
     ("left lung lobes", ["lung_upper_lobe_left", "lung_lower_lobe_left"]),
     ("right gluteal muscles", ["gluteus_maximus_right", "gluteus_medius_right", "gluteus_minimus_right"]),
     ("synapse", ["liver", "spleen", *KIDNEYS, "gallbladder", "pancreas", "stomach", "aorta"]),
-    ("heart and lung lobes", ["heart", "lung_upper_lobe_right", "lung_upper_lobe_left", "lung_middle_lobe_right",
-                              "lung_lower_lobe_right", "lung_lower_lobe_left"]),
+    (
+        "heart and lung lobes",
+        [
+            "heart",
+            "lung_upper_lobe_right",
+            "lung_upper_lobe_left",
+            "lung_middle_lobe_right",
+            "lung_lower_lobe_right",
+            "lung_lower_lobe_left",
+        ],
+    ),
     ("bowel", ["duodenum", "small_bowel", "colon", "rectum"]),
 ]
 
@@ -119,17 +130,29 @@ def test_enough_cases() -> None:
     assert len(CASES) >= 60
 
 
-@pytest.mark.parametrize("text", ["all organs", "everything", "all", "segment all organs", "Everything please",
-                                  "all of them"])
+@pytest.mark.parametrize(
+    "text", ["all organs", "everything", "all", "segment all organs", "Everything please", "all of them"]
+)
 def test_everything_gives_the_default_set(text: str) -> None:
     assert parse_prompt(text) == load_vocabulary().default_ids()
 
 
-@pytest.mark.parametrize("text,group", [("abdomen", "abdomen"), ("abdominal organs", "abdomen"),
-                                        ("all abdominal organs", "abdomen"), ("chest", "thorax"),
-                                        ("thoracic organs", "thorax"), ("pelvis", "pelvis"),
-                                        ("vessels", "vessels"), ("GI tract", "gi_tract"), ("btcv", "btcv13"),
-                                        ("AMOS", "amos15"), ("flare22", "flare13")])
+@pytest.mark.parametrize(
+    "text,group",
+    [
+        ("abdomen", "abdomen"),
+        ("abdominal organs", "abdomen"),
+        ("all abdominal organs", "abdomen"),
+        ("chest", "thorax"),
+        ("thoracic organs", "thorax"),
+        ("pelvis", "pelvis"),
+        ("vessels", "vessels"),
+        ("GI tract", "gi_tract"),
+        ("btcv", "btcv13"),
+        ("AMOS", "amos15"),
+        ("flare22", "flare13"),
+    ],
+)
 def test_groups(text: str, group: str) -> None:
     assert parse_prompt(text) == load_vocabulary().group(group)
 
@@ -141,8 +164,10 @@ def test_group_expands_combined_bilateral_entries() -> None:
 
 
 def test_order_of_mention_and_no_duplicates() -> None:
-    assert parse_prompt("spleen, abdomen, liver") == ["spleen", *[i for i in load_vocabulary().group("abdomen")
-                                                                  if i != "spleen"]]
+    assert parse_prompt("spleen, abdomen, liver") == [
+        "spleen",
+        *[i for i in load_vocabulary().group("abdomen") if i != "spleen"],
+    ]
     assert parse_prompt("right kidney, kidneys") == ["kidney_right", "kidney_left"]
 
 
@@ -151,16 +176,19 @@ def test_explicit_vocabulary_argument() -> None:
     assert parse_prompt("IVC", vocab) == ["inferior_vena_cava"]
 
 
-@pytest.mark.parametrize("text,term,suggestion", [
-    ("livr", "livr", "liver"),
-    ("liver, splen", "splen", "spleen"),
-    ("segment the kidny", "kidny", "kidney"),
-    ("pancrease and liver", "pancrease", "pancreas"),
-    ("gallbladdr", "gallbladdr", "gallbladder"),
-    ("left liver", "left liver", "liver"),
-    ("left middle lobe", "left middle lobe", "middle lobe"),
-    ("aortta", "aortta", "aorta"),
-])
+@pytest.mark.parametrize(
+    "text,term,suggestion",
+    [
+        ("livr", "livr", "liver"),
+        ("liver, splen", "splen", "spleen"),
+        ("segment the kidny", "kidny", "kidney"),
+        ("pancrease and liver", "pancrease", "pancreas"),
+        ("gallbladdr", "gallbladdr", "gallbladder"),
+        ("left liver", "left liver", "liver"),
+        ("left middle lobe", "left middle lobe", "middle lobe"),
+        ("aortta", "aortta", "aorta"),
+    ],
+)
 def test_unknown_term_suggests(text: str, term: str, suggestion: str) -> None:
     with pytest.raises(UnknownOrganError) as ei:
         parse_prompt(text)
@@ -183,9 +211,15 @@ def test_unknown_without_suggestion_points_to_the_list() -> None:
     assert ei.value.term == "except xyzzy" and ei.value.suggestions == []
 
 
-@pytest.mark.parametrize("text,match", [("", "no organ named"), ("segment the", "no organ named"),
-                                        ("please, thanks", "no organ named"),
-                                        ("liver and left", "not followed by an organ")])
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("", "no organ named"),
+        ("segment the", "no organ named"),
+        ("please, thanks", "no organ named"),
+        ("liver and left", "not followed by an organ"),
+    ],
+)
 def test_prompt_errors(text: str, match: str) -> None:
     with pytest.raises(PromptError, match=match):
         parse_prompt(text)
@@ -215,7 +249,7 @@ def test_messages_show_a_long_or_escaped_prompt_short_and_clean() -> None:
 
 
 def test_suggestions_favour_abdominal_organs_and_whole_phrases() -> None:
-    """"lefft" was answered with "left rib, left hip, left cca"; a typo in the side word now suggests the
+    """ "lefft" was answered with "left rib, left hip, left cca"; a typo in the side word now suggests the
     abdominal organs with that side, and a close match is not followed by far ones."""
     from organsam.vocabulary import suggest
 

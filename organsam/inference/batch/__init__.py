@@ -21,7 +21,6 @@ Modules: :mod:`.cases` (inputs), :mod:`.records` (hashes, manifest, summary), :m
 runner), :mod:`.backends` (in-process and process pool), :mod:`.ray_backend` (Ray), :mod:`.driver` (``run_batch``).
 """
 
-
 from organsam.inference.batch.cases import (
     MANIFEST_NAME,
     VOLUME_SUFFIXES,

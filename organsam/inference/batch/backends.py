@@ -70,9 +70,12 @@ class _PoolBackend:
         if self._pool is None:
             import multiprocessing
 
-            self._pool = ProcessPoolExecutor(max_workers=self.slots,
-                                             mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=pool_init, initargs=(self._settings, self.threads))
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.slots,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=pool_init,
+                initargs=(self._settings, self.threads),
+            )
         self._futures[self._pool.submit(pool_run, job)] = job
 
     def wait_one(self) -> tuple[CaseJob, CaseOutcome]:
@@ -85,8 +88,11 @@ class _PoolBackend:
             # a worker died (killed, out of memory, crashed in native code, or its initializer failed):
             # every case in flight is reported failed; the next submit starts a fresh pool
             self._drop_pool()
-            return job, CaseOutcome(False, f"a worker process died while this volume was in flight ({exc}); "
-                                           f"re-run to retry it", worker="pool")
+            return job, CaseOutcome(
+                False,
+                f"a worker process died while this volume was in flight ({exc}); re-run to retry it",
+                worker="pool",
+            )
         except Exception as exc:
             return job, CaseOutcome(False, error_text(exc), worker="pool")
 
@@ -99,8 +105,6 @@ class _PoolBackend:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
-
-
 
 
 def make_backend(settings: BatchSettings, workers: int | None, ray: str | None) -> tuple[Backend, str]:

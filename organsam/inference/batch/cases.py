@@ -26,7 +26,6 @@ class BatchInputError(ValueError):
     """The batch input (folder or manifest) or the output folder cannot be used as given."""
 
 
-
 # --------------------------------------------------------------------------------------------- inputs
 @dataclass(frozen=True)
 class BatchCase:
@@ -56,8 +55,10 @@ def _safe_case_id(raw: str) -> str:
 
 def _check_case_id(cid: str, where: str) -> str:
     if not cid or cid != _safe_case_id(cid) or cid == MANIFEST_NAME:
-        raise BatchInputError(f"{where}: case id {cid!r} is not usable as a folder name; use letters, "
-                              f"digits, '.', '_' and '-' only (e.g. {_safe_case_id(cid)!r})")
+        raise BatchInputError(
+            f"{where}: case id {cid!r} is not usable as a folder name; use letters, "
+            f"digits, '.', '_' and '-' only (e.g. {_safe_case_id(cid)!r})"
+        )
     return cid
 
 
@@ -85,7 +86,8 @@ def unique_cases(cases: list[BatchCase], source: Path) -> list[BatchCase]:
         if c.case_id in seen:
             raise BatchInputError(
                 f"{source}: two inputs get the case id {c.case_id!r} ({seen[c.case_id]} and {c.path}); "
-                f"rename one, or list them in a manifest (.csv with columns case_id,path) with distinct ids")
+                f"rename one, or list them in a manifest (.csv with columns case_id,path) with distinct ids"
+            )
         seen[c.case_id] = c.path
     return cases
 
@@ -126,11 +128,15 @@ def _manifest_rows(path: Path) -> list[tuple[str | None, str]]:
                     cid = item.get("case_id", item.get("id"))
                     rows.append((None if cid is None else str(cid), item["path"]))
                 else:
-                    raise BatchInputError(f"{path}: entry {i} is {item!r}; expected a path string or an "
-                                          f"object with 'path' (and optional 'case_id')")
+                    raise BatchInputError(
+                        f"{path}: entry {i} is {item!r}; expected a path string or an "
+                        f"object with 'path' (and optional 'case_id')"
+                    )
         else:
-            raise BatchInputError(f"{path}: expected a list of paths, a list of {{'path', 'case_id'}} "
-                                  f"objects, {{'cases': [...]}} or a case_id -> path object")
+            raise BatchInputError(
+                f"{path}: expected a list of paths, a list of {{'path', 'case_id'}} "
+                f"objects, {{'cases': [...]}} or a case_id -> path object"
+            )
     elif low.endswith(".csv"):
         table = [r for r in csv.reader(text.splitlines()) if r and any(c.strip() for c in r)]
         if table and any(c.strip().lower() == "path" for c in table[0]):
@@ -138,8 +144,12 @@ def _manifest_rows(path: Path) -> list[tuple[str | None, str]]:
             ip = header.index("path")
             ic = next((header.index(k) for k in ("case_id", "id", "case") if k in header), None)
             for r in table[1:]:
-                rows.append((r[ic].strip() if ic is not None and ic < len(r) and r[ic].strip() else None,
-                             r[ip].strip() if ip < len(r) else ""))
+                rows.append(
+                    (
+                        r[ic].strip() if ic is not None and ic < len(r) and r[ic].strip() else None,
+                        r[ip].strip() if ip < len(r) else "",
+                    )
+                )
         else:
             for r in table:
                 rows.append((None, r[0].strip()) if len(r) == 1 else (r[0].strip(), r[1].strip()))
@@ -158,8 +168,7 @@ def _manifest_rows(path: Path) -> list[tuple[str | None, str]]:
     return rows
 
 
-def discover_cases(source: str | os.PathLike[str], exclude: str | os.PathLike[str] | None = None
-                   ) -> list[BatchCase]:
+def discover_cases(source: str | os.PathLike[str], exclude: str | os.PathLike[str] | None = None) -> list[BatchCase]:
     """List the volumes of a batch.
 
     Args:
@@ -182,15 +191,18 @@ def discover_cases(source: str | os.PathLike[str], exclude: str | os.PathLike[st
     """
     src = Path(source).expanduser()
     if not src.exists():
-        raise FileNotFoundError(f"{src}: batch input does not exist; give a folder of volumes or a "
-                                f".csv/.json/.txt manifest")
+        raise FileNotFoundError(
+            f"{src}: batch input does not exist; give a folder of volumes or a .csv/.json/.txt manifest"
+        )
     excl = Path(exclude).expanduser().resolve() if exclude is not None else None
     if src.is_dir():
         cases = _discover_folder(src, excl)
         if not cases:
-            raise BatchInputError(f"{src}: no volumes found (looked for {', '.join(VOLUME_SUFFIXES)} files "
-                                  f"and DICOM series subfolders); point -i at the folder holding them or "
-                                  f"list them in a manifest")
+            raise BatchInputError(
+                f"{src}: no volumes found (looked for {', '.join(VOLUME_SUFFIXES)} files "
+                f"and DICOM series subfolders); point -i at the folder holding them or "
+                f"list them in a manifest"
+            )
         return unique_cases(cases, src)
     if not src.name.lower().endswith(MANIFEST_SUFFIXES):
         raise BatchInputError(f"{src}: not a folder or a manifest (.csv, .json, .txt)")

@@ -51,8 +51,10 @@ class _OutdirLock:
             fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
             self._fh.close()
-            raise BatchInputError(f"{self.path.parent}: another organsam batch run is writing to this "
-                                  f"folder; wait for it to finish or choose another output folder") from e
+            raise BatchInputError(
+                f"{self.path.parent}: another organsam batch run is writing to this "
+                f"folder; wait for it to finish or choose another output folder"
+            ) from e
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -77,14 +79,23 @@ def install_files(files: dict[str, bytes], case_dir: Path, inputs: Sequence[str 
     write_output_folder(case_dir, build, inputs)
 
 
-
-
-def run_batch(source: str | os.PathLike[str] | Sequence[BatchCase], organs: str | Sequence[str] | None,
-              output: str | os.PathLike[str], *, all_organs: bool = False, workers: int | None = None,
-              ray: str | None = None, resume: bool = True, design: str = DEFAULT_DESIGN,
-              checkpoint: str | None = None, device: str = "auto", fast: bool = False,
-              modality: str | None = None, progress: bool = True,
-              on_case: Callable[[CaseStatus], None] | None = None) -> BatchSummary:
+def run_batch(
+    source: str | os.PathLike[str] | Sequence[BatchCase],
+    organs: str | Sequence[str] | None,
+    output: str | os.PathLike[str],
+    *,
+    all_organs: bool = False,
+    workers: int | None = None,
+    ray: str | None = None,
+    resume: bool = True,
+    design: str = DEFAULT_DESIGN,
+    checkpoint: str | None = None,
+    device: str = "auto",
+    fast: bool = False,
+    modality: str | None = None,
+    progress: bool = True,
+    on_case: Callable[[CaseStatus], None] | None = None,
+) -> BatchSummary:
     """Segment every volume of a batch into ``output/<case_id>/``; resumable, failures isolated.
 
     Args:
@@ -137,9 +148,17 @@ def run_batch(source: str | os.PathLike[str] | Sequence[BatchCase], organs: str 
         return _run_locked(cases, settings, outdir, workers, ray, resume, progress, on_case, t_start)
 
 
-def _run_locked(cases: list[BatchCase], settings: BatchSettings, outdir: Path, workers: int | None,
-                ray: str | None, resume: bool, progress: bool, on_case: Callable[[CaseStatus], None] | None,
-                t_start: float) -> BatchSummary:
+def _run_locked(
+    cases: list[BatchCase],
+    settings: BatchSettings,
+    outdir: Path,
+    workers: int | None,
+    ray: str | None,
+    resume: bool,
+    progress: bool,
+    on_case: Callable[[CaseStatus], None] | None,
+    t_start: float,
+) -> BatchSummary:
     from tqdm.auto import tqdm
 
     manifest = BatchManifest(outdir / MANIFEST_NAME)
@@ -160,11 +179,22 @@ def _run_locked(cases: list[BatchCase], settings: BatchSettings, outdir: Path, w
         prev = manifest.cases.get(case.case_id, {})
         same_input = prev.get("input_sha256") == hashes.get(case.case_id)
         attempts = int(prev.get("attempts", 0)) + 1 if same_input else 1
-        manifest.record(case.case_id, {
-            "input": str(case.path), "input_sha256": hashes.get(case.case_id), "prompt": settings.prompt,
-            "settings": settings.fingerprint(), "status": "done" if outcome.ok else "failed",
-            "error": outcome.error, "outputs": outputs or {}, "timings_s": outcome.timings,
-            "worker": outcome.worker, "attempts": attempts, "finished_at": now_iso()})
+        manifest.record(
+            case.case_id,
+            {
+                "input": str(case.path),
+                "input_sha256": hashes.get(case.case_id),
+                "prompt": settings.prompt,
+                "settings": settings.fingerprint(),
+                "status": "done" if outcome.ok else "failed",
+                "error": outcome.error,
+                "outputs": outputs or {},
+                "timings_s": outcome.timings,
+                "worker": outcome.worker,
+                "attempts": attempts,
+                "finished_at": now_iso(),
+            },
+        )
 
     def pending() -> Iterator[CaseJob]:
         """Cases to run, hashing each input just before deciding (skipped and unreadable ones reported)."""
@@ -173,8 +203,7 @@ def _run_locked(cases: list[BatchCase], settings: BatchSettings, outdir: Path, w
             try:
                 hashes[case.case_id] = input_sha256(case.path)
             except OSError as e:
-                msg = (error_text(e) if isinstance(e, FileNotFoundError)
-                       else f"{case.path}: cannot be read ({e})")
+                msg = error_text(e) if isinstance(e, FileNotFoundError) else f"{case.path}: cannot be read ({e})"
                 outcome = CaseOutcome(False, msg, worker="driver")
                 record(case, outcome, None)
                 finish(CaseStatus(case.case_id, "failed", str(case.path), msg))
@@ -214,15 +243,24 @@ def _run_locked(cases: list[BatchCase], settings: BatchSettings, outdir: Path, w
                         install_files(outcome.files, case_dir, [case.path])
                     outputs = hash_outputs(case_dir)
                 except (OSError, ValueError) as e:
-                    outcome = CaseOutcome(False, f"{case_dir}: outputs could not be written ({e})",
-                                          outcome.timings, outcome.worker)
+                    outcome = CaseOutcome(
+                        False, f"{case_dir}: outputs could not be written ({e})", outcome.timings, outcome.worker
+                    )
             outcome.files = None
             record(case, outcome, outputs)
-            finish(CaseStatus(case.case_id, "done" if outcome.ok else "failed", str(case.path),
-                              outcome.error or "", float(outcome.timings.get("wall", 0.0))))
+            finish(
+                CaseStatus(
+                    case.case_id,
+                    "done" if outcome.ok else "failed",
+                    str(case.path),
+                    outcome.error or "",
+                    float(outcome.timings.get("wall", 0.0)),
+                )
+            )
     finally:
         backend.close()
         bar.close()
     slots = backend.slots
-    return BatchSummary(outdir, manifest.path, [statuses[c.case_id] for c in cases],
-                        time.perf_counter() - t_start, kind, slots)
+    return BatchSummary(
+        outdir, manifest.path, [statuses[c.case_id] for c in cases], time.perf_counter() - t_start, kind, slots
+    )

@@ -35,8 +35,10 @@ def require_ray() -> Any:
     try:
         import ray
     except ImportError as e:
-        raise RayUnavailableError("Ray is not installed; install it with `pip install 'organsam[ray]'` (or "
-                                  "`pip install ray`), or run without --ray to use local workers") from e
+        raise RayUnavailableError(
+            "Ray is not installed; install it with `pip install 'organsam[ray]'` (or "
+            "`pip install ray`), or run without --ray to use local workers"
+        ) from e
     return ray
 
 
@@ -50,8 +52,11 @@ def read_input_files(path: Path) -> tuple[str, dict[str, bytes]]:
         (top-level name, relative path -> bytes); a folder's files are under ``<folder name>/``.
     """
     if path.is_dir():
-        files = {f"{path.name}/{f.name}": f.read_bytes()
-                 for f in sorted(path.iterdir()) if f.is_file() and not f.name.startswith(".")}
+        files = {
+            f"{path.name}/{f.name}": f.read_bytes()
+            for f in sorted(path.iterdir())
+            if f.is_file() and not f.name.startswith(".")
+        }
         return path.name, files
     return path.name, {path.name: path.read_bytes()}
 
@@ -107,8 +112,9 @@ class SegmentActor:
                 outcome.error = outcome.error.replace(str(local_input), job.input)
             if outcome.ok:
                 rels = [f.relative_to(out) for f in sorted(out.rglob("*")) if f.is_file()]
-                outcome.files = {r.as_posix(): (out / r).read_bytes()
-                                 for r in rels if not any(p.startswith(".") for p in r.parts)}
+                outcome.files = {
+                    r.as_posix(): (out / r).read_bytes() for r in rels if not any(p.startswith(".") for p in r.parts)
+                }
             return outcome
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -141,37 +147,48 @@ class RayBackend:
                 else:
                     ray.init(address=address, **kwargs)
             except (ConnectionError, RuntimeError, ValueError) as e:
-                raise RayUnavailableError(f"cannot connect to the Ray cluster at {address!r} ({e}); start "
-                                          f"one (`ray start --head`), check the address, or use --ray local"
-                                          ) from e
+                raise RayUnavailableError(
+                    f"cannot connect to the Ray cluster at {address!r} ({e}); start "
+                    f"one (`ray start --head`), check the address, or use --ray local"
+                ) from e
             self._owns = True
         res = ray.cluster_resources()
         cpus, gpus = int(res.get("CPU", 1)), int(res.get("GPU", 0))
         use_gpu = settings.device != "cpu"
         if use_gpu and gpus < 1:
             self.close()
-            raise RayUnavailableError(f"device {settings.device!r} asked for but the Ray cluster has no GPU; "
-                                      f"use --device cpu")
+            raise RayUnavailableError(
+                f"device {settings.device!r} asked for but the Ray cluster has no GPU; use --device cpu"
+            )
         limit = gpus if use_gpu else cpus
         n = int(actors) if actors is not None else limit
         if n < 1:
             self.close()
             raise ValueError(f"the number of Ray actors must be >= 1, got {actors}")
         if n > limit:
-            logger.warning("%d actors asked for but the cluster has %d %s; using %d", n, limit,
-                           "GPUs" if use_gpu else "CPUs", limit)
+            logger.warning(
+                "%d actors asked for but the cluster has %d %s; using %d",
+                n,
+                limit,
+                "GPUs" if use_gpu else "CPUs",
+                limit,
+            )
             n = limit
         cpu_share = 1 if use_gpu else max(1, cpus // n)
-        actor_cls = ray.remote(SegmentActor).options(num_cpus=cpu_share, num_gpus=1 if use_gpu else 0,
-                                                     max_restarts=1)
+        actor_cls = ray.remote(SegmentActor).options(num_cpus=cpu_share, num_gpus=1 if use_gpu else 0, max_restarts=1)
         self.actors = [actor_cls.remote(settings, cpu_share) for _ in range(n)]
         self.slots = n
         self._ready_refs = [a.ready.remote() for a in self.actors]  # build the models in parallel
         self._free = list(range(n))
         self._refs: dict[Any, tuple[int, CaseJob]] = {}
         self._immediate: list[tuple[CaseJob, CaseOutcome]] = []
-        logger.info("Ray: %d actors (%d CPU%s%s each)", n, cpu_share, "" if cpu_share == 1 else "s",
-                    ", 1 GPU" if use_gpu else "")
+        logger.info(
+            "Ray: %d actors (%d CPU%s%s each)",
+            n,
+            cpu_share,
+            "" if cpu_share == 1 else "s",
+            ", 1 GPU" if use_gpu else "",
+        )
 
     def submit(self, job: CaseJob) -> None:
         """Send a case to a free actor."""
@@ -198,8 +215,9 @@ class RayBackend:
             return job, ray.get(ref)
         except ray.exceptions.RayActorError as e:
             why = " ".join(str(e).split())[:300]
-            return job, CaseOutcome(False, f"the Ray actor died while segmenting this volume ({why}); "
-                                           f"re-run to retry it", worker="ray")
+            return job, CaseOutcome(
+                False, f"the Ray actor died while segmenting this volume ({why}); re-run to retry it", worker="ray"
+            )
         except ray.exceptions.RayError as e:
             return job, CaseOutcome(False, error_text(e)[:500], worker="ray")
 

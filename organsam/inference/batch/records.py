@@ -55,8 +55,6 @@ def hash_outputs(case_dir: str | os.PathLike[str]) -> dict[str, str]:
     return out
 
 
-
-
 # --------------------------------------------------------------------------------------------- manifest
 def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -99,8 +97,7 @@ class BatchManifest:
         self.cases[case_id] = entry
         self.save()
 
-    def is_current(self, case_id: str, input_sha: str, settings: BatchSettings, case_dir: Path
-                   ) -> tuple[bool, str]:
+    def is_current(self, case_id: str, input_sha: str, settings: BatchSettings, case_dir: Path) -> tuple[bool, str]:
         """Whether a case's finished outputs can be kept.
 
         Returns:
@@ -201,7 +198,9 @@ class BatchSummary:
             else:
                 detail = c.message
             lines.append(f"{c.state:<8} {c.case_id:<{width}}  {detail}")
-        lines.append(f"{len(self.cases)} volumes: {self.done} done, {self.skipped} skipped, "
-                     f"{self.failed} failed in {self.wall_seconds:.1f} s ({self.backend}, "
-                     f"{self.workers} worker{'s' if self.workers != 1 else ''}); manifest: {self.manifest}")
+        lines.append(
+            f"{len(self.cases)} volumes: {self.done} done, {self.skipped} skipped, "
+            f"{self.failed} failed in {self.wall_seconds:.1f} s ({self.backend}, "
+            f"{self.workers} worker{'s' if self.workers != 1 else ''}); manifest: {self.manifest}"
+        )
         return "\n".join(lines)

@@ -39,8 +39,9 @@ class BatchSettings:
     @property
     def options(self) -> SegmentOptions:
         """The settings each case is segmented with."""
-        return SegmentOptions(design=self.design, checkpoint=self.checkpoint, device=self.device, fast=self.fast,
-                              modality=self.modality)
+        return SegmentOptions(
+            design=self.design, checkpoint=self.checkpoint, device=self.device, fast=self.fast, modality=self.modality
+        )
 
     @property
     def request(self) -> OrganRequest:
@@ -54,8 +55,12 @@ class BatchSettings:
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings besides the prompt that change the outputs (compared on resume; the device is not)."""
-        return {"design": self.design, "checkpoint_sha256": self.checkpoint_sha256, "fast": self.fast,
-                "modality": self.modality}
+        return {
+            "design": self.design,
+            "checkpoint_sha256": self.checkpoint_sha256,
+            "fast": self.fast,
+            "modality": self.modality,
+        }
 
 
 # --------------------------------------------------------------------------------------------- workers
@@ -125,8 +130,9 @@ class CaseRunner:
             self._predictor = self.settings.options.build_predictor(progress=self.progress)
         return self._predictor
 
-    def run(self, input_path: str | os.PathLike[str], case_dir: str | os.PathLike[str],
-            report_input: str | None = None) -> CaseOutcome:
+    def run(
+        self, input_path: str | os.PathLike[str], case_dir: str | os.PathLike[str], report_input: str | None = None
+    ) -> CaseOutcome:
         """Segment one volume and save its outputs into ``case_dir``; never raises for a bad case.
 
         Args:
@@ -143,8 +149,9 @@ class CaseRunner:
         t0 = time.perf_counter()
         try:
             volume = load_volume(input_path, modality=self.settings.modality)
-            result = segment(volume, self.settings.request, options=self.settings.options, quiet=True,
-                             predictor=self.predictor())
+            result = segment(
+                volume, self.settings.request, options=self.settings.options, quiet=True, predictor=self.predictor()
+            )
             result.report["input"] = report_input if report_input is not None else str(input_path)
             result.save(case_dir)
         except Exception as exc:  # one bad volume must not stop the batch

@@ -61,8 +61,10 @@ class CrossModalAttention(nn.Module):
         """
         B, C, H, W = visual.shape
         if self.dim != C or text.ndim != 3 or text.shape[0] != B or text.shape[2] != self.dim:
-            raise ValueError(f"expected visual (B, {self.dim}, H, W) and text (B, L, {self.dim}), got "
-                             f"{tuple(visual.shape)} and {tuple(text.shape)}")
+            raise ValueError(
+                f"expected visual (B, {self.dim}, H, W) and text (B, L, {self.dim}), got "
+                f"{tuple(visual.shape)} and {tuple(text.shape)}"
+            )
         x = F.avg_pool2d(visual, self.pool, ceil_mode=True) if self.pool > 1 else visual
         h, w = x.shape[-2:]
         v = x.flatten(2).transpose(1, 2)

@@ -75,13 +75,22 @@ def fold_conv_bn(block: Conv2dBN) -> nn.Conv2d:
     """
     conv, bn = block.c, block.bn
     scale = bn.weight.detach() / torch.sqrt(bn.running_var.detach() + bn.eps)
-    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                      conv.dilation, conv.groups, bias=True)
+    fused = nn.Conv2d(
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        conv.groups,
+        bias=True,
+    )
     with torch.no_grad():
         w = conv.weight.detach().double() * scale.double().view(-1, 1, 1, 1)
         fused.weight.copy_(w.to(conv.weight.dtype))
-        fused.bias.copy_((bn.bias.detach().double() - bn.running_mean.detach().double() * scale.double())
-                         .to(conv.weight.dtype))
+        fused.bias.copy_(
+            (bn.bias.detach().double() - bn.running_mean.detach().double() * scale.double()).to(conv.weight.dtype)
+        )
     return fused.to(conv.weight.device)
 
 
@@ -95,8 +104,7 @@ class _PointwiseConv(nn.Module):
     def __init__(self, conv: nn.Conv2d) -> None:
         super().__init__()
         self.weight = nn.Parameter(conv.weight.detach().flatten(1).clone(), requires_grad=False)  # (O, I)
-        self.bias = (nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
-                     if conv.bias is not None else None)
+        self.bias = nn.Parameter(conv.bias.detach().clone(), requires_grad=False) if conv.bias is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, I, H, W) -> (B, O, H, W), channels-last when the input is."""
@@ -104,8 +112,12 @@ class _PointwiseConv(nn.Module):
 
 
 def _is_pointwise(conv: nn.Conv2d) -> bool:
-    return (tuple(conv.kernel_size) == (1, 1) and tuple(conv.stride) == (1, 1) and conv.groups == 1
-            and tuple(conv.padding) == (0, 0))
+    return (
+        tuple(conv.kernel_size) == (1, 1)
+        and tuple(conv.stride) == (1, 1)
+        and conv.groups == 1
+        and tuple(conv.padding) == (0, 0)
+    )
 
 
 def _fold_all(module: nn.Module, pointwise_as_linear: bool) -> None:
@@ -146,8 +158,12 @@ class _DenseBiasAttention(nn.Module):
         qkv = self.qkv(x).view(B, N, self.num_heads, 3, self.head_dim).permute(3, 0, 2, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]  # (B, heads, N, head_dim)
         h = self.num_heads
-        scores = torch.baddbmm(self.bias.to(q.dtype).repeat(B, 1, 1), q.reshape(B * h, N, -1),
-                               k.reshape(B * h, N, -1).transpose(1, 2), alpha=self.head_dim ** -0.5)
+        scores = torch.baddbmm(
+            self.bias.to(q.dtype).repeat(B, 1, 1),
+            q.reshape(B * h, N, -1),
+            k.reshape(B * h, N, -1).transpose(1, 2),
+            alpha=self.head_dim**-0.5,
+        )
         out = torch.bmm(scores.softmax(dim=-1), v.reshape(B * h, N, -1)).view(B, h, N, -1)
         return self.proj(out.transpose(1, 2).reshape(B, N, -1))
 
@@ -180,7 +196,7 @@ def _mbconv_strips(blk: nn.Module, x: torch.Tensor, rows: int) -> torch.Tensor:
         r1 = min(r0 + rows, height)
         a, b = max(r0 - 1, 0), min(r1 + 1, height)
         y = _gelu_(blk.conv1(x[:, :, a:b]))
-        y = _gelu_(blk.conv2(y))[:, :, r0 - a:r1 - a]
+        y = _gelu_(blk.conv2(y))[:, :, r0 - a : r1 - a]
         y = blk.conv3(y)
         y += x[:, :, r0:r1]
         out[:, :, r0:r1] = _gelu_(y)
@@ -224,8 +240,9 @@ class FastImageEncoder(nn.Module):
         ValueError: unknown precision, or ``encoder`` is not a TinyViT.
     """
 
-    def __init__(self, encoder: TinyViT, precision: str = "fp32", quantize: bool = False,
-                 channels_last: bool = True) -> None:
+    def __init__(
+        self, encoder: TinyViT, precision: str = "fp32", quantize: bool = False, channels_last: bool = True
+    ) -> None:
         super().__init__()
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -298,8 +315,9 @@ class FastImageEncoder(nn.Module):
             (B, 256, 64, 64) float32 embedding (contiguous).
         """
         if images.ndim != 4 or images.shape[1] != self.in_channels:
-            raise ValueError(f"FastImageEncoder expects images (B, {self.in_channels}, H, W), "
-                             f"got shape {tuple(images.shape)}")
+            raise ValueError(
+                f"FastImageEncoder expects images (B, {self.in_channels}, H, W), got shape {tuple(images.shape)}"
+            )
         x = images.float()
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

@@ -27,19 +27,23 @@ class FeatureInjection(nn.Module):
         init_scale: initial value of the per-channel output gains.
     """
 
-    def __init__(self, dim: int, level_channels: Mapping[int, int], hidden: int = 256,
-                 init_scale: float = 1e-2) -> None:
+    def __init__(
+        self, dim: int, level_channels: Mapping[int, int], hidden: int = 256, init_scale: float = 1e-2
+    ) -> None:
         super().__init__()
         if not level_channels:
             raise ValueError("FeatureInjection needs at least one target level")
         self.levels = tuple(sorted(int(k) for k in level_channels))
         self.shared = nn.Sequential(nn.Conv2d(dim, hidden, 1), nn.GELU(), nn.Conv2d(hidden, hidden, 1), nn.GELU())
-        self.heads = nn.ModuleDict({
-            str(k): nn.Sequential(nn.Conv2d(hidden, hidden, 1), nn.GELU(), nn.Conv2d(hidden, int(c), 1))
-            for k, c in level_channels.items()
-        })
-        self.gains = nn.ParameterDict({str(k): nn.Parameter(torch.full((int(c),), float(init_scale)))
-                                       for k, c in level_channels.items()})
+        self.heads = nn.ModuleDict(
+            {
+                str(k): nn.Sequential(nn.Conv2d(hidden, hidden, 1), nn.GELU(), nn.Conv2d(hidden, int(c), 1))
+                for k, c in level_channels.items()
+            }
+        )
+        self.gains = nn.ParameterDict(
+            {str(k): nn.Parameter(torch.full((int(c),), float(init_scale))) for k, c in level_channels.items()}
+        )
 
     def shared_features(self, semantics: Tensor) -> Tensor:
         """(B, dim, h, w) semantics -> (B, hidden, h, w) shared injection feature (compute once per forward)."""

@@ -50,8 +50,9 @@ class MultiLevelFusionDecoder(nn.Module):
         init_gain: initial per-channel gain of each fusion (small: pretrained upsampling dominates first).
     """
 
-    def __init__(self, text_dim: int, dim: int = 256, level_channels: tuple[int, int] = (64, 128),
-                 init_gain: float = 0.1) -> None:
+    def __init__(
+        self, text_dim: int, dim: int = 256, level_channels: tuple[int, int] = (64, 128), init_gain: float = 0.1
+    ) -> None:
         super().__init__()
         c128, c256 = dim // 4, dim // 8
         self.mask_dim = c256
@@ -72,8 +73,15 @@ class MultiLevelFusionDecoder(nn.Module):
         v = torch.cat([background.unsqueeze(0), values], dim=0).float()
         return torch.einsum("bkhw,kc->bchw", p, v)
 
-    def forward(self, image_tokens: Tensor, organ_tokens: Tensor, upscaling: nn.Sequential, guide_probs: Tensor,
-                names: Tensor, levels: list[Tensor]) -> FusionOutput:
+    def forward(
+        self,
+        image_tokens: Tensor,
+        organ_tokens: Tensor,
+        upscaling: nn.Sequential,
+        guide_probs: Tensor,
+        names: Tensor,
+        levels: list[Tensor],
+    ) -> FusionOutput:
         """Decode all organs.
 
         Args:

@@ -68,12 +68,13 @@ class EncoderOutput:
             return self
         if n != 1:
             raise ValueError(f"encoded features have batch {n}; expected 1 or {batch} (one per organ prompt)")
-        return EncoderOutput(self.embedding.expand(batch, -1, -1, -1),
-                             [lv.expand(batch, -1, -1, -1) for lv in self.levels])
+        return EncoderOutput(
+            self.embedding.expand(batch, -1, -1, -1), [lv.expand(batch, -1, -1, -1) for lv in self.levels]
+        )
 
     def select(self, index: int) -> EncoderOutput:
         """The batch-1 output of image ``index``."""
-        return EncoderOutput(self.embedding[index:index + 1], [lv[index:index + 1] for lv in self.levels])
+        return EncoderOutput(self.embedding[index : index + 1], [lv[index : index + 1] for lv in self.levels])
 
 
 class PatchEmbed(nn.Module):
@@ -268,8 +269,9 @@ class AttentionStage(nn.Module):
         downsample: patch merging applied after the blocks, or ``None``.
     """
 
-    def __init__(self, dim: int, depth: int, num_heads: int, window: int, mlp_ratio: float,
-                 downsample: PatchMerging | None) -> None:
+    def __init__(
+        self, dim: int, depth: int, num_heads: int, window: int, mlp_ratio: float, downsample: PatchMerging | None
+    ) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(TinyViTBlock(dim, num_heads, window, mlp_ratio) for _ in range(depth))
         self.downsample = downsample
@@ -321,8 +323,7 @@ class TinyViT(nn.Module):
             if i == 0:
                 layers.append(ConvStage(embed_dims[0], depths[0], mbconv_expand_ratio, down))
             else:
-                layers.append(AttentionStage(embed_dims[i], depths[i], num_heads[i], window_sizes[i],
-                                             mlp_ratio, down))
+                layers.append(AttentionStage(embed_dims[i], depths[i], num_heads[i], window_sizes[i], mlp_ratio, down))
         self.layers = nn.ModuleList(layers)
         self.neck = nn.Sequential(
             nn.Conv2d(embed_dims[-1], out_channels, kernel_size=1, bias=False),
@@ -331,8 +332,9 @@ class TinyViT(nn.Module):
             LayerNorm2d(out_channels),
         )
 
-    def forward_features(self, x: torch.Tensor, level_residual_fn: LevelResidualFn | None = None,
-                         keep_levels: bool = True) -> EncoderOutput:
+    def forward_features(
+        self, x: torch.Tensor, level_residual_fn: LevelResidualFn | None = None, keep_levels: bool = True
+    ) -> EncoderOutput:
         """Encode images and return the embedding together with every stage's feature map.
 
         Args:

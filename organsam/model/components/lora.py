@@ -26,8 +26,17 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LoRALinear", "apply_lora", "merge_lora", "lora_modules", "lora_parameters", "is_lora_parameter",
-           "LORA_PARAMETER_NAMES", "TINYVIT_LORA_TARGETS", "TINYVIT_LINEAR_NAMES"]
+__all__ = [
+    "LoRALinear",
+    "apply_lora",
+    "merge_lora",
+    "lora_modules",
+    "lora_parameters",
+    "is_lora_parameter",
+    "LORA_PARAMETER_NAMES",
+    "TINYVIT_LORA_TARGETS",
+    "TINYVIT_LINEAR_NAMES",
+]
 
 LORA_PARAMETER_NAMES: tuple[str, ...] = ("lora_A", "lora_B")
 """Names of the trainable adapter tensors (last component of their state-dict keys)."""
@@ -99,8 +108,7 @@ class LoRALinear(nn.Module):
         the base weight's (frozen).
         """
         w = self.weight
-        out = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device=w.device,
-                        dtype=w.dtype)
+        out = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device=w.device, dtype=w.dtype)
         out.weight.copy_(w + self.delta_weight())
         if self.bias is not None:
             out.bias.copy_(self.bias)
@@ -108,16 +116,22 @@ class LoRALinear(nn.Module):
         return out
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, "
-                f"alpha={self.alpha:g}")
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, alpha={self.alpha:g}"
+        )
 
 
 def _matches(name: str, targets: tuple[str, ...]) -> bool:
     return any(name == t or name.endswith("." + t) for t in targets)
 
 
-def apply_lora(module: nn.Module, rank: int, alpha: float, target_names: tuple[str, ...] = TINYVIT_LORA_TARGETS,
-               dropout: float = 0.0) -> list[str]:
+def apply_lora(
+    module: nn.Module,
+    rank: int,
+    alpha: float,
+    target_names: tuple[str, ...] = TINYVIT_LORA_TARGETS,
+    dropout: float = 0.0,
+) -> list[str]:
     """Replace the matching ``nn.Linear`` submodules of ``module`` by :class:`LoRALinear`, in place.
 
     A linear layer matches a target when its qualified name equals it or ends with ``"." + target``
@@ -138,14 +152,17 @@ def apply_lora(module: nn.Module, rank: int, alpha: float, target_names: tuple[s
     """
     targets = tuple(str(t) for t in target_names)
     if not targets:
-        raise ValueError("apply_lora: target_names is empty; name the linear layers to adapt, e.g. "
-                         f"{TINYVIT_LORA_TARGETS}")
+        raise ValueError(
+            f"apply_lora: target_names is empty; name the linear layers to adapt, e.g. {TINYVIT_LORA_TARGETS}"
+        )
     linears = [(n, m) for n, m in module.named_modules() if isinstance(m, (nn.Linear, LoRALinear))]
     unmatched = [t for t in targets if not any(_matches(n, (t,)) for n, _ in linears)]
     if unmatched:
         suffixes = sorted({".".join(n.split(".")[-2:]) for n, _ in linears})
-        raise ValueError(f"apply_lora: target(s) {unmatched} match no nn.Linear of {type(module).__name__}; "
-                         f"its linear layers end in: {', '.join(suffixes[:20]) or '(none)'}")
+        raise ValueError(
+            f"apply_lora: target(s) {unmatched} match no nn.Linear of {type(module).__name__}; "
+            f"its linear layers end in: {', '.join(suffixes[:20]) or '(none)'}"
+        )
     replaced: list[str] = []
     for name, lin in linears:
         if isinstance(lin, LoRALinear) or not _matches(name, targets):
@@ -155,8 +172,14 @@ def apply_lora(module: nn.Module, rank: int, alpha: float, target_names: tuple[s
         setattr(parent, child, LoRALinear(lin, rank, alpha, dropout))
         replaced.append(name)
     added = sum(p.numel() for n, p in module.named_parameters() if is_lora_parameter(n))
-    logger.info("LoRA rank %d (alpha %g) on %d linear layers of %s: %d adapter parameters", rank, alpha,
-                len(replaced), type(module).__name__, added)
+    logger.info(
+        "LoRA rank %d (alpha %g) on %d linear layers of %s: %d adapter parameters",
+        rank,
+        alpha,
+        len(replaced),
+        type(module).__name__,
+        added,
+    )
     return replaced
 
 

@@ -26,8 +26,14 @@ class MaskDecoder(nn.Module):
         iou_head_hidden_dim: hidden width of the IoU MLP.
     """
 
-    def __init__(self, transformer: TwoWayTransformer, transformer_dim: int = 256,
-                 num_multimask_outputs: int = 3, iou_head_depth: int = 3, iou_head_hidden_dim: int = 256) -> None:
+    def __init__(
+        self,
+        transformer: TwoWayTransformer,
+        transformer_dim: int = 256,
+        num_multimask_outputs: int = 3,
+        iou_head_depth: int = 3,
+        iou_head_hidden_dim: int = 256,
+    ) -> None:
         super().__init__()
         self.transformer_dim = transformer_dim
         self.transformer = transformer
@@ -46,9 +52,14 @@ class MaskDecoder(nn.Module):
         )
         self.iou_prediction_head = MLP(transformer_dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth)
 
-    def predict_masks(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor,
-                      sparse_prompt_embeddings: torch.Tensor, dense_prompt_embeddings: torch.Tensor,
-                      image_index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def predict_masks(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+        image_index: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """All mask tokens' outputs.
 
         Args:
@@ -65,8 +76,10 @@ class MaskDecoder(nn.Module):
         """
         P = sparse_prompt_embeddings.shape[0]
         out_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
-        tokens = torch.cat([out_tokens.unsqueeze(0).expand(P, -1, -1).to(sparse_prompt_embeddings.dtype),
-                            sparse_prompt_embeddings], dim=1)
+        tokens = torch.cat(
+            [out_tokens.unsqueeze(0).expand(P, -1, -1).to(sparse_prompt_embeddings.dtype), sparse_prompt_embeddings],
+            dim=1,
+        )
         if image_index is not None:
             if dense_prompt_embeddings.shape[0] != 1:
                 raise ValueError("with image_index the dense prompt embedding must be one (1, C, h, w) map")
@@ -80,18 +93,23 @@ class MaskDecoder(nn.Module):
             b, c, h, w = src.shape
             hs, img_tokens = self.transformer(src, pos, tokens)
         iou_token_out = hs[:, 0]
-        mask_tokens_out = hs[:, 1:1 + self.num_mask_tokens]
+        mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens]
         upscaled = self.output_upscaling(img_tokens.transpose(1, 2).reshape(b, c, h, w))
-        hyper = torch.stack([mlp(mask_tokens_out[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)],
-                            dim=1)
+        hyper = torch.stack([mlp(mask_tokens_out[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1)
         bu, cu, hu, wu = upscaled.shape
         masks = (hyper @ upscaled.reshape(bu, cu, hu * wu)).reshape(bu, -1, hu, wu)
         iou = self.iou_prediction_head(iou_token_out)
         return masks, iou
 
-    def forward(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, sparse_prompt_embeddings: torch.Tensor,
-                dense_prompt_embeddings: torch.Tensor, multimask_output: bool = False,
-                image_index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+        multimask_output: bool = False,
+        image_index: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Predict masks.
 
         Args:
@@ -105,8 +123,8 @@ class MaskDecoder(nn.Module):
         Returns:
             low-res mask logits (P, M, 256, 256) and predicted IoU (P, M), M = 3 if multimask else 1.
         """
-        masks, iou = self.predict_masks(image_embeddings, image_pe, sparse_prompt_embeddings,
-                                        dense_prompt_embeddings, image_index)
+        masks, iou = self.predict_masks(
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, image_index
+        )
         sel = slice(1, None) if multimask_output else slice(0, 1)
         return masks[:, sel], iou[:, sel]
-

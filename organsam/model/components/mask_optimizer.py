@@ -34,10 +34,17 @@ class MaskOptimizer(nn.Module):
         self.iterations = iterations
         self.feature_down = nn.Conv2d(feat_dim, hidden, kernel_size=2, stride=2)
         self.mask_down = nn.Conv2d(2, hidden, kernel_size=3, stride=2, padding=1)
-        self.mix = nn.Sequential(LayerNorm2d(hidden), nn.GELU(), nn.Conv2d(hidden, hidden, 3, padding=1),
-                                 nn.GELU(), nn.Conv2d(hidden, hidden, 3, padding=1), nn.GELU())
-        self.up = nn.Sequential(nn.ConvTranspose2d(hidden, hidden, kernel_size=2, stride=2), nn.GELU(),
-                                nn.Conv2d(hidden, 1, 1))
+        self.mix = nn.Sequential(
+            LayerNorm2d(hidden),
+            nn.GELU(),
+            nn.Conv2d(hidden, hidden, 3, padding=1),
+            nn.GELU(),
+            nn.Conv2d(hidden, hidden, 3, padding=1),
+            nn.GELU(),
+        )
+        self.up = nn.Sequential(
+            nn.ConvTranspose2d(hidden, hidden, kernel_size=2, stride=2), nn.GELU(), nn.Conv2d(hidden, 1, 1)
+        )
         self.gain = nn.Parameter(torch.tensor(float(init_gain)))
 
     def forward(self, logits: Tensor, features: Tensor, iterations: int | None = None) -> list[Tensor]:

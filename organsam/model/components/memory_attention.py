@@ -110,9 +110,18 @@ class MemoryAttention(nn.Module):
             e.g. ``1/2.5`` when distances are in mm and slices are about 2.5 mm apart).
     """
 
-    def __init__(self, d_model: int = 256, mem_dim: int = 64, layers: int = 2, heads: int = 8,
-                 mlp_dim: int = 1024, memory_pool: int = 2, token_pool: int = 2,
-                 layer_scale_init: float | None = 1e-3, distance_scale: float = 1.0) -> None:
+    def __init__(
+        self,
+        d_model: int = 256,
+        mem_dim: int = 64,
+        layers: int = 2,
+        heads: int = 8,
+        mlp_dim: int = 1024,
+        memory_pool: int = 2,
+        token_pool: int = 2,
+        layer_scale_init: float | None = 1e-3,
+        distance_scale: float = 1.0,
+    ) -> None:
         super().__init__()
         if memory_pool < 1 or token_pool < 1:
             raise ValueError(f"memory_pool and token_pool must be >= 1, got {memory_pool} and {token_pool}")
@@ -123,7 +132,8 @@ class MemoryAttention(nn.Module):
         self.memory_pool = memory_pool
         self.token_pool = token_pool
         self.layers = nn.ModuleList(
-            [_MemoryAttentionLayer(d_model, mem_dim, heads, mlp_dim, layer_scale_init) for _ in range(layers)])
+            [_MemoryAttentionLayer(d_model, mem_dim, heads, mlp_dim, layer_scale_init) for _ in range(layers)]
+        )
         self.slice_pos = SlicePositionEncoding(mem_dim, scale=distance_scale, learnable=True)
         self.pointer_embed = nn.Parameter(torch.zeros(mem_dim).normal_(std=0.02))
         self._pos_cache: dict[tuple, Tensor] = {}
@@ -136,9 +146,15 @@ class MemoryAttention(nn.Module):
             self._pos_cache[key] = sine_encoding_2d(h, w, dim, device=device)
         return self._pos_cache[key]
 
-    def forward(self, image_embedding: Tensor, memory: Tensor | None, slice_distance: Tensor | None = None,
-                pointers: Tensor | None = None, memory_pos: Tensor | None = None,
-                memory_valid: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        image_embedding: Tensor,
+        memory: Tensor | None,
+        slice_distance: Tensor | None = None,
+        pointers: Tensor | None = None,
+        memory_pos: Tensor | None = None,
+        memory_valid: Tensor | None = None,
+    ) -> Tensor:
         """Condition ``image_embedding`` on ``memory``.
 
         Args:
@@ -170,8 +186,9 @@ class MemoryAttention(nn.Module):
         if tuple(dist.shape) != (B, M):
             raise ValueError(f"slice_distance must be (B, M)=({B}, {M}) or (M,), got {tuple(slice_distance.shape)}")
         if pointers is not None and tuple(pointers.shape) != (B, M, self.mem_dim):
-            raise ValueError(f"pointers must be (B, M, mem_dim)=({B}, {M}, {self.mem_dim}), "
-                             f"got {tuple(pointers.shape)}")
+            raise ValueError(
+                f"pointers must be (B, M, mem_dim)=({B}, {M}, {self.mem_dim}), got {tuple(pointers.shape)}"
+            )
         if memory_valid is not None:
             valid = memory_valid.to(device=memory.device, dtype=torch.bool)
             if tuple(valid.shape) != (B, M):

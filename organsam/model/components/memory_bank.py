@@ -93,9 +93,15 @@ class MemoryBank:
         storage_device: move stored tensors there (e.g. ``"cpu"`` to save accelerator memory).
     """
 
-    def __init__(self, max_slices: int = 7, policy: str = "similarity", pool_size: int = 8,
-                 min_score: float | None = None, detach: bool = True,
-                 storage_device: torch.device | str | None = None) -> None:
+    def __init__(
+        self,
+        max_slices: int = 7,
+        policy: str = "similarity",
+        pool_size: int = 8,
+        min_score: float | None = None,
+        detach: bool = True,
+        storage_device: torch.device | str | None = None,
+    ) -> None:
         if policy not in POLICIES:
             raise ValueError(f"unknown memory policy {policy!r}; choose one of {', '.join(POLICIES)}")
         if max_slices < 1:
@@ -140,8 +146,14 @@ class MemoryBank:
             t = t.to(self.storage_device)
         return t
 
-    def add(self, index: int, features: Tensor, pointer: Tensor | None = None, score: float = 1.0,
-            conditioning: bool = False) -> bool:
+    def add(
+        self,
+        index: int,
+        features: Tensor,
+        pointer: Tensor | None = None,
+        score: float = 1.0,
+        conditioning: bool = False,
+    ) -> bool:
         """Store (or replace) the memory of slice ``index``, then evict by policy if over capacity.
 
         Args:
@@ -166,16 +178,24 @@ class MemoryBank:
                 raise ValueError(f"pointer must be (B={features.shape[0]}, mem_dim), got {tuple(pointer.shape)}")
         others = [e for i, e in self._entries.items() if i != index]
         if others and tuple(others[0].features.shape) != tuple(features.shape):
-            raise ValueError(f"memory features of slice {index} have shape {tuple(features.shape)}, the bank "
-                             f"holds {tuple(others[0].features.shape)}; all entries must match")
+            raise ValueError(
+                f"memory features of slice {index} have shape {tuple(features.shape)}, the bank "
+                f"holds {tuple(others[0].features.shape)}; all entries must match"
+            )
         if not conditioning and self.min_score is not None and score < self.min_score:
             logger.debug("slice %d not stored: score %.3f < min_score %.3f", index, score, self.min_score)
             return False
         features = self._prepare(features)
         pooled = F.adaptive_avg_pool2d(features.detach().float(), self.pool_size).flatten()
         self._entries[index] = MemoryEntry(
-            index=int(index), features=features, pointer=self._prepare(pointer) if pointer is not None else None,
-            score=float(score), conditioning=bool(conditioning), order=next(self._counter), pooled=pooled)
+            index=int(index),
+            features=features,
+            pointer=self._prepare(pointer) if pointer is not None else None,
+            score=float(score),
+            conditioning=bool(conditioning),
+            order=next(self._counter),
+            pooled=pooled,
+        )
         self._evict()
         return index in self._entries
 
@@ -202,8 +222,13 @@ class MemoryBank:
             logger.debug("memory bank (%s) evicts slice %d", self.policy, victim.index)
             del self._entries[victim.index]
 
-    def select(self, current_index: int, spacing: float | None = None, max_conditioning: int | None = None,
-               device: torch.device | str | None = None) -> MemorySelection | None:
+    def select(
+        self,
+        current_index: int,
+        spacing: float | None = None,
+        max_conditioning: int | None = None,
+        device: torch.device | str | None = None,
+    ) -> MemorySelection | None:
         """Memories to attend to when segmenting slice ``current_index``.
 
         Args:
@@ -234,5 +259,11 @@ class MemoryBank:
             features = features.to(device)
             pointers = pointers.to(device) if pointers is not None else None
             distances, conditioning, scores = distances.to(device), conditioning.to(device), scores.to(device)
-        return MemorySelection(indices=[e.index for e in chosen], features=features, pointers=pointers,
-                               distances=distances, conditioning=conditioning, scores=scores)
+        return MemorySelection(
+            indices=[e.index for e in chosen],
+            features=features,
+            pointers=pointers,
+            distances=distances,
+            conditioning=conditioning,
+            scores=scores,
+        )

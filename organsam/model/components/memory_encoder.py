@@ -69,8 +69,15 @@ class MemoryEncoder(nn.Module):
         token_dim: width of the decoder output token used for the object pointer.
     """
 
-    def __init__(self, embed_dim: int = 256, mem_dim: int = 64, mask_stride: int = 4, fuser_layers: int = 2,
-                 mlp_ratio: float = 2.0, token_dim: int = 256) -> None:
+    def __init__(
+        self,
+        embed_dim: int = 256,
+        mem_dim: int = 64,
+        mask_stride: int = 4,
+        fuser_layers: int = 2,
+        mlp_ratio: float = 2.0,
+        token_dim: int = 256,
+    ) -> None:
         super().__init__()
         if mask_stride < 1 or mask_stride & (mask_stride - 1):
             raise ValueError(f"mask_stride must be a power of two >= 1, got {mask_stride}")
@@ -104,12 +111,14 @@ class MemoryEncoder(nn.Module):
             ``(B, mem_dim)``.
         """
         if decoder_token.dim() != 2:
-            raise ValueError(f"decoder_token must be (B, {self.pointer_mlp[0].in_features}), "
-                             f"got shape {tuple(decoder_token.shape)}")
+            raise ValueError(
+                f"decoder_token must be (B, {self.pointer_mlp[0].in_features}), got shape {tuple(decoder_token.shape)}"
+            )
         return self.pointer_mlp(decoder_token)
 
-    def forward(self, image_embedding: Tensor, mask_logits: Tensor,
-                decoder_token: Tensor | None = None) -> MemoryEncoderOutput:
+    def forward(
+        self, image_embedding: Tensor, mask_logits: Tensor, decoder_token: Tensor | None = None
+    ) -> MemoryEncoderOutput:
         """Encode one slice (batched).
 
         Args:
@@ -121,11 +130,11 @@ class MemoryEncoder(nn.Module):
             :class:`MemoryEncoderOutput` with ``features``/``pos`` of shape ``(B, mem_dim, H, W)``.
         """
         if image_embedding.dim() != 4 or image_embedding.shape[1] != self.embed_dim:
-            raise ValueError(f"image_embedding must be (B, {self.embed_dim}, H, W), "
-                             f"got {tuple(image_embedding.shape)}")
+            raise ValueError(f"image_embedding must be (B, {self.embed_dim}, H, W), got {tuple(image_embedding.shape)}")
         if mask_logits.dim() != 4 or mask_logits.shape[1] != 1 or mask_logits.shape[0] != image_embedding.shape[0]:
-            raise ValueError(f"mask_logits must be (B, 1, h, w) with B={image_embedding.shape[0]}, "
-                             f"got {tuple(mask_logits.shape)}")
+            raise ValueError(
+                f"mask_logits must be (B, 1, h, w) with B={image_embedding.shape[0]}, got {tuple(mask_logits.shape)}"
+            )
         B, _, H, W = image_embedding.shape
         target = (H * self.mask_stride, W * self.mask_stride)
         mask = torch.sigmoid(mask_logits.float())

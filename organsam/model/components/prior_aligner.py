@@ -50,8 +50,9 @@ class PriorAligner(nn.Module):
 
     def __init__(self, text_dim: int, dim: int = 256, align_dim: int = 128, init_gain: float = 0.1) -> None:
         super().__init__()
-        self.image_proj = nn.Sequential(nn.Conv2d(dim, align_dim, 1), LayerNorm2d(align_dim), nn.GELU(),
-                                        nn.Conv2d(align_dim, align_dim, 1))
+        self.image_proj = nn.Sequential(
+            nn.Conv2d(dim, align_dim, 1), LayerNorm2d(align_dim), nn.GELU(), nn.Conv2d(align_dim, align_dim, 1)
+        )
         self.text_proj = MLP(text_dim, dim, align_dim, 2)
         self.sentence_score = nn.Linear(text_dim, 1)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))

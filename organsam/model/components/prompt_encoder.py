@@ -31,8 +31,13 @@ class PromptEncoder(nn.Module):
         mask_in_chans: hidden channels of the mask downscaling network (16).
     """
 
-    def __init__(self, embed_dim: int = 256, image_embedding_size: tuple[int, int] = (64, 64),
-                 input_image_size: tuple[int, int] = (256, 256), mask_in_chans: int = 16) -> None:
+    def __init__(
+        self,
+        embed_dim: int = 256,
+        image_embedding_size: tuple[int, int] = (64, 64),
+        input_image_size: tuple[int, int] = (256, 256),
+        mask_in_chans: int = 16,
+    ) -> None:
         super().__init__()
         self.embed_dim = embed_dim
         self.image_embedding_size = tuple(image_embedding_size)
@@ -143,6 +148,7 @@ class PromptEncoder(nn.Module):
     def check_mask_size(self, masks: torch.Tensor) -> None:
         """Raise ValueError unless ``masks`` is (B, 1, 256, 256)."""
         if masks.ndim != 4 or masks.shape[1] != 1 or tuple(masks.shape[2:]) != self.mask_input_size:
-            raise ValueError(f"mask_input must be (B, 1, {self.mask_input_size[0]}, {self.mask_input_size[1]}) "
-                             f"logits, got {tuple(masks.shape)}")
-
+            raise ValueError(
+                f"mask_input must be (B, 1, {self.mask_input_size[0]}, {self.mask_input_size[1]}) "
+                f"logits, got {tuple(masks.shape)}"
+            )

@@ -33,8 +33,11 @@ class MaskRefinement(nn.Module):
         self.token = nn.Embedding(1, dim)
         nn.init.normal_(self.token.weight, std=0.1)  # the scale of SAM's learned output tokens (norm ~2)
         self.upscale = nn.Sequential(
-            nn.ConvTranspose2d(dim, dim // 4, kernel_size=2, stride=2), LayerNorm2d(dim // 4), nn.GELU(),
-            nn.ConvTranspose2d(dim // 4, feat_dim, kernel_size=2, stride=2), nn.GELU(),
+            nn.ConvTranspose2d(dim, dim // 4, kernel_size=2, stride=2),
+            LayerNorm2d(dim // 4),
+            nn.GELU(),
+            nn.ConvTranspose2d(dim // 4, feat_dim, kernel_size=2, stride=2),
+            nn.GELU(),
         )
         self.hyper = MLP(dim, dim, feat_dim, 3)
         self.gain = nn.Parameter(torch.tensor(float(init_gain)))

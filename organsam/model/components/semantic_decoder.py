@@ -49,8 +49,9 @@ class SemanticDecoder(nn.Module):
         mask_dim: channels of the upscaled pixel features.
     """
 
-    def __init__(self, text_dim: int, dim: int = 256, heads: int = 8, layers: int = 2, pool: int = 2,
-                 mask_dim: int = 32) -> None:
+    def __init__(
+        self, text_dim: int, dim: int = 256, heads: int = 8, layers: int = 2, pool: int = 2, mask_dim: int = 32
+    ) -> None:
         super().__init__()
         self.pool = pool
         self.query_proj = TextProjection(text_dim, dim)
@@ -61,8 +62,11 @@ class SemanticDecoder(nn.Module):
         self.class_head = nn.Linear(dim, 1)
         self.mask_embed = MLP(dim, dim, mask_dim, 3)
         self.pixel_decoder = nn.Sequential(
-            nn.ConvTranspose2d(dim, dim // 4, kernel_size=2, stride=2), LayerNorm2d(dim // 4), nn.GELU(),
-            nn.ConvTranspose2d(dim // 4, mask_dim, kernel_size=2, stride=2), nn.GELU(),
+            nn.ConvTranspose2d(dim, dim // 4, kernel_size=2, stride=2),
+            LayerNorm2d(dim // 4),
+            nn.GELU(),
+            nn.ConvTranspose2d(dim // 4, mask_dim, kernel_size=2, stride=2),
+            nn.GELU(),
         )
 
     def forward(self, visual: Tensor, names: Tensor) -> tuple[Tensor, Tensor]:

@@ -34,8 +34,15 @@ class SemanticPromptEncoder(nn.Module):
         sparse_init: initial scale of the sparse tokens (their LayerNorm weight; small for the same reason).
     """
 
-    def __init__(self, dim: int = 256, heads: int = 8, num_sparse: int = 4, pool: int = 2,
-                 dense_init: float = 0.1, sparse_init: float = 0.1) -> None:
+    def __init__(
+        self,
+        dim: int = 256,
+        heads: int = 8,
+        num_sparse: int = 4,
+        pool: int = 2,
+        dense_init: float = 0.1,
+        sparse_init: float = 0.1,
+    ) -> None:
         super().__init__()
         self.dim = dim
         self.pool = pool
@@ -46,15 +53,21 @@ class SemanticPromptEncoder(nn.Module):
         self.norm_q = nn.LayerNorm(dim)
         self.norm_t = nn.LayerNorm(dim)
         self.attn = MultiHeadAttention(dim, heads)
-        self.out = nn.Sequential(nn.Conv2d(dim, dim, 1), nn.Conv2d(dim, dim, 3, padding=1, groups=dim),
-                                 LayerNorm2d(dim), nn.GELU(), nn.Conv2d(dim, dim, 1))
+        self.out = nn.Sequential(
+            nn.Conv2d(dim, dim, 1),
+            nn.Conv2d(dim, dim, 3, padding=1, groups=dim),
+            LayerNorm2d(dim),
+            nn.GELU(),
+            nn.Conv2d(dim, dim, 1),
+        )
         self.dense_gain = nn.Parameter(torch.full((dim,), float(dense_init)))
         self.sparse_mlp = MLP(3 * dim, dim, num_sparse * dim, 2)
         self.sparse_norm = nn.LayerNorm(dim)
         nn.init.constant_(self.sparse_norm.weight, sparse_init)
 
-    def forward(self, semantics: Tensor, embedding: Tensor, text: Tensor,
-                text_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, semantics: Tensor, embedding: Tensor, text: Tensor, text_mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Make prompt embeddings.
 
         Args:
@@ -81,7 +94,8 @@ class SemanticPromptEncoder(nn.Module):
             a = F.interpolate(a, size=(H, W), mode="bilinear", align_corners=False)
         dense = self.out(f + a) * self.dense_gain.to(f.dtype)[None, :, None, None]
 
-        pooled = torch.cat([semantics.mean(dim=(2, 3)), semantics.amax(dim=(2, 3)), text[:, 0].to(semantics.dtype)],
-                           dim=1)
+        pooled = torch.cat(
+            [semantics.mean(dim=(2, 3)), semantics.amax(dim=(2, 3)), text[:, 0].to(semantics.dtype)], dim=1
+        )
         sparse = self.sparse_norm(self.sparse_mlp(pooled).view(B, self.num_sparse, C))
         return sparse, dense

@@ -63,8 +63,9 @@ class SlicePositionEncoding(nn.Module):
         learnable: add a trainable ``Linear(dim, dim)`` after the fixed sinusoid.
     """
 
-    def __init__(self, dim: int, scale: float = 1.0, max_period: float = 64.0, min_period: float = 2.0,
-                 learnable: bool = False) -> None:
+    def __init__(
+        self, dim: int, scale: float = 1.0, max_period: float = 64.0, min_period: float = 2.0, learnable: bool = False
+    ) -> None:
         super().__init__()
         if dim <= 0 or dim % 2:
             raise ValueError(f"SlicePositionEncoding dim must be a positive even number, got {dim}")
@@ -94,12 +95,15 @@ class SlicePositionEncoding(nn.Module):
         return enc
 
     def extra_repr(self) -> str:
-        return (f"dim={self.dim}, scale={self.scale}, periods=({self.min_period}, {self.max_period}), "
-                f"learnable={self.proj is not None}")
+        return (
+            f"dim={self.dim}, scale={self.scale}, periods=({self.min_period}, {self.max_period}), "
+            f"learnable={self.proj is not None}"
+        )
 
 
-def sine_encoding_2d(height: int, width: int, dim: int, device: torch.device | str | None = None,
-                     temperature: float = 10000.0) -> Tensor:
+def sine_encoding_2d(
+    height: int, width: int, dim: int, device: torch.device | str | None = None, temperature: float = 10000.0
+) -> Tensor:
     """Fixed 2-D sine/cosine position encoding of a feature grid (DETR-style).
 
     Half of the channels encode the row (y), half the column (x); coordinates are normalised to
@@ -126,6 +130,8 @@ def sine_encoding_2d(height: int, width: int, dim: int, device: torch.device | s
     ax = xs[:, None] * freqs[None, :]  # (W, q)
     enc_y = torch.cat([ay.sin(), ay.cos()], dim=-1)  # (H, 2q)
     enc_x = torch.cat([ax.sin(), ax.cos()], dim=-1)  # (W, 2q)
-    grid = torch.cat([enc_y[:, None, :].expand(height, width, 2 * quarter),
-                      enc_x[None, :, :].expand(height, width, 2 * quarter)], dim=-1)
+    grid = torch.cat(
+        [enc_y[:, None, :].expand(height, width, 2 * quarter), enc_x[None, :, :].expand(height, width, 2 * quarter)],
+        dim=-1,
+    )
     return grid.permute(2, 0, 1).contiguous()

@@ -57,11 +57,16 @@ class TextEmbeddingCache:
         **encoder_kwargs: ``pooling``, ``normalize``, ``max_length`` for a lazily loaded encoder.
     """
 
-    def __init__(self, encoder: TextEncoder | str | os.PathLike[str] | None = None,
-                 cache_dir: str | os.PathLike[str] | None | bool = None, **encoder_kwargs: Any) -> None:
+    def __init__(
+        self,
+        encoder: TextEncoder | str | os.PathLike[str] | None = None,
+        cache_dir: str | os.PathLike[str] | None | bool = None,
+        **encoder_kwargs: Any,
+    ) -> None:
         self._encoder: TextEncoder | None = encoder if isinstance(encoder, TextEncoder) else None
-        self._spec: TextEncoderSpec = (self._encoder.spec if self._encoder is not None
-                                       else resolve_text_encoder(encoder, **encoder_kwargs))
+        self._spec: TextEncoderSpec = (
+            self._encoder.spec if self._encoder is not None else resolve_text_encoder(encoder, **encoder_kwargs)
+        )
         self._source = None if isinstance(encoder, TextEncoder) else encoder
         if cache_dir is False:
             self.cache_dir: Path | None = None
@@ -77,8 +82,12 @@ class TextEmbeddingCache:
         """The text encoder, loaded on first use."""
         if self._encoder is None:
             logger.info("text cache miss: loading the text encoder from %s", self._spec.model_dir)
-            self._encoder = TextEncoder(self._source, pooling=self._spec.pooling,
-                                        normalize=self._spec.normalize, max_length=self._spec.max_length)
+            self._encoder = TextEncoder(
+                self._source,
+                pooling=self._spec.pooling,
+                normalize=self._spec.normalize,
+                max_length=self._spec.max_length,
+            )
         return self._encoder
 
     @property
@@ -107,8 +116,13 @@ class TextEmbeddingCache:
         except Exception as e:  # any unreadable file is simply recomputed
             logger.warning("%s: unreadable text-embedding cache file (%s); recomputing it", path, e)
             return None
-        if (meta.get("format") != _FORMAT or meta.get("fingerprint") != fp or not isinstance(texts, list)
-                or emb.dim() != 2 or emb.shape[0] != len(texts)):
+        if (
+            meta.get("format") != _FORMAT
+            or meta.get("fingerprint") != fp
+            or not isinstance(texts, list)
+            or emb.dim() != 2
+            or emb.shape[0] != len(texts)
+        ):
             logger.warning("%s: text-embedding cache file does not match this encoder/text set; recomputing", path)
             return None
         return {t: emb[i].float() for i, t in enumerate(texts)}
@@ -116,8 +130,12 @@ class TextEmbeddingCache:
     def _save(self, path: Path, fp: str, texts: list[str], emb: Tensor) -> None:
         from safetensors.torch import save_file
 
-        meta = {"format": _FORMAT, "fingerprint": fp, "texts": json.dumps(texts, ensure_ascii=False),
-                "model_dir": str(self._spec.model_dir)}
+        meta = {
+            "format": _FORMAT,
+            "fingerprint": fp,
+            "texts": json.dumps(texts, ensure_ascii=False),
+            "model_dir": str(self._spec.model_dir),
+        }
         try:
             with atomic_path(path, suffix=".safetensors") as tmp:
                 save_file({"embeddings": emb.detach().cpu().float().contiguous()}, str(tmp), metadata=meta)
@@ -186,13 +204,20 @@ class VocabularyEmbeddings:
         try:
             return self.ids.index(organ_id)
         except ValueError:
-            raise ValueError(f"organ {organ_id!r} is not in the embedded vocabulary ({len(self.ids)} organs: "
-                             f"{', '.join(self.ids[:8])}{', ...' if len(self.ids) > 8 else ''})") from None
+            raise ValueError(
+                f"organ {organ_id!r} is not in the embedded vocabulary ({len(self.ids)} organs: "
+                f"{', '.join(self.ids[:8])}{', ...' if len(self.ids) > 8 else ''})"
+            ) from None
 
     def to(self, device: torch.device | str) -> VocabularyEmbeddings:
         """Copy onto ``device``."""
-        return VocabularyEmbeddings(self.ids, self.name_emb.to(device), self.knowledge_emb.to(device),
-                                    self.knowledge_mask.to(device), self.fingerprint)
+        return VocabularyEmbeddings(
+            self.ids,
+            self.name_emb.to(device),
+            self.knowledge_emb.to(device),
+            self.knowledge_mask.to(device),
+            self.fingerprint,
+        )
 
 
 def _organ_list(vocabulary: Any) -> list[Any]:
@@ -202,8 +227,9 @@ def _organ_list(vocabulary: Any) -> list[Any]:
     return list(organs)
 
 
-def embed_vocabulary(encoder: TextEncoder | TextEmbeddingCache, vocabulary: Any,
-                     ids: Sequence[str] | None = None) -> VocabularyEmbeddings:
+def embed_vocabulary(
+    encoder: TextEncoder | TextEmbeddingCache, vocabulary: Any, ids: Sequence[str] | None = None
+) -> VocabularyEmbeddings:
     """Embed each organ's prompt text and knowledge sentences.
 
     Args:
@@ -237,8 +263,9 @@ def embed_vocabulary(encoder: TextEncoder | TextEmbeddingCache, vocabulary: Any,
     pos = K
     for k, sents in enumerate(knowledge):
         n = len(sents)
-        knowledge_emb[k, :n] = emb[pos:pos + n]
+        knowledge_emb[k, :n] = emb[pos : pos + n]
         knowledge_mask[k, :n] = True
         pos += n
-    return VocabularyEmbeddings(ids=order, name_emb=emb[:K].clone(), knowledge_emb=knowledge_emb,
-                                knowledge_mask=knowledge_mask, fingerprint=fp)
+    return VocabularyEmbeddings(
+        ids=order, name_emb=emb[:K].clone(), knowledge_emb=knowledge_emb, knowledge_mask=knowledge_mask, fingerprint=fp
+    )

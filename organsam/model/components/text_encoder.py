@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["TextEncoder", "TextEncoderSpec", "TextEncoderError", "resolve_text_encoder", "POOLINGS"]
 
+
 class TextEncoder(nn.Module):
     """Sentence embeddings from a local Hugging Face text model.
 
@@ -58,16 +59,23 @@ class TextEncoder(nn.Module):
         model: the Hugging Face model.
     """
 
-    def __init__(self, model_dir: str | os.PathLike[str] | None = None, pooling: str = "auto",
-                 normalize: bool = True, max_length: int | None = None, freeze: bool = True,
-                 batch_size: int = 64) -> None:
+    def __init__(
+        self,
+        model_dir: str | os.PathLike[str] | None = None,
+        pooling: str = "auto",
+        normalize: bool = True,
+        max_length: int | None = None,
+        freeze: bool = True,
+        batch_size: int = 64,
+    ) -> None:
         super().__init__()
         import transformers
         from transformers import AutoModel, AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
 
         self.spec = resolve_text_encoder(model_dir, pooling=pooling, normalize=normalize, max_length=max_length)
         cls = {"encoder": AutoModel, "clip": CLIPTextModel, "clip_projection": CLIPTextModelWithProjection}[
-            self.spec.kind]
+            self.spec.kind
+        ]
         major_minor = tuple(int(x) for x in transformers.__version__.split(".")[:2])
         dtype_kw = "dtype" if major_minor >= (4, 56) else "torch_dtype"
         path = str(self.spec.model_dir)
@@ -75,12 +83,14 @@ class TextEncoder(nn.Module):
             try:
                 self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
             except (OSError, ValueError) as e:
-                raise TextEncoderError(f"{path}: cannot load the tokenizer ({e}); the folder needs the tokenizer "
-                                       f"files saved by tokenizer.save_pretrained") from e
+                raise TextEncoderError(
+                    f"{path}: cannot load the tokenizer ({e}); the folder needs the tokenizer "
+                    f"files saved by tokenizer.save_pretrained"
+                ) from e
             try:
-                self.model = cls.from_pretrained(path, local_files_only=True,
-                                                 use_safetensors=self.spec.use_safetensors,
-                                                 **{dtype_kw: torch.float32})
+                self.model = cls.from_pretrained(
+                    path, local_files_only=True, use_safetensors=self.spec.use_safetensors, **{dtype_kw: torch.float32}
+                )
             except (OSError, ValueError) as e:
                 raise TextEncoderError(f"{path}: cannot load the {cls.__name__} weights ({e})") from e
         self.model.eval()
@@ -94,12 +104,19 @@ class TextEncoder(nn.Module):
         self.batch_size = batch_size
         params = inspect.signature(self.model.forward).parameters
         self._model_inputs = {"input_ids", "attention_mask"} | (
-            {"token_type_ids"} if "token_type_ids" in params else set())
+            {"token_type_ids"} if "token_type_ids" in params else set()
+        )
         self.set_trainable(not freeze)
         self._load_versions = self._versions()
         self._state_hash: tuple[tuple, str] | None = None
-        logger.info("text encoder %s (%s, %s pooling, %d-d) loaded from %s", type(self.model).__name__,
-                    self.spec.kind, self.spec.pooling, self.dim, path)
+        logger.info(
+            "text encoder %s (%s, %s pooling, %d-d) loaded from %s",
+            type(self.model).__name__,
+            self.spec.kind,
+            self.spec.pooling,
+            self.dim,
+            path,
+        )
 
     # -- training helpers -------------------------------------------------------------------------
     @property
@@ -140,8 +157,9 @@ class TextEncoder(nn.Module):
         """
         if isinstance(texts, str):
             raise TypeError("texts must be a list of strings, got a single str; wrap it in a list")
-        batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
-                               return_tensors="pt")
+        batch = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
         return {k: v.to(self.device) for k, v in batch.items() if k in self._model_inputs}
 
     def forward(self, texts: Sequence[str]) -> Tensor:
@@ -195,7 +213,7 @@ class TextEncoder(nn.Module):
         was_training = self.model.training
         self.model.eval()
         try:
-            chunks = [self.forward(ordered[i:i + bs]) for i in range(0, len(ordered), bs)]
+            chunks = [self.forward(ordered[i : i + bs]) for i in range(0, len(ordered), bs)]
         finally:
             self.model.train(was_training)
         out = torch.cat(chunks, dim=0)
@@ -220,8 +238,9 @@ class TextEncoder(nn.Module):
         h = hashlib.sha256(f"organsam-text-state-v1|{self.spec.fingerprint()}|".encode())
         for name, t in sorted(self.model.state_dict().items()):
             h.update(name.encode() + str(t.dtype).encode() + str(tuple(t.shape)).encode())
-            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-                     if t.numel() else b"")
+            h.update(
+                t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+            )
         digest = h.hexdigest()
         self._state_hash = (versions, digest)
         return digest

@@ -18,8 +18,16 @@ logger = logging.getLogger(__name__)
 __all__ = ["POOLINGS", "TextEncoderError", "TextEncoderSpec", "offline_loading", "read_json", "resolve_text_encoder"]
 
 POOLINGS = ("auto", "mean", "cls", "pooled")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
-                    "vocab.json", "merges.txt", "sentencepiece.bpe.model", "spiece.model")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "sentencepiece.bpe.model",
+    "spiece.model",
+)
 _FILE_HASHES: dict[tuple[str, int, int], str] = {}
 
 
@@ -85,8 +93,12 @@ def read_json(path: Path) -> dict:
         raise TextEncoderError(f"{path}: cannot read JSON ({e}); the model folder is incomplete or corrupt") from e
 
 
-def resolve_text_encoder(model_dir: str | os.PathLike[str] | None = None, pooling: str = "auto",
-                         normalize: bool = True, max_length: int | None = None) -> TextEncoderSpec:
+def resolve_text_encoder(
+    model_dir: str | os.PathLike[str] | None = None,
+    pooling: str = "auto",
+    normalize: bool = True,
+    max_length: int | None = None,
+) -> TextEncoderSpec:
     """Inspect a local model folder and decide how to load and pool it.
 
     Args:
@@ -111,8 +123,10 @@ def resolve_text_encoder(model_dir: str | os.PathLike[str] | None = None, poolin
         known = WEIGHTS["minilm"].sha256
     mdir = Path(model_dir).expanduser()
     if not mdir.is_dir():
-        raise TextEncoderError(f"{mdir}: text encoder folder not found; pass the folder of a Hugging Face model "
-                               f"saved with save_pretrained (config.json, tokenizer files, weights)")
+        raise TextEncoderError(
+            f"{mdir}: text encoder folder not found; pass the folder of a Hugging Face model "
+            f"saved with save_pretrained (config.json, tokenizer files, weights)"
+        )
     cfg_path = mdir / "config.json"
     if not cfg_path.is_file():
         raise TextEncoderError(f"{cfg_path}: missing; the text encoder folder must hold a Hugging Face config.json")
@@ -139,8 +153,10 @@ def resolve_text_encoder(model_dir: str | os.PathLike[str] | None = None, poolin
                     pooling = "cls"
     else:
         if pooling not in ("auto", "pooled"):
-            raise ValueError(f"{mdir}: a CLIP text tower supports pooling 'pooled' (EOS token"
-                             f"{', projected' if kind == 'clip_projection' else ''}), got {pooling!r}")
+            raise ValueError(
+                f"{mdir}: a CLIP text tower supports pooling 'pooled' (EOS token"
+                f"{', projected' if kind == 'clip_projection' else ''}), got {pooling!r}"
+            )
         pooling = "pooled"
 
     if max_length is None:
@@ -165,11 +181,20 @@ def resolve_text_encoder(model_dir: str | os.PathLike[str] | None = None, poolin
     elif sorted(mdir.glob("pytorch_model-*-of-*.bin")):
         weights, safe = tuple(sorted(mdir.glob("pytorch_model-*-of-*.bin"))), False
     else:
-        raise TextEncoderError(f"{mdir}: no model.safetensors (or pytorch_model.bin) found; save the model with "
-                               f"save_pretrained(..., safe_serialization=True) into this folder")
-    return TextEncoderSpec(model_dir=mdir, kind=kind, pooling=pooling, normalize=bool(normalize),
-                           max_length=int(max_length), weight_files=weights, use_safetensors=safe,
-                           known_sha256=known if weights == (mdir / "model.safetensors",) else None)
+        raise TextEncoderError(
+            f"{mdir}: no model.safetensors (or pytorch_model.bin) found; save the model with "
+            f"save_pretrained(..., safe_serialization=True) into this folder"
+        )
+    return TextEncoderSpec(
+        model_dir=mdir,
+        kind=kind,
+        pooling=pooling,
+        normalize=bool(normalize),
+        max_length=int(max_length),
+        weight_files=weights,
+        use_safetensors=safe,
+        known_sha256=known if weights == (mdir / "model.safetensors",) else None,
+    )
 
 
 @contextlib.contextmanager

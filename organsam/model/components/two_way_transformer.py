@@ -74,8 +74,9 @@ class TwoWayBlock(nn.Module):
             and replaces (instead of updates) the tokens with its output.
     """
 
-    def __init__(self, embed_dim: int, num_heads: int, mlp_dim: int, downsample_rate: int = 2,
-                 skip_first_layer_pe: bool = False) -> None:
+    def __init__(
+        self, embed_dim: int, num_heads: int, mlp_dim: int, downsample_rate: int = 2, skip_first_layer_pe: bool = False
+    ) -> None:
         super().__init__()
         self.self_attn = ProjectedAttention(embed_dim, num_heads)
         self.norm1 = nn.LayerNorm(embed_dim)
@@ -87,8 +88,14 @@ class TwoWayBlock(nn.Module):
         self.cross_attn_image_to_token = ProjectedAttention(embed_dim, num_heads, downsample_rate)
         self.skip_first_layer_pe = skip_first_layer_pe
 
-    def forward(self, queries: torch.Tensor, keys: torch.Tensor, query_pe: torch.Tensor,
-                key_pe: torch.Tensor, image_index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        queries: torch.Tensor,
+        keys: torch.Tensor,
+        query_pe: torch.Tensor,
+        key_pe: torch.Tensor,
+        image_index: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """queries/query_pe (B, Nt, C), keys/key_pe (B, Ni, C) -> updated (queries, keys).
 
         With ``image_index`` (B,), ``keys``/``key_pe`` hold the I distinct images' tokens (I, Ni, C) and row b
@@ -114,8 +121,14 @@ class TwoWayBlock(nn.Module):
         q = queries + query_pe
         return self.norm1(queries + self.self_attn(q, q, queries))
 
-    def _forward_shared(self, queries: torch.Tensor, keys: torch.Tensor, query_pe: torch.Tensor,
-                        key_pe: torch.Tensor, image_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward_shared(
+        self,
+        queries: torch.Tensor,
+        keys: torch.Tensor,
+        query_pe: torch.Tensor,
+        key_pe: torch.Tensor,
+        image_index: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         queries = self._self_attention(queries, query_pe)
         t2i, i2t = self.cross_attn_token_to_image, self.cross_attn_image_to_token
         keys_pe = keys + key_pe
@@ -140,8 +153,9 @@ class TwoWayTransformer(nn.Module):
         downsample_rate: width reduction of the cross-attentions (2).
     """
 
-    def __init__(self, depth: int = 2, embed_dim: int = 256, num_heads: int = 8, mlp_dim: int = 2048,
-                 downsample_rate: int = 2) -> None:
+    def __init__(
+        self, depth: int = 2, embed_dim: int = 256, num_heads: int = 8, mlp_dim: int = 2048, downsample_rate: int = 2
+    ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
             TwoWayBlock(embed_dim, num_heads, mlp_dim, downsample_rate, skip_first_layer_pe=(i == 0))
@@ -150,8 +164,13 @@ class TwoWayTransformer(nn.Module):
         self.final_attn_token_to_image = ProjectedAttention(embed_dim, num_heads, downsample_rate)
         self.norm_final_attn = nn.LayerNorm(embed_dim)
 
-    def forward(self, image_embedding: torch.Tensor, image_pe: torch.Tensor,
-                tokens: torch.Tensor, image_index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        image_embedding: torch.Tensor,
+        image_pe: torch.Tensor,
+        tokens: torch.Tensor,
+        image_index: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the transformer.
 
         Args:

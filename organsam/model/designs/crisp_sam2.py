@@ -123,8 +123,10 @@ class CrispSam2(OrganSegmenter):
         super().__init__(config, text)
         bad = [lv for lv in config.inject_levels if lv not in (2, 3)]
         if bad:
-            raise ValueError(f"crisp_sam2 inject_levels must be a subset of (2, 3) (levels computed after the "
-                             f"semantics, which come from level {SOURCE_LEVEL}), got {list(config.inject_levels)}")
+            raise ValueError(
+                f"crisp_sam2 inject_levels must be a subset of (2, 3) (levels computed after the "
+                f"semantics, which come from level {SOURCE_LEVEL}), got {list(config.inject_levels)}"
+            )
         if config.memory_policy not in POLICIES:
             raise ValueError(f"crisp_sam2 memory_policy must be one of {POLICIES}, got {config.memory_policy!r}")
         dim = EMBED_DIM
@@ -145,20 +147,25 @@ class CrispSam2(OrganSegmenter):
         nn.init.normal_(self.presence_token.weight, std=0.1)  # SAM's output tokens have norm ~2
         self.presence_head = MLP(dim, dim, 1, 3)
         self.memory_encoder = MemoryEncoder(dim, config.memory_dim)
-        self.memory_attention = MemoryAttention(dim, config.memory_dim, layers=config.memory_layers,
-                                                heads=config.heads)
+        self.memory_attention = MemoryAttention(dim, config.memory_dim, layers=config.memory_layers, heads=config.heads)
         self._finish_init()
 
     # ------------------------------------------------------------------ text + encoder
     def _text_tokens(self, organ_index: Tensor) -> tuple[Tensor, Tensor]:
         names, know, know_mask = self.organ_text(organ_index)
-        tokens = torch.cat([self.text_proj(names).squeeze(-2).unsqueeze(1) + self.text_type.weight[0],
-                            self.text_proj(know).squeeze(-2) + self.text_type.weight[1]], dim=1)
+        tokens = torch.cat(
+            [
+                self.text_proj(names).squeeze(-2).unsqueeze(1) + self.text_type.weight[0],
+                self.text_proj(know).squeeze(-2) + self.text_type.weight[1],
+            ],
+            dim=1,
+        )
         mask = torch.cat([know_mask.new_ones(know_mask.shape[0], 1), know_mask], dim=1)
         return tokens, mask
 
-    def encode_text_conditioned(self, images: Tensor | None, encoded: EncoderOutput | None,
-                                organ_index: Tensor) -> _TextConditioned:
+    def encode_text_conditioned(
+        self, images: Tensor | None, encoded: EncoderOutput | None, organ_index: Tensor
+    ) -> _TextConditioned:
         """Encode with the organ's semantics injected into the encoder.
 
         With ``images`` of batch B (one per organ), one encoder pass with the level hook. Otherwise the
@@ -204,8 +211,13 @@ class CrispSam2(OrganSegmenter):
         return _TextConditioned(emb, state["semantics"], state["text"], text_mask)
 
     # ------------------------------------------------------------------ decoding
-    def _decode(self, feats: _TextConditioned, boxes: Tensor | None, points: tuple[Tensor, Tensor] | None,
-                memory: MemorySelection | None = None) -> DesignOutput:
+    def _decode(
+        self,
+        feats: _TextConditioned,
+        boxes: Tensor | None,
+        points: tuple[Tensor, Tensor] | None,
+        memory: MemorySelection | None = None,
+    ) -> DesignOutput:
         emb = feats.embedding
         if memory is not None:
             emb = self.memory_attention(emb, memory.features, memory.distances, memory.pointers)
@@ -218,24 +230,38 @@ class CrispSam2(OrganSegmenter):
         refine = self.refinement(run.extra[:, 0], feats.semantics)
         masks = run.masks + refine.to(run.masks.dtype)
         presence = self.presence_head(run.extra[:, 1]).squeeze(-1)
-        aux = {"sam_mask": run.masks, "refine_mask": refine, "mask_token": run.mask_token,
-               "semantics": feats.semantics}
+        aux = {"sam_mask": run.masks, "refine_mask": refine, "mask_token": run.mask_token, "semantics": feats.semantics}
         return DesignOutput(masks=masks, iou=run.iou, presence_logit=presence, aux=aux)
 
-    def _forward(self, images: Tensor | None, encoded: EncoderOutput | None, organ_index: Tensor,
-                 boxes: Tensor | None, points: tuple[Tensor, Tensor] | None) -> DesignOutput:
+    def _forward(
+        self,
+        images: Tensor | None,
+        encoded: EncoderOutput | None,
+        organ_index: Tensor,
+        boxes: Tensor | None,
+        points: tuple[Tensor, Tensor] | None,
+    ) -> DesignOutput:
         feats = self.encode_text_conditioned(images, encoded, organ_index)
         return self._decode(feats, boxes, points)
 
     # ------------------------------------------------------------------ 3D: slice memory
     def new_memory_bank(self) -> MemoryBank:
         """An empty similarity-sorted (or recent) bank; it keeps the graph while the model trains."""
-        return MemoryBank(max_slices=self.config.memory_slices, policy=self.config.memory_policy,
-                          detach=not self.training)
+        return MemoryBank(
+            max_slices=self.config.memory_slices, policy=self.config.memory_policy, detach=not self.training
+        )
 
-    def track_step(self, encoded: EncoderOutput, organ_index: Tensor, bank: MemoryBank, slice_index: int,
-                   boxes: Tensor | None = None, points: tuple[Tensor, Tensor] | None = None,
-                   spacing: float | None = None, conditioning: bool | None = None) -> DesignOutput:
+    def track_step(
+        self,
+        encoded: EncoderOutput,
+        organ_index: Tensor,
+        bank: MemoryBank,
+        slice_index: int,
+        boxes: Tensor | None = None,
+        points: tuple[Tensor, Tensor] | None = None,
+        spacing: float | None = None,
+        conditioning: bool | None = None,
+    ) -> DesignOutput:
         """Segment one slice conditioned on the bank's memories, then store this slice in the bank.
 
         Args:
@@ -266,9 +292,16 @@ class CrispSam2(OrganSegmenter):
         out.aux["memory_slices"] = torch.tensor(n_mem)
         return out
 
-    def forward_sequence(self, images: Tensor | None = None, organ_index: Tensor | None = None,
-                         boxes: Tensor | None = None, *, encoded: list[EncoderOutput] | None = None,
-                         slice_indices: list[int] | None = None, spacing: float | None = None) -> list[DesignOutput]:
+    def forward_sequence(
+        self,
+        images: Tensor | None = None,
+        organ_index: Tensor | None = None,
+        boxes: Tensor | None = None,
+        *,
+        encoded: list[EncoderOutput] | None = None,
+        slice_indices: list[int] | None = None,
+        spacing: float | None = None,
+    ) -> list[DesignOutput]:
         """Segment consecutive slices in order, each conditioned on the memory of the earlier ones.
 
         The first slice has no memory; each later slice attends to the bank (similarity-sorted, at most
@@ -295,14 +328,23 @@ class CrispSam2(OrganSegmenter):
         bank = self.new_memory_bank()
         outputs = []
         for t in range(T):
-            enc_t = encoded[t] if encoded is not None else self.encode_plain(images[t:t + 1])
-            outputs.append(self.track_step(enc_t, organ_index, bank, idx[t],
-                                           boxes[t] if boxes is not None else None, spacing=spacing))
+            enc_t = encoded[t] if encoded is not None else self.encode_plain(images[t : t + 1])
+            outputs.append(
+                self.track_step(
+                    enc_t, organ_index, bank, idx[t], boxes[t] if boxes is not None else None, spacing=spacing
+                )
+            )
         return outputs
 
     # ------------------------------------------------------------------ loss
-    def compute_loss(self, output: DesignOutput, target_masks: Tensor, present: Tensor,
-                     class_targets: Tensor | None = None, all_targets: Tensor | None = None) -> dict[str, Tensor]:
+    def compute_loss(
+        self,
+        output: DesignOutput,
+        target_masks: Tensor,
+        present: Tensor,
+        class_targets: Tensor | None = None,
+        all_targets: Tensor | None = None,
+    ) -> dict[str, Tensor]:
         """CRISP-SAM2 loss (see the module docstring); ``class_targets``/``all_targets`` are not used."""
         self._check_targets(output, target_masks, present, class_targets, all_targets)
         cfg = self.config
@@ -313,8 +355,12 @@ class CrispSam2(OrganSegmenter):
             "iou": losses.iou_l1_loss(output.iou, output.masks, target_masks),
             "presence": losses.presence_loss(output.presence_logit, present),
         }
-        terms["total"] = (cfg.weight_sam_mask * terms["sam_mask"] + cfg.weight_refined * terms["refined"]
-                          + cfg.weight_iou * terms["iou"] + cfg.weight_presence * terms["presence"])
+        terms["total"] = (
+            cfg.weight_sam_mask * terms["sam_mask"]
+            + cfg.weight_refined * terms["refined"]
+            + cfg.weight_iou * terms["iou"]
+            + cfg.weight_presence * terms["presence"]
+        )
         return terms
 
 

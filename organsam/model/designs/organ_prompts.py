@@ -67,8 +67,14 @@ class OrganPrompts(OrganSegmenter):
         self.prompt_tokens = OrganPromptTokens(self.text_dim, EMBED_DIM, config.num_tokens, config.hidden)
         self._finish_init()
 
-    def _forward(self, images: Tensor | None, encoded: EncoderOutput | None, organ_index: Tensor,
-                 boxes: Tensor | None, points: tuple[Tensor, Tensor] | None) -> DesignOutput:
+    def _forward(
+        self,
+        images: Tensor | None,
+        encoded: EncoderOutput | None,
+        organ_index: Tensor,
+        boxes: Tensor | None,
+        points: tuple[Tensor, Tensor] | None,
+    ) -> DesignOutput:
         if boxes is None:  # text only: the whole slice is the box (weak; the pipeline always gives a box)
             boxes = organ_index.new_tensor([0.0, 0.0, IMAGE_SIZE - 1.0, IMAGE_SIZE - 1.0], dtype=torch.float32)
             boxes = boxes.expand(organ_index.shape[0], 4)
@@ -81,13 +87,21 @@ class OrganPrompts(OrganSegmenter):
         presence = torch.logit(iou[:, 0])  # logit(0.5) = 0: positive where the predicted IoU passes 0.5
         return DesignOutput(masks=run.masks, iou=run.iou, presence_logit=presence)
 
-    def compute_loss(self, output: DesignOutput, target_masks: Tensor, present: Tensor,
-                     class_targets: Tensor | None = None, all_targets: Tensor | None = None) -> dict[str, Tensor]:
+    def compute_loss(
+        self,
+        output: DesignOutput,
+        target_masks: Tensor,
+        present: Tensor,
+        class_targets: Tensor | None = None,
+        all_targets: Tensor | None = None,
+    ) -> dict[str, Tensor]:
         """Mask focal+Dice plus IoU L1 (see the module docstring); class targets are not used."""
         self._check_targets(output, target_masks, present, class_targets, all_targets)
         cfg = self.config
-        terms = {"mask": losses.focal_dice_loss(output.masks, target_masks, cfg.focal_weight, cfg.dice_weight),
-                 "iou": losses.iou_l1_loss(output.iou, output.masks, target_masks)}
+        terms = {
+            "mask": losses.focal_dice_loss(output.masks, target_masks, cfg.focal_weight, cfg.dice_weight),
+            "iou": losses.iou_l1_loss(output.iou, output.masks, target_masks),
+        }
         terms["total"] = terms["mask"] + cfg.weight_iou * terms["iou"]
         return terms
 

@@ -94,19 +94,31 @@ class OrganSam(OrganSegmenter):
         self.cross = CrossModalAttention(dim, config.heads, config.mlp_ratio, config.cross_pool)
         self.prompt_encoder = SemanticPromptEncoder(dim, config.heads, config.num_sparse_tokens)
         self.presence_head = ClassPresenceHead(self.text_dim, dim, config.heads)
-        self.optimizer = MaskOptimizer(self.core.mask_decoder.transformer_dim // 8, config.optimizer_hidden,
-                                       config.optimizer_iterations)
+        self.optimizer = MaskOptimizer(
+            self.core.mask_decoder.transformer_dim // 8, config.optimizer_hidden, config.optimizer_iterations
+        )
         self._finish_init()
 
     def _text_tokens(self, organ_index: Tensor) -> tuple[Tensor, Tensor]:
         names, know, know_mask = self.organ_text(organ_index)
-        tokens = torch.cat([self.text_proj(names).squeeze(-2).unsqueeze(1) + self.text_type.weight[0],
-                            self.text_proj(know).squeeze(-2) + self.text_type.weight[1]], dim=1)
+        tokens = torch.cat(
+            [
+                self.text_proj(names).squeeze(-2).unsqueeze(1) + self.text_type.weight[0],
+                self.text_proj(know).squeeze(-2) + self.text_type.weight[1],
+            ],
+            dim=1,
+        )
         mask = torch.cat([know_mask.new_ones(know_mask.shape[0], 1), know_mask], dim=1)
         return tokens, mask
 
-    def _forward(self, images: Tensor | None, encoded: EncoderOutput | None, organ_index: Tensor,
-                 boxes: Tensor | None, points: tuple[Tensor, Tensor] | None) -> DesignOutput:
+    def _forward(
+        self,
+        images: Tensor | None,
+        encoded: EncoderOutput | None,
+        organ_index: Tensor,
+        boxes: Tensor | None,
+        points: tuple[Tensor, Tensor] | None,
+    ) -> DesignOutput:
         B = organ_index.shape[0]
         enc = encoded if encoded is not None else self.encode_plain(images)
         emb = enc.embedding
@@ -126,22 +138,35 @@ class OrganSam(OrganSegmenter):
         aux = {"coarse_mask": run.masks, "class_logits": class_logits}
         return DesignOutput(masks=masks, iou=run.iou, presence_logit=presence, aux=aux)
 
-    def compute_loss(self, output: DesignOutput, target_masks: Tensor, present: Tensor,
-                     class_targets: Tensor | None = None, all_targets: Tensor | None = None) -> dict[str, Tensor]:
+    def compute_loss(
+        self,
+        output: DesignOutput,
+        target_masks: Tensor,
+        present: Tensor,
+        class_targets: Tensor | None = None,
+        all_targets: Tensor | None = None,
+    ) -> dict[str, Tensor]:
         """organsam loss (see the module docstring); ``all_targets`` is not used."""
         self._check_targets(output, target_masks, present, class_targets, all_targets)
         cfg = self.config
         terms = {"mask": losses.focal_dice_loss(output.masks, target_masks, cfg.focal_weight, cfg.dice_weight)}
         weight_coarse = cfg.weight_coarse if self.optimizer.iterations > 0 else 0.0
-        terms["coarse"] = (losses.focal_dice_loss(output.aux["coarse_mask"], target_masks, cfg.focal_weight,
-                                                  cfg.dice_weight) if weight_coarse else output.masks.new_zeros(()))
+        terms["coarse"] = (
+            losses.focal_dice_loss(output.aux["coarse_mask"], target_masks, cfg.focal_weight, cfg.dice_weight)
+            if weight_coarse
+            else output.masks.new_zeros(())
+        )
         terms["iou"] = losses.iou_l1_loss(output.iou, output.masks, target_masks)
         if class_targets is not None:
             terms["class"] = losses.presence_loss(output.aux["class_logits"], class_targets)
         else:
             terms["class"] = losses.presence_loss(output.presence_logit, present)
-        terms["total"] = (cfg.weight_mask * terms["mask"] + weight_coarse * terms["coarse"]
-                          + cfg.weight_iou * terms["iou"] + cfg.weight_class * terms["class"])
+        terms["total"] = (
+            cfg.weight_mask * terms["mask"]
+            + weight_coarse * terms["coarse"]
+            + cfg.weight_iou * terms["iou"]
+            + cfg.weight_class * terms["class"]
+        )
         return terms
 
 

@@ -105,8 +105,9 @@ class PgSam(OrganSegmenter):
         self.organ_token_bias = nn.Parameter(torch.zeros(dim))
         level_ch = self.core.image_encoder.embed_dims
         self.fusion_decoder = MultiLevelFusionDecoder(self.text_dim, dim, (level_ch[0], level_ch[1]))
-        self.optimizer = MaskOptimizer(self.fusion_decoder.mask_dim, config.optimizer_hidden,
-                                       config.optimizer_iterations)
+        self.optimizer = MaskOptimizer(
+            self.fusion_decoder.mask_dim, config.optimizer_hidden, config.optimizer_iterations
+        )
         self._finish_init()
 
     def unused_core_modules(self) -> list[nn.Module]:
@@ -114,8 +115,9 @@ class PgSam(OrganSegmenter):
         dec = self.core.mask_decoder
         return [dec.iou_token, dec.mask_tokens, dec.output_hypernetworks_mlps, dec.iou_prediction_head]
 
-    def decode_all(self, encoded: EncoderOutput, boxes: Tensor | None = None,
-                   points: tuple[Tensor, Tensor] | None = None) -> PgSamAll:
+    def decode_all(
+        self, encoded: EncoderOutput, boxes: Tensor | None = None, points: tuple[Tensor, Tensor] | None = None
+    ) -> PgSamAll:
         """Decode every organ of the vocabulary on each image.
 
         Args:
@@ -133,16 +135,34 @@ class PgSam(OrganSegmenter):
         guide = self.aligner(emb, self.name_emb, self.knowledge_emb, self.knowledge_mask)
         sparse, dense = self.core.embed_prompts(boxes, points, batch_size=B)
         organ_tokens = self.organ_token_proj(self.name_emb).squeeze(-2) + self.organ_token_bias
-        run = self.run_decoder(guide.embedding, sparse, dense, extra_tokens=organ_tokens.unsqueeze(0).expand(B, -1, -1),
-                               sam_tokens=False)
+        run = self.run_decoder(
+            guide.embedding, sparse, dense, extra_tokens=organ_tokens.unsqueeze(0).expand(B, -1, -1), sam_tokens=False
+        )
         assert run.extra is not None
-        fused = self.fusion_decoder(run.image_tokens, run.extra, self.core.mask_decoder.output_upscaling,
-                                    guide.probs, self.name_emb, encoded.levels)
-        return PgSamAll(masks=fused.masks, iou=fused.iou, class_logits=fused.class_logits,
-                        guide_logits=guide.logits, features=fused.features)
+        fused = self.fusion_decoder(
+            run.image_tokens,
+            run.extra,
+            self.core.mask_decoder.output_upscaling,
+            guide.probs,
+            self.name_emb,
+            encoded.levels,
+        )
+        return PgSamAll(
+            masks=fused.masks,
+            iou=fused.iou,
+            class_logits=fused.class_logits,
+            guide_logits=guide.logits,
+            features=fused.features,
+        )
 
-    def _forward(self, images: Tensor | None, encoded: EncoderOutput | None, organ_index: Tensor,
-                 boxes: Tensor | None, points: tuple[Tensor, Tensor] | None) -> DesignOutput:
+    def _forward(
+        self,
+        images: Tensor | None,
+        encoded: EncoderOutput | None,
+        organ_index: Tensor,
+        boxes: Tensor | None,
+        points: tuple[Tensor, Tensor] | None,
+    ) -> DesignOutput:
         B = organ_index.shape[0]
         enc = encoded if encoded is not None else self.encode_plain(images)
         enc = enc.expand(B) if (boxes is not None or points is not None) else enc
@@ -154,14 +174,28 @@ class PgSam(OrganSegmenter):
         features = out.features[img_rows]
         steps = self.optimizer(coarse, features)
         masks = steps[-1] if steps else coarse
-        aux = {"coarse_mask": coarse, "all_masks": out.masks[img_rows], "class_logits": out.class_logits[img_rows],
-               "guide_logits": out.guide_logits[img_rows],
-               "guide_mask": out.guide_logits[img_rows, organ_index].unsqueeze(1)}
-        return DesignOutput(masks=masks, iou=out.iou[img_rows, organ_index].unsqueeze(1),
-                            presence_logit=out.class_logits[img_rows, organ_index], aux=aux)
+        aux = {
+            "coarse_mask": coarse,
+            "all_masks": out.masks[img_rows],
+            "class_logits": out.class_logits[img_rows],
+            "guide_logits": out.guide_logits[img_rows],
+            "guide_mask": out.guide_logits[img_rows, organ_index].unsqueeze(1),
+        }
+        return DesignOutput(
+            masks=masks,
+            iou=out.iou[img_rows, organ_index].unsqueeze(1),
+            presence_logit=out.class_logits[img_rows, organ_index],
+            aux=aux,
+        )
 
-    def predict_all(self, images: Tensor | None = None, *, encoded: EncoderOutput | None = None,
-                    organ_index: Tensor | None = None, chunk: int = 8) -> Tensor:
+    def predict_all(
+        self,
+        images: Tensor | None = None,
+        *,
+        encoded: EncoderOutput | None = None,
+        organ_index: Tensor | None = None,
+        chunk: int = 8,
+    ) -> Tensor:
         """Prompt-free mode: every organ's optimized mask, (B, K, 256, 256) logits (``chunk`` unused)."""
         enc = encoded if encoded is not None else self.encode_plain(images)
         out = self.decode_all(enc)
@@ -169,8 +203,14 @@ class PgSam(OrganSegmenter):
         steps = self.optimizer(masks, out.features)
         return steps[-1] if steps else masks
 
-    def compute_loss(self, output: DesignOutput, target_masks: Tensor, present: Tensor,
-                     class_targets: Tensor | None = None, all_targets: Tensor | None = None) -> dict[str, Tensor]:
+    def compute_loss(
+        self,
+        output: DesignOutput,
+        target_masks: Tensor,
+        present: Tensor,
+        class_targets: Tensor | None = None,
+        all_targets: Tensor | None = None,
+    ) -> dict[str, Tensor]:
         """PG-SAM loss (see the module docstring)."""
         self._check_targets(output, target_masks, present, class_targets, all_targets)
         cfg = self.config
@@ -181,8 +221,7 @@ class PgSam(OrganSegmenter):
         terms = {"mask": mask_loss(output.masks, target_masks)}
         if all_targets is not None:
             terms["all_masks"] = mask_loss(output.aux["all_masks"], all_targets)
-            terms["lowres"] = mask_loss(output.aux["guide_logits"],
-                                        losses.downsample_target(all_targets, EMBED_SIZE))
+            terms["lowres"] = mask_loss(output.aux["guide_logits"], losses.downsample_target(all_targets, EMBED_SIZE))
         else:
             terms["all_masks"] = mask_loss(output.aux["coarse_mask"], target_masks)
             terms["lowres"] = mask_loss(output.aux["guide_mask"], losses.downsample_target(target_masks, EMBED_SIZE))
@@ -191,8 +230,13 @@ class PgSam(OrganSegmenter):
             terms["presence"] = losses.presence_loss(output.aux["class_logits"], class_targets)
         else:
             terms["presence"] = losses.presence_loss(output.presence_logit, present)
-        terms["total"] = (terms["mask"] + terms["all_masks"] + cfg.weight_lowres * terms["lowres"]
-                          + cfg.weight_iou * terms["iou"] + cfg.weight_presence * terms["presence"])
+        terms["total"] = (
+            terms["mask"]
+            + terms["all_masks"]
+            + cfg.weight_lowres * terms["lowres"]
+            + cfg.weight_iou * terms["iou"]
+            + cfg.weight_presence * terms["presence"]
+        )
         return terms
 
 

@@ -85,8 +85,9 @@ class SegSam(OrganSegmenter):
         dim = EMBED_DIM
         self.text_proj = TextProjection(self.text_dim, dim, num_tokens=config.text_tokens)
         self.text_to_vision = TextToVision(self.text_dim, dim, config.heads, config.semantic_pool)
-        self.semantic_decoder = SemanticDecoder(self.text_dim, dim, config.heads, config.semantic_layers,
-                                                config.semantic_pool)
+        self.semantic_decoder = SemanticDecoder(
+            self.text_dim, dim, config.heads, config.semantic_layers, config.semantic_pool
+        )
         self._finish_init()
 
     def semantic(self, embedding: Tensor) -> tuple[Tensor, Tensor]:
@@ -94,8 +95,14 @@ class SegSam(OrganSegmenter):
         visual = self.text_to_vision(embedding, self.knowledge_emb, self.knowledge_mask, self.name_emb)
         return self.semantic_decoder(visual, self.name_emb)
 
-    def _forward(self, images: Tensor | None, encoded: EncoderOutput | None, organ_index: Tensor,
-                 boxes: Tensor | None, points: tuple[Tensor, Tensor] | None) -> DesignOutput:
+    def _forward(
+        self,
+        images: Tensor | None,
+        encoded: EncoderOutput | None,
+        organ_index: Tensor,
+        boxes: Tensor | None,
+        points: tuple[Tensor, Tensor] | None,
+    ) -> DesignOutput:
         B = organ_index.shape[0]
         enc = encoded if encoded is not None else self.encode_plain(images)
         emb = enc.embedding
@@ -109,19 +116,35 @@ class SegSam(OrganSegmenter):
         rows = torch.arange(B, device=organ_index.device)
         semantic_mask = all_masks[rows, organ_index].unsqueeze(1)
         presence = class_logits[rows, organ_index]
-        aux = {"sam_mask": run.masks, "semantic_mask": semantic_mask, "class_logits": class_logits,
-               "all_masks": all_masks}
+        aux = {
+            "sam_mask": run.masks,
+            "semantic_mask": semantic_mask,
+            "class_logits": class_logits,
+            "all_masks": all_masks,
+        }
         return DesignOutput(masks=run.masks, iou=run.iou, presence_logit=presence, aux=aux)
 
-    def predict_all(self, images: Tensor | None = None, *, encoded: EncoderOutput | None = None,
-                    organ_index: Tensor | None = None, chunk: int = 8) -> Tensor:
+    def predict_all(
+        self,
+        images: Tensor | None = None,
+        *,
+        encoded: EncoderOutput | None = None,
+        organ_index: Tensor | None = None,
+        chunk: int = 8,
+    ) -> Tensor:
         """All organs' masks from the semantic decoder, (B, K, 256, 256) logits (``chunk`` unused)."""
         enc = encoded if encoded is not None else self.encode_plain(images)
         masks = self.semantic(enc.embedding)[1]
         return masks if organ_index is None else masks[:, self._check_organ_index(organ_index)]
 
-    def compute_loss(self, output: DesignOutput, target_masks: Tensor, present: Tensor,
-                     class_targets: Tensor | None = None, all_targets: Tensor | None = None) -> dict[str, Tensor]:
+    def compute_loss(
+        self,
+        output: DesignOutput,
+        target_masks: Tensor,
+        present: Tensor,
+        class_targets: Tensor | None = None,
+        all_targets: Tensor | None = None,
+    ) -> dict[str, Tensor]:
         """SEG-SAM loss (see the module docstring)."""
         self._check_targets(output, target_masks, present, class_targets, all_targets)
         cfg = self.config
@@ -140,9 +163,13 @@ class SegSam(OrganSegmenter):
             "class": cls,
             "alignment": losses.mask_alignment_loss(output.masks, output.aux["semantic_mask"]),
         }
-        terms["total"] = (cfg.weight_sam_mask * terms["sam_mask"] + cfg.weight_semantic_mask * terms["semantic_mask"]
-                          + cfg.weight_iou * terms["iou"] + cfg.weight_class * terms["class"]
-                          + cfg.weight_alignment * terms["alignment"])
+        terms["total"] = (
+            cfg.weight_sam_mask * terms["sam_mask"]
+            + cfg.weight_semantic_mask * terms["semantic_mask"]
+            + cfg.weight_iou * terms["iou"]
+            + cfg.weight_class * terms["class"]
+            + cfg.weight_alignment * terms["alignment"]
+        )
         return terms
 
 

@@ -2,7 +2,14 @@
 
 from organsam.server.routes import corrections, downloads, general, images, segmentation, sessions, viewer
 
-ROUTERS = (viewer.router, general.router, sessions.router, segmentation.router, images.router,
-           corrections.router, downloads.router)
+ROUTERS = (
+    viewer.router,
+    general.router,
+    sessions.router,
+    segmentation.router,
+    images.router,
+    corrections.router,
+    downloads.router,
+)
 
 __all__ = ["ROUTERS"]

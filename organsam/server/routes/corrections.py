@@ -35,8 +35,7 @@ def to_correction(s: Session, body: CorrectionIn) -> Correction:
         z, y, x = display_to_voxel(s.volume.shape, body.view, body.index, body.x, body.y)
         return Correction(organ=organ, kind="point", z=int(round(z)), y=float(y), x=float(x), label=body.label)
     if body.view != "axial":
-        raise _bad("boxes are drawn on the axial view (the model segments axial slices); place a point on other "
-                   "views")
+        raise _bad("boxes are drawn on the axial view (the model segments axial slices); place a point on other views")
     if body.box is None:
         raise _bad("a box needs box = [col0, row0, col1, row1]")
     c0, r0, c1, r1 = body.box
@@ -61,8 +60,9 @@ def add_correction(sid: SessionId, body: CorrectionIn, store: Store) -> list[Cor
     corr = to_correction(s, body)
     with s.lock:
         if len(s.corrections) >= MAX_CORRECTIONS:
-            raise ApiError(422, "too_many_corrections",
-                           f"at most {MAX_CORRECTIONS} corrections per session; clear them first")
+            raise ApiError(
+                422, "too_many_corrections", f"at most {MAX_CORRECTIONS} corrections per session; clear them first"
+            )
         s.corrections.append(corr)
         return [CorrectionOut(**c.as_dict()) for c in s.corrections]
 
