@@ -68,7 +68,7 @@ VAL_CASE = "amos_0013"
 #: the reference boxes grown by the same margin (model pixels).
 BOX_PROMPTS: dict[str, Any] = {"box_prompt_prob": 1.0, "box_jitter": 0.0, "box_jitter_rel": 0.15, "box_margin": 5.0}
 #: Designs compared by default: the four text-only designs; with boxes also ``organ_prompts`` (box tokens only).
-TEXT_DESIGNS = ("crisp_sam2", "seg_sam", "pg_sam", "organsam")
+TEXT_DESIGNS = ("crisp_sam2", "seg_sam", "pg_sam", "unified")
 #: Column name of the untrained reference of ``--prompts box``.
 BOX_ONLY = "LiteMedSAM, box only"
 #: Model settings common to all designs (the rest comes from each design's preset).

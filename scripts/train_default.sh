@@ -16,7 +16,7 @@
 #                                                     # a leave-one-patient-out run (amos_0001 held out), not exported;
 #                                                     # export it elsewhere to score it with bench/quality.py --organ-prompts
 # Environment: ORGANSAM_DATA (shared data folder, default ../shared/data), PYTHON (default .venv/bin/python).
-# The research designs train with organsam/configs/train_default.yaml (organsam design; GPU-sized budget):
+# The research designs train with organsam/configs/train_default.yaml (the unified design; GPU-sized budget):
 #   python -m organsam.cli.main train --config train_default
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -8,6 +8,8 @@ import json
 import logging
 import sys
 
+from organsam.inference.predictor_factory import DEFAULT_DESIGN
+
 
 def _device(value: str) -> str:
     if value not in ("auto", "cpu", "cuda") and not value.startswith("cuda:"):
@@ -39,7 +41,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--organs", help='free text, e.g. "liver, left kidney, pancreas"')
     g.add_argument("--all", action="store_true", help="segment the default organ set")
-    p.add_argument("--design", default="organsam", help="model design (see `organsam designs`)")
+    p.add_argument(
+        "--design",
+        default=DEFAULT_DESIGN,
+        help=f"{DEFAULT_DESIGN} (default: the shipped pipeline, LiteMedSAM placed by the atlas prior) or a trained "
+        "research design (see `organsam designs`) given with --checkpoint",
+    )
     p.add_argument(
         "--checkpoint",
         default=None,

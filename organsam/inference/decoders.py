@@ -38,7 +38,7 @@ class SliceDecoder(Protocol):
     """Encodes slices and decodes prompts on them.
 
     Attributes:
-        design_name: the design recorded in reports (``"organsam"`` for the shipped pipeline).
+        design_name: the design recorded in reports (``"litemedsam"`` for the shipped pipeline).
         device: where the model runs.
         precision: the encoder's compute precision (``"fp32"`` / ``"bf16"``).
         batch_size: slices per encoder pass.
@@ -105,7 +105,7 @@ class SamCoreDecoder(_Timed):
         batch_size: slices per encoder pass.
     """
 
-    design_name = "organsam"
+    design_name = "litemedsam"
 
     def __init__(
         self,

@@ -2,7 +2,7 @@
 
 :func:`design_predictor` composes the :class:`~organsam.inference.volume_predictor.VolumePredictor` session API
 (``init_state`` / ``add_text_prompt`` / ``add_box`` / ``add_points`` / ``propagate``) with a trained design
-(``crisp_sam2``, ``seg_sam``, ``pg_sam``, ``organsam``, ``organ_prompts``; see ``organsam designs``) as its
+(``crisp_sam2``, ``seg_sam``, ``pg_sam``, ``unified``, ``organ_prompts``; see ``organsam designs``) as its
 :class:`~organsam.inference.decoders.DesignDecoder`, in place of the plain LiteMedSAM core:
 
 * every slice is encoded once with the design's encoder (``encode_plain``) and kept for all organs;

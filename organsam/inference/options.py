@@ -79,7 +79,7 @@ class SegmentOptions:
     """Settings of a segmentation run (one source for their defaults).
 
     Attributes:
-        design: ``"organsam"`` (the shipped pipeline: LiteMedSAM placed by the atlas prior) or a trained design
+        design: ``"litemedsam"`` (the shipped pipeline: LiteMedSAM placed by the atlas prior) or a trained design
             (needs ``checkpoint``).
         checkpoint: a design checkpoint of ``organsam train``, or a SAM-family ``.pth`` for the pipeline's core.
         device: ``"auto"`` (a CUDA GPU when torch sees one, else the CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.

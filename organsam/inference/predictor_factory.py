@@ -2,11 +2,11 @@
 
 One place for what :func:`organsam.inference.segment.segment`, the batch workers and the CLI accept:
 
-* ``design="organsam"`` without a checkpoint, or with a SAM-family ``.pth`` (LiteMedSAM layout): the shipped
+* ``design="litemedsam"`` without a checkpoint, or with a SAM-family ``.pth`` (LiteMedSAM layout): the shipped
   pipeline (LiteMedSAM core placed by the atlas prior, :class:`VolumePredictor`);
 * any design with a checkpoint written by ``organsam train`` (``model.safetensors`` + ``model.json``): that
   trained design (:func:`~organsam.inference.design_predictor.design_predictor`); ``design`` must match the
-  checkpoint's (``"organsam"``, the default, accepts any);
+  checkpoint's (``"litemedsam"``, the default, accepts any);
 * another design without a checkpoint: an error saying that none ships and how to make one.
 """
 
@@ -28,8 +28,11 @@ __all__ = [
     "resolve_device",
 ]
 
-#: The shipped pipeline's name (also a registered research design, used when a checkpoint of it is given).
-DEFAULT_DESIGN = "organsam"
+#: The shipped pipeline's name: the LiteMedSAM core placed by the location prior. It is not a research design of
+#: the registry; with a design checkpoint it stands for whatever design the checkpoint holds.
+DEFAULT_DESIGN = "litemedsam"
+#: ``--design organsam`` (before 2026-12) meant the shipped pipeline, and ``organsam`` was also a research design.
+FORMER_NAME = "organsam"
 
 
 def is_design_checkpoint(checkpoint: str | os.PathLike[str] | None) -> bool:
@@ -53,7 +56,13 @@ def check_design(design: str, checkpoint: str | os.PathLike[str] | None) -> None
     """
     from organsam.registry import get_design
 
-    get_design(design)  # unknown name: KeyError with a suggestion
+    if design == FORMER_NAME:
+        raise KeyError(
+            f"design {FORMER_NAME!r} was renamed: {DEFAULT_DESIGN!r} is the shipped pipeline (LiteMedSAM core + atlas "
+            f"prior, the default) and 'unified' the research design of that name"
+        )
+    if design != DEFAULT_DESIGN:
+        get_design(design)  # unknown name: KeyError with a suggestion
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise FileNotFoundError(f"{checkpoint}: checkpoint file does not exist; check the path")
     if design != DEFAULT_DESIGN and not is_design_checkpoint(checkpoint):

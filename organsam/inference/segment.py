@@ -47,7 +47,7 @@ def segment(
         all_organs: segment the default organ set (``"all organs"``).
         output: folder to write the outputs to (see :meth:`SegmentationResult.save`); None: keep in memory. It is
             checked before any compute: a folder holding the input or files organsam did not write is refused.
-        design: model design; ``"organsam"`` (LiteMedSAM core placed by the atlas prior) runs without a
+        design: model design; ``"litemedsam"`` (LiteMedSAM core placed by the atlas prior) runs without a
             trained checkpoint; the research designs need ``checkpoint`` (see
             :mod:`organsam.inference.predictor_factory`).
         checkpoint: a design checkpoint written by ``organsam train`` (``model.safetensors`` with its

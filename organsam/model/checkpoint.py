@@ -48,6 +48,10 @@ CHECKPOINT_FORMAT = "organsam-checkpoint-v1"
 _CORE = "core."
 
 
+#: Designs saved under a former name -> their name now (``organsam`` was the research design now called ``unified``).
+RENAMED_DESIGNS: dict[str, str] = {"organsam": "unified"}
+
+
 def sidecar_path(path: str | os.PathLike[str]) -> Path:
     """The JSON sidecar of a tensor file: same folder and stem, ``.json`` suffix."""
     p = Path(path)
@@ -247,7 +251,7 @@ def load_checkpoint(
     p = Path(path)
     info = read_checkpoint_info(p)
     side = sidecar_path(p)
-    stored = info["design"]
+    stored = RENAMED_DESIGNS.get(info["design"], info["design"])
     if design is not None and design != stored:
         raise CheckpointError(
             f"{p}: holds a {stored!r} checkpoint, not {design!r}; load it as {stored!r} or pick a {design!r} checkpoint"

@@ -2,7 +2,7 @@
 
 Schema (defaults in brackets); every key can be overridden on the command line as ``a.b=value``::
 
-    design: organsam             # registry name (organsam designs)
+    design: unified              # registry name (organsam designs)
     model: {}                    # overrides of the design preset (organsam/configs/<design>.yaml),
                                  # e.g. freeze_image_encoder: true, optimizer_iterations: 0; LoRA adapters
                                  # in the image encoder: lora_rank: 8 (0: off), lora_alpha: 8.0,
@@ -161,7 +161,7 @@ class ValConfig:
 class TrainConfig:
     """A whole training run (see the module docstring)."""
 
-    design: str = "organsam"
+    design: str = "unified"
     model: dict[str, Any] = field(default_factory=dict)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

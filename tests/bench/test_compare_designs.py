@@ -1,4 +1,4 @@
-"""bench/compare_designs.py end to end on the shared data: one training step of the organsam design scored on
+"""bench/compare_designs.py end to end on the shared data: one training step of the unified design scored on
 one validation slice, then a rerun that reuses the finished run instead of training again."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def test_compare_designs_one_step_then_reuse(tmp_path):
         "--batch-size",
         "1",
         "--designs",
-        "organsam",
+        "unified",
         "--val-slices",
         "1",
         "--no-prefill",
@@ -43,13 +43,13 @@ def test_compare_designs_one_step_then_reuse(tmp_path):
     lines = first.stdout.strip().splitlines()  # stdout holds the table only (logs go to stderr)
     assert lines[0].startswith("Design comparison, tiny data: 1 steps x batch 1")
     assert "3 patients" in lines[0] and "frozen" in lines[0] and "text prompts only" in lines[0]
-    assert lines[2] == "| organ | organsam |"
+    assert lines[2] == "| organ | unified |"
     rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in lines[4:]}
     assert set(SYNAPSE8) | {"**mean**", "trainable params"} <= set(rows)
-    result = json.loads((tmp_path / "result.json").read_text())["results"]["organsam"]
+    result = json.loads((tmp_path / "result.json").read_text())["results"]["unified"]
     assert result["nonfinite_losses"] == 0 and result["steps_this_run"] == 1
     assert result["trainable_params"] > 0 and 0.0 <= result["mean_dice"] <= 1.0
-    assert (tmp_path / "runs" / "organsam" / "model.safetensors").is_file()
+    assert (tmp_path / "runs" / "unified" / "model.safetensors").is_file()
 
     second = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=120)
     assert second.returncode == 0, second.stderr[-3000:]

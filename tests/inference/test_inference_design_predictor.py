@@ -56,7 +56,7 @@ def test_design_checkpoint_segments_through_segment(organ_prompts_checkpoint, tm
 @pytest.mark.slow
 def test_text_only_prompts_decode_every_slice_without_a_prior() -> None:
     vol = load_volume(data_path("amos_0013_slab", "image.nii.gz"))
-    model = build_design("organsam", [{"organs": ["liver", "spleen"]}])  # trained heads would come from a checkpoint
+    model = build_design("unified", [{"organs": ["liver", "spleen"]}])  # trained heads would come from a checkpoint
     predictor = design_predictor(model, prompts="text", score_threshold=0.0, progress=False)
     state = predictor.init_state(vol)
     predictor.add_text_prompt(state, "liver and spleen")
@@ -76,7 +76,9 @@ def test_text_only_prompts_decode_every_slice_without_a_prior() -> None:
 def test_design_checks_name_the_fix(organ_prompts_checkpoint, tmp_path) -> None:
     assert is_design_checkpoint(organ_prompts_checkpoint)
     assert not is_design_checkpoint(None)
-    check_design("organsam", None)  # the shipped pipeline needs no checkpoint
+    check_design("litemedsam", None)  # the shipped pipeline needs no checkpoint
+    with pytest.raises(KeyError, match="renamed: 'litemedsam' is the shipped pipeline.*'unified' the research"):
+        check_design("organsam", None)  # the former name of both: refused with the two new names
     with pytest.raises(ValueError, match="needs a trained checkpoint.*organsam train"):
         check_design("seg_sam", None)
     with pytest.raises(KeyError, match="seg_sam"):

@@ -82,7 +82,7 @@ def test_round_trip_gives_identical_outputs(trained, encoded):
 
 
 def test_random_core_is_saved_whole(tmp_path):
-    model = build_design("organsam", ["pretrained=false", "organs=[amos15]", "optimizer_iterations=2"])
+    model = build_design("unified", ["pretrained=false", "organs=[amos15]", "optimizer_iterations=2"])
     path = save_checkpoint(model, tmp_path / "rand.safetensors")
     info = read_checkpoint_info(path)
     assert info["base_weights"] is None

@@ -213,7 +213,7 @@ def test_pg_sam_prompt_free_mode(encoded):
     torch.testing.assert_close(all_masks[:, int(liver)], prompted.masks[:, 0], rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["organsam", "seg_sam"])
+@pytest.mark.parametrize("name", ["unified", "seg_sam"])
 def test_predict_all_rows_match_prompted_forward(name, encoded):
     model = model_for(name)
     organs = model.organ_index_of(["liver", "spleen"])
@@ -221,7 +221,7 @@ def test_predict_all_rows_match_prompted_forward(name, encoded):
         every = model.predict_all(encoded=encoded[MID], organ_index=organs, chunk=1)
         one = model(None, organs, encoded=encoded[MID])
     assert every.shape == (1, 2, 256, 256)
-    ref = one.masks[:, 0] if name == "organsam" else one.aux["semantic_mask"][:, 0]
+    ref = one.masks[:, 0] if name == "unified" else one.aux["semantic_mask"][:, 0]
     torch.testing.assert_close(every[0], ref, rtol=1e-4, atol=1e-4)
 
 
@@ -237,7 +237,7 @@ def test_run_decoder_without_extras_is_sam_decode(encoded):
 
 
 def test_freezing_options_and_train_mode_keep_frozen_parts_fixed():
-    model = build_design("organsam", ["freeze_image_encoder=false", "freeze_mask_decoder=true"])
+    model = build_design("unified", ["freeze_image_encoder=false", "freeze_mask_decoder=true"])
     dec = model.core.mask_decoder
     assert all(p.requires_grad for p in model.core.image_encoder.parameters())
     assert not any(p.requires_grad for p in dec.parameters())
@@ -247,7 +247,7 @@ def test_freezing_options_and_train_mode_keep_frozen_parts_fixed():
     assert model.core.image_encoder.training and not dec.training
     counts = model.parameter_counts()
     assert counts["trainable"] == sum(p.numel() for p in model.parameters() if p.requires_grad)
-    frozen = build_design("organsam")
+    frozen = build_design("unified")
     assert counts["trainable"] > frozen.parameter_counts()["trainable"]
     # Multimask hypernetworks are never used (single-mask output): frozen in every design.
     assert not any(p.requires_grad for m in dec.output_hypernetworks_mlps[1:] for p in m.parameters())
@@ -261,7 +261,7 @@ def test_config_errors_are_clear():
     from organsam.config import ConfigError
 
     with pytest.raises(ValueError, match="livr.*did you mean liver"):
-        build_design("organsam", ["organs=[livr]"])
+        build_design("unified", ["organs=[livr]"])
     with pytest.raises(ConfigError, match="unknown key.*headz"):
         build_design("seg_sam", ["headz=4"])
     with pytest.raises(ValueError, match="inject_levels must be a subset of"):

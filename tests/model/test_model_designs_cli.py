@@ -31,7 +31,7 @@ def test_every_design_module_registers_the_design_it_is_named_after():
     from organsam.registry import DESIGNS_DIR, design_summary, get_design, resolve_config
 
     names = list_designs()
-    assert {"crisp_sam2", "seg_sam", "pg_sam", "organsam", "organ_prompts"} <= set(names)
+    assert {"crisp_sam2", "seg_sam", "pg_sam", "unified", "organ_prompts"} <= set(names)
     assert names == sorted(p.stem for p in DESIGNS_DIR.glob("*.py") if p.stem != "__init__")
     for name in names:
         entry = get_design(name)

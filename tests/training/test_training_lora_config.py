@@ -30,7 +30,7 @@ def test_lora_rank_from_yaml_reaches_the_design_config(tmp_path):
     assert design.lora_targets == ("attn.qkv", "attn.proj", "mlp.fc1")
     # The packaged preset plus a command-line override works the same way.
     over = load_train_config(["train_default"], ["model.lora_rank=4"])
-    assert over.design == "organsam" and resolve_config(over.design, [over.model]).lora_rank == 4
+    assert over.design == "unified" and resolve_config(over.design, [over.model]).lora_rank == 4
     assert resolve_config("organ_prompts").lora_rank == 0  # off by default
 
 

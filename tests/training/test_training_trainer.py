@@ -1,4 +1,4 @@
-"""Real training runs on the shared data: a few steps of the cheapest design config (train_smoke: organsam,
+"""Real training runs on the shared data: a few steps of the cheapest design config (train_smoke: unified,
 frozen encoder, pretrained LiteMedSAM core, no mask optimizer), resume equivalence, feature cache, CLI,
 and DDP with torchrun (gloo on CPU) against a 1-process run with the same global batch."""
 
@@ -68,7 +68,7 @@ def test_training_run_changes_trainable_parameters(run_a):
     assert s2["step"] == 2 and s3["step"] == 3
     from organsam.registry import build_design
 
-    trainable = {n for n, p in build_design("organsam", [run_a["cfg"].model]).named_parameters() if p.requires_grad}
+    trainable = {n for n, p in build_design("unified", [run_a["cfg"].model]).named_parameters() if p.requires_grad}
     changed = {k for k in s3["model"] if not torch.equal(s2["model"][k], s3["model"][k])}
     assert changed and changed <= trainable | {k for k in s3["model"] if "running" in k or "num_batches" in k}
     assert len(changed & trainable) > 0.5 * len(trainable)
@@ -83,7 +83,7 @@ def test_training_run_changes_trainable_parameters(run_a):
     from organsam.model.checkpoint import load_checkpoint, read_checkpoint_info
 
     info = read_checkpoint_info(out / "model.safetensors")
-    assert info["design"] == "organsam" and info["extra"]["step"] == 3
+    assert info["design"] == "unified" and info["extra"]["step"] == 3
     model = load_checkpoint(out / "model.safetensors")
     state = model.state_dict()
     assert all(torch.equal(state[k], s3["model"][k]) for k in s3["model"])
@@ -121,7 +121,7 @@ def test_feature_cache_holds_the_encoder_output(run_a):
     from organsam.training.datasets import read_dataset
     from organsam.training.feature_cache import FeatureCache
 
-    model = build_design("organsam", [run_a["cfg"].model])
+    model = build_design("unified", [run_a["cfg"].model])
     cache = FeatureCache(run_a["cache"], model, tag="abdomen|to_model_input")
     files = sorted(cache.root.rglob("*.safetensors"))
     assert files and files[0].parent.name in ("ts_a", "amos_0001")
@@ -144,7 +144,7 @@ def test_feature_cache_holds_the_encoder_output(run_a):
 def test_config_presets_overrides_and_errors(tmp_path):
     cfg = load_train_config("train_smoke", ["steps=7", "optim.lr=3e-4", "data.augment.rotate_degrees=5"])
     assert cfg.steps == 7 and cfg.optim.lr == 3e-4 and cfg.data.augment.rotate_degrees == 5
-    assert cfg.model["freeze_image_encoder"] is True and cfg.design == "organsam"
+    assert cfg.model["freeze_image_encoder"] is True and cfg.design == "unified"
     default = load_train_config(["train_default", "data/amos22"], ["data.root=/x"])
     assert default.data.dataset == "amos22" and default.data.root == "/x" and default.steps == 2000
     with pytest.raises(ConfigError, match="unknown key"):
@@ -160,7 +160,7 @@ def test_cli_print_config_and_errors(capsys):
 
     assert main(["train", "--config", "train_smoke", "--print-config", "steps=5"]) == 0
     out = capsys.readouterr().out
-    assert "design: organsam" in out and "steps: 5" in out
+    assert "design: unified" in out and "steps: 5" in out
     assert main(["train", "--config", "train_smoke", "steps=0"]) == 2
     assert "steps must be >= 1" in capsys.readouterr().err
     assert main(["train"]) == 2
@@ -204,7 +204,7 @@ def test_cli_trains_one_augmented_step_without_cache(tmp_path, capsys):
         ]
     )
     assert rc == 0
-    assert "trained organsam for 1 steps" in capsys.readouterr().out
+    assert "trained unified for 1 steps" in capsys.readouterr().out
     assert (tmp_path / "model.safetensors").is_file() and (tmp_path / "model.json").is_file()
     assert (tmp_path / STATE_FILE).is_file()
 

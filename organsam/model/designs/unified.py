@@ -1,4 +1,4 @@
-"""organsam design: our composition of the parts of the three papers that fit a frozen LiteMedSAM encoder.
+"""unified design: our composition of the parts of the three papers that fit a frozen LiteMedSAM encoder.
 
 * **SAM core**, encoder frozen and never modified (its features can be cached and reused across organs
   and epochs: ``encoded=model.encode_plain(images)``).
@@ -40,12 +40,12 @@ from organsam.model.components.text_projection import TextProjection
 from organsam.model.sam_core import EMBED_DIM
 from organsam.registry import register_design
 
-__all__ = ["OrganSamConfig", "OrganSam", "build_organsam"]
+__all__ = ["UnifiedConfig", "UnifiedSam", "build_unified"]
 
 
 @dataclass
-class OrganSamConfig(SegmenterConfig):
-    """organsam settings (preset: ``organsam/configs/organsam.yaml``).
+class UnifiedConfig(SegmenterConfig):
+    """unified settings (preset: ``organsam/configs/unified.yaml``).
 
     Attributes:
         heads: attention heads.
@@ -76,17 +76,17 @@ class OrganSamConfig(SegmenterConfig):
     dice_weight: float = 1.0
 
 
-class OrganSam(OrganSegmenter):
-    """The organsam composition; see the module docstring.
+class UnifiedSam(OrganSegmenter):
+    """The unified composition; see the module docstring.
 
     Args:
-        config: :class:`OrganSamConfig`.
+        config: :class:`UnifiedConfig`.
         text: ready vocabulary embeddings (default: from the config).
     """
 
-    design_name = "organsam"
+    design_name = "unified"
 
-    def __init__(self, config: OrganSamConfig, text: VocabularyEmbeddings | None = None) -> None:
+    def __init__(self, config: UnifiedConfig, text: VocabularyEmbeddings | None = None) -> None:
         super().__init__(config, text)
         dim = EMBED_DIM
         self.text_proj = TextProjection(self.text_dim, dim)
@@ -146,7 +146,7 @@ class OrganSam(OrganSegmenter):
         class_targets: Tensor | None = None,
         all_targets: Tensor | None = None,
     ) -> dict[str, Tensor]:
-        """organsam loss (see the module docstring); ``all_targets`` is not used."""
+        """unified loss (see the module docstring); ``all_targets`` is not used."""
         self._check_targets(output, target_masks, present, class_targets, all_targets)
         cfg = self.config
         terms = {"mask": losses.focal_dice_loss(output.masks, target_masks, cfg.focal_weight, cfg.dice_weight)}
@@ -170,7 +170,7 @@ class OrganSam(OrganSegmenter):
         return terms
 
 
-@register_design("organsam", OrganSamConfig)
-def build_organsam(config: OrganSamConfig) -> OrganSam:
-    """Build the organsam composition from its config."""
-    return OrganSam(config)
+@register_design("unified", UnifiedConfig)
+def build_unified(config: UnifiedConfig) -> UnifiedSam:
+    """Build the unified composition from its config."""
+    return UnifiedSam(config)
