@@ -50,7 +50,7 @@ def main() -> None:
     res = run_segmentation(build_predictor(progress=False), vol, resolve_organs(list(args.organs)))
     rows = {
         "organsam segment, label map written (pseudo-CT, affine)": {
-            o: res.labelmap == v for v, o in res.label_table.items()
+            o: res.labels == v for v, o in res.label_table.items()
         },
         "organsam segment, each organ's own mask (overlaps kept)": {o: res.masks[o] for o in args.organs},
     }

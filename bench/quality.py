@@ -53,7 +53,7 @@ from organsam.evaluation import EvaluationResult, comparison_markdown, get_proto
 from organsam.evaluation.report import bar_chart, format_value, jsonable, markdown_table  # noqa: E402
 from organsam.inference.options import SegmentOptions  # noqa: E402
 from organsam.inference.organ_prompt_table import load_prompt_table  # noqa: E402
-from organsam.inference.postprocess import merge_labelmap, postprocess_mask  # noqa: E402
+from organsam.inference.postprocess import merge_labels, postprocess_mask  # noqa: E402
 from organsam.inference.predictor_factory import build_predictor  # noqa: E402
 from organsam.inference.segment import segment  # noqa: E402
 from organsam.inference.state import InferenceState  # noqa: E402
@@ -125,7 +125,7 @@ def _propagate(predictor: VolumePredictor, vol: Volume, organs: list[str]) -> In
 
 
 def _merged(masks: dict[str, np.ndarray], organs: list[str]) -> dict[str, np.ndarray]:
-    labelmap, table = merge_labelmap(masks, organs)
+    labelmap, table = merge_labels(masks, organs)
     return _label_masks(labelmap, table)
 
 
@@ -192,7 +192,7 @@ def run_case(
     t = time.perf_counter()
     shipped = predictor(atlas)
     res = segment(vol, organs, quiet=True, predictor=shipped)
-    preds["organsam"] = _label_masks(res.labelmap, res.label_table)
+    preds["organsam"] = _label_masks(res.labels, res.label_table)
     times["organsam (incl. slice encoding)"] = time.perf_counter() - t
     variants = {  # row -> (timing label, predictor, options): the shipped pipeline with one part changed
         "no_joint_assignment": ("without joint assignment", lambda: predictor(atlas, joint_assignment=False), None),
@@ -205,7 +205,7 @@ def run_case(
         if row in args.rows:
             t = time.perf_counter()
             res = segment(vol, organs, quiet=True, predictor=make(), options=options)
-            preds[row] = _label_masks(res.labelmap, res.label_table)
+            preds[row] = _label_masks(res.labels, res.label_table)
             times[label] = time.perf_counter() - t
     for mode in ("prior", "text"):
         if f"checkpoint_{mode}" in args.rows:
@@ -218,7 +218,7 @@ def run_case(
                 prior=FixedPrior(atlas),
             )  # same registration
             res = segment(vol, organs, quiet=True, predictor=design_predictor)
-            preds[f"checkpoint_{mode}"] = _label_masks(res.labelmap, res.label_table)
+            preds[f"checkpoint_{mode}"] = _label_masks(res.labels, res.label_table)
             times[f"checkpoint, {mode}"] = time.perf_counter() - t
     if set(args.rows) <= {
         "organsam",
@@ -235,7 +235,7 @@ def run_case(
 
     t = time.perf_counter()
     res = segment(vol, organs, quiet=True, predictor=predictor(atlas, track_refine=False))
-    preds["no_track_refine"] = _label_masks(res.labelmap, res.label_table)
+    preds["no_track_refine"] = _label_masks(res.labels, res.label_table)
     state = _propagate(predictor(atlas, iou_threshold=0.0, track_refine=False), vol, organs)
     hu = vol.array if is_ct_in_hu(vol) else None
     raw0 = {o: state.results[o].mask for o in organs}

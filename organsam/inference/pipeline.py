@@ -33,7 +33,7 @@ import numpy as np
 
 from organsam import __version__
 from organsam.inference.options import ALL_ORGANS_TEXT, OrganRequest, SegmentOptions
-from organsam.inference.postprocess import merge_labelmap, postprocess_mask
+from organsam.inference.postprocess import merge_labels, postprocess_mask
 from organsam.inference.predictor_factory import DEFAULT_DESIGN
 from organsam.inference.result import SegmentationResult
 from organsam.inference.state import InferenceState, OrganResult
@@ -334,7 +334,7 @@ def run_segmentation(
             logger.warning("%s: %s", oid, reason)
             rejections[oid] = reason
             masks[oid] = np.zeros_like(masks[oid])
-    labelmap, table = merge_labelmap(masks, organ_ids)
+    labels, table = merge_labels(masks, organ_ids)
     known = predictor.locatable_organs() if hasattr(predictor, "locatable_organs") else None
     t_end = time.perf_counter()
     timings = {
@@ -374,4 +374,4 @@ def run_segmentation(
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
     }
     report.update(report_extra or {})
-    return SegmentationResult(volume, organ_ids, masks, labelmap, table, report, timings)
+    return SegmentationResult(volume, organ_ids, masks, labels, table, report, timings)

@@ -18,7 +18,7 @@ __all__ = [
     "keep_largest_components",
     "fill_holes_per_slice",
     "postprocess_mask",
-    "merge_labelmap",
+    "merge_labels",
 ]
 
 #: Organs that anatomy says form one connected structure: keep only their largest component.
@@ -126,7 +126,7 @@ def postprocess_mask(organ_id: str, mask: np.ndarray, hu: np.ndarray | None = No
     return out
 
 
-def merge_labelmap(masks: Mapping[str, np.ndarray], organ_ids: Sequence[str]) -> tuple[np.ndarray, dict[int, str]]:
+def merge_labels(masks: Mapping[str, np.ndarray], organ_ids: Sequence[str]) -> tuple[np.ndarray, dict[int, str]]:
     """Merge per-organ masks (overlaps allowed) into one label map with each organ's fixed label value.
 
     Label values come from the vocabulary (:func:`organsam.vocabulary.palette.organ_label`), not from the order of

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from organsam import __version__
-from organsam.io import Volume, write_dicom_seg, write_labelmap, write_masks
+from organsam.io import Volume, write_dicom_seg, write_labels, write_masks
 from organsam.io.label_files import write_itksnap_labels
 from organsam.io.output_folder import check_output_folder, write_output_folder
 from organsam.vocabulary import load_vocabulary
@@ -49,7 +49,7 @@ class SegmentationResult:
         volume: the input volume (canonical (Z, Y, X)).
         organ_ids: the segmented organs, in prompt order.
         masks: organ id -> (Z, Y, X) bool, canonical layout; overlaps allowed; empty when absent.
-        labelmap: (Z, Y, X) merged label map (smaller organs win overlaps).
+        labels: (Z, Y, X) merged label volume, values from ``label_table`` (smaller organs win overlaps).
         label_table: label value -> organ id (each organ's fixed value, :mod:`organsam.vocabulary.palette`).
         report: per-organ facts (present, volume_ml, mean intensity, bbox, confidence, ...).
         timings: seconds per stage.
@@ -58,7 +58,7 @@ class SegmentationResult:
     volume: Volume
     organ_ids: list[str]
     masks: dict[str, np.ndarray]
-    labelmap: np.ndarray
+    labels: np.ndarray
     label_table: dict[int, str]
     report: dict[str, Any]
     timings: dict[str, float] = field(default_factory=dict)
@@ -72,8 +72,8 @@ class SegmentationResult:
         """
         vocab = load_vocabulary()
         table = {v: (vocab[k].name, organ_color(k)) for v, k in self.label_table.items()}
-        written = {"segmentation": write_labelmap(self.labelmap, self.volume, folder / "segmentation.nii.gz", table)}
-        written["slicer"] = write_labelmap(self.labelmap, self.volume, folder / "segmentation.seg.nrrd", table)
+        written = {"segmentation": write_labels(self.labels, self.volume, folder / "segmentation.nii.gz", table)}
+        written["slicer"] = write_labels(self.labels, self.volume, folder / "segmentation.seg.nrrd", table)
         written["itksnap_labels"] = write_itksnap_labels(table, folder / "segmentation.label.txt")
         write_masks(self.masks, self.volume, folder / "masks")
         written["masks"] = folder / "masks"
@@ -96,7 +96,7 @@ class SegmentationResult:
 
             written["overview"] = render_overview(
                 to_uint8_display(self.volume),
-                self.labelmap,
+                self.labels,
                 table,
                 tuple(self.volume.spacing),
                 folder / "overview.png",

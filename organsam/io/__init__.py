@@ -17,7 +17,7 @@ from organsam.io.dicom_seg import write_dicom_seg
 from organsam.io.errors import VolumeFileNotFoundError, VolumeReadError, VolumeWriteError
 from organsam.io.loader import load_labels, load_volume
 from organsam.io.volume import Volume, VolumeMeta
-from organsam.io.writers import write_labelmap, write_masks
+from organsam.io.writers import write_labels, write_masks
 
 __all__ = [
     "RawImage",
@@ -32,6 +32,6 @@ __all__ = [
     "load_volume",
     "register_reader",
     "write_dicom_seg",
-    "write_labelmap",
+    "write_labels",
     "write_masks",
 ]

@@ -22,7 +22,7 @@ from organsam.io.label_files import LabelTable, nifti_label_extension, write_seg
 from organsam.io.volume import Volume
 from organsam.preprocessing.orientation import LPS_TO_RAS
 
-__all__ = ["atomic_output", "label_dtype", "write_labelmap", "write_masks"]
+__all__ = ["atomic_output", "label_dtype", "write_labels", "write_masks"]
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ def _write_png(labels_zyx: np.ndarray, tmp: Path) -> None:
     im.save(tmp, format="PNG")
 
 
-def write_labelmap(labels_zyx: np.ndarray, like: Volume, path: str | Path, table: LabelTable | None = None) -> Path:
+def write_labels(labels_zyx: np.ndarray, like: Volume, path: str | Path, table: LabelTable | None = None) -> Path:
     """Write a multi-label map on the input's grid, orientation and affine.
 
     Args:
@@ -207,7 +207,7 @@ def write_masks(
         masks: organ id -> (Z, Y, X) boolean mask on ``like``'s canonical grid.
         like: The volume the masks were computed on.
         outdir: Output folder (created if needed); callers conventionally pass ``<output>/masks``.
-        suffix: File ending (see :func:`write_labelmap`).
+        suffix: File ending (see :func:`write_labels`).
 
     Returns:
         organ id -> written path.
@@ -229,5 +229,5 @@ def write_masks(
         m = np.asarray(mask)
         if m.dtype != bool:
             m = m != 0
-        written[organ_id] = write_labelmap(m.astype(np.uint8), like, folder / f"{organ_id}{suffix}")
+        written[organ_id] = write_labels(m.astype(np.uint8), like, folder / f"{organ_id}{suffix}")
     return written

@@ -9,7 +9,7 @@ import pytest
 from conftest import data_path
 
 from organsam.cli.main import main
-from organsam.io import load_labels, load_volume, write_labelmap
+from organsam.io import load_labels, load_volume, write_labels
 
 
 @pytest.mark.slow
@@ -19,7 +19,7 @@ def test_cli_evaluate_writes_tables(tmp_path, capsys):
     lab = load_labels(ref, like)
     sh = np.zeros_like(lab)
     sh[:, 2:, :] = lab[:, :-2, :]  # 2 voxels towards anterior
-    pred = write_labelmap(sh, like, tmp_path / "pred" / "shifted.nii.gz")
+    pred = write_labels(sh, like, tmp_path / "pred" / "shifted.nii.gz")
     out = tmp_path / "eval"
     code = main(
         [

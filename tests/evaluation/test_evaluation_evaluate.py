@@ -13,7 +13,7 @@ from conftest import data_path
 from PIL import Image
 
 from organsam.evaluation import EvaluationError, evaluate, get_protocol, pair_cases
-from organsam.io import load_labels, load_volume, write_labelmap, write_masks
+from organsam.io import load_labels, load_volume, write_labels, write_masks
 from organsam.vocabulary import labelmap_info
 
 SYN8 = get_protocol("synapse8").organs
@@ -30,7 +30,7 @@ def amos(tmp_path_factory) -> dict:
     for k in (2, 4):  # reference shifted by k voxels towards the patient's left
         sh = np.zeros_like(lab)
         sh[:, :, k:] = lab[:, :, :-k]
-        out[f"shift{k}"] = write_labelmap(sh, like, tmp / f"shift{k}" / "pred.nii.gz")
+        out[f"shift{k}"] = write_labels(sh, like, tmp / f"shift{k}" / "pred.nii.gz")
     # an organsam-style output folder: own label values (1..8 in protocol order) + report.json table
     amos_map = labelmap_info("amos22")
     seg = np.zeros_like(lab)
@@ -38,7 +38,7 @@ def amos(tmp_path_factory) -> dict:
         seg[np.isin(lab, amos_map.values_for(oid))] = i
     seg[seg == SYN8.index("gallbladder") + 1] = 0  # gallbladder called absent
     folder = tmp / "organsam_out"
-    write_labelmap(seg, like, folder / "segmentation.nii.gz")
+    write_labels(seg, like, folder / "segmentation.nii.gz")
     (folder / "report.json").write_text(json.dumps({"labels": {str(i): o for i, o in enumerate(SYN8, 1)}}))
     out["folder"] = folder
     masks = {o: np.isin(lab, amos_map.values_for(o)) for o in ("liver", "spleen")}

@@ -11,7 +11,7 @@ import pytest
 from conftest import data_path
 
 from organsam.cli.main import main as cli
-from organsam.inference.postprocess import keep_largest_components, merge_labelmap
+from organsam.inference.postprocess import keep_largest_components, merge_labels
 from organsam.io import load_labels
 from organsam.vocabulary import load_labelmap
 
@@ -106,7 +106,7 @@ def test_keep_largest_and_merge() -> None:
     assert kept.sum() == 9 and kept[1, 6, 6] and not kept[1, 1, 1]
     big = np.zeros((3, 8, 8), bool)
     big[:, :, :] = True
-    labels, table = merge_labelmap({"liver": big, "gallbladder": m}, ["liver", "gallbladder"])
+    labels, table = merge_labels({"liver": big, "gallbladder": m}, ["liver", "gallbladder"])
     assert table == {4: "gallbladder", 5: "liver"}  # fixed values, whatever the order asked
     assert (labels == 4).sum() == m.sum() and (labels == 5).sum() == big.sum() - m.sum()  # the smaller one wins
 

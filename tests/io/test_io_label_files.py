@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from conftest import data_path
 
-from organsam.inference.postprocess import merge_labelmap
-from organsam.io import load_labels, load_volume, write_labelmap
+from organsam.inference.postprocess import merge_labels
+from organsam.io import load_labels, load_volume, write_labels
 from organsam.io.label_files import label_xml_names, read_itksnap_labels, write_itksnap_labels
 from organsam.vocabulary import labelmap_info, load_vocabulary
 from organsam.vocabulary.palette import label_table, organ_color, organ_label
@@ -35,8 +35,8 @@ def _table(organ_ids: list[str]) -> dict[int, tuple[str, tuple[int, int, int]]]:
 
 def test_label_values_and_colours_do_not_follow_the_prompt(amos) -> None:
     _, masks = amos
-    a, table_a = merge_labelmap(masks, ["spleen", "liver", "kidney_right", "aorta"])
-    b, table_b = merge_labelmap(masks, ["aorta", "kidney_right", "liver", "spleen"])
+    a, table_a = merge_labels(masks, ["spleen", "liver", "kidney_right", "aorta"])
+    b, table_b = merge_labels(masks, ["aorta", "kidney_right", "liver", "spleen"])
     assert np.array_equal(a, b) and table_a == table_b
     # TotalSegmentator v2 values where TotalSegmentator has the class
     assert table_a == {1: "spleen", 2: "kidney_right", 5: "liver", 52: "aorta"}
@@ -60,14 +60,14 @@ def test_every_vocabulary_organ_has_its_own_value_and_a_colour() -> None:
 
 def test_nifti_seg_nrrd_and_itksnap_files_name_and_colour_the_organs(amos, tmp_path) -> None:
     vol, masks = amos
-    labels, table = merge_labelmap(masks, ORGANS)
+    labels, table = merge_labels(masks, ORGANS)
     names = _table(ORGANS)
-    nii = write_labelmap(labels, vol, tmp_path / "segmentation.nii.gz", names)
+    nii = write_labels(labels, vol, tmp_path / "segmentation.nii.gz", names)
     ext = [e for e in nib.load(str(nii)).header.extensions]
     assert len(ext) == 1
     assert label_xml_names(ext[0].get_content()) == {1: "spleen", 2: "right kidney", 5: "liver", 52: "aorta"}
 
-    seg = write_labelmap(labels, vol, tmp_path / "segmentation.seg.nrrd", names)
+    seg = write_labels(labels, vol, tmp_path / "segmentation.seg.nrrd", names)
     data, header = nrrd.read(str(seg))
     segments = {header[f"Segment{i}_Name"]: i for i in range(len(ORGANS))}
     assert set(segments) == {"spleen", "right kidney", "liver", "aorta"}

@@ -8,7 +8,7 @@ import pytest
 import SimpleITK as sitk  # noqa: N813
 from conftest import data_path
 
-from organsam.io import Volume, load_labels, load_volume, write_labelmap
+from organsam.io import Volume, load_labels, load_volume, write_labels
 from organsam.io.npz import npz_spacing_zyx
 from organsam.preprocessing.intensity import window_ct
 
@@ -25,7 +25,7 @@ def test_itk_formats_match_the_nifti(tmp_path, ext):
     assert np.allclose(nii.world_affine_canonical, itk.world_affine_canonical, atol=1e-4)
     # labels read from NIfTI, written next to the ITK input as ITK, read back
     labels = load_labels(data_path("ts_mr", "label_ts_mr.nii.gz"), itk)
-    back = write_labelmap(labels, itk, tmp_path / f"labels{ext}")
+    back = write_labels(labels, itk, tmp_path / f"labels{ext}")
     assert np.array_equal(load_labels(back, nii), labels)
     raw = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
     assert np.array_equal(itk.to_file_layout(itk.array), raw.astype(np.float32))
@@ -62,7 +62,7 @@ def test_npz_reader(tmp_path):
     nii = load_volume(data_path("amos_0013_slab", "image.nii.gz"))
     assert np.array_equal(vol.array, np.rint(window_ct(nii.array)))
     # labels written as challenge output (segs) are read back unchanged
-    out = write_labelmap(labels, vol, tmp_path / "pred.npz")
+    out = write_labels(labels, vol, tmp_path / "pred.npz")
     with np.load(out) as data:
         assert np.array_equal(data["segs"], gts)
 
@@ -100,10 +100,10 @@ def test_png_labels_written_back(tmp_path):
     vol = load_volume(img_path)
     mask = load_labels(mask_path, vol)
     labels = (mask > 0).astype(np.uint8) * 6
-    out = write_labelmap(labels, vol, tmp_path / "pred.png")
+    out = write_labels(labels, vol, tmp_path / "pred.png")
     assert np.array_equal(load_labels(out, vol), labels)
     with pytest.raises(ValueError, match="one slice"):
-        write_labelmap(np.zeros((2, 4, 4), np.uint8), Volume.from_array(np.zeros((2, 4, 4))), tmp_path / "two.png")
+        write_labels(np.zeros((2, 4, 4), np.uint8), Volume.from_array(np.zeros((2, 4, 4))), tmp_path / "two.png")
 
 
 def test_rgba_png_becomes_grayscale():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import data_path
 
-from organsam.io import VolumeWriteError, load_labels, load_volume, write_labelmap, write_masks
+from organsam.io import VolumeWriteError, load_labels, load_volume, write_labels, write_masks
 
 _GEOMETRY_FIELDS = (
     "qform_code",
@@ -47,7 +47,7 @@ def test_labelmap_written_on_input_grid_bit_for_bit(tmp_path, image, label):
     lab_path = data_path(*label.split("/"))
     vol = load_volume(img_path)
     labels = load_labels(lab_path, vol)
-    out = write_labelmap(labels, vol, tmp_path / "out" / "labels.nii.gz")
+    out = write_labels(labels, vol, tmp_path / "out" / "labels.nii.gz")
     assert out.exists()
     written, original = nib.load(str(out)), nib.load(str(img_path))
     _assert_same_geometry(written, original)
@@ -63,7 +63,7 @@ def test_uint16_labels(tmp_path):
     vol = load_volume(data_path("ts_mr", "image.nii.gz"))
     labels = np.zeros(vol.shape, dtype=np.int32)
     labels[5, 10:20, 30:40] = 300
-    out = write_labelmap(labels, vol, tmp_path / "big.nii")
+    out = write_labels(labels, vol, tmp_path / "big.nii")
     written = nib.load(str(out))
     assert written.get_data_dtype() == np.uint16
     assert np.array_equal(vol.from_file_layout(np.asanyarray(written.dataobj)), labels)
@@ -98,7 +98,7 @@ def test_refuses_to_overwrite_the_input(tmp_path):
     vol = load_volume(copy)
     before = copy.read_bytes()
     with pytest.raises(VolumeWriteError, match="never overwrites its input"):
-        write_labelmap(np.zeros(vol.shape, np.uint8), vol, copy)
+        write_labels(np.zeros(vol.shape, np.uint8), vol, copy)
     assert copy.read_bytes() == before
 
 
@@ -108,24 +108,24 @@ def test_existing_output_is_replaced_atomically(tmp_path):
     out.write_bytes(b"old result")
     labels = np.zeros(vol.shape, np.uint8)
     labels[3:6, 20:30, 40:50] = 7
-    write_labelmap(labels, vol, out)
+    write_labels(labels, vol, out)
     assert np.array_equal(vol.from_file_layout(np.asanyarray(nib.load(str(out)).dataobj)), labels)
     assert [p.name for p in tmp_path.iterdir()] == ["labels.nii.gz"]
     # a failing write leaves the previous file untouched and no temporary file
     with pytest.raises(VolumeWriteError, match="label shape"):
-        write_labelmap(np.zeros((1, 2, 3), np.uint8), vol, out)
+        write_labels(np.zeros((1, 2, 3), np.uint8), vol, out)
     with pytest.raises(VolumeWriteError, match="whole numbers"):
-        write_labelmap(np.full(vol.shape, 0.5), vol, out)
+        write_labels(np.full(vol.shape, 0.5), vol, out)
     assert [p.name for p in tmp_path.iterdir()] == ["labels.nii.gz"]
     with pytest.raises(VolumeWriteError, match="unknown output type"):
-        write_labelmap(labels, vol, tmp_path / "labels.xyz")
+        write_labels(labels, vol, tmp_path / "labels.xyz")
 
 
 def test_dicom_input_to_nifti_and_itk_outputs(tmp_path):
     vol = load_volume(data_path("ts_b_dicom", "dicom"))
     labels = load_labels(data_path("ts_b_dicom", "label_ts_v2.nii.gz"), vol)
     for name in ("labels.nii.gz", "labels.nrrd", "labels.mha"):
-        out = write_labelmap(labels, vol, tmp_path / name)
+        out = write_labels(labels, vol, tmp_path / name)
         back = load_volume(out, check_values=False)  # a label map, read for its grid
         assert np.allclose(back.world_affine_canonical, vol.world_affine_canonical, atol=1e-4)
         assert np.array_equal(load_labels(out, vol), labels)
@@ -146,7 +146,7 @@ def test_one_index_order_for_every_input(tmp_path, source):
     mask = np.zeros(vol.shape, bool)
     zyx = (vol.shape[0] - 3, 40, vol.shape[2] - 60)
     mask[zyx] = True
-    out = write_labelmap(mask.astype(np.uint8), vol, tmp_path / "one.nii.gz")
+    out = write_labels(mask.astype(np.uint8), vol, tmp_path / "one.nii.gz")
     ijk = tuple(int(v) for v in np.argwhere(np.asarray(nib.load(str(out)).dataobj))[0])
     assert vol.ijk_index(zyx) == ijk
     box = organ_report("liver", mask, vol, None, None)["bbox_voxels"]
