@@ -12,10 +12,8 @@
   ``presence_logit``, used to drop absent organs.
 * **Iterative mask optimizer** (from PG-SAM), ``optimizer_iterations`` configurable (0 = off).
 
-Which of the four designs becomes the default is decided by measurement (validation Dice per organ,
-absent-organ false positives, speed) once they are trained; this composition is the candidate that keeps
-the pretrained LiteMedSAM path intact (box prompts reproduce LiteMedSAM when the text parts are still at
-their small initial gains).
+It keeps the pretrained LiteMedSAM path intact: box prompts reproduce LiteMedSAM while the text parts are still at
+their small initial gains. How it compares with the other designs is measured by ``bench/compare_designs.py``.
 
 Loss: ``(20 focal + Dice)(final mask) + 0.5 * (20 focal + Dice)(mask before the optimizer, when it runs)
 + 0.1 * L1(IoU) + 0.5 * BCE(class logits over K, or presence of the prompted organ)``.
