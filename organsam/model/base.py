@@ -51,7 +51,6 @@ from torch import Tensor, nn
 
 from organsam.model.components.image_encoder import EncoderOutput
 from organsam.model.components.text_cache import VocabularyEmbeddings
-from organsam.model.decoder_run import run_mask_decoder
 from organsam.model.design_checks import check_prompts, check_targets, sequence_length
 from organsam.model.design_types import DecoderRun, DesignOutput, SegmenterConfig
 from organsam.model.freezing import add_lora, apply_freezing, is_frozen, keep_frozen_in_eval
@@ -216,20 +215,6 @@ class OrganSegmenter(nn.Module):
         grad = torch.is_grad_enabled() and not is_frozen(self.core.image_encoder)
         with torch.set_grad_enabled(grad):
             return self.core.encode(images, keep_levels=bool(self.encoder_levels))
-
-    # ------------------------------------------------------------------ decoder
-    def run_decoder(
-        self,
-        embedding: Tensor,
-        sparse: Tensor,
-        dense: Tensor,
-        extra_tokens: Tensor | None = None,
-        sam_tokens: bool = True,
-        upscale: bool = True,
-    ) -> DecoderRun:
-        """SAM's mask decoder with extra output tokens and its intermediate outputs
-        (:func:`organsam.model.decoder_run.run_mask_decoder`)."""
-        return run_mask_decoder(self.core, embedding, sparse, dense, extra_tokens, sam_tokens, upscale)
 
     # ------------------------------------------------------------------ contract
     def forward(

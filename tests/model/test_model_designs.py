@@ -16,6 +16,7 @@ from conftest import data_path
 from organsam.model import build_lite_medsam
 from organsam.model.base import DesignOutput, OrganSegmenter
 from organsam.model.components.image_encoder import EncoderOutput
+from organsam.model.decoder_run import run_mask_decoder
 from organsam.registry import build_design, list_designs
 
 logger = logging.getLogger(__name__)
@@ -231,7 +232,7 @@ def test_run_decoder_without_extras_is_sam_decode(encoded):
     with torch.no_grad():
         ref_masks, ref_iou = model.core.decode(encoded[MID].embedding, boxes=box)
         sparse, dense = model.core.embed_prompts(boxes=box)
-        run = model.run_decoder(encoded[MID].embedding, sparse, dense)
+        run = run_mask_decoder(model.core, encoded[MID].embedding, sparse, dense)
     torch.testing.assert_close(run.masks, ref_masks, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(run.iou, ref_iou, rtol=1e-5, atol=1e-5)
 

@@ -43,6 +43,7 @@ from organsam.model.components.refinement import MaskRefinement
 from organsam.model.components.semantic_prompt_encoder import SemanticPromptEncoder
 from organsam.model.components.text_cache import VocabularyEmbeddings
 from organsam.model.components.text_projection import TextProjection
+from organsam.model.decoder_run import run_mask_decoder
 from organsam.model.sam_core import EMBED_DIM
 from organsam.registry import register_design
 
@@ -225,7 +226,7 @@ class CrispSam2(OrganSegmenter):
         sparse, dense = self.core.embed_prompts(boxes, points, sparse_extra=sparse_sem, dense_extra=dense_sem)
         P = sparse.shape[0]
         extra = torch.cat([self.refinement.token.weight, self.presence_token.weight], dim=0)
-        run = self.run_decoder(emb, sparse, dense, extra_tokens=extra.unsqueeze(0).expand(P, -1, -1))
+        run = run_mask_decoder(self.core, emb, sparse, dense, extra_tokens=extra.unsqueeze(0).expand(P, -1, -1))
         assert run.masks is not None and run.iou is not None and run.extra is not None
         refine = self.refinement(run.extra[:, 0], feats.semantics)
         masks = run.masks + refine.to(run.masks.dtype)

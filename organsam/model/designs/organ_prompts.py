@@ -26,6 +26,7 @@ from organsam.model.base import DesignOutput, OrganSegmenter, SegmenterConfig
 from organsam.model.components.image_encoder import EncoderOutput
 from organsam.model.components.organ_prompt import OrganPromptTokens
 from organsam.model.components.text_cache import VocabularyEmbeddings
+from organsam.model.decoder_run import run_mask_decoder
 from organsam.model.sam_core import EMBED_DIM, IMAGE_SIZE
 from organsam.registry import register_design
 
@@ -81,7 +82,7 @@ class OrganPrompts(OrganSegmenter):
         enc = encoded if encoded is not None else self.encode_plain(images)
         tokens = self.prompt_tokens(self.name_emb[organ_index])
         sparse, dense = self.core.embed_prompts(boxes, points, sparse_extra=tokens.to(enc.embedding.dtype))
-        run = self.run_decoder(enc.embedding, sparse, dense)
+        run = run_mask_decoder(self.core, enc.embedding, sparse, dense)
         assert run.masks is not None and run.iou is not None
         iou = run.iou.float().clamp(1e-4, 1 - 1e-4)
         presence = torch.logit(iou[:, 0])  # logit(0.5) = 0: positive where the predicted IoU passes 0.5

@@ -36,6 +36,7 @@ from organsam.model.components.mask_optimizer import MaskOptimizer
 from organsam.model.components.prior_aligner import PriorAligner
 from organsam.model.components.text_cache import VocabularyEmbeddings
 from organsam.model.components.text_projection import TextProjection
+from organsam.model.decoder_run import run_mask_decoder
 from organsam.model.sam_core import EMBED_DIM, EMBED_SIZE
 from organsam.registry import register_design
 
@@ -135,8 +136,13 @@ class PgSam(OrganSegmenter):
         guide = self.aligner(emb, self.name_emb, self.knowledge_emb, self.knowledge_mask)
         sparse, dense = self.core.embed_prompts(boxes, points, batch_size=B)
         organ_tokens = self.organ_token_proj(self.name_emb).squeeze(-2) + self.organ_token_bias
-        run = self.run_decoder(
-            guide.embedding, sparse, dense, extra_tokens=organ_tokens.unsqueeze(0).expand(B, -1, -1), sam_tokens=False
+        run = run_mask_decoder(
+            self.core,
+            guide.embedding,
+            sparse,
+            dense,
+            extra_tokens=organ_tokens.unsqueeze(0).expand(B, -1, -1),
+            sam_tokens=False,
         )
         assert run.extra is not None
         fused = self.fusion_decoder(

@@ -33,6 +33,7 @@ from organsam.model.components.semantic_decoder import SemanticDecoder
 from organsam.model.components.text_cache import VocabularyEmbeddings
 from organsam.model.components.text_projection import TextProjection
 from organsam.model.components.text_to_vision import TextToVision
+from organsam.model.decoder_run import run_mask_decoder
 from organsam.model.sam_core import EMBED_DIM
 from organsam.registry import register_design
 
@@ -108,7 +109,7 @@ class SegSam(OrganSegmenter):
         emb = enc.embedding
         text_tokens = self.text_proj(self.name_emb[organ_index])
         sparse, dense = self.core.embed_prompts(boxes, points, sparse_extra=text_tokens)
-        run = self.run_decoder(emb, sparse, dense)
+        run = run_mask_decoder(self.core, emb, sparse, dense)
         # The semantic branch depends only on the image: run it once per distinct image.
         class_logits, all_masks = self.semantic(emb)
         if class_logits.shape[0] == 1 and B > 1:

@@ -35,6 +35,7 @@ from organsam.model.components.presence_head import ClassPresenceHead
 from organsam.model.components.semantic_prompt_encoder import SemanticPromptEncoder
 from organsam.model.components.text_cache import VocabularyEmbeddings
 from organsam.model.components.text_projection import TextProjection
+from organsam.model.decoder_run import run_mask_decoder
 from organsam.model.sam_core import EMBED_DIM
 from organsam.registry import register_design
 
@@ -125,7 +126,7 @@ class UnifiedSam(OrganSegmenter):
         semantics, text = self.cross(emb_b, text.to(emb.dtype), text_mask)
         sparse_sem, dense_sem = self.prompt_encoder(semantics, emb_b, text, text_mask)
         sparse, dense = self.core.embed_prompts(boxes, points, sparse_extra=sparse_sem, dense_extra=dense_sem)
-        run = self.run_decoder(emb, sparse, dense)
+        run = run_mask_decoder(self.core, emb, sparse, dense)
         assert run.masks is not None and run.upscaled is not None
         steps = self.optimizer(run.masks, run.upscaled)
         masks = steps[-1] if steps else run.masks
