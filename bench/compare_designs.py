@@ -1,6 +1,6 @@
 """Train the registered designs with the same budget and compare their validation Dice per organ.
 
-What it measures: each design (``crisp_sam2``, ``seg_sam``, ``pg_sam``, ``organsam``; presets in
+What it measures: each design (``crisp_sam2``, ``seg_sam``, ``pg_sam``, ``unified``; presets in
 ``organsam/configs``) is trained by :func:`organsam.training.trainer.train` from ``train_default.yaml`` with the
 same steps, batch size, seed, learning-rate schedule and prompted organs, on the shared-data training split
 (``ts_a``, ``ts_b``, ``amos_0001``: three patients) from cached frozen-encoder features

@@ -110,8 +110,8 @@ class OracleBoxes:
         return mask_to_boxes(self.masks[organ_id], self.margin_px) if self.present(organ_id) else {}
 
 
-def _label_masks(labelmap: np.ndarray, table: dict[int, str]) -> dict[str, np.ndarray]:
-    return {oid: labelmap == v for v, oid in table.items()}
+def _label_masks(labels: np.ndarray, table: dict[int, str]) -> dict[str, np.ndarray]:
+    return {oid: labels == v for v, oid in table.items()}
 
 
 def _propagate(predictor: VolumePredictor, vol: Volume, organs: list[str]) -> InferenceState:
@@ -125,8 +125,8 @@ def _propagate(predictor: VolumePredictor, vol: Volume, organs: list[str]) -> In
 
 
 def _merged(masks: dict[str, np.ndarray], organs: list[str]) -> dict[str, np.ndarray]:
-    labelmap, table = merge_labels(masks, organs)
-    return _label_masks(labelmap, table)
+    labels, table = merge_labels(masks, organs)
+    return _label_masks(labels, table)
 
 
 def table_info(path: str | None) -> str:

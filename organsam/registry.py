@@ -29,6 +29,10 @@ __all__ = [
     "DESIGNS_DIR",
 ]
 
+#: Designs saved or configured under a former name -> their name now (``organsam`` was the research design now called
+#: ``unified``); checkpoints and training states load under the new name, configs are told to change.
+RENAMED_DESIGNS: dict[str, str] = {"organsam": "unified"}
+
 #: The folder of the design modules, one per design, named after it.
 DESIGNS_DIR: Path = Path(__file__).resolve().parent / "model" / "designs"
 
@@ -76,6 +80,8 @@ def get_design(name: str) -> DesignEntry:
         KeyError: unknown name, with a did-you-mean suggestion.
     """
     known = list_designs()
+    if name in RENAMED_DESIGNS:
+        raise KeyError(f"design {name!r} was renamed {RENAMED_DESIGNS[name]!r}; use that name")
     if name not in known:
         close = difflib.get_close_matches(name, known, n=2)
         hint = f"; did you mean: {', '.join(close)}?" if close else ""

@@ -58,7 +58,7 @@ def render_overview(
 
     Args:
         display: (Z, Y, X) uint8 display intensities (canonical layout).
-        labels: (Z, Y, X) label map.
+        labels: (Z, Y, X) label volume.
         legend: label value -> (name, RGB colour) for the overlay and the legend.
         spacing: (sz, sy, sx) mm, for the coronal aspect ratio.
         path: output file (written atomically).

@@ -15,7 +15,7 @@ Stages, in the order data flows through them:
    track refinement, joint assignment (no organ drawn on an anchor organ), organ-end trimming (no end slice of
    another tissue).
 6. **post-processing** (:func:`organsam.inference.postprocess.postprocess_mask`): masks back on the input grid,
-   HU cleanup, connected components; one merged label map.
+   HU cleanup, connected components; one merged label volume.
 7. **verification** (:func:`organsam.inference.verification.verify_mask`): a text-prompted organ's mask that
    cannot be that organ (e.g. bigger than it can be) is not drawn; the report says why.
 8. **report** (:func:`organ_report`): per-organ facts, the prompt, the settings and timings.
@@ -274,7 +274,7 @@ def run_segmentation(
         report_extra: entries added to the report (e.g. the server's corrections).
 
     Returns:
-        The :class:`SegmentationResult` (masks on the input grid, merged label map, report, timings).
+        The :class:`SegmentationResult` (masks on the input grid, merged label volume, report, timings).
     """
     options = options or SegmentOptions()
 

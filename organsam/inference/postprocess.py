@@ -1,4 +1,4 @@
-"""Per-organ post-processing of predicted masks and merging into one label map."""
+"""Per-organ post-processing of predicted masks and merging into one label volume."""
 
 from __future__ import annotations
 
@@ -127,7 +127,8 @@ def postprocess_mask(organ_id: str, mask: np.ndarray, hu: np.ndarray | None = No
 
 
 def merge_labels(masks: Mapping[str, np.ndarray], organ_ids: Sequence[str]) -> tuple[np.ndarray, dict[int, str]]:
-    """Merge per-organ masks (overlaps allowed) into one label map with each organ's fixed label value.
+    """Merge per-organ masks (overlaps allowed) into one (Z, Y, X) label volume with each organ's fixed label
+    value.
 
     Label values come from the vocabulary (:func:`organsam.vocabulary.palette.organ_label`), not from the order of
     the prompt. Where masks overlap, the smaller organ wins (it is painted last), so a gallbladder inside a generous
@@ -138,7 +139,7 @@ def merge_labels(masks: Mapping[str, np.ndarray], organ_ids: Sequence[str]) -> t
         organ_ids: the organs to merge (those without a mask are listed in the table and absent from the map).
 
     Returns:
-        (Z, Y, X) uint8/uint16 label map and its table {value: organ id}, ascending.
+        (Z, Y, X) uint8/uint16 label volume and its table {value: organ id}, ascending.
     """
     table = label_table(organ_ids)
     shape = next(iter(masks.values())).shape if masks else (0, 0, 0)

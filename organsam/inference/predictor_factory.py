@@ -31,8 +31,6 @@ __all__ = [
 #: The shipped pipeline's name: the LiteMedSAM core placed by the location prior. It is not a research design of
 #: the registry; with a design checkpoint it stands for whatever design the checkpoint holds.
 DEFAULT_DESIGN = "litemedsam"
-#: ``--design organsam`` (before 2026-12) meant the shipped pipeline, and ``organsam`` was also a research design.
-FORMER_NAME = "organsam"
 
 
 def is_design_checkpoint(checkpoint: str | os.PathLike[str] | None) -> bool:
@@ -54,12 +52,12 @@ def check_design(design: str, checkpoint: str | os.PathLike[str] | None) -> None
         ValueError: a research design without a trained checkpoint.
         FileNotFoundError: the checkpoint does not exist.
     """
-    from organsam.registry import get_design
+    from organsam.registry import RENAMED_DESIGNS, get_design
 
-    if design == FORMER_NAME:
+    if design in RENAMED_DESIGNS:  # ``--design organsam`` (before 2026-12) also meant the shipped pipeline
         raise KeyError(
-            f"design {FORMER_NAME!r} was renamed: {DEFAULT_DESIGN!r} is the shipped pipeline (LiteMedSAM core + atlas "
-            f"prior, the default) and 'unified' the research design of that name"
+            f"design {design!r} was renamed: {DEFAULT_DESIGN!r} is the shipped pipeline (LiteMedSAM core + atlas "
+            f"prior, the default) and {RENAMED_DESIGNS[design]!r} the research design of that name"
         )
     if design != DEFAULT_DESIGN:
         get_design(design)  # unknown name: KeyError with a suggestion

@@ -290,10 +290,10 @@ class VolumePredictor(PromptSession):
             move_prior(state, (dz, 0.0, 0.0), "anchor slice ranges")
             planned, _, hidden = self._plan(state, tracked_too=False)
             self._segment(state, planned, [], order)
+        if self.trim_ends:  # after the anchor z step (it reads the anchors' drawn ends); hidden anchors still count
+            state.results.update(trim_prior_placed(state))
         for oid in hidden:
             del state.prompts[oid], state.results[oid]
-        if self.trim_ends:  # last: the anchor z step reads where the anchors were drawn, ends included
-            state.results.update(trim_prior_placed(state))
         for z in order:
             ids = [oid for oid, res in state.results.items() if res.mask[z].any()]
             if ids:

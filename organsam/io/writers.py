@@ -1,4 +1,4 @@
-"""Write label maps and per-organ masks on exactly the input image's grid and orientation.
+"""Write label volumes and per-organ masks on exactly the input image's grid and orientation.
 
 For NIfTI input the written header is a copy of the input header (only the data type, scaling and intent
 change), so the affine, qform and sform are bit-for-bit those of the input. Files are written atomically:
@@ -154,7 +154,7 @@ def _write_png(labels_zyx: np.ndarray, tmp: Path) -> None:
 
 
 def write_labels(labels_zyx: np.ndarray, like: Volume, path: str | Path, table: LabelTable | None = None) -> Path:
-    """Write a multi-label map on the input's grid, orientation and affine.
+    """Write a (Z, Y, X) label volume on the input's grid, orientation and affine.
 
     Args:
         labels_zyx: (Z, Y, X) integer labels on ``like``'s canonical grid (0 = background).

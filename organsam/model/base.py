@@ -51,7 +51,7 @@ from torch import Tensor, nn
 
 from organsam.model.components.image_encoder import EncoderOutput
 from organsam.model.components.text_cache import VocabularyEmbeddings
-from organsam.model.design_checks import check_prompts, check_targets, sequence_length
+from organsam.model.design_checks import check_prompts, sequence_length
 from organsam.model.design_types import DecoderRun, DesignOutput, SegmenterConfig
 from organsam.model.freezing import add_lora, apply_freezing, is_frozen, keep_frozen_in_eval
 from organsam.model.sam_core import IMAGE_SIZE, SamCore, build_lite_medsam
@@ -193,10 +193,6 @@ class OrganSegmenter(nn.Module):
             )
         return organ_index.long()
 
-    @staticmethod
-    def _check_prompts(batch: int, boxes: Tensor | None, points: tuple[Tensor, Tensor] | None) -> None:
-        check_prompts(batch, boxes, points)
-
     # ------------------------------------------------------------------ encoder
     def encode_plain(self, images: Tensor) -> EncoderOutput:
         """Encode images with the (unconditioned) image encoder.
@@ -253,7 +249,7 @@ class OrganSegmenter(nn.Module):
                 )
         elif encoded.embedding.shape[0] not in (1, B):
             raise ValueError(f"encoded features have batch {encoded.embedding.shape[0]}, organ_index {B}")
-        self._check_prompts(B, boxes, points)
+        check_prompts(B, boxes, points)
         return self._forward(images, encoded, organ_index, boxes, points)
 
     def _forward(
@@ -288,16 +284,6 @@ class OrganSegmenter(nn.Module):
             dict of scalar terms with the weighted sum under ``"total"``.
         """
         raise NotImplementedError
-
-    def _check_targets(
-        self,
-        output: DesignOutput,
-        target_masks: Tensor,
-        present: Tensor,
-        class_targets: Tensor | None,
-        all_targets: Tensor | None,
-    ) -> None:
-        check_targets(output, target_masks, present, class_targets, all_targets, self.num_organs)
 
     def predict_all(
         self,
@@ -362,13 +348,9 @@ class OrganSegmenter(nn.Module):
         Returns:
             T :class:`DesignOutput`, each with batch B.
         """
-        T = self._sequence_length(images, encoded, boxes)
+        T = sequence_length(images, encoded, boxes)
         outputs = []
         for t in range(T):
             enc_t = encoded[t] if encoded is not None else self.encode_plain(images[t : t + 1])
             outputs.append(self.forward(None, organ_index, boxes[t] if boxes is not None else None, encoded=enc_t))
         return outputs
-
-    @staticmethod
-    def _sequence_length(images: Tensor | None, encoded: Sequence[EncoderOutput] | None, boxes: Tensor | None) -> int:
-        return sequence_length(images, encoded, boxes)

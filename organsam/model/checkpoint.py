@@ -48,10 +48,6 @@ CHECKPOINT_FORMAT = "organsam-checkpoint-v1"
 _CORE = "core."
 
 
-#: Designs saved under a former name -> their name now (``organsam`` was the research design now called ``unified``).
-RENAMED_DESIGNS: dict[str, str] = {"organsam": "unified"}
-
-
 def sidecar_path(path: str | os.PathLike[str]) -> Path:
     """The JSON sidecar of a tensor file: same folder and stem, ``.json`` suffix."""
     p = Path(path)
@@ -245,7 +241,7 @@ def load_checkpoint(
 
     from organsam.config import ConfigError, from_dict
     from organsam.io.files import file_sha256
-    from organsam.registry import build_design, get_design
+    from organsam.registry import RENAMED_DESIGNS, build_design, get_design
     from organsam.vocabulary import VOCAB_VERSION
 
     p = Path(path)

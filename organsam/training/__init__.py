@@ -16,5 +16,8 @@ Modules (import what you need; the package import itself is light):
 * :mod:`~organsam.training.schedule`, :mod:`~organsam.training.distributed`,
   :mod:`~organsam.training.validation`, :mod:`~organsam.training.metrics_logger`.
 * :mod:`~organsam.training.train_config`: ``TrainConfig``, ``load_train_config``.
-* :mod:`~organsam.training.trainer`: ``Trainer``, ``train``.
+* :mod:`~organsam.training.trainer`: ``Trainer`` (hooks: ``on_train_start``, ``train_step``, ``log_step``,
+  ``validation_step``, ``checkpoint``, ``on_train_end``), ``train``; :mod:`~organsam.training.train_data` (the run's
+  data), :mod:`~organsam.training.slice_loss` (the loss of single slices), :mod:`~organsam.training.train_state`
+  (the state on disk, resume, model checkpoints).
 """

@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from organsam.model.losses import neutral_class_targets
+from organsam.training.slice_loss import design_loss
 
 __all__ = ["SequenceLoss"]
 
@@ -70,16 +70,13 @@ class SequenceLoss(nn.Module):
                 spacing=float(batch["spacing"][i]),
             )
             for t, out in enumerate(outputs):
-                class_targets = neutral_class_targets(
-                    out, batch["class_targets"][i, t : t + 1].to(dev), batch["class_known"][i, t : t + 1].to(dev)
-                )
-                if class_targets.shape[1] != model.num_organs:
-                    class_targets = None
-                terms = model.compute_loss(
+                terms = design_loss(
+                    model,
                     out,
                     batch["mask"][i, t : t + 1].to(dev),
                     batch["present"][i, t : t + 1].to(dev),
-                    class_targets=class_targets,
+                    batch["class_targets"][i, t : t + 1].to(dev),
+                    batch["class_known"][i, t : t + 1].to(dev),
                 )
                 for k, v in terms.items():
                     sums[k] = sums[k] + v / (B * T) if k in sums else v / (B * T)

@@ -13,7 +13,7 @@ import torch
 
 from organsam.model.losses import neutral_class_targets
 
-__all__ = ["slice_loss"]
+__all__ = ["design_loss", "slice_loss"]
 
 
 def slice_loss(
@@ -38,9 +38,27 @@ def slice_loss(
         out = net(None, organ_index, boxes, encoded=enc)
     else:
         out = net(images, organ_index, boxes)
-    targets = batch["mask"].to(dev)
-    present = batch["present"].to(dev)
-    class_targets = neutral_class_targets(out, batch["class_targets"].to(dev), batch["class_known"].to(dev))
-    if class_targets.shape[1] != model.num_organs:
-        class_targets = None
-    return model.compute_loss(out, targets, present, class_targets=class_targets)
+    return design_loss(
+        model,
+        out,
+        batch["mask"].to(dev),
+        batch["present"].to(dev),
+        batch["class_targets"].to(dev),
+        batch["class_known"].to(dev),
+    )
+
+
+def design_loss(
+    model: torch.nn.Module,
+    out: Any,
+    masks: torch.Tensor,
+    present: torch.Tensor,
+    class_targets: torch.Tensor,
+    class_known: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """``model.compute_loss`` of one output, the class targets of organs the dataset does not label neutralised
+    (no class targets at all when the batch's do not cover the design's K organs)."""
+    targets = neutral_class_targets(out, class_targets, class_known)
+    return model.compute_loss(
+        out, masks, present, class_targets=targets if targets.shape[1] == model.num_organs else None
+    )

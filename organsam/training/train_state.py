@@ -14,7 +14,7 @@ import math
 import random
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -22,7 +22,9 @@ import torch
 from organsam.config import ConfigError, to_dict
 from organsam.io.files import atomic_path
 from organsam.training.train_config import TrainConfig
-from organsam.training.validation import ValResult
+
+if TYPE_CHECKING:
+    from organsam.training.validation import ValResult
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +143,10 @@ def save_train_state(
 
 def check_train_state(path: Path, cfg: TrainConfig, model: torch.nn.Module) -> dict[str, Any]:
     """Read a training state and check that it belongs to this design and design config."""
+    from organsam.registry import RENAMED_DESIGNS
+
     state = load_train_state(path)
+    state["design"] = RENAMED_DESIGNS.get(state["design"], state["design"])
     if state["design"] != cfg.design:
         raise ConfigError(
             f"{path}: training state of design {state['design']!r}, config asks for "

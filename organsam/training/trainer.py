@@ -71,7 +71,7 @@ from organsam.training.validation import ValResult, validate
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Trainer", "TrainResult", "train", "STATE_FORMAT", "load_train_state"]
+__all__ = ["Trainer", "TrainResult", "TrainRun", "train", "STATE_FORMAT", "load_train_state"]
 
 
 @dataclass
@@ -95,8 +95,8 @@ class TrainResult:
 
 
 @dataclass
-class _Run:
-    """What one run holds between hooks (set up by :meth:`Trainer.on_train_start`)."""
+class TrainRun:
+    """What one run holds between hooks (set up by :meth:`Trainer.on_train_start`, passed to every other hook)."""
 
     di: DistInfo
     model: torch.nn.Module
@@ -217,7 +217,7 @@ class Trainer:
             run.close()
         return self.on_train_end(run)
 
-    def on_train_start(self, di: DistInfo) -> _Run:
+    def on_train_start(self, di: DistInfo) -> TrainRun:
         """Set-up: the model, the resumed state, the data, optimizer, schedule, loader, logger and progress bar."""
         from torch.utils.data import DataLoader
 
@@ -286,27 +286,28 @@ class Trainer:
 
             progress = tqdm(total=cfg.steps, initial=start_step, desc=f"train {cfg.design}", unit="step")
         model.train()
-        return _Run(
-            di,
-            model,
-            net,
-            opt,
-            params,
-            sched,
-            scaler,
-            iter(loader),
-            data["val_store"],
-            cache,
-            mlog,
-            progress,
-            autocast,
-            val_organs,
-            start_step,
-            best,
+        return TrainRun(
+            di=di,
+            model=model,
+            net=net,
+            opt=opt,
+            params=params,
+            sched=sched,
+            scaler=scaler,
+            batches=iter(loader),
+            val_store=data["val_store"],
+            cache=cache,
+            mlog=mlog,
+            progress=progress,
+            autocast=autocast,
+            val_organs=val_organs,
+            start_step=start_step,
+            best=best,
         )
 
-    def train_step(self, run: _Run, step: int) -> dict[str, float]:
-        """One optimizer step over ``grad_accum`` micro-batches; returns its metrics (means over the processes)."""
+    def train_step(self, run: TrainRun, step: int) -> dict[str, float]:
+        """One optimizer step over ``grad_accum`` micro-batches; returns its metrics (means over the processes).
+        ``step`` counts the steps done before this one (0-based); the other hooks get ``done`` = ``step + 1``."""
         cfg, di, dev = self.cfg, run.di, run.di.device
         t0 = time.perf_counter()
         box_rng = np.random.default_rng([cfg.seed, step, 7919])
@@ -350,7 +351,7 @@ class Trainer:
         )
         return metrics
 
-    def log_step(self, run: _Run, done: int, metrics: dict[str, float]) -> None:
+    def log_step(self, run: TrainRun, done: int, metrics: dict[str, float]) -> None:
         """Record a step's metrics: the history, ``metrics.csv``/TensorBoard every ``log_every`` steps, the bar."""
         if not math.isfinite(metrics["loss"]):
             logger.warning("step %d: non-finite loss %s", done, metrics["loss"])
@@ -361,8 +362,9 @@ class Trainer:
             run.progress.update(1)
             run.progress.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}")
 
-    def validation_step(self, run: _Run, done: int) -> None:
-        """Validate on the held-out cases (main process); a better mean Dice writes ``best.safetensors``."""
+    def validation_step(self, run: TrainRun, done: int) -> None:
+        """Validate on the held-out cases (main process); a better mean Dice writes ``best.safetensors``. Every
+        process reaches the closing ``barrier()`` (an override must keep it, or a DDP run hangs)."""
         v = self.cfg.val
         if run.val_store is not None:
             run.last_val = validate(
@@ -381,15 +383,16 @@ class Trainer:
                 save_model(run.model, self.out_dir / "best.safetensors", self.cfg, done, run.last_val)
         barrier()
 
-    def checkpoint(self, run: _Run, done: int) -> None:
-        """Write the training state (main process), for ``resume``."""
+    def checkpoint(self, run: TrainRun, done: int) -> None:
+        """Write the training state (main process), for ``resume``. Every process reaches the closing ``barrier()``
+        (an override must keep it, or a DDP run hangs)."""
         if run.di.is_main:
             save_train_state(
                 self.out_dir, self.cfg, done, run.model, run.opt, run.sched, run.scaler, run.best, run.di.world_size
             )
         barrier()
 
-    def on_train_end(self, run: _Run) -> TrainResult:
+    def on_train_end(self, run: TrainRun) -> TrainResult:
         """The final model checkpoint (main process) and the run's result."""
         step = max(run.start_step, self.cfg.steps)
         ckpt = None

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from conftest import data_path
 
-from organsam.inference.organ_ends import ORGANS, trim_organ_ends
-from organsam.inference.state import OrganResult
+from organsam.inference.organ_ends import ORGANS, trim_organ_ends, trim_prior_placed
+from organsam.inference.state import InferenceState, OrganPrompt, OrganResult
 from organsam.io import load_labels, load_volume
+from organsam.preprocessing.slices import geometry_for
 from organsam.vocabulary import labelmap_info
 
 
@@ -56,3 +57,35 @@ def test_slices_past_the_end_drawn_on_a_neighbour_are_cut(organ: str, neighbour:
     assert np.array_equal(result.mask, own)
     assert set(result.rejected) == set(below) and all(result.rejected[z] == 0.7 for z in below)
     assert start.mask[below].any()  # the input is not changed
+
+
+def _session(organs: dict[str, OrganResult], boxes: dict[str, dict] | None = None) -> InferenceState:
+    vol = load_volume(data_path("amos_0013_slab", "image.nii.gz"))
+    state = InferenceState(volume=vol, intensities=vol.array, geometry=geometry_for(vol.array.shape[1:]))
+    for oid, result in organs.items():
+        state.prompts[oid] = OrganPrompt(oid, text=oid, boxes=(boxes or {}).get(oid, {}))
+        state.results[oid] = result
+    return state
+
+
+def test_a_trim_is_refused_when_what_is_left_lies_on_another_organ() -> None:
+    """The gallbladder drawn on the liver below its first slice: cut when the rest is its own; when another organ
+    drawn covers the rest (the trusted slices were that organ's), nothing is cut. An organ with a user box is never
+    trimmed."""
+    image, masks = _case("amos_0013_slab")
+    own = masks["gallbladder"]
+    below = [z for z in range(int(np.flatnonzero(own.any(axis=(1, 2)))[0])) if masks["liver"][z].any()]
+    drawn = own.copy()
+    drawn[below] = masks["liver"][below]
+
+    def gallbladder() -> OrganResult:
+        result = _result(drawn)
+        result.slice_scores.update({z: 0.7 for z in below})
+        return result
+
+    trimmed = trim_prior_placed(_session({"gallbladder": gallbladder(), "liver": _result(masks["liver"] & ~own)}))
+    assert np.array_equal(trimmed["gallbladder"].mask, own)
+    covered = _session({"gallbladder": gallbladder(), "duodenum": _result(own)})  # another organ drawn on the rest
+    assert trim_prior_placed(covered) == {}
+    boxed = _session({"gallbladder": gallbladder()}, boxes={"gallbladder": {below[0]: (0.0, 0.0, 9.0, 9.0)}})
+    assert trim_prior_placed(boxed) == {}

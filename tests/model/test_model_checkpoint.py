@@ -91,6 +91,10 @@ def test_random_core_is_saved_whole(tmp_path):
     assert loaded.config.optimizer_iterations == 2 and loaded.organ_ids == model.organ_ids
     sd = loaded.state_dict()
     assert all(torch.equal(v, sd[k]) for k, v in model.state_dict().items())
+    side = sidecar_path(path)  # the same checkpoint as saved before the design was renamed organsam -> unified
+    sidecar = json.loads(side.read_text())
+    side.write_text(json.dumps({**sidecar, "design": "organsam"}))
+    assert load_checkpoint(path).design_name == "unified"
 
 
 def test_tampered_tensor_file_is_rejected(trained, tmp_path):

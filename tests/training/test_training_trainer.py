@@ -91,7 +91,12 @@ def test_training_run_changes_trainable_parameters(run_a):
 
 @pytest.mark.slow
 def test_resume_continues_with_identical_loss(run_a, tmp_path):
+    """Resumed from the step-2 state (saved, as before 2026-12, under the design's former name organsam)."""
     a = run_a["result"]
+    state = load_train_state(run_a["out"] / "checkpoints" / "step_0000002.pt")
+    assert state["design"] == "unified"
+    renamed = tmp_path / "former_name.pt"
+    torch.save({**state, "design": "organsam"}, renamed)
     cfg = load_train_config(
         "train_smoke",
         _overrides(
@@ -99,7 +104,7 @@ def test_resume_continues_with_identical_loss(run_a, tmp_path):
             tmp_path,
             run_a["cache"],
             "val.every=-1",
-            f"resume={run_a['out'] / 'checkpoints' / 'step_0000002.pt'}",
+            f"resume={renamed}",
         ),
     )
     b = train(cfg)

@@ -15,7 +15,16 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["POOLINGS", "TextEncoderError", "TextEncoderSpec", "offline_loading", "read_json", "resolve_text_encoder"]
+__all__ = [
+    "POOLINGS",
+    "TOKENIZER_FILES",
+    "TextEncoderError",
+    "TextEncoderSpec",
+    "offline_loading",
+    "read_json",
+    "resolve_text_encoder",
+    "sha256_file",
+]
 
 POOLINGS = ("auto", "mean", "cls", "pooled")
 TOKENIZER_FILES = (

@@ -44,6 +44,7 @@ from organsam.model.components.semantic_prompt_encoder import SemanticPromptEnco
 from organsam.model.components.text_cache import VocabularyEmbeddings
 from organsam.model.components.text_projection import TextProjection
 from organsam.model.decoder_run import run_mask_decoder
+from organsam.model.design_checks import check_prompts, check_targets, sequence_length
 from organsam.model.sam_core import EMBED_DIM
 from organsam.registry import register_design
 
@@ -280,7 +281,7 @@ class CrispSam2(OrganSegmenter):
             the slice's :class:`DesignOutput`; ``aux["memory_slices"]`` holds how many memories it used.
         """
         organ_index = self._check_organ_index(organ_index)
-        self._check_prompts(organ_index.shape[0], boxes, points)
+        check_prompts(organ_index.shape[0], boxes, points)
         feats = self.encode_text_conditioned(None, encoded, organ_index)
         selection = bank.select(slice_index, spacing=spacing, device=feats.embedding.device)
         out = self._decode(feats, boxes, points, selection)
@@ -322,7 +323,7 @@ class CrispSam2(OrganSegmenter):
         """
         if organ_index is None:
             raise ValueError("organ_index (B,) is required")
-        T = self._sequence_length(images, encoded, boxes)
+        T = sequence_length(images, encoded, boxes)
         idx = list(slice_indices) if slice_indices is not None else list(range(T))
         if len(idx) != T:
             raise ValueError(f"slice_indices has {len(idx)} entries for {T} slices")
@@ -347,7 +348,7 @@ class CrispSam2(OrganSegmenter):
         all_targets: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """CRISP-SAM2 loss (see the module docstring); ``class_targets``/``all_targets`` are not used."""
-        self._check_targets(output, target_masks, present, class_targets, all_targets)
+        check_targets(output, target_masks, present, class_targets, all_targets, self.num_organs)
         cfg = self.config
         sam = output.aux["sam_mask"]
         terms = {

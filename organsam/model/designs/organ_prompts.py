@@ -27,6 +27,7 @@ from organsam.model.components.image_encoder import EncoderOutput
 from organsam.model.components.organ_prompt import OrganPromptTokens
 from organsam.model.components.text_cache import VocabularyEmbeddings
 from organsam.model.decoder_run import run_mask_decoder
+from organsam.model.design_checks import check_targets
 from organsam.model.sam_core import EMBED_DIM, IMAGE_SIZE
 from organsam.registry import register_design
 
@@ -97,7 +98,7 @@ class OrganPrompts(OrganSegmenter):
         all_targets: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """Mask focal+Dice plus IoU L1 (see the module docstring); class targets are not used."""
-        self._check_targets(output, target_masks, present, class_targets, all_targets)
+        check_targets(output, target_masks, present, class_targets, all_targets, self.num_organs)
         cfg = self.config
         terms = {
             "mask": losses.focal_dice_loss(output.masks, target_masks, cfg.focal_weight, cfg.dice_weight),

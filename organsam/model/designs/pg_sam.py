@@ -37,6 +37,7 @@ from organsam.model.components.prior_aligner import PriorAligner
 from organsam.model.components.text_cache import VocabularyEmbeddings
 from organsam.model.components.text_projection import TextProjection
 from organsam.model.decoder_run import run_mask_decoder
+from organsam.model.design_checks import check_targets
 from organsam.model.sam_core import EMBED_DIM, EMBED_SIZE
 from organsam.registry import register_design
 
@@ -218,7 +219,7 @@ class PgSam(OrganSegmenter):
         all_targets: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """PG-SAM loss (see the module docstring)."""
-        self._check_targets(output, target_masks, present, class_targets, all_targets)
+        check_targets(output, target_masks, present, class_targets, all_targets, self.num_organs)
         cfg = self.config
 
         def mask_loss(logits: Tensor, target: Tensor) -> Tensor:

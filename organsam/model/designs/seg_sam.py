@@ -34,6 +34,7 @@ from organsam.model.components.text_cache import VocabularyEmbeddings
 from organsam.model.components.text_projection import TextProjection
 from organsam.model.components.text_to_vision import TextToVision
 from organsam.model.decoder_run import run_mask_decoder
+from organsam.model.design_checks import check_targets
 from organsam.model.sam_core import EMBED_DIM
 from organsam.registry import register_design
 
@@ -147,7 +148,7 @@ class SegSam(OrganSegmenter):
         all_targets: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """SEG-SAM loss (see the module docstring)."""
-        self._check_targets(output, target_masks, present, class_targets, all_targets)
+        check_targets(output, target_masks, present, class_targets, all_targets, self.num_organs)
         cfg = self.config
         if all_targets is not None:
             semantic = losses.bce_dice_loss(output.aux["all_masks"], all_targets)

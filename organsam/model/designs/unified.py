@@ -36,6 +36,7 @@ from organsam.model.components.semantic_prompt_encoder import SemanticPromptEnco
 from organsam.model.components.text_cache import VocabularyEmbeddings
 from organsam.model.components.text_projection import TextProjection
 from organsam.model.decoder_run import run_mask_decoder
+from organsam.model.design_checks import check_targets
 from organsam.model.sam_core import EMBED_DIM
 from organsam.registry import register_design
 
@@ -146,7 +147,7 @@ class UnifiedSam(OrganSegmenter):
         all_targets: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """unified loss (see the module docstring); ``all_targets`` is not used."""
-        self._check_targets(output, target_masks, present, class_targets, all_targets)
+        check_targets(output, target_masks, present, class_targets, all_targets, self.num_organs)
         cfg = self.config
         terms = {"mask": losses.focal_dice_loss(output.masks, target_masks, cfg.focal_weight, cfg.dice_weight)}
         weight_coarse = cfg.weight_coarse if self.optimizer.iterations > 0 else 0.0

@@ -34,18 +34,9 @@ patient id; default: the case id), ``labelmap`` (override the label map).
 
 from __future__ import annotations
 
-from organsam.training.datasets import (  # noqa: F401 (each module registers its reader on import)
-    amos22,
-    btcv,
-    cvpr_npz,
-    flare22,
-    manifest_file,
-    nnunet,
-    shared,
-    synapse,
-    totalsegmentator,
-    word,
-)
+import importlib
+import pkgutil
+
 from organsam.training.datasets.base import (
     DatasetError,
     DatasetReader,
@@ -57,6 +48,12 @@ from organsam.training.datasets.base import (
 from organsam.training.datasets.loading import LoadedCase, load_case, register_loader, resolve_labelmap
 from organsam.training.datasets.shared import SHARED_CASES, default_shared_root
 from organsam.training.datasets.synapse import SYNAPSE_TEST_CASES, SYNAPSE_TRAIN_CASES
+
+#: Every other module of this package is one reader, registered by its ``@register_dataset`` when imported here.
+_NOT_READERS = frozenset({"base", "loading"})
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name not in _NOT_READERS:
+        importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = [
     "DatasetReader",

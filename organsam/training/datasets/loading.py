@@ -28,7 +28,7 @@ class LoadedCase:
     Attributes:
         case: the :class:`Case`.
         image: (Z, Y, X) float32 display intensities in [0, 255] (model input before ``to_model_input``).
-        labels: (Z, Y, X) integer label map on the same grid.
+        labels: (Z, Y, X) integer label volume on the same grid.
         spacing: (sz, sy, sx) in mm.
         modality: ``"CT"``, ``"MR"`` or ``"unknown"``.
         labelmap: label value -> vocabulary organ id (``None`` = not in the vocabulary).
