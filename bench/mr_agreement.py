@@ -3,7 +3,8 @@
 The CT atlas is registered onto a pseudo-CT of the MR (``organsam/priors/pseudo_ct.py``), affine only. Rows: the
 shipped pipeline, the atlas masks alone, and the atlas registered with the Demons stage kept (what the pseudo-CT
 registration leaves out). TS-MR's labels are TotalSegmentator-MR predictions, so this is agreement, not accuracy.
-The pipeline is scored on the label map it writes (as ``bench/quality.py`` scores it: where two masks overlap,
+The pipeline is scored with and without box search (``organsam/inference/box_search.py``, on by default for MR)
+and on the label map it writes (as ``bench/quality.py`` scores it: where two masks overlap,
 the smaller organ holds the voxel) and on each organ's own mask.
 
     .venv/bin/python bench/mr_agreement.py [--organs liver spleen kidney_left kidney_right]
@@ -47,12 +48,19 @@ def main() -> None:
     ref = load_labels(data / "label_ts_mr.nii.gz", vol)
     info = labelmap_info("totalsegmentator_mr")
     own = {o: np.isin(ref, info.values_for(o)) for o in args.organs}
-    res = run_segmentation(build_predictor(progress=False), vol, resolve_organs(list(args.organs)))
+    organs = resolve_organs(list(args.organs))
+    res = run_segmentation(build_predictor(progress=False), vol, organs)
+    plain = build_predictor(progress=False)
+    plain.box_search = False  # the prior boxes as registration placed them (box search is on for MR by default)
+    res_plain = run_segmentation(plain, vol, organs)
     rows = {
         "organsam segment, label map written (pseudo-CT, affine)": {
             o: res.labels == v for v, o in res.label_table.items()
         },
         "organsam segment, each organ's own mask (overlaps kept)": {o: res.masks[o] for o in args.organs},
+        "organsam segment without box search, label map written": {
+            o: res_plain.labels == v for v, o in res_plain.label_table.items()
+        },
     }
     atlas = AtlasPrior(default_atlas()).fit(vol)
     rows["atlas masks alone (pseudo-CT, affine)"] = {o: atlas.mask(o) for o in args.organs}

@@ -77,6 +77,7 @@ ROWS: dict[str, str] = {
     "no_anchor_refit": "(c) without anchor re-placement (the prior stays where registration put it)",
     "no_verification": "(c) without verification (masks bigger than the organ can be kept)",
     "no_trim_ends": "(c) without organ-end trimming (end slices of another tissue kept)",
+    "box_search": "(c) + box search on CT (prior boxes decoded again with sides pulled in; default on MR only)",
     "organ_prompts": "(c) + learned organ prompt tokens (shipped checkpoint, opt-in: --organ-prompts packaged)",
     "checkpoint_prior": "(e) trained design checkpoint (--checkpoint): text + atlas boxes",
     "checkpoint_text": "(e) trained design checkpoint (--checkpoint): text only, every slice",
@@ -168,6 +169,7 @@ def run_case(
         joint_assignment: bool | None = None,
         anchor_refit: bool | None = None,
         trim_ends: bool | None = None,
+        box_search: bool | None = None,
     ) -> CachedPredictor:
         kw = {} if iou_threshold is None else {"iou_threshold": iou_threshold}
         assign = track_refine if joint_assignment is None else joint_assignment  # (d) rows: the plain prior pass
@@ -183,6 +185,7 @@ def run_case(
             joint_assignment=assign,
             anchor_refit=refit,
             trim_ends=trim,
+            box_search=box_search,
             precision=args.precision,
             decoder_precision=args.decoder_precision,
             organ_prompts=table if prompts else False,
@@ -199,6 +202,7 @@ def run_case(
         "no_anchor_refit": ("without anchor re-placement", lambda: predictor(atlas, anchor_refit=False), None),
         "no_verification": ("without verification", lambda: shipped, SegmentOptions(verify=False)),
         "no_trim_ends": ("without organ-end trimming", lambda: predictor(atlas, trim_ends=False), None),
+        "box_search": ("with box search", lambda: predictor(atlas, box_search=True), None),
         "organ_prompts": ("with organ prompts", lambda: predictor(atlas, prompts=True), None),
     }
     for row, (label, make, options) in variants.items():
@@ -227,6 +231,7 @@ def run_case(
         "no_anchor_refit",
         "no_verification",
         "no_trim_ends",
+        "box_search",
         "organ_prompts",
         "checkpoint_prior",
         "checkpoint_text",

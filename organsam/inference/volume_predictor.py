@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from organsam.inference.anchor_refit import move_prior, search_offset, z_offset
 from organsam.inference.assignment import ANCHORS, assign_against_anchors, neighbouring_anchors
+from organsam.inference.box_search import search_boxes
 from organsam.inference.decoders import SamCoreDecoder, SliceDecoder
 from organsam.inference.organ_ends import trim_prior_placed
 from organsam.inference.organ_prompt_table import OrganPromptTable, load_prompt_table
@@ -96,6 +97,8 @@ class VolumePredictor(PromptSession):
             the prior where registration put it.
         trim_ends: cut a text-prompted organ's end slices that hold another tissue
             (:mod:`organsam.inference.organ_ends`); ``False`` keeps them.
+        box_search: decode each prior box again with its sides pulled in and keep the mask with the highest
+            predicted IoU (:mod:`organsam.inference.box_search`); ``None`` (default): on MR volumes only.
         decoder: what encodes slices and draws masks; default a :class:`SamCoreDecoder` built from ``core``,
             ``precision``, ``decoder_precision``, ``fast_encoder``, ``quantize`` and ``organ_prompts`` (which
             must then be left at their defaults).
@@ -122,6 +125,7 @@ class VolumePredictor(PromptSession):
         decoder: SliceDecoder | None = None,
         anchor_refit: bool = True,
         trim_ends: bool = True,
+        box_search: bool | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.batch_size = int(batch_size if batch_size is not None else self.default_batch_size(self.device))
@@ -156,6 +160,7 @@ class VolumePredictor(PromptSession):
         self.joint_assignment = bool(joint_assignment)
         self.anchor_refit = bool(anchor_refit)
         self.trim_ends = bool(trim_ends)
+        self.box_search = box_search
         self.refine_decodes = 0
 
     @property
@@ -344,6 +349,7 @@ class VolumePredictor(PromptSession):
             needed |= set(state.prompts[oid].boxes) | set(state.prompts[oid].points)
         bar = tqdm(total=Z, desc="segmenting", unit="slice", disable=not self.progress, leave=False)
         done: dict[str, set[int]] = {oid: set() for oid in tracked}
+        search = self.box_search if self.box_search is not None else state.volume.modality == "MR"
         for direction in (order,) if not tracked else (order, order[::-1]):
             for z in direction:
                 jobs: list[DecodeJob] = []
@@ -367,6 +373,8 @@ class VolumePredictor(PromptSession):
                     continue
                 self._prefetch(state, z, direction, needed)
                 decoded = self.decode(state, jobs)
+                if search:
+                    decoded = search_boxes(state, jobs, decoded, self.decode)
                 if self.track_refine:
                     decoded = widen_cut_boxes(state, jobs, decoded, self.decode, self.margin_px(state))
                 for (_, oid, _, _), (m, iou) in zip(jobs, decoded):

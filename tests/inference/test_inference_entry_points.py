@@ -224,8 +224,8 @@ def test_reports_say_which_organs_text_cannot_locate(tmp_path: Path) -> None:
 def test_mr_organs_are_placed_by_the_ct_atlas_through_a_pseudo_ct() -> None:
     """On MR the CT atlas is registered onto a pseudo-CT (body by intensity rank, air outside; no Demons): the
     liver, spleen and kidneys of TS-MR are found and drawn mostly on themselves. Agreement with TS-MR's labels
-    (another model's output, not ground truth) measured 0.63 / 0.80 / 0.81 / 0.82 (organ-end trimming took the
-    spleen off 8 slices of bowel and the left kidney off 8 slices of stomach: 0.61 and 0.52 before)."""
+    (another model's output, not ground truth) measured 0.83 / 0.80 / 0.83 / 0.83; box search (on for MR) took
+    the liver from 0.64 (half the organ, or the organ with its neighbours, in the atlas's too-wide boxes)."""
     import numpy as np
 
     from organsam.inference.options import resolve_organs
@@ -248,7 +248,7 @@ def test_mr_organs_are_placed_by_the_ct_atlas_through_a_pseudo_ct() -> None:
         dice[oid] = 2 * (mask & own).sum() / (mask.sum() + own.sum())
         for value, other in info.organs.items():  # never drawn on a neighbouring organ
             assert other == oid or (mask & (ref == value)).sum() < 0.5 * mask.sum(), (oid, other)
-    assert dice["liver"] > 0.55 and min(dice[o] for o in organs[1:]) > 0.75, dice
+    assert min(dice.values()) > 0.75, dice  # the issue asks >= 0.7
 
 
 def test_the_device_is_chosen_automatically_by_default() -> None:
