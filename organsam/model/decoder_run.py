@@ -20,6 +20,7 @@ def run_mask_decoder(
     extra_tokens: Tensor | None = None,
     sam_tokens: bool = True,
     upscale: bool = True,
+    listen_only: bool = False,
 ) -> DecoderRun:
     """Run SAM's mask decoder with optional extra output tokens and access to its intermediate outputs.
 
@@ -34,6 +35,8 @@ def run_mask_decoder(
         extra_tokens: (P, E, 256) extra output tokens, or None.
         sam_tokens: include SAM's IoU and mask tokens (and compute the single-mask output).
         upscale: compute the upscaled pixel features and the SAM mask.
+        listen_only: the extra tokens read the other tokens and the image but nothing attends to them (see
+            :mod:`organsam.model.components.two_way_transformer`): SAM's own outputs stay exactly as without them.
 
     Returns:
         :class:`DecoderRun`.
@@ -60,7 +63,12 @@ def run_mask_decoder(
     src = embedding.expand(P, -1, -1, -1) + dense
     pos = core.get_dense_pe().expand(P, -1, -1, -1)
     b, c, h, w = src.shape
-    hs, img = dec.transformer(src, pos, tokens)
+    flags = None
+    if listen_only and n_extra:
+        n0 = 1 + dec.num_mask_tokens if sam_tokens else 0
+        flags = torch.zeros(tokens.shape[1], dtype=torch.bool, device=tokens.device)
+        flags[n0 : n0 + n_extra] = True
+    hs, img = dec.transformer(src, pos, tokens, listen_only=flags)
     run = DecoderRun(image_tokens=img.transpose(1, 2).reshape(b, c, h, w))
     n0 = 1 + dec.num_mask_tokens if sam_tokens else 0
     if n_extra:

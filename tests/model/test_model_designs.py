@@ -237,6 +237,74 @@ def test_run_decoder_without_extras_is_sam_decode(encoded):
     torch.testing.assert_close(run.iou, ref_iou, rtol=1e-5, atol=1e-5)
 
 
+def test_listen_only_tokens_leave_sam_unchanged_and_copy_its_mask_token(encoded):
+    """Listen-only extra tokens (PG-SAM's organ tokens) change nothing SAM computes, and a listen-only copy of
+    SAM's first mask token decodes SAM's mask (20 ordinary extra copies drew a liver with Dice 0.10)."""
+    model = model_for("seg_sam")
+    dec = model.core.mask_decoder
+    box = torch.tensor([[40.0, 60.0, 150.0, 170.0]])
+    copies = dec.mask_tokens.weight[:1].unsqueeze(0).expand(1, 20, -1)
+    with torch.no_grad():
+        ref_masks, ref_iou = model.core.decode(encoded[MID].embedding, boxes=box)
+        sparse, dense = model.core.embed_prompts(boxes=box)
+        run = run_mask_decoder(model.core, encoded[MID].embedding, sparse, dense, extra_tokens=copies, listen_only=True)
+        mixed = run_mask_decoder(model.core, encoded[MID].embedding, sparse, dense, extra_tokens=copies)
+        weights = dec.output_hypernetworks_mlps[0](run.extra)  # (1, 20, 32)
+        copy_masks = (weights @ run.upscaled.flatten(2)).reshape(1, 20, 256, 256)
+    torch.testing.assert_close(run.masks, ref_masks, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(run.iou, ref_iou, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(copy_masks, ref_masks.expand(1, 20, -1, -1), rtol=1e-3, atol=1e-3)
+    assert (mixed.masks - ref_masks).abs().max() > 1.0  # ordinary extra tokens do change SAM's output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", DESIGNS)
+def test_untrained_design_draws_the_boxed_liver(name, real, encoded):
+    """Before any training, every design given the liver's own box draws the liver about as LiteMedSAM does
+    (0.93 on slice 10): the designs start from the pretrained decoder (PG-SAM through its warm start; with
+    random organ-token heads it drew Dice 0.09)."""
+    model = model_for(name)
+    with torch.no_grad():
+        out = model(None, model.organ_index_of(["liver"]), real["box"], encoded=encoded[MID])
+    assert _dice(out.masks[0, 0] > 0, real["masks"][MID, 0] > 0) > 0.85
+
+
+#: Steps within which each design must learn the liver of one slice from its name alone (AdamW, lr 1e-3).
+#: Measured (first eval over 0.9, every 5 steps): crisp_sam2 10, unified 10, pg_sam 20, seg_sam 30, and the
+#: organ_prompts design, which trains only its organ tokens, 65.
+OVERFIT_STEPS = {"organ_prompts": 150}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", DESIGNS)
+def test_each_design_overfits_one_real_slice_from_text_alone(name, real, encoded):
+    """Trained on one slice with the organ's name as the only prompt, every design learns to draw it (Dice
+    >= 0.9 in eval mode): the text reaches the returned mask. SEG-SAM's returned mask stayed empty for 30
+    steps while its knowledge fed only the semantic decoder; PG-SAM's went empty within 5 steps before its
+    warm start."""
+    torch.manual_seed(0)
+    model = build_design(name)  # a fresh copy: the shared one stays untrained
+    liver = model.organ_index_of(["liver"])
+    image = real["images"][MID : MID + 1] if name == "crisp_sam2" else None  # crisp injects text into the encoder
+    enc = None if name == "crisp_sam2" else encoded[MID]
+    target = real["masks"][MID : MID + 1]
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    dice, step = 0.0, 0
+    for step in range(1, OVERFIT_STEPS.get(name, 60) + 1):
+        model.train()
+        loss = model.compute_loss(model(image, liver, encoded=enc), target, torch.ones(1))["total"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 5 == 0:
+            model.eval()
+            with torch.no_grad():
+                dice = _dice(model(image, liver, encoded=enc).masks[0, 0] > 0, target[0, 0] > 0)
+            if dice >= 0.9:
+                break
+    assert dice >= 0.9, f"{name}: Dice {dice:.3f} after {step} steps"
+
+
 def test_freezing_options_and_train_mode_keep_frozen_parts_fixed():
     model = build_design("unified", ["freeze_image_encoder=false", "freeze_mask_decoder=true"])
     dec = model.core.mask_decoder

@@ -1,4 +1,10 @@
-"""SAM's two-way transformer: prompt tokens and image tokens attend to each other in turn."""
+"""SAM's two-way transformer: prompt tokens and image tokens attend to each other in turn.
+
+Listen-only tokens (``listen_only``): tokens that read the other tokens and the image but that no token and
+no image token attends to. Adding them leaves SAM's tokens and image tokens exactly as without them, and a
+listen-only copy of a SAM output token comes out exactly as that token: many organ queries can be decoded in
+one pass without changing what the pretrained decoder computes (PG-SAM's organ tokens).
+"""
 
 from __future__ import annotations
 
@@ -33,18 +39,24 @@ class ProjectedAttention(nn.Module):
         b, n, c = x.shape
         return x.view(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """q (B, Nq, C), k and v (B, Nk, C) -> (B, Nq, C)."""
-        return self.attend(self.q_proj(q), self.k_proj(k), self.v_proj(v))
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keys_seen: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """q (B, Nq, C), k and v (B, Nk, C) -> (B, Nq, C); ``keys_seen`` (Nk,) bool: only these keys are attended."""
+        return self.attend(self.q_proj(q), self.k_proj(k), self.v_proj(v), keys_seen)
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keys_seen: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Attention over already projected inputs: q (B, Nq, inner), k and v (B, Nk, inner) -> (B, Nq, C).
 
         Lets a caller project inputs shared by several batch rows once (e.g. one slice's image tokens for
-        every organ prompted on it) and index the projections.
+        every organ prompted on it) and index the projections. ``keys_seen`` (Nk,) bool: attend to these keys
+        only (None: all).
         """
         q, k, v = self._heads(q), self._heads(k), self._heads(v)
-        out = F.scaled_dot_product_attention(q, k, v)
+        mask = None if keys_seen is None else keys_seen[None, :]  # (1, Nk): the same keys for every query
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         b, h, n, d = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, n, h * d))
 
@@ -95,8 +107,12 @@ class TwoWayBlock(nn.Module):
         query_pe: torch.Tensor,
         key_pe: torch.Tensor,
         image_index: torch.Tensor | None = None,
+        seen: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """queries/query_pe (B, Nt, C), keys/key_pe (B, Ni, C) -> updated (queries, keys).
+
+        ``seen`` (Nt,) bool: the tokens other tokens and the image attend to (None: all; False marks the
+        listen-only tokens, see the module docstring).
 
         With ``image_index`` (B,), ``keys``/``key_pe`` hold the I distinct images' tokens (I, Ni, C) and row b
         uses image ``image_index[b]``: the projections that depend on the image alone (token->image keys and
@@ -104,22 +120,24 @@ class TwoWayBlock(nn.Module):
         same as passing ``keys[image_index]`` (to float rounding); the returned keys are (B, Ni, C).
         """
         if image_index is not None:
-            return self._forward_shared(queries, keys, query_pe, key_pe, image_index)
-        queries = self._self_attention(queries, query_pe)
+            return self._forward_shared(queries, keys, query_pe, key_pe, image_index, seen)
+        queries = self._self_attention(queries, query_pe, seen)
         q, k = queries + query_pe, keys + key_pe
         queries = self.norm2(queries + self.cross_attn_token_to_image(q, k, keys))
 
         queries = self.norm3(queries + self.mlp(queries))
 
         q, k = queries + query_pe, keys + key_pe
-        keys = self.norm4(keys + self.cross_attn_image_to_token(k, q, queries))
+        keys = self.norm4(keys + self.cross_attn_image_to_token(k, q, queries, seen))
         return queries, keys
 
-    def _self_attention(self, queries: torch.Tensor, query_pe: torch.Tensor) -> torch.Tensor:
+    def _self_attention(
+        self, queries: torch.Tensor, query_pe: torch.Tensor, seen: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if self.skip_first_layer_pe:
-            return self.norm1(self.self_attn(queries, queries, queries))
+            return self.norm1(self.self_attn(queries, queries, queries, seen))
         q = queries + query_pe
-        return self.norm1(queries + self.self_attn(q, q, queries))
+        return self.norm1(queries + self.self_attn(q, q, queries, seen))
 
     def _forward_shared(
         self,
@@ -128,8 +146,9 @@ class TwoWayBlock(nn.Module):
         query_pe: torch.Tensor,
         key_pe: torch.Tensor,
         image_index: torch.Tensor,
+        seen: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        queries = self._self_attention(queries, query_pe)
+        queries = self._self_attention(queries, query_pe, seen)
         t2i, i2t = self.cross_attn_token_to_image, self.cross_attn_image_to_token
         keys_pe = keys + key_pe
         kp = t2i.k_proj(keys_pe)[image_index]
@@ -138,7 +157,7 @@ class TwoWayBlock(nn.Module):
         queries = self.norm3(queries + self.mlp(queries))
         qp = i2t.q_proj(keys_pe)[image_index]
         q = queries + query_pe
-        keys = self.norm4(keys[image_index] + i2t.attend(qp, i2t.k_proj(q), i2t.v_proj(queries)))
+        keys = self.norm4(keys[image_index] + i2t.attend(qp, i2t.k_proj(q), i2t.v_proj(queries), seen))
         return queries, keys
 
 
@@ -170,6 +189,7 @@ class TwoWayTransformer(nn.Module):
         image_pe: torch.Tensor,
         tokens: torch.Tensor,
         image_index: torch.Tensor | None = None,
+        listen_only: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the transformer.
 
@@ -179,6 +199,7 @@ class TwoWayTransformer(nn.Module):
             tokens: (B, Nt, C) output + prompt tokens (also used as their own position encoding).
             image_index: (B,) long, the image of each row: the first block's image-only projections are
                 then computed once per image (see :meth:`TwoWayBlock.forward`).
+            listen_only: (Nt,) bool, True for the listen-only tokens (see the module docstring); None: none.
 
         Returns:
             tokens (B, Nt, C) and image tokens (B, h*w, C).
@@ -188,9 +209,10 @@ class TwoWayTransformer(nn.Module):
         if image_index is not None and key_pe.shape[0] != keys.shape[0]:
             key_pe = key_pe.expand(keys.shape[0], -1, -1)
         queries = tokens
+        seen = None if listen_only is None else ~listen_only.to(device=tokens.device, dtype=torch.bool)
         for i, layer in enumerate(self.layers):
             shared = image_index if i == 0 else None
-            queries, keys = layer(queries, keys, tokens, key_pe, shared)
+            queries, keys = layer(queries, keys, tokens, key_pe, shared, seen)
             if i == 0 and image_index is not None:
                 key_pe = key_pe[image_index] if key_pe.shape[0] > 1 else key_pe.expand(keys.shape[0], -1, -1)
         q, k = queries + tokens, keys + key_pe

@@ -2,15 +2,18 @@
 
 Composition on the LiteMedSAM core of SEG-SAM (arXiv:2412.12660):
 
-1. **SAM path**: the prompted organ's text embedding, projected to two prompt tokens, is decoded by SAM's
-   mask decoder (with boxes/points when given): ``masks`` (B, 1, 256, 256) and ``iou``.
-2. **Text-to-vision semantic module** (:class:`TextToVision`): the image embedding cross-attends to the
+1. **Text-to-vision semantic module** (:class:`TextToVision`): the image embedding cross-attends to the
    knowledge sentences of every vocabulary organ, transferring their characteristics into the visual
-   features.
-3. **Semantic-aware decoder** (:class:`SemanticDecoder`), independent of SAM's decoder: one text-derived
+   features. Both decoders read these enriched features.
+2. **Semantic-aware decoder** (:class:`SemanticDecoder`), independent of SAM's decoder: one text-derived
    query per organ; it classifies which organs are on the slice (``class_logits`` (B, K), the prompted
    organ's entry is ``presence_logit``) and segments every organ (``all_masks`` (B, K, 256, 256); the
    prompted organ's is ``semantic_mask``).
+3. **SAM path**: the prompted organ's text embedding, projected to two prompt tokens, is decoded by SAM's
+   mask decoder from the enriched features (with boxes/points when given; with text alone, the semantic
+   mask is SAM's mask prompt, which SAM refines): ``masks`` (B, 1, 256, 256) and ``iou``. So the organ
+   knowledge conditions the returned mask (before, SAM decoded the raw embedding, and trained from text
+   alone on one slice its mask stayed empty).
 4. **Cross-mask spatial alignment**: a loss pulling the two decoders' masks of the prompted organ to
    overlap (1 - soft Dice between them).
 
@@ -108,15 +111,19 @@ class SegSam(OrganSegmenter):
         B = organ_index.shape[0]
         enc = encoded if encoded is not None else self.encode_plain(images)
         emb = enc.embedding
-        text_tokens = self.text_proj(self.name_emb[organ_index])
-        sparse, dense = self.core.embed_prompts(boxes, points, sparse_extra=text_tokens)
-        run = run_mask_decoder(self.core, emb, sparse, dense)
-        # The semantic branch depends only on the image: run it once per distinct image.
-        class_logits, all_masks = self.semantic(emb)
+        # The knowledge-enriched features depend only on the image: computed once per distinct image, and
+        # read by both decoders (SAM's decodes the returned mask from them).
+        visual = self.text_to_vision(emb, self.knowledge_emb, self.knowledge_mask, self.name_emb)
+        class_logits, all_masks = self.semantic_decoder(visual, self.name_emb)
         if class_logits.shape[0] == 1 and B > 1:
             class_logits, all_masks = class_logits.expand(B, -1), all_masks.expand(B, -1, -1, -1)
         rows = torch.arange(B, device=organ_index.device)
         semantic_mask = all_masks[rows, organ_index].unsqueeze(1)
+        text_tokens = self.text_proj(self.name_emb[organ_index])
+        # text alone: the semantic decoder's mask of the organ is SAM's mask prompt (SAM refines it)
+        mask_input = semantic_mask if boxes is None and points is None else None
+        sparse, dense = self.core.embed_prompts(boxes, points, mask_input=mask_input, sparse_extra=text_tokens)
+        run = run_mask_decoder(self.core, visual, sparse, dense)
         presence = class_logits[rows, organ_index]
         aux = {
             "sam_mask": run.masks,
