@@ -80,6 +80,7 @@ class OrganSegmenter(nn.Module):
     Attributes:
         design_name: registry name of the design.
         encoder_levels: encoder levels (0-3) the design reads from ``encode_plain`` outputs.
+        uses_all_targets: whether ``compute_loss`` reads ``all_targets``.
         core: the SAM core.
         organ_ids: the K organ ids, in ``organ_index`` order.
         text_fingerprint: fingerprint of the text encoder the table comes from.
@@ -88,6 +89,8 @@ class OrganSegmenter(nn.Module):
 
     design_name: ClassVar[str] = "base"
     encoder_levels: ClassVar[tuple[int, ...]] = ()
+    #: the loss reads ``all_targets`` (the trainer then builds every organ's mask of each slice)
+    uses_all_targets: ClassVar[bool] = False
 
     def __init__(self, config: SegmenterConfig, text: VocabularyEmbeddings | None = None) -> None:
         super().__init__()
@@ -277,8 +280,9 @@ class OrganSegmenter(nn.Module):
             target_masks: (B, 1, 256, 256) float ground truth of the prompted organ in model space.
             present: (B,) float, 1 where the prompted organ is on the slice.
             class_targets: optional (B, K) float, 1 for every vocabulary organ on the slice.
-            all_targets: optional (B, K, 256, 256) float masks of every vocabulary organ (designs that
-                predict all organs use them; others ignore them).
+            all_targets: optional (B, K, 256, 256) float masks of every vocabulary organ, ``-1`` everywhere in
+                the channel of an organ the sample's dataset does not label (:data:`organsam.model.losses.
+                UNKNOWN`); designs that predict all organs (``uses_all_targets``) use them, others ignore them.
 
         Returns:
             dict of scalar terms with the weighted sum under ``"total"``.

@@ -22,6 +22,9 @@ __all__ = [
     "focal_loss",
     "focal_dice_loss",
     "bce_dice_loss",
+    "UNKNOWN",
+    "labelled_channels",
+    "labelled_bce_dice_loss",
     "iou_targets",
     "iou_l1_loss",
     "presence_loss",
@@ -192,6 +195,38 @@ def mask_alignment_loss(logits_a: Tensor, logits_b: Tensor) -> Tensor:
     inter = (pa * pb).sum(-1)
     denom = pa.sum(-1) + pb.sum(-1)
     return (1.0 - (2.0 * inter + 1e-5) / (denom + 1e-5)).mean()
+
+
+#: Value of every pixel of an ``all_targets`` channel whose organ the sample's dataset does not label.
+UNKNOWN = -1.0
+
+
+def labelled_channels(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """The (mask, target) channels of organs the sample's dataset labels, as (1, N, H, W) each.
+
+    ``all_targets`` (B, K, H, W) hold 0/1 for the organs a dataset labels and :data:`UNKNOWN` everywhere in the
+    channel of an organ it does not label (TotalSegmentator labels the adrenals, AMOS the duodenum, neither
+    everything): those channels are left out of the loss rather than taught as empty.
+
+    Args:
+        logits: (B, K, H, W) mask logits.
+        target: (B, K, H, W) targets, :data:`UNKNOWN` channels among them.
+
+    Returns:
+        logits and targets of the labelled channels, (1, N, H, W); N may be 0.
+    """
+    logits, target = _check(logits, target)
+    known = target[:, :, 0, 0] >= 0  # a channel is unknown everywhere or nowhere
+    return logits[known].unsqueeze(0), target[known].unsqueeze(0)
+
+
+def labelled_bce_dice_loss(logits: Tensor, target: Tensor, bce_weight: float = 0.2, dice_weight: float = 0.8) -> Tensor:
+    """:func:`bce_dice_loss` over the labelled channels of ``target`` (see :func:`labelled_channels`); 0, still
+    attached to the graph, when no channel is labelled."""
+    lg, tg = labelled_channels(logits, target)
+    if lg.shape[1] == 0:
+        return logits.float().sum() * 0.0
+    return bce_dice_loss(lg, tg, bce_weight, dice_weight)
 
 
 def downsample_target(target: Tensor, size: int) -> Tensor:

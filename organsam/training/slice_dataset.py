@@ -30,13 +30,18 @@ class SliceDataset(Dataset):
 
     Each item: ``image`` (3, 256, 256), ``mask`` (1, 256, 256), ``box`` (4,), ``organ_index`` () long,
     ``present`` () float, ``class_targets`` (K,) float, ``class_known`` (K,) bool (organs the case labels),
-    ``case`` and ``z`` (ints, for the feature cache), ``case_id`` (str).
+    ``case`` and ``z`` (ints, for the feature cache), ``case_id`` (str); with ``all_organs``, also
+    ``all_masks`` (K, 256, 256) int8: every vocabulary organ's mask, ``-1`` in the channel of an organ the case
+    does not label (:data:`organsam.model.losses.UNKNOWN`).
     """
 
-    def __init__(self, store: CaseStore, transform: SliceTransform, min_area: float = 4.0) -> None:
+    def __init__(
+        self, store: CaseStore, transform: SliceTransform, min_area: float = 4.0, all_organs: bool = False
+    ) -> None:
         self.store = store
         self.transform = transform
         self.min_area = float(min_area)
+        self.all_organs = bool(all_organs)
 
     def __len__(self) -> int:  # the dataset is indexed by SampleSpec, not by position
         return sum(int(a.shape[0]) for a in self.store.areas)
@@ -56,12 +61,21 @@ class SliceDataset(Dataset):
 
         Returns:
             ``image`` (3, 256, 256), ``mask`` (1, 256, 256), ``box`` (4,), ``present`` () float (the organ is on
-            the transformed slice), ``class_targets`` (K,) float, ``class_known`` (K,) bool.
+            the transformed slice), ``class_targets`` (K,) float, ``class_known`` (K,) bool (and ``all_masks``,
+            see the class).
         """
         st = self.store
         image = st.image_slice(case, z)
         mask = st.organ_mask(case, z, organ) if present else np.zeros(image.shape, bool)
-        out = self.transform(image, mask, seed, box_seed=box_seed)
+        on_slice = np.flatnonzero(st.areas[case][z] > 0) if self.all_organs else np.zeros(0, int)
+        others = np.stack([st.organ_mask(case, z, k) for k in on_slice]) if len(on_slice) else None
+        out = self.transform(image, mask, seed, box_seed=box_seed, others=others)
+        if self.all_organs:
+            every = torch.zeros((len(st.organ_ids), *out["mask"].shape[1:]), dtype=torch.int8)
+            every[~torch.from_numpy(st.known[case])] = -1
+            if others is not None:
+                every[torch.from_numpy(on_slice)] = out.pop("others").to(torch.int8)
+            out["all_masks"] = every
         model_area = st.areas[case][z] * st.model_scale(case) ** 2
         known = st.known[case] & ((model_area >= self.min_area) | (model_area == 0))
         out.update(

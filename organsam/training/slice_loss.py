@@ -2,7 +2,9 @@
 
 The slices' encoder outputs come from the feature cache when one is given (``encoded=``), else the design encodes
 them; the design's own ``compute_loss`` gives the terms. Class targets of organs the dataset does not label are
-neutralised (:func:`organsam.model.losses.neutral_class_targets`). Sequences of slices: :mod:`.sequence_loss`.
+neutralised (:func:`organsam.model.losses.neutral_class_targets`); designs that segment every organ
+(``uses_all_targets``) also get every organ's mask of each slice (``all_targets``, the organs the dataset does not
+label marked unknown). Sequences of slices: :mod:`.sequence_loss`.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ def slice_loss(
         out = net(None, organ_index, boxes, encoded=enc)
     else:
         out = net(images, organ_index, boxes)
+    every = batch.get("all_masks")
     return design_loss(
         model,
         out,
@@ -45,6 +48,7 @@ def slice_loss(
         batch["present"].to(dev),
         batch["class_targets"].to(dev),
         batch["class_known"].to(dev),
+        None if every is None else every.to(dev).float(),
     )
 
 
@@ -55,10 +59,16 @@ def design_loss(
     present: torch.Tensor,
     class_targets: torch.Tensor,
     class_known: torch.Tensor,
+    all_targets: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """``model.compute_loss`` of one output, the class targets of organs the dataset does not label neutralised
-    (no class targets at all when the batch's do not cover the design's K organs)."""
+    (no class targets at all when the batch's do not cover the design's K organs); ``all_targets`` (B, K, 256,
+    256), ``-1`` in the channels of organs the dataset does not label, go to designs that read them."""
     targets = neutral_class_targets(out, class_targets, class_known)
     return model.compute_loss(
-        out, masks, present, class_targets=targets if targets.shape[1] == model.num_organs else None
+        out,
+        masks,
+        present,
+        class_targets=targets if targets.shape[1] == model.num_organs else None,
+        all_targets=all_targets,
     )

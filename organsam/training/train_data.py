@@ -107,7 +107,9 @@ def build_train_data(cfg: TrainConfig, model: torch.nn.Module, is_main: bool) ->
         )
         dataset: Any = SequenceDataset(store, transform, min_area=d.min_area)
     else:
-        dataset = SliceDataset(store, transform, min_area=d.min_area)
+        # designs that segment every organ learn from every organ's mask of each slice
+        all_organs = bool(getattr(model, "uses_all_targets", False))
+        dataset = SliceDataset(store, transform, min_area=d.min_area, all_organs=all_organs)
     val_store = None
     if val_cases and is_main and cfg.val.every >= 0:
         val_store = CaseStore(val_cases, model.organ_ids, window=d.window, cache_dir=d.case_cache_dir)

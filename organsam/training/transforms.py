@@ -162,7 +162,12 @@ class SliceTransform:
         )
 
     def __call__(
-        self, image_hw: np.ndarray, mask_hw: np.ndarray, seed: int, box_seed: int | None = None
+        self,
+        image_hw: np.ndarray,
+        mask_hw: np.ndarray,
+        seed: int,
+        box_seed: int | None = None,
+        others: np.ndarray | None = None,
     ) -> dict[str, torch.Tensor]:
         """Transform one slice.
 
@@ -172,15 +177,17 @@ class SliceTransform:
             seed: the sample's seed (augmentation and, by default, box jitter).
             box_seed: seed of the box jitter alone (slices of one sequence share ``seed``, hence the
                 augmentation, but not their box jitter).
+            others: (C, H, W) bool masks of other organs, transformed exactly as ``mask_hw``.
 
         Returns:
             ``image`` (3, 256, 256) float32 in [0, 1], ``mask`` (1, 256, 256) float32 {0, 1}, ``box`` (4,)
-            float32 xyxy in model pixels (tight box + jitter; the resized image area for an empty mask).
+            float32 xyxy in model pixels (tight box + jitter; the resized image area for an empty mask); with
+            ``others``, also ``others`` (C, 256, 256) float32 {0, 1}.
         """
         img, geom = to_model_input(image_hw, SIZE)
-        mask = geom.mask_to_model(mask_hw)
+        masks = [geom.mask_to_model(mask_hw)] + [geom.mask_to_model(m) for m in (others if others is not None else [])]
         image = torch.from_numpy(img[:1].copy())
-        target = torch.from_numpy(mask[None].astype(np.float32))
+        target = torch.from_numpy(np.stack(masks).astype(np.float32))
         if self._compose is not None:
             self._compose.set_random_state(seed=int(seed) % (2**32 - 1))
             out = self._compose({"image": image, "mask": target})
@@ -196,8 +203,11 @@ class SliceTransform:
             self.box_jitter_rel,
             self.box_margin,
         )
-        return {
+        out = {
             "image": image.expand(3, -1, -1).contiguous(),
-            "mask": target.contiguous(),
+            "mask": target[:1].contiguous(),
             "box": torch.from_numpy(box),
         }
+        if others is not None:
+            out["others"] = target[1:].contiguous()
+        return out

@@ -342,3 +342,56 @@ def test_known_unknown_and_absent_organs():
     assert store.organ_mask(amos, z, k("liver")).sum() == store.areas[amos][z, k("liver")]
     with pytest.raises(ValueError, match="not labelled"):
         store.organ_mask(amos, z, k("colon"))
+
+
+def test_all_organ_targets_mark_unlabelled_organs_and_train_every_labelled_one():
+    """With ``all_organs`` each sample carries every vocabulary organ's mask of its slice, transformed with the
+    sample's own augmentation; organs the case's dataset does not label are -1 and stay out of PG-SAM's
+    all-organ loss, which sends gradients to the organs it does label."""
+    import torch
+
+    from organsam.model.components.image_encoder import EncoderOutput
+    from organsam.registry import build_design
+    from organsam.training.slice_dataset import SliceDataset, collate_samples
+    from organsam.training.transforms import AugmentConfig, SliceTransform
+    from organsam.vocabulary import load_vocabulary
+
+    ids = load_vocabulary().ids()
+    k = ids.index
+    store = CaseStore([c for c in read_dataset("shared", data_path()) if c.case_id == "amos_0013"], ids)
+    z = int(np.argmax(store.areas[0][:, k("liver")]))
+    on_slice = [ids[i] for i in np.flatnonzero(store.areas[0][z] > 0)]
+    assert {"liver", "spleen", "stomach"} <= set(on_slice)
+    augmented = SliceDataset(store, SliceTransform(AugmentConfig(affine_prob=1.0)), all_organs=True)
+    item = augmented.slice_item(0, z, k("liver"), True, seed=3)
+    every = item["all_masks"]
+    assert every.shape == (len(ids), 256, 256) and every.dtype == torch.int8
+    assert (every[k("colon")] == -1).all() and (every[k("kidney_left")] >= 0).all()  # AMOS: no colon label
+    torch.testing.assert_close(every[k("liver")].float(), item["mask"][0])  # the same augmentation as the prompt
+    assert all(every[k(o)].sum() > 0 for o in on_slice if store.areas[0][z, k(o)] > 200)
+    assert (every[k("kidney_left")].sum() == 0) == (store.areas[0][z, k("kidney_left")] == 0)
+
+    model = build_design("pg_sam")
+    plain = SliceDataset(store, SliceTransform(AugmentConfig(enabled=False)), all_organs=True)
+    batch = collate_samples([plain.slice_item(0, z, k("liver"), True, seed=0)])
+    with torch.no_grad():
+        enc = model.core.encode(batch["image"], keep_levels=True)
+    model.train()
+    out = model(None, torch.tensor([k("liver")]), encoded=EncoderOutput(enc.embedding, enc.levels))
+    targets = batch["all_masks"].float()
+    terms = model.compute_loss(out, batch["mask"], torch.ones(1), all_targets=targets)
+    changed = targets.clone()
+    changed[0, k("colon")] = 0.0  # now taught as empty: a different loss
+    assert float(
+        model.compute_loss(out, batch["mask"], torch.ones(1), all_targets=changed)["all_masks"].detach()
+    ) != float(terms["all_masks"])
+    terms["all_masks"].backward()
+    grad = model.organ_token_proj.fc2.weight.grad
+    assert grad is not None and grad.abs().sum() > 0
+    # per organ: the labelled ones are taught, an unlabelled one is not
+    out = model(None, torch.tensor([k("liver")]), encoded=EncoderOutput(enc.embedding, enc.levels))
+    every_mask = out.aux["all_masks"]
+    every_mask.retain_grad()
+    model.compute_loss(out, batch["mask"], torch.ones(1), all_targets=targets)["all_masks"].backward()
+    per_organ = every_mask.grad.abs().sum(dim=(2, 3))[0]
+    assert per_organ[k("colon")] == 0 and per_organ[k("spleen")] > 0 and per_organ[k("kidney_left")] > 0

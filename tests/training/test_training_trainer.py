@@ -1,5 +1,5 @@
 """Real training runs on the shared data: a few steps of the cheapest design config (train_smoke: unified,
-frozen encoder, pretrained LiteMedSAM core, no mask optimizer), resume equivalence, feature cache, CLI,
+frozen encoder, pretrained LiteMedSAM core), resume equivalence, feature cache, CLI,
 and DDP with torchrun (gloo on CPU) against a 1-process run with the same global batch."""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import torch
 from conftest import REPO, data_path
 
 from organsam.config import ConfigError
+from organsam.registry import list_designs, resolve_config
 from organsam.training.train_config import load_train_config
 from organsam.training.trainer import STATE_FILE, load_train_state, train
 
@@ -264,3 +265,11 @@ def test_ddp_two_processes_match_one_process(run_a, tmp_path):
             num += float(((ddp["model"][k] - v) ** 2).sum())
             den += float(((after[k] - v) ** 2).sum())
     assert den > 0 and math.sqrt(num / den) < 0.05
+
+
+@pytest.mark.parametrize("design", list_designs())
+def test_train_smoke_config_takes_every_design(design: str) -> None:
+    """``organsam train --config train_smoke design=NAME`` resolves for every design (its model overrides are
+    common to all designs; a design-specific key there made seg_sam fail)."""
+    cfg = load_train_config("train_smoke", [f"design={design}"])
+    assert resolve_config(cfg.design, [cfg.model]).freeze_image_encoder

@@ -17,10 +17,13 @@ Composition on the LiteMedSAM core of PG-SAM (arXiv:2503.18227):
 4. **Prompt-free mode**: ``predict_all`` gives every organ's optimized mask without any prompt.
 
 ``forward`` decodes all K organs (``aux["all_masks"]``, before the optimizer) and returns the prompted
-organ's optimized mask. Loss: ``0.2 BCE + 0.8 Dice`` at two resolutions (final 256x256 masks and the
-64x64 guide logits, the latter weighted ``weight_lowres``), over all organs when ``all_targets`` are given,
-else over the prompted organ; plus ``0.1 * L1(IoU) + 0.1 * BCE(presence / class logits)``. Per-organ
-sigmoids rather than a softmax, because vocabulary structures may overlap (a lung and its lobes).
+organ's optimized mask.
+
+Loss: ``0.2 BCE + 0.8 Dice`` at two resolutions (final 256x256 masks and the 64x64 guide logits, the latter
+weighted ``weight_lowres``), over all organs the sample's dataset labels when ``all_targets`` are given (the
+trainer passes them), else over the prompted organ; plus ``0.1 * L1(IoU) + 0.1 * BCE(presence / class
+logits)``. Per-organ sigmoids rather than a softmax, because vocabulary structures may overlap (a lung and its
+lobes).
 """
 
 from __future__ import annotations
@@ -105,6 +108,7 @@ class PgSam(OrganSegmenter):
 
     design_name = "pg_sam"
     encoder_levels = (0, 1)
+    uses_all_targets = True
 
     def __init__(self, config: PgSamConfig, text: VocabularyEmbeddings | None = None) -> None:
         super().__init__(config, text)
@@ -254,9 +258,16 @@ class PgSam(OrganSegmenter):
             return losses.bce_dice_loss(logits, target, cfg.weight_ce, cfg.weight_dice)
 
         terms = {"mask": mask_loss(output.masks, target_masks)}
-        if all_targets is not None:
-            terms["all_masks"] = mask_loss(output.aux["all_masks"], all_targets)
-            terms["lowres"] = mask_loss(output.aux["guide_logits"], losses.downsample_target(all_targets, EMBED_SIZE))
+        if all_targets is not None:  # organs the sample's dataset does not label are left out
+            terms["all_masks"] = losses.labelled_bce_dice_loss(
+                output.aux["all_masks"], all_targets, cfg.weight_ce, cfg.weight_dice
+            )
+            terms["lowres"] = losses.labelled_bce_dice_loss(
+                output.aux["guide_logits"],
+                losses.downsample_target(all_targets, EMBED_SIZE),
+                cfg.weight_ce,
+                cfg.weight_dice,
+            )
         else:
             terms["all_masks"] = mask_loss(output.aux["coarse_mask"], target_masks)
             terms["lowres"] = mask_loss(output.aux["guide_mask"], losses.downsample_target(target_masks, EMBED_SIZE))

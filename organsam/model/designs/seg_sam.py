@@ -17,9 +17,9 @@ Composition on the LiteMedSAM core of SEG-SAM (arXiv:2412.12660):
 4. **Cross-mask spatial alignment**: a loss pulling the two decoders' masks of the prompted organ to
    overlap (1 - soft Dice between them).
 
-Loss: ``(20 focal + Dice)(SAM mask) + (0.2 BCE + 0.8 Dice)(semantic mask; all organs when all_targets are
-given) + 0.1 * L1(IoU) + 0.5 * BCE(class logits over K, or presence of the prompted organ)
-+ 0.1 * alignment``. ``predict_all`` returns the semantic decoder's all-organ masks.
+Loss: ``(20 focal + Dice)(SAM mask) + (0.2 BCE + 0.8 Dice)(semantic mask; when all_targets are given, every
+organ the sample's dataset labels) + 0.1 * L1(IoU) + 0.5 * BCE(class logits over K, or presence of the prompted
+organ) + 0.1 * alignment``. ``predict_all`` returns the semantic decoder's all-organ masks.
 """
 
 from __future__ import annotations
@@ -84,6 +84,7 @@ class SegSam(OrganSegmenter):
     """
 
     design_name = "seg_sam"
+    uses_all_targets = True
 
     def __init__(self, config: SegSamConfig, text: VocabularyEmbeddings | None = None) -> None:
         super().__init__(config, text)
@@ -158,7 +159,7 @@ class SegSam(OrganSegmenter):
         check_targets(output, target_masks, present, class_targets, all_targets, self.num_organs)
         cfg = self.config
         if all_targets is not None:
-            semantic = losses.bce_dice_loss(output.aux["all_masks"], all_targets)
+            semantic = losses.labelled_bce_dice_loss(output.aux["all_masks"], all_targets)
         else:
             semantic = losses.bce_dice_loss(output.aux["semantic_mask"], target_masks)
         if class_targets is not None:
