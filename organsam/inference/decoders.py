@@ -199,6 +199,8 @@ class DesignDecoder(_Timed):
         device: torch device.
         precision: encoder precision; decoder_precision: the design's decoding precision (default: ``precision``).
         batch_size: slices per encoder pass.
+        memory: for a design with a slice memory (crisp_sam2), condition each slice on the organ's earlier
+            slices in the order the volume is segmented (``False``: every slice alone).
     """
 
     def __init__(
@@ -208,6 +210,7 @@ class DesignDecoder(_Timed):
         precision: str = "fp32",
         decoder_precision: str | None = None,
         batch_size: int = 1,
+        memory: bool = True,
     ) -> None:
         if not isinstance(model, OrganSegmenter):
             raise TypeError(
@@ -222,6 +225,26 @@ class DesignDecoder(_Timed):
         self.precision, self.decoder_precision = precision, decoder_precision
         self.batch_size = int(batch_size)
         self.encoded_slices, self.encode_seconds = 0, 0.0
+        #: the design conditions each slice on the organ's earlier slices (crisp_sam2's memory bank)
+        self.memory = bool(memory) and hasattr(model, "track_organs")
+
+    def _track(
+        self,
+        state: InferenceState,
+        z: int,
+        organ_ids: list[str],
+        organ_index: torch.Tensor,
+        enc: Any,
+        boxes: torch.Tensor | None,
+        points: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> Any:
+        """Decode slice ``z`` for several organs, each conditioned on its own memory bank (``state.memories``),
+        then store the slice there. A slice the user prompted (box or points) is a conditioning memory, kept;
+        the others are evicted by the bank's policy beyond its capacity, so the memory stays bounded."""
+        banks = [state.memories.setdefault(oid, self.model.new_memory_bank()) for oid in organ_ids]
+        user = [z in state.prompts[oid].boxes or z in state.prompts[oid].points for oid in organ_ids]
+        spacing = float(state.volume.spacing[0])
+        return self.model.track_organs(enc, organ_index, banks, z, boxes, points, spacing=spacing, conditioning=user)
 
     def check_organ(self, organ_id: str) -> None:
         self.model.organ_index_of([organ_id])  # an organ outside the design's vocabulary fails here, named
@@ -260,7 +283,10 @@ class DesignDecoder(_Timed):
                 labels = np.stack([jobs[j].points[1] for j in idx])  # type: ignore[index]
                 points = (torch.from_numpy(coords).to(self.device), torch.from_numpy(labels).to(self.device))
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.decoder_precision == "bf16"):
-                out = self.model(None, organ_index, boxes, points, encoded=enc)
+                if self.memory:
+                    out = self._track(state, z, [jobs[j].organ_id for j in idx], organ_index, enc, boxes, points)
+                else:
+                    out = self.model(None, organ_index, boxes, points, encoded=enc)
             score = torch.sigmoid(out.presence_logit.float()).reshape(-1).cpu()
             masks = (geom.logits_to_original(out.masks.float())[:, 0] > 0).cpu().numpy()
             for k, j in enumerate(idx):

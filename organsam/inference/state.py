@@ -131,6 +131,8 @@ class InferenceState:
             (:class:`organsam.inference.assignment.Reassignment`).
         prior_moves: how the fitted prior was moved onto the anchor organs (``{"step", "offset_mm"}`` each,
             :mod:`organsam.inference.anchor_refit`); the in-plane search runs once per session.
+        memories: organ id -> slice memory of a design with one (crisp_sam2's bounded bank), filled slice by
+            slice as the organ is segmented; emptied at the start of every propagation.
     """
 
     volume: Volume
@@ -142,6 +144,7 @@ class InferenceState:
     results: dict[str, OrganResult] = field(default_factory=dict)
     reassignments: list[Any] = field(default_factory=list)
     prior_moves: list[dict[str, Any]] = field(default_factory=list)
+    memories: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_slices(self) -> int:

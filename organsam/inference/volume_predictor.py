@@ -284,6 +284,7 @@ class VolumePredictor(PromptSession):
             raise ValueError("no prompt given: call add_text_prompt, add_box or add_points first")
         Z = state.volume.array.shape[0]
         order = range(Z - 1, -1, -1) if reverse else range(Z)
+        state.memories.clear()  # a design's slice memory follows this pass, from its first slice
         if self.anchor_refit and any(p.text is not None for p in state.prompts.values()):
             self._search_anchors(state)
         planned, tracked, hidden = self._plan(state, tracked_too=True)

@@ -89,3 +89,46 @@ def test_design_checks_name_the_fix(organ_prompts_checkpoint, tmp_path) -> None:
         load_checkpoint(organ_prompts_checkpoint, design="seg_sam")
     with pytest.raises(ValueError, match="needs a trained checkpoint"):  # before the volume is read
         segment(tmp_path / "not_read.nii.gz", "liver", design="pg_sam")
+
+
+@pytest.mark.slow
+def test_crisp_sam2_segments_a_volume_with_its_slice_memory() -> None:
+    """``--design crisp_sam2`` propagates with its memory: each organ's slices are decoded in order, each one
+    attending to a bounded bank of the organ's earlier slices (similarity eviction; 4 slots here); the memory
+    changes what the design predicts (the design as built, its memory attention's layer scales set to 1)."""
+    import torch
+
+    vol = load_volume(data_path("amos_0013_slab", "image.nii.gz"))
+    torch.manual_seed(0)
+    model = build_design("crisp_sam2", [{"organs": ["liver", "spleen"], "memory_slices": 4}])
+    with torch.no_grad():  # the memory attention's layer scales start at 1e-3: give them a trained module's weight
+        for name, p in model.memory_attention.named_parameters():
+            if name.endswith("gamma"):
+                p.fill_(1.0)
+    with_memory = design_predictor(model, prompts="text", score_threshold=0.0, progress=False)
+    assert with_memory.decoder.memory
+    state = with_memory.init_state(vol)
+    for organ in ("liver", "spleen"):
+        with_memory.add_text_prompt(state, organ)
+    list(with_memory.propagate(state))
+    banks = state.memories
+    assert set(banks) == {"liver", "spleen"}
+    for bank in banks.values():  # 11 slices went through a 4-slot bank: bounded, the first slice kept
+        assert len(bank) == 4 and bank.indices[0] == 0 and [e.conditioning for e in bank.entries][0]
+    alone = design_predictor(model, prompts="text", score_threshold=0.0, progress=False)
+    alone.decoder.memory = False
+    state2 = alone.init_state(vol)
+    state2.embeddings = state.embeddings  # the same encoder outputs
+    for organ in ("liver", "spleen"):
+        alone.add_text_prompt(state2, organ)
+    list(alone.propagate(state2))
+    assert not state2.memories
+
+    def scores(st, organ):  # the presence probability of every slice, kept or not (untrained: masks empty)
+        res = st.results[organ]
+        return {**res.slice_scores, **res.rejected}
+
+    with_mem, without = scores(state, "liver"), scores(state2, "liver")
+    assert sorted(with_mem) == sorted(without) == list(range(vol.array.shape[0]))
+    assert with_mem[0] == pytest.approx(without[0], abs=1e-6)  # slice 0 has no memory yet
+    assert max(abs(with_mem[z] - without[z]) for z in with_mem if z > 0) > 1e-3

@@ -14,8 +14,9 @@ Composition on the LiteMedSAM core of CRISP-SAM2 (ACM MM 2025, arXiv:2506.23121)
    the embedding and the text; boxes/points, when given, are added through SAM's prompt encoder.
 4. **Refinement token** (:class:`MaskRefinement`) and a **presence token** go through SAM's decoder with its
    own tokens; ``masks = sam_mask + refinement``; ``presence_logit`` from the presence token.
-5. **Memory** (slice sequences): a memory encoder, memory attention and a similarity-sorted memory bank
-   (CRISP-SAM2's self-updating policy) condition each slice's embedding on earlier slices.
+5. **Memory** (:class:`~organsam.model.slice_memory.SliceMemory`): a memory encoder, memory attention and a
+   similarity-sorted memory bank (CRISP-SAM2's self-updating policy) condition each slice's embedding on the
+   earlier slices, in training sequences and over a whole volume at inference.
 
 Loss: ``0.5 * (20 focal + Dice)(SAM mask) + 0.5 * (20 focal + Dice)(refined) + 0.1 * L1(IoU)
 + 0.1 * BCE(presence)``.
@@ -37,15 +38,16 @@ from organsam.model.components.cross_modal_attention import CrossModalAttention
 from organsam.model.components.feature_injection import FeatureInjection
 from organsam.model.components.image_encoder import EncoderOutput
 from organsam.model.components.memory_attention import MemoryAttention
-from organsam.model.components.memory_bank import POLICIES, MemoryBank, MemorySelection
+from organsam.model.components.memory_bank import POLICIES, MemorySelection
 from organsam.model.components.memory_encoder import MemoryEncoder
 from organsam.model.components.refinement import MaskRefinement
 from organsam.model.components.semantic_prompt_encoder import SemanticPromptEncoder
 from organsam.model.components.text_cache import VocabularyEmbeddings
 from organsam.model.components.text_projection import TextProjection
 from organsam.model.decoder_run import run_mask_decoder
-from organsam.model.design_checks import check_prompts, check_targets, sequence_length
+from organsam.model.design_checks import check_targets
 from organsam.model.sam_core import EMBED_DIM
+from organsam.model.slice_memory import SliceMemory
 from organsam.registry import register_design
 
 logger = logging.getLogger(__name__)
@@ -110,7 +112,7 @@ class _TextConditioned(NamedTuple):
     text_mask: Tensor  # (B, L) bool
 
 
-class CrispSam2(OrganSegmenter):
+class CrispSam2(SliceMemory, OrganSegmenter):
     """CRISP-SAM2 on the LiteMedSAM core; see the module docstring.
 
     Args:
@@ -245,98 +247,6 @@ class CrispSam2(OrganSegmenter):
     ) -> DesignOutput:
         feats = self.encode_text_conditioned(images, encoded, organ_index)
         return self._decode(feats, boxes, points)
-
-    # ------------------------------------------------------------------ 3D: slice memory
-    def new_memory_bank(self) -> MemoryBank:
-        """An empty similarity-sorted (or recent) bank; it keeps the graph while the model trains."""
-        return MemoryBank(
-            max_slices=self.config.memory_slices, policy=self.config.memory_policy, detach=not self.training
-        )
-
-    def track_step(
-        self,
-        encoded: EncoderOutput,
-        organ_index: Tensor,
-        bank: MemoryBank,
-        slice_index: int,
-        boxes: Tensor | None = None,
-        points: tuple[Tensor, Tensor] | None = None,
-        spacing: float | None = None,
-        conditioning: bool | None = None,
-    ) -> DesignOutput:
-        """Segment one slice conditioned on the bank's memories, then store this slice in the bank.
-
-        Args:
-            encoded: plain encoder output of the slice (batch 1).
-            organ_index: (B,) organs tracked together.
-            bank: the volume's :class:`MemoryBank` (features (B, memory_dim, 64, 64) per slice).
-            slice_index: index of the slice in the volume.
-            boxes: optional (B, 4) boxes on this slice.
-            points: optional clicks on this slice.
-            spacing: slice spacing in mm (distances in mm).
-            conditioning: store as a conditioning (never evicted) entry; default: when prompted by a box
-                or points, or when the bank is empty.
-
-        Returns:
-            the slice's :class:`DesignOutput`; ``aux["memory_slices"]`` holds how many memories it used.
-        """
-        organ_index = self._check_organ_index(organ_index)
-        check_prompts(organ_index.shape[0], boxes, points)
-        feats = self.encode_text_conditioned(None, encoded, organ_index)
-        selection = bank.select(slice_index, spacing=spacing, device=feats.embedding.device)
-        out = self._decode(feats, boxes, points, selection)
-        mem = self.memory_encoder(feats.embedding, out.masks, decoder_token=out.aux["mask_token"])
-        if conditioning is None:
-            conditioning = boxes is not None or points is not None or len(bank) == 0
-        score = float(torch.sigmoid(out.presence_logit.detach().float()).mean() * out.iou.detach().float().mean())
-        bank.add(slice_index, mem.features, mem.pointer, score=score, conditioning=conditioning)
-        n_mem = len(selection.indices) if selection is not None else 0
-        out.aux["memory_slices"] = torch.tensor(n_mem)
-        return out
-
-    def forward_sequence(
-        self,
-        images: Tensor | None = None,
-        organ_index: Tensor | None = None,
-        boxes: Tensor | None = None,
-        *,
-        encoded: list[EncoderOutput] | None = None,
-        slice_indices: list[int] | None = None,
-        spacing: float | None = None,
-    ) -> list[DesignOutput]:
-        """Segment consecutive slices in order, each conditioned on the memory of the earlier ones.
-
-        The first slice has no memory; each later slice attends to the bank (similarity-sorted, at most
-        ``memory_slices`` entries). While training, memories keep their graph so the memory encoder and
-        attention learn through the sequence.
-
-        Args:
-            images: (T, 3, 256, 256) slices of one volume in order (or ``encoded``).
-            organ_index: (B,) organs tracked together.
-            boxes: optional (T, B, 4) boxes per slice.
-            encoded: T plain encoder outputs (batch 1 each) instead of ``images``.
-            slice_indices: volume index of each slice (default 0..T-1).
-            spacing: slice spacing in mm.
-
-        Returns:
-            T :class:`DesignOutput` with batch B.
-        """
-        if organ_index is None:
-            raise ValueError("organ_index (B,) is required")
-        T = sequence_length(images, encoded, boxes)
-        idx = list(slice_indices) if slice_indices is not None else list(range(T))
-        if len(idx) != T:
-            raise ValueError(f"slice_indices has {len(idx)} entries for {T} slices")
-        bank = self.new_memory_bank()
-        outputs = []
-        for t in range(T):
-            enc_t = encoded[t] if encoded is not None else self.encode_plain(images[t : t + 1])
-            outputs.append(
-                self.track_step(
-                    enc_t, organ_index, bank, idx[t], boxes[t] if boxes is not None else None, spacing=spacing
-                )
-            )
-        return outputs
 
     # ------------------------------------------------------------------ loss
     def compute_loss(
