@@ -201,6 +201,8 @@ class DesignDecoder(_Timed):
         batch_size: slices per encoder pass.
         memory: for a design with a slice memory (crisp_sam2), condition each slice on the organ's earlier
             slices in the order the volume is segmented (``False``: every slice alone).
+        max_slices: encoder outputs kept at most (the slices encoded first are dropped beyond it): with pg_sam's
+            two fine levels a slice holds about 29 MB, so a 300-slice CT would otherwise hold 8.6 GB.
     """
 
     def __init__(
@@ -211,6 +213,7 @@ class DesignDecoder(_Timed):
         decoder_precision: str | None = None,
         batch_size: int = 1,
         memory: bool = True,
+        max_slices: int = 32,
     ) -> None:
         if not isinstance(model, OrganSegmenter):
             raise TypeError(
@@ -227,6 +230,7 @@ class DesignDecoder(_Timed):
         self.encoded_slices, self.encode_seconds = 0, 0.0
         #: the design conditions each slice on the organ's earlier slices (crisp_sam2's memory bank)
         self.memory = bool(memory) and hasattr(model, "track_organs")
+        self.max_slices = int(max_slices)
 
     def _track(
         self,
@@ -251,13 +255,27 @@ class DesignDecoder(_Timed):
 
     @torch.inference_mode()
     def _encode_batch(self, imgs: np.ndarray) -> list[Any]:
+        """Per-slice encoder outputs holding only the levels the design reads (the others: empty placeholders,
+        so a (64, 256, 256) level-0 map is not kept for a design that never reads it)."""
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
             enc = self.model.encode_plain(torch.from_numpy(imgs).to(self.device))
-        return [enc.select(k) for k in range(len(imgs))]
+        reads = set(self.model.encoder_levels)
+        empty = enc.embedding.new_empty((1, 0, 0, 0))
+        out = []
+        for k in range(len(imgs)):
+            one = enc.select(k)
+            out.append(type(one)(one.embedding, [lv if i in reads else empty for i, lv in enumerate(one.levels)]))
+        return out
 
     @torch.inference_mode()
     def encode(self, state: InferenceState, slices: list[int]) -> None:
+        """Encode the missing slices; beyond ``max_slices`` kept, the slices encoded first are dropped (they are
+        encoded again if asked for later), so a long volume does not hold every slice's encoder levels."""
         self._encode_missing(state, slices, self._encode_batch)
+        keep = set(slices)
+        over = len(state.embeddings) - max(self.max_slices, len(keep))
+        for z in [z for z in state.embeddings if z not in keep][: max(over, 0)]:
+            del state.embeddings[z]
 
     @torch.inference_mode()
     def decode(self, state: InferenceState, jobs: list[DecodeJob]) -> list[Candidate]:

@@ -132,3 +132,26 @@ def test_crisp_sam2_segments_a_volume_with_its_slice_memory() -> None:
     assert sorted(with_mem) == sorted(without) == list(range(vol.array.shape[0]))
     assert with_mem[0] == pytest.approx(without[0], abs=1e-6)  # slice 0 has no memory yet
     assert max(abs(with_mem[z] - without[z]) for z in with_mem if z > 0) > 1e-3
+
+
+@pytest.mark.slow
+def test_design_decoder_keeps_few_slices_and_only_the_levels_the_design_reads() -> None:
+    """A design predictor holds at most ``max_slices`` encoder outputs, each with only the levels its design
+    reads (pg_sam: levels 0 and 1), and draws the same masks as with every slice kept."""
+    vol = load_volume(data_path("amos_0013_slab", "image.nii.gz"))
+    model = build_design("pg_sam", [{"organs": ["liver", "spleen"]}])  # warm start: draws what its box holds
+    masks = {}
+    for keep in (3, 32):
+        predictor = design_predictor(model, score_threshold=0.0, progress=False)
+        predictor.decoder.max_slices = keep
+        state = predictor.init_state(vol)
+        for organ in ("liver", "spleen"):
+            predictor.add_text_prompt(state, organ)
+        list(predictor.propagate(state))
+        masks[keep] = {oid: state.results[oid].mask.copy() for oid in ("liver", "spleen")}
+        assert len(state.embeddings) <= max(keep, predictor.batch_size)
+        enc = next(iter(state.embeddings.values()))
+        assert [lv.numel() > 0 for lv in enc.levels] == [True, True, False, False]
+    assert masks[3]["liver"].sum() > 10000
+    for organ in ("liver", "spleen"):
+        assert np.array_equal(masks[3][organ], masks[32][organ]), organ
