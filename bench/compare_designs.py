@@ -10,6 +10,10 @@ only, in training and validation (no boxes). Each design is then scored by the t
 organ over all its labelled slices on the 256x256 model grid, masks gated by the presence logit. With three
 training patients this is a tiny-data comparison of the designs, not a benchmark.
 
+``--checkpoints pg_sam seg_sam crisp_sam2`` trains nothing: it scores the trained checkpoints (the shipped ones, or
+``DESIGN=PATH``) with box + text and with text alone, beside LiteMedSAM with the box alone and the shipped
+pipeline: the README's table of the designs.
+
 ``--prompts box`` compares them where the shipped pipeline uses them: every training sample also gets its organ's
 box, shifted and resized like a registered atlas's box, and validation prompts each organ with its reference box
 grown by 5 px (no presence gate); ``organ_prompts`` (learned tokens added to the box prompt) joins the four. This
@@ -276,6 +280,92 @@ def run_box_only_baseline(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _val_store(args: argparse.Namespace, organ_ids: list[str]) -> CaseStore:
+    root = str(args.data) if args.data else None
+    return CaseStore(read_dataset("shared", root, cases=[VAL_CASE]), organ_ids, window="abdomen")
+
+
+def run_checkpoint(design: str, path: str, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Validation of a trained checkpoint on the validation case: with text alone (presence-gated) and with text +
+    each organ's reference box grown by the box margin (no gate)."""
+    from organsam.inference.predictor_factory import resolve_checkpoint
+    from organsam.model.checkpoint import load_checkpoint
+
+    resolved = resolve_checkpoint(design, path)
+    model = load_checkpoint(resolved, design=design).eval()
+    store = _val_store(args, model.organ_ids)
+    organs = [model.organ_ids.index(o) for o in args.organs]
+    out = {}
+    for mode, gate, margin in (("text", True, None), ("box", False, BOX_PROMPTS["box_margin"])):
+        t0 = time.perf_counter()
+        val = validate(model, store, organs, max_slices=args.val_slices, presence_gate=gate, box_margin=margin)
+        out[mode] = {"dice": val.per_organ, "mean_dice": val.mean_dice, "wall_s": time.perf_counter() - t0}
+    out["checkpoint"] = {"path": str(resolved), "mb": Path(str(resolved)).stat().st_size / 1e6}
+    return out
+
+
+def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
+    """The shipped pipeline (``organsam segment``: atlas boxes + LiteMedSAM) on the validation slab, Dice per organ
+    of the label map it writes (3D, on the CT grid)."""
+    import numpy as np
+
+    from organsam.inference.segment import segment
+    from organsam.io import load_labels, load_volume
+    from organsam.vocabulary import labelmap_info
+
+    root = Path(args.data) if args.data else default_shared_root()
+    vol = load_volume(root / f"{VAL_CASE}_slab" / "image.nii.gz")
+    ref = load_labels(root / f"{VAL_CASE}_slab" / "label.nii.gz", vol)
+    info = labelmap_info("amos22")
+    t0 = time.perf_counter()
+    res = segment(vol, list(args.organs), quiet=True)
+    dice = {}
+    for organ in args.organs:
+        value = next((v for v, o in res.label_table.items() if o == organ), None)
+        pred = res.labels == value if value is not None else np.zeros(ref.shape, bool)
+        own = np.isin(ref, info.values_for(organ))
+        dice[organ] = float(2 * (pred & own).sum() / max(pred.sum() + own.sum(), 1))
+    return {"dice": dice, "mean_dice": float(np.mean(list(dice.values()))), "wall_s": time.perf_counter() - t0}
+
+
+def shipped_table(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """The README's comparison of the trained checkpoints (``--checkpoints``): LiteMedSAM with the box alone, each
+    design with box + text and with text alone, and the shipped pipeline."""
+    boxed = argparse.Namespace(**{**vars(args), "prompts": "box"})  # the box-only column: reference boxes
+    results: dict[str, dict[str, Any]] = {BOX_ONLY: run_box_only_baseline(boxed)}
+    record: dict[str, Any] = {BOX_ONLY: results[BOX_ONLY]}
+    for item in args.checkpoints:
+        design, _, path = item.partition("=")
+        got = run_checkpoint(design, path or "packaged", args)
+        record[design] = got
+        results[f"{design}, box + text"] = got["box"]
+        results[f"{design}, text alone"] = got["text"]
+    results["organsam segment (atlas + LiteMedSAM, 3D)"] = record["pipeline"] = run_pipeline(args)
+
+    def pct(v: float | None) -> str:
+        return "n/a" if v is None or not math.isfinite(v) else f"{100 * v:.1f}"
+
+    ckpts = ", ".join(
+        f"{d}: {v['checkpoint']['path']} ({v['checkpoint']['mb']:.1f} MB)"
+        for d, v in record.items()
+        if isinstance(v, dict) and "checkpoint" in v
+    )
+    lines = [
+        f"Trained design checkpoints on {VAL_CASE} (manual AMOS labels, never trained on). Slice columns: all "
+        f"labelled slices on the 256x256 model grid; 'box + text': each organ's reference box grown by "
+        f"{BOX_PROMPTS['box_margin']:g} px on the slices where it is present (no presence gate); 'text alone': every "
+        f"slice, presence-gated. The last column is the shipped pipeline on the whole slab (3D Dice of the label "
+        f"map it writes, CT grid). Checkpoints: {ckpts}.",
+        "",
+        "| organ | " + " | ".join(results) + " |",
+        "|---|" + "---:|" * len(results),
+    ]
+    for organ in args.organs:
+        lines.append(f"| {organ} | " + " | ".join(pct(r["dice"].get(organ)) for r in results.values()) + " |")
+    lines.append("| **mean** | " + " | ".join(f"**{pct(r['mean_dice'])}**" for r in results.values()) + " |")
+    return "\n".join(lines), record
+
+
 def table(results: dict[str, dict[str, Any]], args: argparse.Namespace, cache_s: float) -> str:
     """The Markdown comparison table (Dice in %); ``cache_s``: seconds spent filling the feature caches."""
     data = args.data or default_shared_root()
@@ -361,6 +451,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="let the trainer fill the feature caches lazily (quicker for a handful of steps)",
     )
     p.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
+    p.add_argument(
+        "--checkpoints",
+        nargs="+",
+        default=None,
+        metavar="DESIGN[=PATH]",
+        help="evaluate trained checkpoints instead of training (PATH default: the shipped one, 'packaged'), beside "
+        "LiteMedSAM with the box alone and the shipped pipeline",
+    )
     args = p.parse_args(argv)
     if args.designs is None:
         args.designs = [*TEXT_DESIGNS, "organ_prompts"] if args.prompts == "box" else list(TEXT_DESIGNS)
@@ -374,6 +472,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = parse_args(argv)
+    if args.checkpoints:
+        text, record = shipped_table(args)
+        print(text)
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(record, indent=2, default=str))
+        return 0
     todo = [d for d in args.designs if not is_finished(d, args)]
     t0 = time.perf_counter()
     if todo and not args.no_prefill:

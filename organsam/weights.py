@@ -115,6 +115,18 @@ WEIGHTS: dict[str, WeightSpec] = {
     ),
 }
 
+#: Research designs whose trained checkpoint ships (``--checkpoint packaged``): ``assets/design_<name>.safetensors``
+#: with its ``.json`` sidecar, both listed in ``SHA256SUMS`` (written by ``scripts/train_design.sh``).
+SHIPPED_DESIGNS: tuple[str, ...] = tuple(
+    d for d in ("crisp_sam2", "seg_sam", "pg_sam") if asset_sha256(f"design_{d}.safetensors") is not None
+)
+for _design in SHIPPED_DESIGNS:
+    WEIGHTS[f"design_{_design}"] = _packaged(
+        f"design_{_design}",
+        f"design_{_design}.safetensors",
+        f"Apache-2.0 (trained by organsam on ../shared/data; see scripts/train_design.sh {_design})",
+    )
+
 _VERIFIED: dict[tuple[Path, str], float] = {}
 
 

@@ -51,14 +51,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--checkpoint",
         default=None,
         help="a design checkpoint written by `organsam train` (model.safetensors with its model.json), "
+        "'packaged' for the design's shipped checkpoint (the default for a design that ships one), "
         "or a SAM-family .pth (LiteMedSAM layout) for the default pipeline's core",
     )
     p.add_argument(
         "--design-prompts",
         choices=["prior", "text"],
-        default="prior",
+        default=None,
         help="with a design checkpoint: 'prior' gives the design the atlas prior's box on each slice "
-        "with the organ (default), 'text' asks it on every slice with the text alone",
+        "with the organ, 'text' asks it on every slice with the text alone (default: text for the prompt-free "
+        "designs pg_sam and seg_sam, which segment every organ in one pass; prior for the others)",
     )
     p.add_argument(
         "-d",
@@ -143,7 +145,7 @@ def run_batch_cmd(args: argparse.Namespace) -> int:
     """Batch mode: segment every volume of a folder or manifest; exit 1 when any volume failed."""
     from organsam.inference.batch import run_batch
 
-    if args.design_prompts != "prior" or _organ_prompts(args.organ_prompts):
+    if args.design_prompts is not None or _organ_prompts(args.organ_prompts):
         raise ValueError(
             "--design-prompts text and --organ-prompts apply to one volume at a time; batches run "
             "with the defaults (segment each volume on its own to use them)"

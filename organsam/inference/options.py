@@ -88,7 +88,8 @@ class SegmentOptions:
         min_slice_mm: thinner slices are segmented on a grid this coarse and the masks interpolated back; 0: off.
         organ_prompts: learned organ prompt tokens on the pipeline's boxes: ``True`` (packaged table), a path,
             or ``False``.
-        design_prompts: with a design checkpoint: ``"prior"`` (text + atlas boxes) or ``"text"`` (text alone).
+        design_prompts: with a design checkpoint: ``"prior"`` (text + atlas boxes), ``"text"`` (text alone) or
+            ``None``: ``"text"`` for a prompt-free design (pg_sam, seg_sam: all organs in one pass), else ``"prior"``.
         verify: reject masks that cannot be the organ asked for (:mod:`organsam.inference.verification`).
     """
 
@@ -99,7 +100,7 @@ class SegmentOptions:
     modality: str | None = None
     min_slice_mm: float = DEFAULT_MIN_SLICE_MM
     organ_prompts: str | bool = False
-    design_prompts: str = "prior"
+    design_prompts: str | None = None
     verify: bool = True
 
     def __post_init__(self) -> None:
@@ -111,7 +112,7 @@ class SegmentOptions:
     def check(self) -> None:
         """Fail before any volume is read: unknown design, missing checkpoint, bad setting (one-line errors)."""
         check_design(self.design, self.checkpoint)
-        if self.design_prompts not in DESIGN_PROMPT_MODES:
+        if self.design_prompts is not None and self.design_prompts not in DESIGN_PROMPT_MODES:
             raise ValueError(f"design_prompts must be one of {DESIGN_PROMPT_MODES}, got {self.design_prompts!r}")
         if self.modality not in (None, "CT", "MR"):
             raise ValueError(f"modality must be 'CT' or 'MR', got {self.modality!r}")

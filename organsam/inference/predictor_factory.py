@@ -12,6 +12,7 @@ One place for what :func:`organsam.inference.segment.segment`, the batch workers
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -24,6 +25,9 @@ __all__ = [
     "build_predictor",
     "check_design",
     "check_device",
+    "PACKAGED",
+    "packaged_checkpoint",
+    "resolve_checkpoint",
     "is_design_checkpoint",
     "resolve_device",
 ]
@@ -44,6 +48,46 @@ def is_design_checkpoint(checkpoint: str | os.PathLike[str] | None) -> bool:
     return p.suffix != ".json" and sidecar_path(p).is_file()
 
 
+#: ``--checkpoint packaged``: the trained checkpoint of the design that ships in the package.
+PACKAGED = "packaged"
+
+
+def packaged_checkpoint(design: str) -> Path:
+    """The shipped checkpoint of ``design`` (its tensor file and its sidecar SHA-256 checked).
+
+    Raises:
+        ValueError: no checkpoint of this design ships.
+        organsam.weights.WeightsError: the files are missing or differ from the recorded hashes.
+    """
+    from organsam.model.checkpoint import sidecar_path
+    from organsam.weights import ASSET_SUMS, SHIPPED_DESIGNS, WEIGHTS, asset_sha256, find_weight, verify
+
+    if design not in SHIPPED_DESIGNS:
+        shipped = ", ".join(SHIPPED_DESIGNS) or "none yet"
+        raise ValueError(
+            f"--checkpoint {PACKAGED}: no checkpoint of design {design!r} ships (shipped: {shipped}); pass a "
+            f"checkpoint written by `organsam train`, or train one with scripts/train_design.sh"
+        )
+    path = find_weight(f"design_{design}")
+    side = sidecar_path(path)  # the config the design is rebuilt from: checked too
+    spec = WEIGHTS[f"design_{design}"]
+    verify(side, dataclasses.replace(spec, relpath=f"assets/{side.name}", sha256=asset_sha256(side.name)))
+    logger.debug("packaged %s checkpoint %s (hashes in %s)", design, path, ASSET_SUMS)
+    return path
+
+
+def resolve_checkpoint(design: str, checkpoint: str | os.PathLike[str] | None) -> str | os.PathLike[str] | None:
+    """``checkpoint`` as given; the path of the shipped one for ``packaged``, or for a research design given
+    without a checkpoint when one of it ships."""
+    from organsam.weights import SHIPPED_DESIGNS
+
+    if checkpoint is not None and str(checkpoint) == PACKAGED:
+        return str(packaged_checkpoint(design))
+    if checkpoint is None and design in SHIPPED_DESIGNS:
+        return str(packaged_checkpoint(design))
+    return checkpoint
+
+
 def check_design(design: str, checkpoint: str | os.PathLike[str] | None) -> None:
     """Fail early (before any volume is read) for a design that cannot run.
 
@@ -61,13 +105,14 @@ def check_design(design: str, checkpoint: str | os.PathLike[str] | None) -> None
         )
     if design != DEFAULT_DESIGN:
         get_design(design)  # unknown name: KeyError with a suggestion
+    checkpoint = resolve_checkpoint(design, checkpoint)
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise FileNotFoundError(f"{checkpoint}: checkpoint file does not exist; check the path")
     if design != DEFAULT_DESIGN and not is_design_checkpoint(checkpoint):
         raise ValueError(
-            f"design {design!r} needs a trained checkpoint: pass --checkpoint runs/<run>/model.safetensors written by "
-            f"`organsam train --config ...` (with its model.json beside it); no checkpoint of it ships. Without one, "
-            f"use --design {DEFAULT_DESIGN} (LiteMedSAM core + atlas prior)"
+            f"design {design!r} needs a trained checkpoint: pass --checkpoint {PACKAGED} (the shipped one, where it "
+            f"ships) or --checkpoint runs/<run>/model.safetensors written by `organsam train --config ...` (with its "
+            f"model.json beside it). Without one, use --design {DEFAULT_DESIGN} (LiteMedSAM core + atlas prior)"
         )
 
 
@@ -118,7 +163,7 @@ def build_predictor(
     fast: bool = False,
     progress: bool = True,
     organ_prompts: str | os.PathLike[str] | bool = False,
-    design_prompts: str = "prior",
+    design_prompts: str | None = None,
     prior: Any = None,
 ) -> Any:
     """The predictor of a segment call.
@@ -130,7 +175,8 @@ def build_predictor(
         fast: coarser atlas registration and bfloat16 where the hardware runs it natively.
         progress: show progress bars.
         organ_prompts: learned organ prompt tokens for the shipped pipeline (see :class:`VolumePredictor`).
-        design_prompts: with a design checkpoint: ``"prior"`` (text + the atlas prior's boxes) or ``"text"``.
+        design_prompts: with a design checkpoint: ``"prior"`` (text + the atlas prior's boxes), ``"text"``, or
+            ``None``: text alone for a prompt-free design (``prompt_free``: pg_sam, seg_sam), else the prior.
         prior: a location prior to use instead of the atlas prior (e.g. one fitted beforehand); ``None``: the
             atlas prior (coarser with ``fast``).
 
@@ -140,6 +186,7 @@ def build_predictor(
     from organsam.inference.volume_predictor import VolumePredictor
 
     check_design(design, checkpoint)
+    checkpoint = resolve_checkpoint(design, checkpoint)
     device = resolve_device(device)
     precision = None  # the predictor's default: fp32 on CPU, bf16 on CUDA
     if fast:
@@ -163,14 +210,12 @@ def build_predictor(
             )
         assert checkpoint is not None
         model = load_checkpoint(checkpoint, design=None if design == DEFAULT_DESIGN else design)
+        prompts = design_prompts or ("text" if getattr(model, "prompt_free", False) else "prior")
         logger.info(
-            "segmenting with the trained %s design from %s (prompts: %s)",
-            type(model).__name__,
-            checkpoint,
-            design_prompts,
+            "segmenting with the trained %s design from %s (prompts: %s)", type(model).__name__, checkpoint, prompts
         )
         return design_predictor(
-            model, prompts=design_prompts, prior=prior, device=device, progress=progress, precision=precision
+            model, prompts=prompts, prior=prior, device=device, progress=progress, precision=precision
         )
     from organsam.model.sam_core import build_lite_medsam
 

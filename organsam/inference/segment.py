@@ -35,7 +35,7 @@ def segment(
     predictor: Any = None,
     min_slice_mm: float = DEFAULT_MIN_SLICE_MM,
     organ_prompts: str | os.PathLike[str] | bool = False,
-    design_prompts: str = "prior",
+    design_prompts: str | None = None,
     options: SegmentOptions | None = None,
     series_uid: str | None = None,
 ) -> SegmentationResult:

@@ -81,6 +81,7 @@ class OrganSegmenter(nn.Module):
         design_name: registry name of the design.
         encoder_levels: encoder levels (0-3) the design reads from ``encode_plain`` outputs.
         uses_all_targets: whether ``compute_loss`` reads ``all_targets``.
+        prompt_free: whether the design segments every organ from the image alone in one pass.
         core: the SAM core.
         organ_ids: the K organ ids, in ``organ_index`` order.
         text_fingerprint: fingerprint of the text encoder the table comes from.
@@ -91,6 +92,9 @@ class OrganSegmenter(nn.Module):
     encoder_levels: ClassVar[tuple[int, ...]] = ()
     #: the loss reads ``all_targets`` (the trainer then builds every organ's mask of each slice)
     uses_all_targets: ClassVar[bool] = False
+    #: decodes every organ of a slice in one pass from the image alone (prompt-free, ``predict_all``): whole-volume
+    #: inference then asks it with text alone by default
+    prompt_free: ClassVar[bool] = False
 
     def __init__(self, config: SegmenterConfig, text: VocabularyEmbeddings | None = None) -> None:
         super().__init__()

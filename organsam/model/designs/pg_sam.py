@@ -109,6 +109,7 @@ class PgSam(OrganSegmenter):
     design_name = "pg_sam"
     encoder_levels = (0, 1)
     uses_all_targets = True
+    prompt_free = True
 
     def __init__(self, config: PgSamConfig, text: VocabularyEmbeddings | None = None) -> None:
         super().__init__(config, text)

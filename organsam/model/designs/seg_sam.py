@@ -85,6 +85,7 @@ class SegSam(OrganSegmenter):
 
     design_name = "seg_sam"
     uses_all_targets = True
+    prompt_free = True
 
     def __init__(self, config: SegSamConfig, text: VocabularyEmbeddings | None = None) -> None:
         super().__init__(config, text)
