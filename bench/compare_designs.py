@@ -280,6 +280,20 @@ def run_box_only_baseline(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def pct(v: float | None) -> str:
+    """A Dice in % with one decimal (``n/a`` when missing)."""
+    return "n/a" if v is None or not math.isfinite(v) else f"{100 * v:.1f}"
+
+
+def dice_table(caption: str, results: dict[str, dict[str, Any]], organs: list[str]) -> list[str]:
+    """Caption, header and one row per organ plus the mean (columns: ``results``' keys)."""
+    lines = [caption, "", "| organ | " + " | ".join(results) + " |", "|---|" + "---:|" * len(results)]
+    for organ in organs:
+        lines.append(f"| {organ} | " + " | ".join(pct(r["dice"].get(organ)) for r in results.values()) + " |")
+    lines.append("| **mean** | " + " | ".join(f"**{pct(r['mean_dice'])}**" for r in results.values()) + " |")
+    return lines
+
+
 def _val_store(args: argparse.Namespace, organ_ids: list[str]) -> CaseStore:
     root = str(args.data) if args.data else None
     return CaseStore(read_dataset("shared", root, cases=[VAL_CASE]), organ_ids, window="abdomen")
@@ -342,27 +356,19 @@ def shipped_table(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
         results[f"{design}, text alone"] = got["text"]
     results["organsam segment (atlas + LiteMedSAM, 3D)"] = record["pipeline"] = run_pipeline(args)
 
-    def pct(v: float | None) -> str:
-        return "n/a" if v is None or not math.isfinite(v) else f"{100 * v:.1f}"
-
     ckpts = ", ".join(
         f"{d}: {v['checkpoint']['path']} ({v['checkpoint']['mb']:.1f} MB)"
         for d, v in record.items()
         if isinstance(v, dict) and "checkpoint" in v
     )
-    lines = [
+    caption = (
         f"Trained design checkpoints on {VAL_CASE} (manual AMOS labels, never trained on). Slice columns: all "
         f"labelled slices on the 256x256 model grid; 'box + text': each organ's reference box grown by "
         f"{BOX_PROMPTS['box_margin']:g} px on the slices where it is present (no presence gate); 'text alone': every "
         f"slice, presence-gated. The last column is the shipped pipeline on the whole slab (3D Dice of the label "
-        f"map it writes, CT grid). Checkpoints: {ckpts}.",
-        "",
-        "| organ | " + " | ".join(results) + " |",
-        "|---|" + "---:|" * len(results),
-    ]
-    for organ in args.organs:
-        lines.append(f"| {organ} | " + " | ".join(pct(r["dice"].get(organ)) for r in results.values()) + " |")
-    lines.append("| **mean** | " + " | ".join(f"**{pct(r['mean_dice'])}**" for r in results.values()) + " |")
+        f"map it writes, CT grid). Checkpoints: {ckpts}."
+    )
+    lines = dice_table(caption, results, list(args.organs))
     return "\n".join(lines), record
 
 
@@ -386,26 +392,18 @@ def table(results: dict[str, dict[str, Any]], args: argparse.Namespace, cache_s:
         gate = "box-prompted on each slice where the organ is present"
     else:
         prompts, gate = "text prompts only", "presence-gated"
-    lines = [
+    caption = (
         f"Design comparison, tiny data: {args.steps} steps x batch {args.batch_size} per design (seed 0, AdamW lr "
         f"{args.lr:g}, {max(1, args.steps // 10)} warm-up steps, cosine), trained on 3 patients "
         f"({', '.join(TRAIN_CASES)}) from {data}; frozen LiteMedSAM image encoder (cached features, one encoder "
         f"pass for all designs, {cache}; no augmentation); {prompts}. Validation Dice (%) on {VAL_CASE} "
-        f"(manual AMOS labels, never trained on; {slices}, 256x256 model grid, {gate}).",
-        "",
-        "| organ | " + " | ".join(results) + " |",
-        "|---|" + "---:|" * len(results),
-    ]
+        f"(manual AMOS labels, never trained on; {slices}, 256x256 model grid, {gate})."
+    )
+    lines = dice_table(caption, results, list(args.organs))
 
     def row(name: str, cells: list[str]) -> None:
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
 
-    def pct(v: float | None) -> str:
-        return "n/a" if v is None or not math.isfinite(v) else f"{100 * v:.1f}"
-
-    for organ in args.organs:
-        row(organ, [pct(r["dice"].get(organ)) for r in results.values()])
-    row("**mean**", [f"**{pct(r['mean_dice'])}**" for r in results.values()])
     row("trainable params", [f"{r['trainable_params'] / 1e6:.2f} M" for r in results.values()])
     row("wall s (train + val)", [f"{r['wall_s']:.0f}" for r in results.values()])
     row(
