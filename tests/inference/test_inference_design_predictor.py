@@ -79,8 +79,10 @@ def test_design_checks_name_the_fix(organ_prompts_checkpoint, tmp_path) -> None:
     check_design("litemedsam", None)  # the shipped pipeline needs no checkpoint
     with pytest.raises(KeyError, match="renamed: 'litemedsam' is the shipped pipeline.*'unified' the research"):
         check_design("organsam", None)  # the former name of both: refused with the two new names
-    with pytest.raises(ValueError, match="needs a trained checkpoint.*organsam train"):
-        check_design("seg_sam", None)
+    with pytest.raises(ValueError, match="needs a trained checkpoint.*packaged.*organsam train"):
+        check_design("unified", None)  # no checkpoint of it ships
+    with pytest.raises(ValueError, match="no checkpoint of design 'unified' ships.*scripts/train_design.sh"):
+        check_design("unified", "packaged")
     with pytest.raises(KeyError, match="seg_sam"):
         check_design("seg_samm", None)
     with pytest.raises(FileNotFoundError, match="does not exist"):
@@ -88,7 +90,7 @@ def test_design_checks_name_the_fix(organ_prompts_checkpoint, tmp_path) -> None:
     with pytest.raises(CheckpointError):
         load_checkpoint(organ_prompts_checkpoint, design="seg_sam")
     with pytest.raises(ValueError, match="needs a trained checkpoint"):  # before the volume is read
-        segment(tmp_path / "not_read.nii.gz", "liver", design="pg_sam")
+        segment(tmp_path / "not_read.nii.gz", "liver", design="unified")
 
 
 @pytest.mark.slow
@@ -155,3 +157,23 @@ def test_design_decoder_keeps_few_slices_and_only_the_levels_the_design_reads() 
     assert masks[3]["liver"].sum() > 10000
     for organ in ("liver", "spleen"):
         assert np.array_equal(masks[3][organ], masks[32][organ]), organ
+
+
+@pytest.mark.slow
+def test_pg_sam_all_runs_prompt_free_one_pass_per_slice() -> None:
+    """``segment --design pg_sam --all``: the shipped checkpoint, no atlas, text alone, every organ of a slice
+    decoded in one pass (PG-SAM's prompt-free mode)."""
+    from organsam.inference.predictor_factory import build_predictor
+
+    vol = load_volume(data_path("amos_0013_slab", "image.nii.gz"))
+    predictor = build_predictor("pg_sam", progress=False)  # no checkpoint: the packaged one
+    model = predictor.decoder.model
+    calls: list[int] = []
+    plain = model.decode_all
+    model.decode_all = lambda encoded, *a, **k: calls.append(encoded.embedding.shape[0]) or plain(encoded, *a, **k)
+    try:
+        res = segment(vol, all_organs=True, quiet=True, predictor=predictor)
+    finally:
+        del model.decode_all
+    assert res.report["design"] == "pg_sam" and len(res.report["organs"]) > 10
+    assert calls == [1] * vol.array.shape[0]  # one image per pass, one pass per slice

@@ -18,6 +18,7 @@ from organsam.model.base import DesignOutput, OrganSegmenter
 from organsam.model.components.image_encoder import EncoderOutput
 from organsam.model.decoder_run import run_mask_decoder
 from organsam.registry import build_design, list_designs
+from organsam.weights import SHIPPED_DESIGNS
 
 logger = logging.getLogger(__name__)
 
@@ -370,3 +371,22 @@ def test_parameter_counts(request):
         # The LiteMedSAM core holds ~9.8 M parameters; designs add their modules on top of it.
         assert 9.5e6 < counts["total"] < 30e6, line
         assert 0 < counts["trainable"] < counts["total"], line
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SHIPPED_DESIGNS)
+def test_shipped_checkpoint_draws_a_boxed_organ_as_litemedsam(name, real, encoded):
+    """A shipped design checkpoint (``--checkpoint packaged``, at most 25 MB) given the liver's box and its name
+    draws what LiteMedSAM draws with the box alone (on the validation slab; bench/compare_designs.py
+    --checkpoints scores every organ)."""
+    from organsam.inference.predictor_factory import packaged_checkpoint
+    from organsam.model.checkpoint import load_checkpoint
+
+    path = packaged_checkpoint(name)
+    assert path.stat().st_size <= 25e6
+    model = load_checkpoint(path).eval()
+    with torch.no_grad():
+        mine = model(None, model.organ_index_of(["liver"]), real["box"], encoded=encoded[MID]).masks[0, 0] > 0
+        sam = model.core.decode(encoded[MID].embedding, boxes=real["box"])[0][0, 0] > 0
+    target = real["masks"][MID, 0] > 0
+    assert _dice(mine, target) > _dice(sam, target) - 0.02
