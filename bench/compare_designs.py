@@ -314,7 +314,9 @@ def run_checkpoint(design: str, path: str, args: argparse.Namespace) -> dict[str
         t0 = time.perf_counter()
         val = validate(model, store, organs, max_slices=args.val_slices, presence_gate=gate, box_margin=margin)
         out[mode] = {"dice": val.per_organ, "mean_dice": val.mean_dice, "wall_s": time.perf_counter() - t0}
-    out["checkpoint"] = {"path": str(resolved), "mb": Path(str(resolved)).stat().st_size / 1e6}
+    file = Path(str(resolved)).resolve()
+    shown = file.relative_to(REPO) if file.is_relative_to(REPO) else file
+    out["checkpoint"] = {"path": str(shown), "mb": file.stat().st_size / 1e6}
     return out
 
 
