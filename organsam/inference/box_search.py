@@ -7,7 +7,7 @@ its neighbours or draws only part of it. LiteMedSAM's predicted IoU is higher fo
 organ (mean 0.92 for the reference boxes against 0.84 for the atlas boxes on ``ts_mr``), so the box is
 searched: each side of the prior box moves in by each of ``fractions`` of the box's size, one side at a
 time, every variant is decoded (one batched call per slice) and the mask with the highest predicted IoU
-is kept. User boxes and point prompts are never changed.
+is kept. User boxes, point prompts and the boxes tracked from a user's prompt are never changed.
 
 ``VolumePredictor(box_search=...)`` turns it on; by default it runs on MR volumes only (on CT the prior is
 registered within its modality, and the search costs eight decodes per box). Measured by
@@ -61,8 +61,9 @@ def search_boxes(
     """
     again: list[tuple[int, DecodeJob]] = []
     for j, (z, oid, box, pts) in enumerate(jobs):
-        if box is None or pts is not None or z in state.prompts[oid].boxes:
-            continue
+        prompt = state.prompts[oid]
+        if box is None or pts is not None or prompt.text is None or z in prompt.boxes:
+            continue  # only boxes the prior placed for a text prompt (not the user's, not a tracked one)
         again += [(j, DecodeJob(z, oid, b, None)) for b in pulled_in(box, fractions)]
     out = list(decoded)
     if not again:

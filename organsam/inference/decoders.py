@@ -243,8 +243,9 @@ class DesignDecoder(_Timed):
         points: tuple[torch.Tensor, torch.Tensor] | None,
     ) -> Any:
         """Decode slice ``z`` for several organs, each conditioned on its own memory bank (``state.memories``),
-        then store the slice there. A slice the user prompted (box or points) is a conditioning memory, kept;
-        the others are evicted by the bank's policy beyond its capacity, so the memory stays bounded."""
+        then store the slice there. The organ's first slice and the slices the user prompted (box or points) are
+        conditioning memories, kept; the others are evicted by the bank's policy beyond its capacity, so the
+        memory stays bounded. Each slice is decoded once per pass (a design predictor runs no second decodes)."""
         banks = [state.memories.setdefault(oid, self.model.new_memory_bank()) for oid in organ_ids]
         user = [z in state.prompts[oid].boxes or z in state.prompts[oid].points for oid in organ_ids]
         spacing = float(state.volume.spacing[0])

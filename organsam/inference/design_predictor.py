@@ -109,6 +109,7 @@ def design_predictor(
         joint_assignment=False,
         anchor_refit=False,
         trim_ends=False,
+        box_search=False,  # it ranks masks by LiteMedSAM's predicted IoU; a design scores presence
         decoder=decoder,
         **kwargs,
     )  # the corrections rank slices by LiteMedSAM's predicted IoU

@@ -185,12 +185,14 @@ def check_segmentable(volume: Volume, work: Volume | None = None) -> None:
 
 def weights_record(options: SegmentOptions) -> dict[str, str]:
     """SHA-256 of the weight files a run with ``options`` reads (checked against these when loaded)."""
+    from organsam.inference.predictor_factory import resolve_checkpoint
     from organsam.io.files import file_sha256
     from organsam.weights import WEIGHTS
 
     out = {"atlas": WEIGHTS["atlas"].sha256 or ""}
-    if options.checkpoint:
-        out["checkpoint"] = file_sha256(options.checkpoint)
+    checkpoint = resolve_checkpoint(options.design, options.checkpoint)  # "packaged": the shipped file
+    if checkpoint:
+        out["checkpoint"] = file_sha256(checkpoint)
     else:
         out["lite_medsam"] = WEIGHTS["lite_medsam"].sha256 or ""
     if options.organ_prompts is True:
@@ -306,6 +308,9 @@ def run_segmentation(
     if corrections is not None:
         corrections(predictor, state)
     todo = _needed_slices(predictor, state)
+    keep = getattr(getattr(predictor, "decoder", None), "max_slices", None)
+    if keep:  # a decoder keeping few slices' encoder outputs: the first ones now, the rest as segmentation goes
+        todo = todo[:keep]
     chunk = max(1, int(encode_chunk or getattr(predictor, "batch_size", 1) or 1))
     for i in range(0, len(todo), chunk):
         check_cancelled()
@@ -369,7 +374,7 @@ def run_segmentation(
             for oid in organ_ids
         },
         "prior_moves": [dict(m) for m in state.prior_moves],
-        "encoded_slices": len(state.embeddings),
+        "encoded_slices": int(getattr(predictor, "encoded_slices", len(state.embeddings))),
         "model_slices": int(Z),
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
     }

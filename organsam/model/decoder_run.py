@@ -68,6 +68,8 @@ def run_mask_decoder(
         n0 = 1 + dec.num_mask_tokens if sam_tokens else 0
         flags = torch.zeros(tokens.shape[1], dtype=torch.bool, device=tokens.device)
         flags[n0 : n0 + n_extra] = True
+        if bool(flags.all()):
+            raise ValueError("listen_only extra tokens need other tokens to attend to (SAM's tokens or prompts)")
     hs, img = dec.transformer(src, pos, tokens, listen_only=flags)
     run = DecoderRun(image_tokens=img.transpose(1, 2).reshape(b, c, h, w))
     n0 = 1 + dec.num_mask_tokens if sam_tokens else 0

@@ -177,3 +177,15 @@ def test_pg_sam_all_runs_prompt_free_one_pass_per_slice() -> None:
         del model.decode_all
     assert res.report["design"] == "pg_sam" and len(res.report["organs"]) > 10
     assert calls == [1] * vol.array.shape[0]  # one image per pass, one pass per slice
+
+
+def test_packaged_checkpoint_is_hashed_in_the_weights_record() -> None:
+    """``--checkpoint packaged`` (and a shipped design without a checkpoint) records the shipped file's SHA-256."""
+    from organsam.inference.options import SegmentOptions
+    from organsam.inference.pipeline import weights_record
+    from organsam.inference.predictor_factory import packaged_checkpoint
+    from organsam.io.files import file_sha256
+
+    expected = file_sha256(packaged_checkpoint("pg_sam"))
+    assert weights_record(SegmentOptions(design="pg_sam", checkpoint="packaged"))["checkpoint"] == expected
+    assert weights_record(SegmentOptions(design="pg_sam"))["checkpoint"] == expected
