@@ -102,7 +102,7 @@ def test_crisp_sam2_segments_a_volume_with_its_slice_memory() -> None:
 
     vol = load_volume(data_path("amos_0013_slab", "image.nii.gz"))
     torch.manual_seed(0)
-    model = build_design("crisp_sam2", [{"organs": ["liver", "spleen"], "memory_slices": 4}])
+    model = build_design("crisp_sam2", [{"organs": ["liver"], "memory_slices": 4}])
     with torch.no_grad():  # the memory attention's layer scales start at 1e-3: give them a trained module's weight
         for name, p in model.memory_attention.named_parameters():
             if name.endswith("gamma"):
@@ -110,19 +110,17 @@ def test_crisp_sam2_segments_a_volume_with_its_slice_memory() -> None:
     with_memory = design_predictor(model, prompts="text", score_threshold=0.0, progress=False)
     assert with_memory.decoder.memory
     state = with_memory.init_state(vol)
-    for organ in ("liver", "spleen"):
-        with_memory.add_text_prompt(state, organ)
+    with_memory.add_text_prompt(state, "liver")
     list(with_memory.propagate(state))
     banks = state.memories
-    assert set(banks) == {"liver", "spleen"}
+    assert set(banks) == {"liver"}
     for bank in banks.values():  # 11 slices went through a 4-slot bank: bounded, the first slice kept
         assert len(bank) == 4 and bank.indices[0] == 0 and [e.conditioning for e in bank.entries][0]
     alone = design_predictor(model, prompts="text", score_threshold=0.0, progress=False)
     alone.decoder.memory = False
     state2 = alone.init_state(vol)
     state2.embeddings = state.embeddings  # the same encoder outputs
-    for organ in ("liver", "spleen"):
-        alone.add_text_prompt(state2, organ)
+    alone.add_text_prompt(state2, "liver")
     list(alone.propagate(state2))
     assert not state2.memories
 
@@ -141,22 +139,20 @@ def test_design_decoder_keeps_few_slices_and_only_the_levels_the_design_reads() 
     """A design predictor holds at most ``max_slices`` encoder outputs, each with only the levels its design
     reads (pg_sam: levels 0 and 1), and draws the same masks as with every slice kept."""
     vol = load_volume(data_path("amos_0013_slab", "image.nii.gz"))
-    model = build_design("pg_sam", [{"organs": ["liver", "spleen"]}])  # warm start: draws what its box holds
+    model = build_design("pg_sam", [{"organs": ["liver"]}])  # warm start: draws what its box holds
     masks = {}
     for keep in (3, 32):
         predictor = design_predictor(model, score_threshold=0.0, progress=False)
         predictor.decoder.max_slices = keep
         state = predictor.init_state(vol)
-        for organ in ("liver", "spleen"):
-            predictor.add_text_prompt(state, organ)
+        predictor.add_text_prompt(state, "liver")
         list(predictor.propagate(state))
-        masks[keep] = {oid: state.results[oid].mask.copy() for oid in ("liver", "spleen")}
+        masks[keep] = {"liver": state.results["liver"].mask.copy()}
         assert len(state.embeddings) <= max(keep, predictor.batch_size)
         enc = next(iter(state.embeddings.values()))
         assert [lv.numel() > 0 for lv in enc.levels] == [True, True, False, False]
     assert masks[3]["liver"].sum() > 10000
-    for organ in ("liver", "spleen"):
-        assert np.array_equal(masks[3][organ], masks[32][organ]), organ
+    assert np.array_equal(masks[3]["liver"], masks[32]["liver"])
 
 
 @pytest.mark.slow
