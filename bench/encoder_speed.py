@@ -11,8 +11,9 @@ Variants: ``ref`` (core.encode fp32), ``ref_bf16`` (core.encode under bf16 autoc
 (FastImageEncoder fp32: folded batch norms, channels-last), ``fast_nchw`` (same, channels-first),
 ``fast_bf16``, ``fast_int8`` (dynamic int8 linear layers), ``fast_compile`` (torch.compile of ``fast``,
 with ``--compile``), ``fast_bf16_dec`` (``fast_bf16`` with the mask decoder also under bf16 autocast in the
-Dice protocol; its timing is the encoder's alone). CPU seconds (all threads) are printed beside wall seconds:
-on a machine shared with other jobs they are the steadier measure.
+Dice protocol; its timing is the encoder's alone), ``openvino`` / ``openvino_bf16`` (the encoder compiled by
+OpenVINO, :mod:`organsam.model.openvino_sam`, the pipeline's CPU runtime; CPU only). CPU seconds (all
+threads) are printed beside wall seconds: on a machine shared with other jobs they are the steadier measure.
 
     .venv/bin/python bench/encoder_speed.py [--device cpu] [--batch-sizes 1 2 4] [--threads N]
         [--variants ref fast fast_bf16] [--no-dice] [--compile] [--json out.json]
@@ -38,7 +39,18 @@ from organsam.model.sam_core import SamCore, build_lite_medsam
 #: The eight organs of the golden test (tests/model/test_model_golden.py); the adrenal glands, oesophagus, IVC
 #: and duodenum have Dice 0.2-0.8 even in float32, where a handful of pixels swing the score.
 GOLDEN8 = ("spleen", "kidney_right", "kidney_left", "gallbladder", "liver", "stomach", "aorta", "pancreas")
-VARIANTS = ("ref", "ref_bf16", "fast", "fast_nchw", "fast_bf16", "fast_int8", "fast_compile", "fast_bf16_dec")
+VARIANTS = (
+    "ref",
+    "ref_bf16",
+    "fast",
+    "fast_nchw",
+    "fast_bf16",
+    "fast_int8",
+    "fast_compile",
+    "fast_bf16_dec",
+    "openvino",
+    "openvino_bf16",
+)
 
 
 def make_variant(name: str, core: SamCore, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -51,6 +63,10 @@ def make_variant(name: str, core: SamCore, device: torch.device) -> Callable[[to
                 return core.encode(x, keep_levels=False).embedding.float()
 
         return ref
+    if name.startswith("openvino"):
+        from organsam.model.openvino_sam import OpenVinoSam
+
+        return OpenVinoSam(core, precision="bf16" if name.endswith("bf16") else "fp32").encode
     kw = {
         "fast": {},
         "fast_nchw": {"channels_last": False},
@@ -85,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--compile", action="store_true", help="also time torch.compile of the fast encoder")
     ap.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 2, 4])
-    ap.add_argument("--slices", type=int, default=4, help="slices per timed pass")
+    ap.add_argument("--slices", type=int, default=4, help="slices per timed pass (the slab's 11 repeated beyond 11)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--no-dice", action="store_true", help="skip the golden Dice protocol")
@@ -101,7 +117,10 @@ def main(argv: list[str] | None = None) -> int:
 
     core = build_lite_medsam().to(device).eval()
     vol = load_volume(data_dir() / "amos_0013_slab" / "image.nii.gz")
-    images = model_input(vol)[: max(args.slices, 1)]
+    images = model_input(vol)
+    if len(images) < args.slices:  # GPU batches larger than the slab: its slices again, in order
+        images = np.concatenate([images] * -(-args.slices // len(images)))
+    images = images[: max(args.slices, 1)]
     fns = {v: make_variant(v, core, device) for v in variants}
 
     x = torch.from_numpy(images[:2]).to(device)

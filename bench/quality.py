@@ -55,6 +55,7 @@ from organsam.inference.options import SegmentOptions  # noqa: E402
 from organsam.inference.organ_prompt_table import load_prompt_table  # noqa: E402
 from organsam.inference.postprocess import merge_labels, postprocess_mask  # noqa: E402
 from organsam.inference.predictor_factory import build_predictor  # noqa: E402
+from organsam.inference.runtimes import RUNTIMES  # noqa: E402
 from organsam.inference.segment import segment  # noqa: E402
 from organsam.inference.state import InferenceState  # noqa: E402
 from organsam.inference.volume_predictor import VolumePredictor  # noqa: E402
@@ -188,6 +189,7 @@ def run_case(
             box_search=box_search,
             precision=args.precision,
             decoder_precision=args.decoder_precision,
+            runtime=args.runtime,
             organ_prompts=table if prompts else False,
             **kw,
         )
@@ -277,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
         help="decoder precision of model rows (default: --precision)",
     )
     ap.add_argument(
+        "--runtime", default="auto", choices=RUNTIMES, help="what runs the model rows' core (default: the pipeline's)"
+    )
+    ap.add_argument(
         "--rows",
         nargs="+",
         default=list(ROWS),
@@ -350,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Cases: {', '.join(args.cases)} (manual AMOS22 reference labels). Organ prompt table: "
         f"{table_info(args.organ_prompts)}. "
         f"Atlas registration: {'fast' if args.fast else 'full'}. Device: {args.device}, encoder {args.precision}, "
-        f"decoder {args.decoder_precision or args.precision}. "
+        f"decoder {args.decoder_precision or args.precision}, runtime {args.runtime}. "
         f"Total {total:.0f} s.  ",
         f"Values: mean over cases. Dice and NSD in %, HD95 in mm (MONAI, on the CT grid with its spacing); "
         f"empty-mask rule `{RULE}`; NSD tolerances per organ (see `organsam evaluate --describe`). "
@@ -394,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
             "timings": timings,
             "precision": args.precision,
             "decoder_precision": args.decoder_precision or args.precision,
+            "runtime": args.runtime,
             "rows": {k: {"label": labels[k], "summary": r.summary(), "scores": r.rows} for k, r in zip(rows, results)},
         }
         Path(args.json).write_text(json.dumps(jsonable(doc), indent=2) + "\n", encoding="utf-8")

@@ -10,6 +10,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("ORGANSAM_DATA", REPO.parent / "shared" / "data"))
+# Converted OpenVINO graphs (organsam.model.openvino_sam) go to a cache of the test run's own, not the user's.
+os.environ.setdefault("ORGANSAM_CACHE_DIR", str(REPO / ".pytest_cache" / "organsam"))
 
 
 def data_path(*parts: str) -> Path:

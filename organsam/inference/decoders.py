@@ -15,23 +15,32 @@ Both keep a slice's encoding in ``state.embeddings`` and return one :class:`Cand
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from organsam.inference.organ_prompt_table import OrganPromptTable
+from organsam.inference.organ_prompt_table import OrganPromptTable, load_prompt_table
+from organsam.inference.runtimes import RUNTIMES
 from organsam.inference.state import Candidate, DecodeJob, InferenceState
 from organsam.model.base import OrganSegmenter
 from organsam.model.components.fast_image_encoder import PRECISIONS, FastImageEncoder
 from organsam.model.components.image_encoder import TinyViT
+from organsam.model.openvino_sam import OpenVinoSam, openvino_available
 from organsam.model.sam_core import SamCore
 from organsam.preprocessing.slices import to_model_input_batch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DesignDecoder", "SamCoreDecoder", "SliceDecoder"]
+__all__ = [
+    "RUNTIMES",
+    "DesignDecoder",
+    "SamCoreDecoder",
+    "SliceDecoder",
+    "resolve_runtime",
+]
 
 
 class SliceDecoder(Protocol):
@@ -41,6 +50,7 @@ class SliceDecoder(Protocol):
         design_name: the design recorded in reports (``"litemedsam"`` for the shipped pipeline).
         device: where the model runs.
         precision: the encoder's compute precision (``"fp32"`` / ``"bf16"``).
+        compute: runtime, encoder and decoder precision, as recorded in reports.
         batch_size: slices per encoder pass.
         encoded_slices: slices encoded so far; encode_seconds: seconds spent encoding.
     """
@@ -48,6 +58,7 @@ class SliceDecoder(Protocol):
     design_name: str
     device: torch.device
     precision: str
+    compute: dict[str, str]
     batch_size: int
     encoded_slices: int
     encode_seconds: float
@@ -66,6 +77,25 @@ def _check_precisions(precision: str, decoder_precision: str) -> None:
     for name, value in (("precision", precision), ("decoder_precision", decoder_precision)):
         if value not in PRECISIONS:
             raise ValueError(f"{name} must be one of {PRECISIONS}, got {value!r}")
+
+
+def resolve_runtime(runtime: str, device: torch.device, core: SamCore, fast_encoder: bool, quantize: bool) -> str:
+    """``"torch"`` or ``"openvino"`` for a runtime setting (see :data:`RUNTIMES`); one-line errors."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+    eligible = device.type == "cpu" and isinstance(core.image_encoder, TinyViT) and fast_encoder and not quantize
+    if runtime == "openvino":
+        if not eligible:
+            raise ValueError(
+                "runtime 'openvino' runs a TinyViT LiteMedSAM core on the CPU, without quantize=True or "
+                "fast_encoder=False; use runtime='torch' here"
+            )
+        if not openvino_available():
+            raise ValueError("runtime 'openvino' needs the openvino package: pip install openvino")
+        return "openvino"
+    if runtime == "auto" and eligible and openvino_available():
+        return "openvino"
+    return "torch"
 
 
 class _Timed:
@@ -101,8 +131,10 @@ class SamCoreDecoder(_Timed):
         fast_encoder: encode with :class:`FastImageEncoder` (batch norms folded, channels-last) when the
             encoder is a TinyViT.
         quantize: dynamic int8 linear layers in the fast encoder's attention stages (CPU only).
-        organ_prompts: learned organ prompt tokens appended to every box prompt of an organ the table holds.
+        organ_prompts: learned organ prompt tokens appended to every box prompt of an organ the table holds: a
+            table, ``True`` (the packaged one), a path to an exported table, or ``False``/``None`` (none).
         batch_size: slices per encoder pass.
+        runtime: what runs the core (:data:`RUNTIMES`); ``self.runtime`` is the one resolved.
     """
 
     design_name = "litemedsam"
@@ -115,28 +147,46 @@ class SamCoreDecoder(_Timed):
         decoder_precision: str | None = None,
         fast_encoder: bool = True,
         quantize: bool = False,
-        organ_prompts: OrganPromptTable | None = None,
+        organ_prompts: OrganPromptTable | str | os.PathLike[str] | bool | None = None,
         batch_size: int = 1,
+        runtime: str = "auto",
     ) -> None:
-        decoder_precision = decoder_precision or precision
-        _check_precisions(precision, decoder_precision)
         if quantize and not fast_encoder:
             raise ValueError("quantize=True needs fast_encoder=True")
         self.device = device
         self.core = core.to(device).eval()
+        self.runtime = resolve_runtime(runtime, device, self.core, fast_encoder, quantize)
+        decoder_precision = decoder_precision or precision
+        _check_precisions(precision, decoder_precision)
+        self._openvino: OpenVinoSam | None = None
         self.precision, self.decoder_precision = precision, decoder_precision
         self.fast_encoder, self.quantize = bool(fast_encoder), bool(quantize)
-        self.organ_prompts = organ_prompts
+        if organ_prompts is True or isinstance(organ_prompts, (str, os.PathLike)):
+            organ_prompts = load_prompt_table(None if organ_prompts is True else organ_prompts)
+        self.organ_prompts: OrganPromptTable | None = organ_prompts or None
         self.batch_size = int(batch_size)
         self._fast: FastImageEncoder | None = None
         self.encoded_slices, self.encode_seconds = 0, 0.0
 
+    @property
+    def compute(self) -> dict[str, str]:
+        """What runs the model and in which precision (recorded in reports)."""
+        return {"runtime": self.runtime, "precision": self.precision, "decoder_precision": self.decoder_precision}
+
     def check_organ(self, organ_id: str) -> None:
         return None  # boxes and points work for any organ
+
+    def openvino(self) -> OpenVinoSam:
+        """The core compiled by OpenVINO (built on first use, from the cache where it is there)."""
+        if self._openvino is None:
+            self._openvino = OpenVinoSam(self.core, self.precision, self.decoder_precision)
+        return self._openvino
 
     @torch.inference_mode()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, 256, 256) model inputs -> (B, 256, 64, 64) float32 embeddings."""
+        if self.runtime == "openvino":
+            return self.openvino().encode(images)
         if self.fast_encoder and isinstance(self.core.image_encoder, TinyViT):
             if self._fast is None:
                 self._fast = FastImageEncoder(
@@ -181,10 +231,14 @@ class SamCoreDecoder(_Timed):
                 coords = np.stack([geom.points_to_model(jobs[j].points[0]) for j in idx])  # type: ignore[index]
                 labels = np.stack([jobs[j].points[1] for j in idx])  # type: ignore[index]
                 points = (torch.from_numpy(coords).to(self.device), torch.from_numpy(labels).to(self.device))
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.decoder_precision == "bf16"):
-                logits, iou = self.core.decode(
-                    emb, boxes=boxes, points=points, sparse_extra=extra, image_index=image_index
-                )
+            if self.runtime == "openvino":
+                sparse, _ = self.core.embed_prompts(boxes, points, sparse_extra=extra, batch_size=len(idx))
+                logits, iou = self.openvino().decode(emb, sparse, image_index)
+            else:
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.decoder_precision == "bf16"):
+                    logits, iou = self.core.decode(
+                        emb, boxes=boxes, points=points, sparse_extra=extra, image_index=image_index
+                    )
             masks = (geom.logits_to_original(logits.float())[:, 0] > 0).cpu().numpy()
             for k, j in enumerate(idx):
                 results[j] = Candidate(masks[k], float(iou[k, 0]))
@@ -250,6 +304,11 @@ class DesignDecoder(_Timed):
         user = [z in state.prompts[oid].boxes or z in state.prompts[oid].points for oid in organ_ids]
         spacing = float(state.volume.spacing[0])
         return self.model.track_organs(enc, organ_index, banks, z, boxes, points, spacing=spacing, conditioning=user)
+
+    @property
+    def compute(self) -> dict[str, str]:
+        """What runs the model and in which precision (recorded in reports)."""
+        return {"runtime": "torch", "precision": self.precision, "decoder_precision": self.decoder_precision}
 
     def check_organ(self, organ_id: str) -> None:
         self.model.organ_index_of([organ_id])  # an organ outside the design's vocabulary fails here, named

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from organsam.inference.predictor_factory import DEFAULT_DESIGN, build_predictor, check_design, check_device
+from organsam.inference.runtimes import RUNTIMES
 from organsam.vocabulary import load_vocabulary, parse_prompt
 
 __all__ = ["DEFAULT_MIN_SLICE_MM", "DESIGN_PROMPT_MODES", "OrganRequest", "SegmentOptions", "resolve_organs"]
@@ -91,6 +92,8 @@ class SegmentOptions:
         design_prompts: with a design checkpoint: ``"prior"`` (text + atlas boxes), ``"text"`` (text alone) or
             ``None``: ``"text"`` for a prompt-free design (pg_sam, seg_sam: all organs in one pass), else ``"prior"``.
         verify: reject masks that cannot be the organ asked for (:mod:`organsam.inference.verification`).
+        runtime: what runs the shipped pipeline's LiteMedSAM core: ``"auto"`` (OpenVINO on the CPU where it is
+            installed, else PyTorch), ``"torch"`` or ``"openvino"`` (``organsam.inference.runtimes``).
     """
 
     design: str = DEFAULT_DESIGN
@@ -102,6 +105,7 @@ class SegmentOptions:
     organ_prompts: str | bool = False
     design_prompts: str | None = None
     verify: bool = True
+    runtime: str = "auto"
 
     def __post_init__(self) -> None:
         if self.checkpoint is not None and not isinstance(self.checkpoint, str):
@@ -119,6 +123,8 @@ class SegmentOptions:
         if not self.min_slice_mm >= 0 or self.min_slice_mm == float("inf"):
             raise ValueError(f"min_slice_mm must be a finite number >= 0 (0: every slice), got {self.min_slice_mm}")
         check_device(self.device)
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {RUNTIMES}, got {self.runtime!r}")
 
     def build_predictor(self, progress: bool = True) -> Any:
         """The predictor these options describe (see :func:`organsam.inference.predictor_factory.build_predictor`)."""
@@ -130,4 +136,5 @@ class SegmentOptions:
             progress=progress,
             organ_prompts=self.organ_prompts,
             design_prompts=self.design_prompts,
+            runtime=self.runtime,
         )

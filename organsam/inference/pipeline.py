@@ -356,6 +356,7 @@ def run_segmentation(
         "organ_ids": list(request.organ_ids),
         "design": getattr(predictor, "design_name", DEFAULT_DESIGN),
         "device": str(getattr(predictor, "device", "cpu")),
+        "compute": dict(getattr(getattr(predictor, "decoder", None), "compute", {})),
         "weights_sha256": weights_record(options),
         "modality": volume.modality,
         "shape_zyx": list(volume.array.shape),

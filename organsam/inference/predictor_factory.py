@@ -165,6 +165,7 @@ def build_predictor(
     organ_prompts: str | os.PathLike[str] | bool = False,
     design_prompts: str | None = None,
     prior: Any = None,
+    runtime: str = "auto",
 ) -> Any:
     """The predictor of a segment call.
 
@@ -179,6 +180,8 @@ def build_predictor(
             ``None``: text alone for a prompt-free design (``prompt_free``: pg_sam, seg_sam), else the prior.
         prior: a location prior to use instead of the atlas prior (e.g. one fitted beforehand); ``None``: the
             atlas prior (coarser with ``fast``).
+        runtime: what runs the shipped pipeline's core (see :class:`VolumePredictor`); a design checkpoint runs
+            in PyTorch (``"auto"`` or ``"torch"``).
 
     Returns:
         A :class:`VolumePredictor` (drawing with the LiteMedSAM core, or with the trained design).
@@ -203,6 +206,11 @@ def build_predictor(
         from organsam.inference.design_predictor import design_predictor
         from organsam.model.checkpoint import load_checkpoint
 
+        if runtime == "openvino":
+            raise ValueError(
+                "--runtime openvino runs the shipped pipeline's LiteMedSAM core; a design checkpoint runs in "
+                "PyTorch (leave --runtime at auto or give torch)"
+            )
         if organ_prompts:
             raise ValueError(
                 "--organ-prompts adds tokens to the shipped pipeline's boxes; a design checkpoint "
@@ -226,4 +234,5 @@ def build_predictor(
         progress=progress,
         precision=precision,
         organ_prompts=organ_prompts,
+        runtime=runtime,
     )

@@ -38,6 +38,7 @@ def segment(
     design_prompts: str | None = None,
     options: SegmentOptions | None = None,
     series_uid: str | None = None,
+    runtime: str = "auto",
 ) -> SegmentationResult:
     """Segment organs in a CT/MR volume from a text prompt.
 
@@ -71,6 +72,8 @@ def segment(
             off by default because on the held-out AMOS slab they did not help the full pipeline (README,
             ``bench/quality.py``). See :mod:`organsam.inference.organ_prompt_table`. Ignored with ``predictor``.
         series_uid: the DICOM series to read from a folder that holds several (SeriesInstanceUID).
+        runtime: what runs the LiteMedSAM core: ``"auto"`` (OpenVINO on the CPU where installed, else PyTorch),
+            ``"torch"`` or ``"openvino"``. Ignored with ``predictor``.
         design_prompts: with a design checkpoint, where the text-prompted organs are looked for: ``"prior"``
             (text + the atlas prior's box on each slice where it has the organ) or ``"text"`` (text alone on
             every slice, kept where the design's presence probability is at least 0.5).
@@ -89,6 +92,7 @@ def segment(
             min_slice_mm=min_slice_mm,
             organ_prompts=organ_prompts,
             design_prompts=design_prompts,
+            runtime=runtime,
         )
     request = resolve_organs(organs, all_organs)
     if predictor is None:

@@ -21,7 +21,6 @@ A slice's mask is rejected (organ judged absent there) when the predicted IoU fa
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator
 
 import numpy as np
@@ -33,7 +32,7 @@ from organsam.inference.assignment import ANCHORS, assign_against_anchors, neigh
 from organsam.inference.box_search import search_boxes
 from organsam.inference.decoders import SamCoreDecoder, SliceDecoder
 from organsam.inference.organ_ends import trim_prior_placed
-from organsam.inference.organ_prompt_table import OrganPromptTable, load_prompt_table
+from organsam.inference.organ_prompt_table import OrganPromptTable
 from organsam.inference.prompt_session import PromptSession
 from organsam.inference.state import (
     Box,
@@ -99,9 +98,11 @@ class VolumePredictor(PromptSession):
             (:mod:`organsam.inference.organ_ends`); ``False`` keeps them.
         box_search: decode each prior box again with its sides pulled in and keep the mask with the highest
             predicted IoU (:mod:`organsam.inference.box_search`); ``None`` (default): on MR volumes only.
+        runtime: what runs the core: ``"auto"`` (OpenVINO on the CPU where it is installed, same masks to float
+            rounding, faster; else PyTorch), ``"torch"`` or ``"openvino"`` (``organsam.inference.runtimes``).
         decoder: what encodes slices and draws masks; default a :class:`SamCoreDecoder` built from ``core``,
-            ``precision``, ``decoder_precision``, ``fast_encoder``, ``quantize`` and ``organ_prompts`` (which
-            must then be left at their defaults).
+            ``precision``, ``decoder_precision``, ``fast_encoder``, ``quantize``, ``organ_prompts`` and ``runtime``
+            (which must then be left at their defaults).
     """
 
     def __init__(
@@ -126,6 +127,7 @@ class VolumePredictor(PromptSession):
         anchor_refit: bool = True,
         trim_ends: bool = True,
         box_search: bool | None = None,
+        runtime: str = "auto",
     ) -> None:
         self.device = torch.device(device)
         self.batch_size = int(batch_size if batch_size is not None else self.default_batch_size(self.device))
@@ -134,10 +136,6 @@ class VolumePredictor(PromptSession):
         if decoder is None:
             if precision is None:
                 precision = "bf16" if self.device.type == "cuda" else "fp32"
-            if organ_prompts is True:
-                organ_prompts = load_prompt_table()
-            elif isinstance(organ_prompts, (str, os.PathLike)):
-                organ_prompts = load_prompt_table(organ_prompts)
             decoder = SamCoreDecoder(
                 core if core is not None else build_lite_medsam(),
                 self.device,
@@ -145,11 +143,12 @@ class VolumePredictor(PromptSession):
                 decoder_precision,
                 fast_encoder,
                 quantize,
-                organ_prompts or None,
+                organ_prompts,
                 self.batch_size,
+                runtime,
             )
-        elif core is not None or organ_prompts or precision is not None or decoder_precision is not None:
-            raise TypeError("give either a decoder or the core's settings (core, precision, organ_prompts), not both")
+        elif core is not None or organ_prompts or (precision, decoder_precision, runtime) != (None, None, "auto"):
+            raise TypeError("give either a decoder or the core's settings (core, precision, organ_prompts, runtime)")
         self.decoder: SliceDecoder = decoder
         self._prior = prior
         self.iou_threshold = float(iou_threshold)

@@ -94,7 +94,7 @@ def test_volume_predictor_encoder_options() -> None:
         VolumePredictor(core, prior=None, fast_encoder=False, quantize=True)
     with pytest.raises(ValueError, match="batch_size"):
         VolumePredictor(core, prior=None, batch_size=0)
-    fast = VolumePredictor(core, prior=None, progress=False)
+    fast = VolumePredictor(core, prior=None, progress=False, runtime="torch")
     assert fast.precision == "fp32" and fast.batch_size == VolumePredictor.default_batch_size("cpu")
     x = torch.rand(1, 3, 64, 64)
     a = fast.decoder.encode_images(x)
@@ -102,6 +102,6 @@ def test_volume_predictor_encoder_options() -> None:
     with torch.inference_mode():
         b = core.image_encoder(x)
     assert float((a - b).norm() / b.norm()) < 1e-5
-    plain = VolumePredictor(core, prior=None, fast_encoder=False, progress=False)
+    plain = VolumePredictor(core, prior=None, fast_encoder=False, progress=False, runtime="torch")
     with pytest.raises(ValueError, match="256"):  # the plain path goes through SamCore.encode's checks
         plain.decoder.encode_images(x)
