@@ -87,21 +87,36 @@ def keep_largest_components(
     """
     if not mask.any():
         return mask.astype(bool, copy=False)
-    labels, count = cc3d.connected_components(mask.astype(np.uint8), connectivity=connectivity, return_N=True)
+    box = _bounding_box(mask)  # components lie inside the mask's box: labelled there only
+    labels, count = cc3d.connected_components(mask[box].astype(np.uint8), connectivity=connectivity, return_N=True)
     if count <= n:
         return mask.astype(bool, copy=False)
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
     ranked = np.argsort(sizes)[::-1]
     keep = [c for i, c in enumerate(ranked) if sizes[c] > 0 and (i < n or sizes[c] >= min_fraction * sizes[ranked[0]])]
-    return np.isin(labels, keep)
+    out = np.zeros(mask.shape, dtype=bool)
+    out[box] = np.isin(labels, keep)
+    return out
+
+
+def _bounding_box(mask: np.ndarray, pad: int = 0) -> tuple[slice, ...]:
+    """Slices of a non-empty mask's bounding box, grown by ``pad`` on each side (clipped to the array)."""
+    box = []
+    for axis in range(mask.ndim):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        box.append(slice(max(int(hit[0]) - pad, 0), min(int(hit[-1]) + 1 + pad, mask.shape[axis])))
+    return tuple(box)
 
 
 def fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
     """Fill holes in each axial slice of a (Z, Y, X) bool mask."""
     out = mask.astype(bool, copy=True)
     for z in np.flatnonzero(out.reshape(out.shape[0], -1).any(axis=1)):
-        out[z] = ndimage.binary_fill_holes(out[z])
+        # inside the box grown by one pixel: everything beyond it is background joined to the image border, so a
+        # region is a hole there exactly when it is one in the whole slice
+        box = _bounding_box(out[z], pad=1)
+        out[z][box] = ndimage.binary_fill_holes(out[z][box])
     return out
 
 

@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["GRAPH_VERSION", "OpenVinoSam", "cache_dir", "openvino_available"]
 
 #: Bumped whenever the traced graphs' inputs or outputs change, so that stale cached graphs are not loaded.
-GRAPH_VERSION = "4"
+GRAPH_VERSION = "5"
 
 #: OpenVINO's name of each of our precisions (its ``INFERENCE_PRECISION_HINT``).
 _OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}

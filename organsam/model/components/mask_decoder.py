@@ -148,7 +148,7 @@ class MaskDecoder(nn.Module):
         w2 = conv2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)  # (c1, [a2, b2, c2])
         z = F.gelu((y @ w2 + conv2.bias.repeat(4)).reshape(P, H, W, 2, 2, 2, 2, c2))
         weights = self.output_hypernetworks_mlps[0](hs[:, 1])  # (P, c2)
-        blocks = (z * weights[:, None, None, None, None, None, None, :]).sum(dim=-1)  # (P, H, W, a, b, a2, b2)
+        blocks = (z.reshape(P, -1, c2) @ weights[:, :, None]).reshape(P, H, W, 2, 2, 2, 2)  # (P, H, W, a, b, a2, b2)
         masks = blocks.permute(0, 1, 3, 5, 2, 4, 6).reshape(P, 1, 4 * H, 4 * W)
         return masks, self.iou_prediction_head(hs[:, 0])[:, :1]
 
