@@ -15,7 +15,8 @@ The ratio is pipeline seconds / bare-encoder seconds (wall clock); ``cpu r.`` is
 seconds of this process (all threads), steadier when other jobs share the machine; ``ours-all s`` is the
 pipeline's own encoder (``VolumePredictor.encode_images``) over every slice, i.e. the runtime speed-up
 without skipping slices. Stage columns: ``prior`` (atlas registration),
-``enc`` (encoding inside the pipeline), ``dec`` (decoding + mask paste), ``post`` (post-processing).
+``enc`` (encoding inside the pipeline), ``dec`` (decoding + mask paste), ``post`` (post-processing);
+``prompts``: the prompts (box, points) decoded.
 On CUDA every timer synchronises first; peak GPU memory is reported too.
 
     .venv/bin/python bench/segment_speed.py [--device cpu|cuda] [--cases amos_0013_slab ts_a stack100]
@@ -103,6 +104,7 @@ def run_case(case: str, args: argparse.Namespace) -> dict:
         "total": result.timings["total"],
     }
     out["encoded_slices"] = result.report["encoded_slices"]
+    out["decoded_prompts"] = result.report["decoded_prompts"]
     out["slices"] = int(vol.array.shape[0])
     out["organs_requested"] = len(AMOS13)
     out["organs_found"] = sum(1 for o in result.report["organs"].values() if o["present"])
@@ -169,7 +171,7 @@ def print_table(rows: list[dict]) -> None:
     head = (
         f"{'case':15s} {'slices':>6s} {'enc.sl':>6s} {'organs':>6s} {'pipeline s':>10s} "
         f"{'enc-all s':>9s} {'ratio':>6s} {'cpu r.':>6s} {'RSS MB':>7s} | {'build':>5s} {'prior':>6s} {'enc':>6s} "
-        f"{'dec':>6s} {'post':>5s} {'ours-all s':>10s}"
+        f"{'dec':>6s} {'post':>5s} {'prompts':>7s} {'ours-all s':>10s}"
     )
     print(head)
     print("-" * len(head))
@@ -187,7 +189,7 @@ def print_table(rows: list[dict]) -> None:
             f"{r['pipeline_s']:10.1f} {r['bare_encoder_s']:9.1f} {r['ratio']:6.2f} {r['cpu_ratio']:6.2f} "
             f"{r['peak_rss_mb']:7.0f} | "
             f"{r['build_s']:5.1f} {s['prior']:6.1f} {s['encode']:6.1f} {s['decode']:6.1f} {s['post']:5.1f} "
-            f"{ours_s}{gpu}"
+            f"{r.get('decoded_prompts', -1):7d} {ours_s}{gpu}"
         )
 
 

@@ -53,6 +53,7 @@ class SliceDecoder(Protocol):
         compute: runtime, encoder and decoder precision, as recorded in reports.
         batch_size: slices per encoder pass.
         encoded_slices: slices encoded so far; encode_seconds: seconds spent encoding.
+        decoded_prompts: prompts (jobs) decoded so far.
     """
 
     design_name: str
@@ -61,6 +62,7 @@ class SliceDecoder(Protocol):
     compute: dict[str, str]
     batch_size: int
     encoded_slices: int
+    decoded_prompts: int
     encode_seconds: float
 
     def check_organ(self, organ_id: str) -> None:
@@ -104,6 +106,7 @@ class _Timed:
     device: torch.device
     batch_size: int = 1
     encoded_slices: int = 0
+    decoded_prompts: int = 0
     encode_seconds: float = 0.0
 
     def _encode_missing(self, state: InferenceState, slices: list[int], encode_batch: Any) -> None:
@@ -207,6 +210,7 @@ class SamCoreDecoder(_Timed):
     def decode(self, state: InferenceState, jobs: list[DecodeJob]) -> list[Candidate]:
         if not jobs:
             return []
+        self.decoded_prompts += len(jobs)
         slices = sorted({job.z for job in jobs})
         self.encode(state, slices)
         emb = torch.stack([state.embeddings[z] for z in slices])
@@ -341,6 +345,7 @@ class DesignDecoder(_Timed):
     def decode(self, state: InferenceState, jobs: list[DecodeJob]) -> list[Candidate]:
         if not jobs:
             return []
+        self.decoded_prompts += len(jobs)
         geom = state.geometry
         results: list[Candidate | None] = [None] * len(jobs)
         groups: dict[tuple[int, bool, bool, int], list[int]] = {}

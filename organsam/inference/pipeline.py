@@ -289,6 +289,7 @@ def run_segmentation(
             raise JobCancelledError("the segmentation was cancelled")
 
     t0 = time.perf_counter()
+    decodes0 = int(getattr(getattr(predictor, "decoder", None), "decoded_prompts", 0))
     work = model_grid(volume, options.min_slice_mm)
     check_segmentable(volume, work)  # every requested organ is text-prompted
     if state is None:
@@ -377,6 +378,7 @@ def run_segmentation(
         "prior_moves": [dict(m) for m in state.prior_moves],
         "encoded_slices": int(getattr(predictor, "encoded_slices", len(state.embeddings))),
         "model_slices": int(Z),
+        "decoded_prompts": int(getattr(getattr(predictor, "decoder", None), "decoded_prompts", 0)) - decodes0,
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
     }
     report.update(report_extra or {})
