@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["GRAPH_VERSION", "OpenVinoSam", "cache_dir", "openvino_available"]
 
 #: Bumped whenever the traced graphs' inputs or outputs change, so that stale cached graphs are not loaded.
-GRAPH_VERSION = "5"
+GRAPH_VERSION = "6"
 
 #: OpenVINO's name of each of our precisions (its ``INFERENCE_PRECISION_HINT``).
 _OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
@@ -105,7 +105,7 @@ class _DecoderGraph(nn.Module):
     def forward(
         self, embeddings: torch.Tensor, sparse: torch.Tensor, image_index: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.decoder.predict_single_mask(embeddings, self.pe, sparse, self.dense, image_index)
+        return self.decoder.predict_masks(embeddings, self.pe, sparse, self.dense, image_index, single_mask=True)
 
 
 class OpenVinoSam:

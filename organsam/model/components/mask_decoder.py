@@ -53,20 +53,30 @@ class MaskDecoder(nn.Module):
         )
         self.iou_prediction_head = MLP(transformer_dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth)
 
-    def run_transformer(
+    def predict_masks(
         self,
         image_embeddings: torch.Tensor,
         image_pe: torch.Tensor,
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
         image_index: torch.Tensor | None = None,
+        single_mask: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The two-way transformer over [IoU token, mask tokens, prompt tokens] and the image.
+        """All mask tokens' outputs (or the single-mask output alone).
 
-        Args: as :meth:`predict_masks`.
+        Args:
+            image_embeddings: (P, C, 64, 64) one embedding per prompt set (or (1, ...) shared by all); with
+                ``image_index``, (I, C, 64, 64) distinct images.
+            image_pe: (1, C, 64, 64) dense position encoding.
+            sparse_prompt_embeddings: (P, T, C).
+            dense_prompt_embeddings: (P, C, 64, 64); with ``image_index``, (1, C, 64, 64) shared by all.
+            image_index: (P,) long, the image of each prompt set: the transformer's image-only first-layer
+                projections are then computed once per image (same result to float rounding).
+            single_mask: compute only the single-mask output, the way graph compilers run fastest
+                (:meth:`_single_mask_head`; same logits to float rounding).
 
         Returns:
-            output tokens (P, 1 + num_mask_tokens + T, C) and image tokens (P, 64 * 64, C), row-major over the grid.
+            masks (P, M, 256, 256) logits and iou (P, M); M = num_mask_tokens, or 1 with ``single_mask``.
         """
         P = sparse_prompt_embeddings.shape[0]
         out_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
@@ -77,79 +87,44 @@ class MaskDecoder(nn.Module):
         if image_index is not None:
             if dense_prompt_embeddings.shape[0] != 1:
                 raise ValueError("with image_index the dense prompt embedding must be one (1, C, h, w) map")
-            return self.transformer(image_embeddings + dense_prompt_embeddings, image_pe, tokens, image_index)
-        src = image_embeddings.expand(P, -1, -1, -1) + dense_prompt_embeddings
-        return self.transformer(src, image_pe.expand(P, -1, -1, -1), tokens)
-
-    def predict_masks(
-        self,
-        image_embeddings: torch.Tensor,
-        image_pe: torch.Tensor,
-        sparse_prompt_embeddings: torch.Tensor,
-        dense_prompt_embeddings: torch.Tensor,
-        image_index: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """All mask tokens' outputs.
-
-        Args:
-            image_embeddings: (P, C, 64, 64) one embedding per prompt set (or (1, ...) shared by all); with
-                ``image_index``, (I, C, 64, 64) distinct images.
-            image_pe: (1, C, 64, 64) dense position encoding.
-            sparse_prompt_embeddings: (P, T, C).
-            dense_prompt_embeddings: (P, C, 64, 64); with ``image_index``, (1, C, 64, 64) shared by all.
-            image_index: (P,) long, the image of each prompt set: the transformer's image-only first-layer
-                projections are then computed once per image (same result to float rounding).
-
-        Returns:
-            masks (P, num_mask_tokens, 256, 256) logits and iou (P, num_mask_tokens).
-        """
-        hs, image_tokens = self.run_transformer(
-            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, image_index
-        )
+            src, pos = image_embeddings + dense_prompt_embeddings, image_pe
+        else:
+            src = image_embeddings.expand(P, -1, -1, -1) + dense_prompt_embeddings
+            pos = image_pe.expand(P, -1, -1, -1)
+        hs, image_tokens = self.transformer(src, pos, tokens, image_index)  # image tokens (P, h * w, C)
+        h, w = image_embeddings.shape[-2:]
+        if single_mask:
+            return self._single_mask_head(hs, image_tokens, h, w)
         iou_token_out = hs[:, 0]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens]
-        b, _, c = image_tokens.shape
-        h, w = image_embeddings.shape[-2:]
-        upscaled = self.output_upscaling(image_tokens.transpose(1, 2).reshape(b, c, h, w))
+        upscaled = self.output_upscaling(image_tokens.transpose(1, 2).reshape(P, -1, h, w))
         hyper = torch.stack([mlp(mask_tokens_out[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1)
         bu, cu, hu, wu = upscaled.shape
         masks = (hyper @ upscaled.reshape(bu, cu, hu * wu)).reshape(bu, -1, hu, wu)
         iou = self.iou_prediction_head(iou_token_out)
         return masks, iou
 
-    def predict_single_mask(
-        self,
-        image_embeddings: torch.Tensor,
-        image_pe: torch.Tensor,
-        sparse_prompt_embeddings: torch.Tensor,
-        dense_prompt_embeddings: torch.Tensor,
-        image_index: torch.Tensor | None = None,
+    def _single_mask_head(
+        self, hs: torch.Tensor, image_tokens: torch.Tensor, h: int, w: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The single-mask output alone (``forward(..., multimask_output=False)``), rearranged for graph
-        compilers (OpenVINO): the three multimask outputs are not computed, and the upscaling runs as matrix
-        products over the channels of channels-last pixels. Each 2x2 stride-2 transposed convolution maps a pixel
-        to a 2x2 block with no overlap, i.e. a (C_in, 4 C_out) matrix product; the layer norm and GELUs act per
-        pixel, and the mask is the hypernetwork-weighted sum over the last channels, so the blocks are put in
-        place only on the one-channel mask. Same logits as :meth:`forward` to float rounding.
-
-        Returns:
-            masks (P, 1, 256, 256) logits and iou (P, 1).
+        """The single-mask output from the transformer's output tokens (P, Nt, C) and image tokens (P, h * w, C),
+        rearranged for graph compilers (OpenVINO): the three multimask outputs are not computed, and the upscaling
+        runs as matrix products over the channels of channels-last pixels. Each 2x2 stride-2 transposed convolution
+        maps a pixel to a 2x2 block with no overlap, i.e. a (C_in, 4 C_out) matrix product; the layer norm and
+        GELUs act per pixel, and the mask is the hypernetwork-weighted sum over the last channels, so the blocks
+        are put in place only on the one-channel mask. Returns masks (P, 1, 4h, 4w) and iou (P, 1).
         """
-        hs, image_tokens = self.run_transformer(
-            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, image_index
-        )
         conv1, norm, _, conv2, _ = self.output_upscaling
         P, _, C = image_tokens.shape
-        H, W = image_embeddings.shape[-2:]
         c1, c2 = conv1.out_channels, conv2.out_channels
         w1 = conv1.weight.permute(0, 2, 3, 1).reshape(C, 4 * c1)  # (C, [a, b, c1])
-        y = (image_tokens @ w1 + conv1.bias.repeat(4)).reshape(P, H, W, 2, 2, c1)
+        y = (image_tokens @ w1 + conv1.bias.repeat(4)).reshape(P, h, w, 2, 2, c1)
         y = F.gelu(F.layer_norm(y, (c1,), norm.weight, norm.bias, norm.eps))
         w2 = conv2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)  # (c1, [a2, b2, c2])
-        z = F.gelu((y @ w2 + conv2.bias.repeat(4)).reshape(P, H, W, 2, 2, 2, 2, c2))
+        z = F.gelu((y @ w2 + conv2.bias.repeat(4)).reshape(P, h, w, 2, 2, 2, 2, c2))
         weights = self.output_hypernetworks_mlps[0](hs[:, 1])  # (P, c2)
-        blocks = (z.reshape(P, -1, c2) @ weights[:, :, None]).reshape(P, H, W, 2, 2, 2, 2)  # (P, H, W, a, b, a2, b2)
-        masks = blocks.permute(0, 1, 3, 5, 2, 4, 6).reshape(P, 1, 4 * H, 4 * W)
+        blocks = (z.reshape(P, -1, c2) @ weights[:, :, None]).reshape(P, h, w, 2, 2, 2, 2)  # (P, h, w, a, b, a2, b2)
+        masks = blocks.permute(0, 1, 3, 5, 2, 4, 6).reshape(P, 1, 4 * h, 4 * w)
         return masks, self.iou_prediction_head(hs[:, 0])[:, :1]
 
     def forward(
