@@ -42,7 +42,15 @@ fetch)
   ;;
 encoder | pipeline)
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-  if [ "$step" = encoder ]; then install_site "$GPU/whl_a"; else install_site "$GPU/whl_b"; fi
+  if [ "$step" = encoder ]; then
+    install_site "$GPU/whl_a"
+  else
+    if ! test -d "$GPU/site/nibabel"; then
+      echo "runs/gpu/site lacks the readers: run the encoder step first on this warm machine" >&2
+      exit 2
+    fi
+    install_site "$GPU/whl_b"
+  fi
   export PYTHONPATH="$PWD/$GPU/site:$PWD" ORGANSAM_DATA="$PWD/$GPU/data" PYTHONUNBUFFERED=1
   out="${OUT:-$GPU/out}"
   mkdir -p "$out"

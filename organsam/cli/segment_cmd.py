@@ -81,8 +81,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--runtime",
         choices=RUNTIMES,
         default="auto",
-        help="what runs the LiteMedSAM core: auto (default: OpenVINO on the CPU, about 1.5x faster, same masks "
-        "to float rounding; PyTorch on a GPU or where OpenVINO is missing), torch or openvino",
+        help="what runs the LiteMedSAM core: auto (default: OpenVINO on the CPU, faster with the same masks to "
+        "float rounding, see README 'Speed'; PyTorch on a GPU or where OpenVINO is missing), torch or openvino",
     )
     p.add_argument(
         "--min-slice-mm",
@@ -171,6 +171,7 @@ def run_batch_cmd(args: argparse.Namespace) -> int:
         device=args.device,
         fast=args.fast,
         modality=args.modality,
+        runtime=args.runtime,
         progress=not args.quiet,
     )
     if args.quiet:

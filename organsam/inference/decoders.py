@@ -85,17 +85,24 @@ def resolve_runtime(runtime: str, device: torch.device, core: SamCore, fast_enco
     """``"torch"`` or ``"openvino"`` for a runtime setting (see :data:`RUNTIMES`); one-line errors."""
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
-    eligible = device.type == "cpu" and isinstance(core.image_encoder, TinyViT) and fast_encoder and not quantize
+    unmet = [
+        why
+        for why, bad in (
+            (f"the device is {device.type}, not the CPU", device.type != "cpu"),
+            ("the core's encoder is not a TinyViT", not isinstance(core.image_encoder, TinyViT)),
+            ("fast_encoder=False asks for the plain PyTorch encoder", not fast_encoder),
+            ("quantize=True is a PyTorch option", quantize),
+        )
+        if bad
+    ]
     if runtime == "openvino":
-        if not eligible:
-            raise ValueError(
-                "runtime 'openvino' runs a TinyViT LiteMedSAM core on the CPU, without quantize=True or "
-                "fast_encoder=False; use runtime='torch' here"
-            )
+        if unmet:
+            why = "; ".join(unmet)
+            raise ValueError(f"runtime 'openvino' cannot run here: {why}; use runtime 'torch' (--runtime torch)")
         if not openvino_available():
             raise ValueError("runtime 'openvino' needs the openvino package: pip install openvino")
         return "openvino"
-    if runtime == "auto" and eligible and openvino_available():
+    if runtime == "auto" and not unmet and openvino_available():
         return "openvino"
     return "torch"
 

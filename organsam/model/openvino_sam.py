@@ -1,14 +1,13 @@
 """LiteMedSAM's image encoder and mask decoder compiled by OpenVINO, the pipeline's CPU runtime.
 
-OpenVINO fuses the TinyViT encoder and the two-way mask decoder into graphs that run on this project's 2-core
-AVX-512 CPUs about 1.8x (encoder) and 1.5x (decoder) faster than PyTorch in float32, with the same results to
-float rounding (embedding relative difference ~4e-6; ``bench/encoder_speed.py --variants fast openvino``), and
-about 3.5x / 3.3x faster in bfloat16 where the CPU has AVX512-BF16 or AMX.
+OpenVINO fuses the TinyViT encoder and the two-way mask decoder into graphs that run faster than PyTorch on the
+CPU with the same results to float rounding (embedding relative difference ~4e-6); ``bench/encoder_speed.py
+--variants fast openvino openvino_bf16`` and ``bench/decoder_speed.py`` measure them (README, "Speed").
 
 The graphs are converted from the core's own modules (``openvino.convert_model`` traces them), so any
 SAM-family core with this architecture works, fine-tuned weights included. Converting takes ~12 s; the
 converted graphs are kept in a cache folder (:func:`cache_dir`) under a key made of the weights' SHA-256, the
-OpenVINO version and :data:`GRAPH_VERSION`, so later runs load them in well under a second. A cache that
+model code and the versions (:func:`_graph_key`), so later runs load them in well under a second. A cache that
 cannot be written is not an error: the graphs are then converted in memory on each run.
 
 Example::
@@ -40,8 +39,9 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["GRAPH_VERSION", "OpenVinoSam", "cache_dir", "openvino_available"]
 
-#: Bumped whenever the traced graphs' inputs or outputs change, so that stale cached graphs are not loaded.
-GRAPH_VERSION = "6"
+#: Part of the cache key (with the weights, the modules' printed structure, the model code's source, and the torch,
+#: OpenVINO and organsam versions): bump it for any change to the traced computation the key would not see.
+GRAPH_VERSION = "7"
 
 #: OpenVINO's name of each of our precisions (its ``INFERENCE_PRECISION_HINT``).
 _OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
@@ -61,14 +61,29 @@ def cache_dir() -> Path:
     ``~/.cache/organsam``), sub-folder ``openvino``."""
     root = os.environ.get("ORGANSAM_CACHE_DIR")
     if not root:
-        root = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache"), "organsam")
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        root = os.path.join(base, "organsam")
     return Path(root) / "openvino"
 
 
-def _state_sha256(module: nn.Module) -> str:
-    """SHA-256 over a module's parameters and buffers (names, shapes, dtypes and bytes)."""
+def _graph_key(graph: nn.Module, ov_version: str) -> str:
+    """What a converted graph depends on: weights and buffers, structure, the source of the model code, versions."""
+    from organsam import __version__
+
     h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
+    h.update(_state_sha256(graph).encode())
+    h.update(repr(graph).encode())
+    for path in sorted(Path(__file__).resolve().parent.joinpath("components").glob("*.py")):
+        h.update(path.read_bytes())
+    h.update(f"{ov_version}|{torch.__version__}|{__version__}|{GRAPH_VERSION}".encode())
+    return h.hexdigest()
+
+
+def _state_sha256(module: nn.Module) -> str:
+    """SHA-256 over a module's parameters and buffers, non-persistent ones too (names, shapes, dtypes, bytes)."""
+    h = hashlib.sha256()
+    tensors = {**dict(module.named_parameters()), **dict(module.named_buffers())}
+    for name, t in sorted(tensors.items()):
         t = t.detach().cpu().contiguous()
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
@@ -177,44 +192,51 @@ class OpenVinoSam:
         """Load the graph from the cache (or convert it and store it there), then compile it for the CPU."""
         ov = self._ov
         graph = graph.eval()
-        model = None
-        folder = None
-        if cache:
-            key = hashlib.sha256(f"{_state_sha256(graph)}|{ov.__version__}|{GRAPH_VERSION}".encode()).hexdigest()
-            folder = cache_dir() / f"{name}-{key[:24]}"
-            xml = folder / "model.xml"
-            if xml.is_file() and (folder / "model.bin").is_file():
-                try:
-                    model = self._core.read_model(str(xml))
-                except RuntimeError as exc:  # a damaged cache entry: convert again
-                    logger.warning("%s: cannot read the cached OpenVINO graph (%s); converting again", xml, exc)
-        if model is None:
-            logger.info("converting LiteMedSAM's %s to an OpenVINO graph (once per weights and version)", name)
-            with torch.no_grad(), warnings.catch_warnings():
-                warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape branches traced: checked by tests
-                warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.trace, which convert_model calls
-                model = ov.convert_model(graph, example_input=example, input=shapes)
-            if folder is not None:
-                self._store(model, folder)
         config = {
             "INFERENCE_PRECISION_HINT": _OV_PRECISION[precision],
             "INFERENCE_NUM_THREADS": self.threads,
             "PERFORMANCE_HINT": "LATENCY",
         }
+        folder = cache_dir() / f"{name}-{_graph_key(graph, ov.__version__)[:24]}" if cache else None
+        if folder is not None and folder.exists():
+            try:
+                return self._core.compile_model(self._core.read_model(str(folder / "model.xml")), "CPU", config)
+            except RuntimeError as exc:  # a damaged entry (missing or truncated file): replaced below
+                logger.warning("%s: cannot load the cached OpenVINO graph (%s); converting again", folder, exc)
+                self._discard(folder)
+        logger.info("converting LiteMedSAM's %s to an OpenVINO graph (once per weights and version)", name)
+        # traced outside inference mode (the first decode may come from inside it), without gradients
+        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape branches traced: checked by tests
+            warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.trace, which convert_model calls
+            model = ov.convert_model(graph, example_input=example, input=shapes)
+        if folder is not None:
+            self._store(model, folder)
         return self._core.compile_model(model, "CPU", config)
+
+    @staticmethod
+    def _discard(folder: Path) -> None:
+        """Move a damaged cache entry aside and delete it (an entry this cache wrote; nothing else is touched)."""
+        aside = folder.with_name(f".{folder.name}-damaged-{os.getpid()}")
+        try:
+            os.replace(folder, aside)
+        except OSError:
+            return  # another process replaced it already
+        shutil.rmtree(aside, ignore_errors=True)
 
     def _store(self, model: Any, folder: Path) -> None:
         """Write the graph whole or not at all: into a temporary folder beside ``folder``, then renamed."""
         try:
             folder.parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+            tmp.chmod(0o755)  # readable like any cache folder (mkdtemp makes it private)
         except OSError as exc:
             logger.warning("cannot cache the OpenVINO graph in %s (%s); it is converted again next run", folder, exc)
             return
         try:
             self._ov.save_model(model, str(tmp / "model.xml"), compress_to_fp16=False)
             os.replace(tmp, folder)
-        except OSError as exc:  # another process stored it first, or the disk is full
+        except (OSError, RuntimeError) as exc:  # another process stored it first, or the disk is full
             if not folder.is_dir():
                 logger.warning("cannot cache the OpenVINO graph in %s (%s)", folder, exc)
         finally:

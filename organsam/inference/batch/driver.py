@@ -93,6 +93,7 @@ def run_batch(
     device: str = "auto",
     fast: bool = False,
     modality: str | None = None,
+    runtime: str = "auto",
     progress: bool = True,
     on_case: Callable[[CaseStatus], None] | None = None,
 ) -> BatchSummary:
@@ -111,7 +112,7 @@ def run_batch(
             already initialised in this process, that session is used.
         resume: skip cases finished earlier with unchanged input, prompt, settings and outputs (see
             :meth:`BatchManifest.is_current`); False recomputes every case.
-        design, checkpoint, device, fast, modality: as in :func:`organsam.inference.segment.segment`.
+        design, checkpoint, device, fast, modality, runtime: as in :func:`organsam.inference.segment.segment`.
         progress: a progress bar over volumes (stderr).
         on_case: called with each case's status as soon as it is known.
 
@@ -134,7 +135,9 @@ def run_batch(
             raise BatchInputError("the batch is empty: no cases given")
         unique_cases(cases, Path("<cases>"))
     request = resolve_organs(organs, all_organs)
-    SegmentOptions(design=design, checkpoint=checkpoint, device=device, fast=bool(fast), modality=modality).check()
+    SegmentOptions(
+        design=design, checkpoint=checkpoint, device=device, fast=bool(fast), modality=modality, runtime=runtime
+    ).check()
     device = resolve_device(device)  # workers and their count follow the device actually used
     ck_sha = None if checkpoint is None else file_sha256(Path(checkpoint))
     if ray is not None:
@@ -142,7 +145,9 @@ def run_batch(
 
         require_ray()  # fail before creating anything
     ck_path = None if checkpoint is None else str(Path(checkpoint).resolve())
-    settings = BatchSettings(request.organ_ids, design, ck_path, ck_sha, device, bool(fast), modality, request.prompt)
+    settings = BatchSettings(
+        request.organ_ids, design, ck_path, ck_sha, device, bool(fast), modality, request.prompt, runtime
+    )
     outdir.mkdir(parents=True, exist_ok=True)
     with _OutdirLock(outdir):
         return _run_locked(cases, settings, outdir, workers, ray, resume, progress, on_case, t_start)

@@ -22,7 +22,7 @@ class BatchSettings:
 
     Attributes:
         organ_ids: resolved organ ids, in prompt order.
-        design, checkpoint, device, fast, modality: as in :class:`organsam.inference.options.SegmentOptions`.
+        design, checkpoint, device, fast, modality, runtime: as in :class:`organsam.inference.options.SegmentOptions`.
         checkpoint_sha256: hash of ``checkpoint`` (outputs depend on the weights, not the file name).
         prompt_text: the user's prompt as given (recorded in each ``report.json``; resume compares ``prompt``).
     """
@@ -35,12 +35,18 @@ class BatchSettings:
     fast: bool = False
     modality: str | None = None
     prompt_text: str = ""
+    runtime: str = "auto"
 
     @property
     def options(self) -> SegmentOptions:
         """The settings each case is segmented with."""
         return SegmentOptions(
-            design=self.design, checkpoint=self.checkpoint, device=self.device, fast=self.fast, modality=self.modality
+            design=self.design,
+            checkpoint=self.checkpoint,
+            device=self.device,
+            fast=self.fast,
+            modality=self.modality,
+            runtime=self.runtime,
         )
 
     @property
@@ -60,6 +66,7 @@ class BatchSettings:
             "checkpoint_sha256": self.checkpoint_sha256,
             "fast": self.fast,
             "modality": self.modality,
+            "runtime": self.runtime,
         }
 
 
