@@ -56,8 +56,8 @@ def segment(
             ``.pth`` (LiteMedSAM layout) for the shipped pipeline's core.
         device: ``"auto"`` (default: a CUDA GPU when there is one, else the CPU), ``"cpu"`` or ``"cuda"``.
         fast: faster, approximate settings: coarser registration of the location prior, and the image
-            encoder in bfloat16 where the hardware runs it natively (about 2x faster encoding on CPUs with
-            AVX512-BF16; masks differ slightly from float32, see ``bench/encoder_speed.py``).
+            encoder and mask decoder in bfloat16 where the hardware runs it natively (about 2x faster encoding on
+            CPUs with AVX512-BF16; lower Dice on our validation, see the README's "Speed").
         quiet: no progress bar.
         modality: override the modality guess ("CT" or "MR").
         predictor: a ready :class:`VolumePredictor` (reused across calls; it then decides the design, device,
