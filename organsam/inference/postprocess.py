@@ -85,12 +85,13 @@ def keep_largest_components(
     Returns:
         (Z, Y, X) bool.
     """
+    mask = np.asarray(mask, dtype=bool)  # a label or float mask counts as one foreground, not one per value
     if not mask.any():
-        return mask.astype(bool, copy=False)
+        return mask
     box = _bounding_box(mask)  # components lie inside the mask's box: labelled there only
     labels, count = cc3d.connected_components(mask[box].astype(np.uint8), connectivity=connectivity, return_N=True)
     if count <= n:
-        return mask.astype(bool, copy=False)
+        return mask
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
     ranked = np.argsort(sizes)[::-1]
