@@ -34,13 +34,7 @@ from organsam.preprocessing.slices import to_model_input_batch
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "RUNTIMES",
-    "DesignDecoder",
-    "SamCoreDecoder",
-    "SliceDecoder",
-    "resolve_runtime",
-]
+__all__ = ["DesignDecoder", "SamCoreDecoder", "SliceDecoder", "resolve_runtime"]
 
 
 class SliceDecoder(Protocol):

@@ -289,7 +289,8 @@ def run_segmentation(
             raise JobCancelledError("the segmentation was cancelled")
 
     t0 = time.perf_counter()
-    decodes0 = int(getattr(getattr(predictor, "decoder", None), "decoded_prompts", 0))
+    decoder = getattr(predictor, "decoder", None)  # what draws the masks (its runtime and counts are reported)
+    decodes0 = int(getattr(decoder, "decoded_prompts", 0))
     work = model_grid(volume, options.min_slice_mm)
     check_segmentable(volume, work)  # every requested organ is text-prompted
     if state is None:
@@ -309,7 +310,7 @@ def run_segmentation(
     if corrections is not None:
         corrections(predictor, state)
     todo = _needed_slices(predictor, state)
-    keep = getattr(getattr(predictor, "decoder", None), "max_slices", None)
+    keep = getattr(decoder, "max_slices", None)
     if keep:  # a decoder keeping few slices' encoder outputs: the first ones now, the rest as segmentation goes
         todo = todo[:keep]
     chunk = max(1, int(encode_chunk or getattr(predictor, "batch_size", 1) or 1))
@@ -357,7 +358,7 @@ def run_segmentation(
         "organ_ids": list(request.organ_ids),
         "design": getattr(predictor, "design_name", DEFAULT_DESIGN),
         "device": str(getattr(predictor, "device", "cpu")),
-        "compute": dict(getattr(getattr(predictor, "decoder", None), "compute", {})),
+        "compute": dict(getattr(decoder, "compute", {})),
         "weights_sha256": weights_record(options),
         "modality": volume.modality,
         "shape_zyx": list(volume.array.shape),
@@ -378,7 +379,7 @@ def run_segmentation(
         "prior_moves": [dict(m) for m in state.prior_moves],
         "encoded_slices": int(getattr(predictor, "encoded_slices", len(state.embeddings))),
         "model_slices": int(Z),
-        "decoded_prompts": int(getattr(getattr(predictor, "decoder", None), "decoded_prompts", 0)) - decodes0,
+        "decoded_prompts": int(getattr(decoder, "decoded_prompts", 0)) - decodes0,
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
     }
     report.update(report_extra or {})
