@@ -10,7 +10,7 @@ The rule, for solid organs that form one structure (:data:`ORGANS`): the referen
 the slice the decoder trusts most (highest predicted IoU) and its drawn neighbours. Walking outwards from it, the
 first slice whose median intensity lies outside the reference's Tukey fences (quartiles widened by ``fence`` x
 IQR) is not the organ; it and every slice beyond it on that side are cut, since an organ is contiguous in z,
-unless what is left would lie mostly on another organ drawn (then the trusted slice was the neighbour's). It runs
+unless what is left would lie mostly on an anchor organ drawn (then the trusted slice was the anchor's). It runs
 last, after the anchor z step, which reads the anchors' drawn ends. Partial volume at a real end keeps the median
 inside the fences (the spleen's last slice on ``amos_0001_slab``, 23 HU against quartiles 38-50). Intensities
 are the model grid's own (HU on CT, the scanner's values on MR), so the rule needs no modality-specific numbers.
@@ -24,7 +24,7 @@ import logging
 
 import numpy as np
 
-from organsam.inference.assignment import most_inside
+from organsam.inference.assignment import ANCHORS, most_inside
 from organsam.inference.postprocess import SINGLE_COMPONENT_ORGANS, SOLID_ORGANS
 from organsam.inference.state import InferenceState, OrganResult
 
@@ -77,9 +77,11 @@ def trim_prior_placed(state: InferenceState) -> dict[str, OrganResult]:
     """The trimmed results of the organs placed by the prior alone (a text prompt, no user box or points) whose ends
     held another tissue.
 
-    A trim that would leave the organ mostly (> half) inside another organ's drawn mask is refused: the slice the
-    decoder trusted most was then the neighbour's (a prior moved off by centimetres puts the right kidney's boxes on
-    the liver), and the slices it would cut are the organ's own.
+    A trim that would leave the organ mostly (> half) inside an anchor organ's drawn mask is refused: the slice the
+    decoder trusted most was then the anchor's (a prior moved off by centimetres puts the right kidney's boxes on
+    the liver), and the slices it would cut are the organ's own. Only the anchors count (the organs the core draws
+    reliably, :data:`organsam.inference.assignment.ANCHORS`): a bowel-sized duodenum mask over the gallbladder kept
+    the gallbladder's 5 slices of gas on ``amos_0001_slab`` when every organ counted.
     """
     out: dict[str, OrganResult] = {}
     for oid, prompt in state.prompts.items():
@@ -87,7 +89,8 @@ def trim_prior_placed(state: InferenceState) -> dict[str, OrganResult]:
             result, cut = trim_organ_ends(state.results[oid], state.volume.array)
             if not cut:
                 continue
-            inside, other = most_inside(result.mask, {o: r.mask for o, r in state.results.items() if o != oid})
+            anchors = {o: r.mask for o, r in state.results.items() if o != oid and o in ANCHORS}
+            inside, other = most_inside(result.mask, anchors)
             if inside > 0.5:
                 logger.info(
                     "%s: slices %s hold another tissue, but without them it lies on the %s; kept", oid, cut, other

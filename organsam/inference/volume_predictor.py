@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from organsam.inference.anchor_refit import move_prior, search_offset, z_offset
 from organsam.inference.assignment import ANCHORS, assign_against_anchors, neighbouring_anchors
 from organsam.inference.box_search import search_boxes
+from organsam.inference.box_widening import widen_off_anchors
 from organsam.inference.decoders import SamCoreDecoder, SliceDecoder
 from organsam.inference.organ_ends import trim_prior_placed
 from organsam.inference.organ_prompt_table import OrganPromptTable
@@ -69,10 +70,8 @@ class VolumePredictor(PromptSession):
         box_margin_mm: margin added around prior boxes (mm, converted to pixels per axis).
         track_margin_px: margin around the previous slice's mask box when tracking.
         progress: show a progress bar.
-        precision: compute precision of the image encoder and the mask decoder, ``"fp32"`` or ``"bf16"``
-            (bfloat16 autocast: 2-3x faster encoding on CPUs with AVX512-BF16/AMX and on GPUs; masks differ
-            slightly: golden-protocol Dice within 0.005 on the 8 large organs, up to 0.03 on the adrenal
-            glands). Default: ``"bf16"`` on CUDA, ``"fp32"`` elsewhere.
+        precision: of the encoder and decoder, ``"fp32"`` or ``"bf16"`` (about 2x faster on AVX512-BF16 CPUs and GPUs;
+            lower Dice on the AMOS slabs: README "Speed"); default ``"bf16"`` on CUDA, ``"fp32"`` elsewhere.
         fast_encoder: encode with :class:`organsam.model.components.fast_image_encoder.FastImageEncoder` (batch norms
             folded, channels-last; same embeddings to float rounding) when the core's encoder is a TinyViT.
             It copies the encoder's weights on first use: build a new predictor after changing them.
@@ -98,6 +97,8 @@ class VolumePredictor(PromptSession):
             (:mod:`organsam.inference.organ_ends`); ``False`` keeps them.
         box_search: decode each prior box again with its sides pulled in and keep the mask with the highest
             predicted IoU (:mod:`organsam.inference.box_search`); ``None`` (default): on MR volumes only.
+        widen_boxes: decode the prior boxes of organs that are not anchors again with sides pushed out, keeping the
+            surest mask off the anchors (:mod:`organsam.inference.box_widening`); ``False`` keeps the prior's box.
         runtime: what runs the core: ``"auto"`` (OpenVINO on the CPU where it is installed, same masks to float
             rounding, faster; else PyTorch), ``"torch"`` or ``"openvino"`` (``organsam.inference.runtimes``).
         decoder: what encodes slices and draws masks; default a :class:`SamCoreDecoder` built from ``core``,
@@ -128,6 +129,7 @@ class VolumePredictor(PromptSession):
         trim_ends: bool = True,
         box_search: bool | None = None,
         runtime: str = "auto",
+        widen_boxes: bool = True,
     ) -> None:
         self.device = torch.device(device)
         self.batch_size = int(batch_size if batch_size is not None else self.default_batch_size(self.device))
@@ -159,7 +161,7 @@ class VolumePredictor(PromptSession):
         self.joint_assignment = bool(joint_assignment)
         self.anchor_refit = bool(anchor_refit)
         self.trim_ends = bool(trim_ends)
-        self.box_search = box_search
+        self.box_search, self.widen_boxes = box_search, bool(widen_boxes)
         self.refine_decodes = 0
 
     @property
@@ -373,8 +375,8 @@ class VolumePredictor(PromptSession):
                     continue
                 self._prefetch(state, z, direction, needed)
                 decoded = self.decode(state, jobs)
-                if search:
-                    decoded = search_boxes(state, jobs, decoded, self.decode)
+                decoded = search_boxes(state, jobs, decoded, self.decode) if search else decoded
+                decoded = widen_off_anchors(state, jobs, decoded, self.decode) if self.widen_boxes else decoded
                 if self.track_refine:
                     decoded = widen_cut_boxes(state, jobs, decoded, self.decode, self.margin_px(state))
                 for (_, oid, _, _), (m, iou) in zip(jobs, decoded):

@@ -68,9 +68,10 @@ def _session(organs: dict[str, OrganResult], boxes: dict[str, dict] | None = Non
     return state
 
 
-def test_a_trim_is_refused_when_what_is_left_lies_on_another_organ() -> None:
-    """The gallbladder drawn on the liver below its first slice: cut when the rest is its own; when another organ
-    drawn covers the rest (the trusted slices were that organ's), nothing is cut. An organ with a user box is never
+def test_a_trim_is_refused_when_what_is_left_lies_on_an_anchor() -> None:
+    """The gallbladder drawn on the liver below its first slice: cut when the rest is its own; when an anchor organ
+    drawn covers the rest (the trusted slices were the anchor's), nothing is cut; a mask of an organ that is not an
+    anchor over the rest (a bowel-sized duodenum) does not stop the cut. An organ with a user box is never
     trimmed."""
     image, masks = _case("amos_0013_slab")
     own = masks["gallbladder"]
@@ -85,7 +86,9 @@ def test_a_trim_is_refused_when_what_is_left_lies_on_another_organ() -> None:
 
     trimmed = trim_prior_placed(_session({"gallbladder": gallbladder(), "liver": _result(masks["liver"] & ~own)}))
     assert np.array_equal(trimmed["gallbladder"].mask, own)
-    covered = _session({"gallbladder": gallbladder(), "duodenum": _result(own)})  # another organ drawn on the rest
+    covered = _session({"gallbladder": gallbladder(), "kidney_right": _result(own)})  # an anchor drawn on the rest
     assert trim_prior_placed(covered) == {}
+    bowel = _session({"gallbladder": gallbladder(), "duodenum": _result(own)})  # not an anchor: still cut
+    assert np.array_equal(trim_prior_placed(bowel)["gallbladder"].mask, own)
     boxed = _session({"gallbladder": gallbladder()}, boxes={"gallbladder": {below[0]: (0.0, 0.0, 9.0, 9.0)}})
     assert trim_prior_placed(boxed) == {}
