@@ -34,7 +34,11 @@ from organsam.preprocessing.slices import to_model_input_batch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DesignDecoder", "SamCoreDecoder", "SliceDecoder", "resolve_runtime"]
+__all__ = ["DECODE_CHUNK", "DesignDecoder", "SamCoreDecoder", "SliceDecoder", "resolve_runtime"]
+
+#: Prompts decoded in one call of the core at most: a call's peak memory grows with its prompts (tens of MB each
+#: in OpenVINO fp32), its time per prompt does not, so larger calls are split (`bench/segment_speed.py` RSS).
+DECODE_CHUNK = 16
 
 
 class SliceDecoder(Protocol):
@@ -224,7 +228,10 @@ class SamCoreDecoder(_Timed):
             tokens = table is not None and job.box is not None and job.points is None and job.organ_id in table
             groups.setdefault((job.box is not None, job.points is not None, npts, tokens), []).append(j)
         results: list[Candidate | None] = [None] * len(jobs)
-        for (has_box, has_pts, _, tokens), idx in groups.items():
+        chunks = [
+            (key, idx[c : c + DECODE_CHUNK]) for key, idx in groups.items() for c in range(0, len(idx), DECODE_CHUNK)
+        ]
+        for (has_box, has_pts, _, tokens), idx in chunks:
             image_index = torch.tensor([pos[jobs[j].z] for j in idx], device=self.device)
             boxes = points = extra = None
             if tokens:

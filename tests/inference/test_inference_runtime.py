@@ -41,3 +41,25 @@ def test_single_mask_head_equals_the_first_mask_of_the_full_decoder() -> None:
             assert scale > 0.1
             torch.testing.assert_close(one, full[:, :1], atol=1e-4 * scale, rtol=0)
             torch.testing.assert_close(iou1, iou[:, :1])
+
+
+@pytest.mark.slow
+def test_a_call_with_more_prompts_than_a_chunk_gives_what_single_prompts_give() -> None:
+    """More than ``DECODE_CHUNK`` prompts in one call (split into chunks to bound its memory) give each prompt the
+    mask and score it gets alone, on a real CT slice, in the default runtime."""
+    from conftest import data_path
+
+    from organsam.inference.decoders import DECODE_CHUNK
+    from organsam.inference.state import DecodeJob
+    from organsam.io import load_volume
+
+    vol = load_volume(data_path("amos_0013_slab", "image.nii.gz"))
+    predictor = VolumePredictor(prior=None, progress=False)
+    state = predictor.init_state(vol)
+    jobs = [DecodeJob(5, "liver", (60.0 + 3 * k, 150.0, 250.0 + 2 * k, 330.0), None) for k in range(DECODE_CHUNK + 4)]
+    together = predictor.decode(state, jobs)
+    assert len(together) == len(jobs)
+    for job, cand in zip(jobs, together):
+        (alone,) = predictor.decode(state, [job])
+        assert abs(alone.score - cand.score) < 1e-3
+        assert (alone.mask ^ cand.mask).sum() <= 0.001 * alone.mask.sum() and alone.mask.sum() > 1000
