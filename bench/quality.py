@@ -11,8 +11,8 @@ Rows, so that each part's contribution is visible (Synapse-8 organs, AMOS refere
   default in ``segment``).
 - (e) with ``--checkpoint PATH``: a design trained by ``organsam train`` run by ``segment(design=...,
   checkpoint=...)``, given the text and the atlas boxes, or the text alone on every slice.
-- (d) (c) without track refinement and box widening (the prior pass alone); and that prior pass without post-processing,
-  and without the IoU rejection (``iou_threshold=0``).
+- (d) (c) without track refinement, box widening and box expansion (the prior pass alone); and that prior pass
+  without post-processing, and without the IoU rejection (``iou_threshold=0``).
 
 All model rows are scored as merged label maps (one label per voxel, as in ``segmentation.nii.gz``);
 every row reuses the same slice embeddings and the same atlas registration, so differences between rows
@@ -79,11 +79,11 @@ ROWS: dict[str, str] = {
     "no_verification": "(c) without verification (masks bigger than the organ can be kept)",
     "no_trim_ends": "(c) without organ-end trimming (end slices of another tissue kept)",
     "box_search": "(c) + box search on CT (prior boxes decoded again with sides pulled in; default on MR only)",
-    "no_widen_boxes": "(c) without box widening off the anchors (non-anchor prior boxes decoded as placed)",
+    "no_expand_boxes": "(c) without box expansion off the anchors (non-anchor prior boxes decoded as placed)",
     "organ_prompts": "(c) + learned organ prompt tokens (shipped checkpoint, opt-in: --organ-prompts packaged)",
     "checkpoint_prior": "(e) trained design checkpoint (--checkpoint): text + atlas boxes",
     "checkpoint_text": "(e) trained design checkpoint (--checkpoint): text only, every slice",
-    "no_track_refine": "(d) (c) without track refinement and box widening (prior pass only)",
+    "no_track_refine": "(d) (c) without track refinement, box widening and box expansion (prior pass only)",
     "no_postprocess": "(d) prior pass without post-processing",
     "no_iou_rejection": "(d) prior pass without IoU rejection (iou_threshold=0)",
 }
@@ -172,7 +172,7 @@ def run_case(
         anchor_refit: bool | None = None,
         trim_ends: bool | None = None,
         box_search: bool | None = None,
-        widen_boxes: bool | None = None,
+        expand_boxes: bool | None = None,
     ) -> CachedPredictor:
         kw = {} if iou_threshold is None else {"iou_threshold": iou_threshold}
         assign = track_refine if joint_assignment is None else joint_assignment  # (d) rows: the plain prior pass
@@ -189,7 +189,7 @@ def run_case(
             anchor_refit=refit,
             trim_ends=trim,
             box_search=box_search,
-            widen_boxes=track_refine if widen_boxes is None else widen_boxes,
+            expand_boxes=track_refine if expand_boxes is None else expand_boxes,
             precision=args.precision,
             decoder_precision=args.decoder_precision,
             runtime=args.runtime,
@@ -208,7 +208,7 @@ def run_case(
         "no_verification": ("without verification", lambda: shipped, SegmentOptions(verify=False)),
         "no_trim_ends": ("without organ-end trimming", lambda: predictor(atlas, trim_ends=False), None),
         "box_search": ("with box search", lambda: predictor(atlas, box_search=True), None),
-        "no_widen_boxes": ("without box widening", lambda: predictor(atlas, widen_boxes=False), None),
+        "no_expand_boxes": ("without box expansion", lambda: predictor(atlas, expand_boxes=False), None),
         "organ_prompts": ("with organ prompts", lambda: predictor(atlas, prompts=True), None),
     }
     for row, (label, make, options) in variants.items():
@@ -238,7 +238,7 @@ def run_case(
         "no_verification",
         "no_trim_ends",
         "box_search",
-        "no_widen_boxes",
+        "no_expand_boxes",
         "organ_prompts",
         "checkpoint_prior",
         "checkpoint_text",

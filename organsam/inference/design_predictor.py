@@ -110,7 +110,7 @@ def design_predictor(
         anchor_refit=False,
         trim_ends=False,
         box_search=False,  # it ranks masks by LiteMedSAM's predicted IoU; a design scores presence
-        widen_boxes=False,
+        expand_boxes=False,
         decoder=decoder,
         **kwargs,
     )  # the corrections rank slices by LiteMedSAM's predicted IoU

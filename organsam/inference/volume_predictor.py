@@ -29,8 +29,8 @@ from tqdm.auto import tqdm
 
 from organsam.inference.anchor_refit import move_prior, search_offset, z_offset
 from organsam.inference.assignment import ANCHORS, assign_against_anchors, neighbouring_anchors
+from organsam.inference.box_expansion import expand_off_anchors
 from organsam.inference.box_search import search_boxes
-from organsam.inference.box_widening import widen_off_anchors
 from organsam.inference.decoders import SamCoreDecoder, SliceDecoder
 from organsam.inference.organ_ends import trim_prior_placed
 from organsam.inference.organ_prompt_table import OrganPromptTable
@@ -97,10 +97,10 @@ class VolumePredictor(PromptSession):
             (:mod:`organsam.inference.organ_ends`); ``False`` keeps them.
         box_search: decode each prior box again with its sides pulled in and keep the mask with the highest
             predicted IoU (:mod:`organsam.inference.box_search`); ``None`` (default): on MR volumes only.
-        widen_boxes: decode the prior boxes of organs that are not anchors again with sides pushed out, keeping the
-            surest mask off the anchors (:mod:`organsam.inference.box_widening`); ``False`` keeps the prior's box.
         runtime: what runs the core: ``"auto"`` (OpenVINO on the CPU where it is installed, same masks to float
             rounding, faster; else PyTorch), ``"torch"`` or ``"openvino"`` (``organsam.inference.runtimes``).
+        expand_boxes: on CT, decode the prior boxes of organs that are not anchors again with sides pushed out,
+            keeping the surest mask off the anchors (:mod:`organsam.inference.box_expansion`); ``False``: as placed.
         decoder: what encodes slices and draws masks; default a :class:`SamCoreDecoder` built from ``core``,
             ``precision``, ``decoder_precision``, ``fast_encoder``, ``quantize``, ``organ_prompts`` and ``runtime``
             (which must then be left at their defaults).
@@ -129,7 +129,7 @@ class VolumePredictor(PromptSession):
         trim_ends: bool = True,
         box_search: bool | None = None,
         runtime: str = "auto",
-        widen_boxes: bool = True,
+        expand_boxes: bool = True,
     ) -> None:
         self.device = torch.device(device)
         self.batch_size = int(batch_size if batch_size is not None else self.default_batch_size(self.device))
@@ -161,7 +161,7 @@ class VolumePredictor(PromptSession):
         self.joint_assignment = bool(joint_assignment)
         self.anchor_refit = bool(anchor_refit)
         self.trim_ends = bool(trim_ends)
-        self.box_search, self.widen_boxes = box_search, bool(widen_boxes)
+        self.box_search, self.expand_boxes = box_search, bool(expand_boxes)
         self.refine_decodes = 0
 
     @property
@@ -252,8 +252,7 @@ class VolumePredictor(PromptSession):
 
     def margin_px(self, state: InferenceState) -> int:
         """``box_margin_mm`` in pixels of the session's slices (finest in-plane spacing)."""
-        sy, sx = state.volume.spacing[1], state.volume.spacing[2]
-        return int(round(self.box_margin_mm / min(sy, sx)))
+        return int(round(self.box_margin_mm / min(state.volume.spacing[1], state.volume.spacing[2])))
 
     # ------------------------------------------------------------------ model
     def encode_slices(self, state: InferenceState, slices: list[int]) -> None:
@@ -376,7 +375,8 @@ class VolumePredictor(PromptSession):
                 self._prefetch(state, z, direction, needed)
                 decoded = self.decode(state, jobs)
                 decoded = search_boxes(state, jobs, decoded, self.decode) if search else decoded
-                decoded = widen_off_anchors(state, jobs, decoded, self.decode) if self.widen_boxes else decoded
+                if self.expand_boxes:
+                    jobs, decoded = expand_off_anchors(state, jobs, decoded, self.decode, self.iou_threshold)
                 if self.track_refine:
                     decoded = widen_cut_boxes(state, jobs, decoded, self.decode, self.margin_px(state))
                 for (_, oid, _, _), (m, iou) in zip(jobs, decoded):

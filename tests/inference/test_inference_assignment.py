@@ -35,7 +35,7 @@ def test_no_organ_is_drawn_on_its_neighbour() -> None:
     vol = load_volume(data_path("amos_0001_slab", "image.nii.gz"))
     ref = load_labels(data_path("amos_0001_slab", "label.nii.gz"), vol)
     predictor = build_predictor(progress=False)
-    predictor.widen_boxes = False  # joint assignment alone (box widening keeps most of these slices off the liver)
+    predictor.expand_boxes = False  # joint assignment alone (box expansion keeps most of these slices off the liver)
     state = predictor.init_state(vol)
     request = resolve_organs(SYNAPSE8)
     predictor.joint_assignment = False
@@ -69,7 +69,7 @@ def test_stomach_alone_is_kept_off_the_liver_it_was_not_asked_for() -> None:
     vol = load_volume(data_path("amos_0001_slab", "image.nii.gz"))
     ref = load_labels(data_path("amos_0001_slab", "label.nii.gz"), vol)
     predictor = build_predictor(progress=False)
-    predictor.widen_boxes = False  # joint assignment alone (box widening uses the hidden liver too: its own test)
+    predictor.expand_boxes = False  # joint assignment alone (box expansion uses the hidden liver too: its own test)
     state = predictor.init_state(vol)
     res = run_segmentation(predictor, vol, resolve_organs("stomach"), state=state)
     assert res.organ_ids == ["stomach"] and list(res.report["organs"]) == ["stomach"]

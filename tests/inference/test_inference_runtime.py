@@ -44,22 +44,30 @@ def test_single_mask_head_equals_the_first_mask_of_the_full_decoder() -> None:
 
 
 @pytest.mark.slow
-def test_a_call_with_more_prompts_than_a_chunk_gives_what_single_prompts_give() -> None:
-    """More than ``DECODE_CHUNK`` prompts in one call (split into chunks to bound its memory) give each prompt the
-    mask and score it gets alone, on a real CT slice, in the default runtime."""
+def test_a_call_split_into_chunks_gives_what_single_prompts_give(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A call with more prompts than a chunk (split to bound its memory) gives each prompt the mask and score it
+    gets alone: prompts on three real CT slices, boxes of different sizes and places and point prompts, mixed in
+    one call, in the default runtime."""
+    import numpy as np
     from conftest import data_path
 
-    from organsam.inference.decoders import DECODE_CHUNK
+    from organsam.inference import decoders
     from organsam.inference.state import DecodeJob
     from organsam.io import load_volume
 
+    monkeypatch.setattr(decoders, "DECODE_CHUNK", 4)
     vol = load_volume(data_path("amos_0013_slab", "image.nii.gz"))
     predictor = VolumePredictor(prior=None, progress=False)
     state = predictor.init_state(vol)
-    jobs = [DecodeJob(5, "liver", (60.0 + 3 * k, 150.0, 250.0 + 2 * k, 330.0), None) for k in range(DECODE_CHUNK + 4)]
+    boxes = [(60.0, 150.0, 250.0, 330.0), (300.0, 180.0, 420.0, 330.0), (200.0, 250.0, 340.0, 340.0)]
+    point = (np.array([[150.0, 240.0]], np.float32), np.ones(1, np.int64))
+    jobs = [DecodeJob(z, "liver", boxes[(z + k) % 3], None) for z in (4, 5, 6) for k in range(3)]
+    jobs += [DecodeJob(z, "liver", None, point) for z in (4, 5, 6)]
+    jobs = jobs[::2] + jobs[1::2]  # slices and prompt kinds interleaved
     together = predictor.decode(state, jobs)
-    assert len(together) == len(jobs)
+    assert len(together) == len(jobs) == 12
+    assert len({int(c.mask.sum()) for c in together}) >= 6  # the prompts draw different masks
     for job, cand in zip(jobs, together):
         (alone,) = predictor.decode(state, [job])
         assert abs(alone.score - cand.score) < 1e-3
-        assert (alone.mask ^ cand.mask).sum() <= 0.001 * alone.mask.sum() and alone.mask.sum() > 1000
+        assert (alone.mask ^ cand.mask).sum() <= 0.001 * max(int(alone.mask.sum()), 1000)
