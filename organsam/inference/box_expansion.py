@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from organsam.inference.assignment import ANCHORS, most_inside
-from organsam.inference.box_search import Decoder
+from organsam.inference.box_search import Decoder, placed_by_prior
 from organsam.inference.state import Box, Candidate, DecodeJob, InferenceState
 
 __all__ = ["EXPAND_FRACTION", "expand_off_anchors", "pushed_out"]
@@ -86,11 +86,9 @@ def expand_off_anchors(
         return list(jobs), list(decoded)
     H, W = state.volume.array.shape[1:]
     again: list[tuple[int, DecodeJob]] = []
-    for j, (z, oid, box, pts) in enumerate(jobs):
-        prompt = state.prompts[oid]
-        if oid in anchors or box is None or pts is not None or prompt.text is None or z in prompt.boxes:
-            continue
-        again += [(j, DecodeJob(z, oid, b, None)) for b in pushed_out(box, fraction, H, W)]
+    for j, job in enumerate(jobs):
+        if job.organ_id not in anchors and placed_by_prior(state, job):
+            again += [(j, DecodeJob(job.z, job.organ_id, b, None)) for b in pushed_out(job.box, fraction, H, W)]
     out_jobs, out = list(jobs), list(decoded)
     if not again:
         return out_jobs, out

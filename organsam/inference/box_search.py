@@ -20,13 +20,20 @@ from collections.abc import Callable, Sequence
 
 from organsam.inference.state import Box, Candidate, DecodeJob, InferenceState
 
-__all__ = ["FRACTIONS", "pulled_in", "search_boxes"]
+__all__ = ["FRACTIONS", "placed_by_prior", "pulled_in", "search_boxes"]
 
 #: How far one side of a prior box moves in, as fractions of the box's width (left, right) or height.
 FRACTIONS: tuple[float, ...] = (0.2, 0.4)
 
 #: ``decode(state, jobs) -> candidates``: one (mask (Y, X) bool, score) per job, in order.
 Decoder = Callable[[InferenceState, list[DecodeJob]], list[Candidate]]
+
+
+def placed_by_prior(state: InferenceState, job: DecodeJob) -> bool:
+    """Whether ``job`` is a box the location prior placed for a text prompt: not a user's box, not a point prompt,
+    not a box tracked from a user's prompt."""
+    prompt = state.prompts[job.organ_id]
+    return job.box is not None and job.points is None and prompt.text is not None and job.z not in prompt.boxes
 
 
 def pulled_in(box: Box, fractions: Sequence[float] = FRACTIONS) -> list[Box]:
@@ -60,11 +67,9 @@ def search_boxes(
         and its variants.
     """
     again: list[tuple[int, DecodeJob]] = []
-    for j, (z, oid, box, pts) in enumerate(jobs):
-        prompt = state.prompts[oid]
-        if box is None or pts is not None or prompt.text is None or z in prompt.boxes:
-            continue  # only boxes the prior placed for a text prompt (not the user's, not a tracked one)
-        again += [(j, DecodeJob(z, oid, b, None)) for b in pulled_in(box, fractions)]
+    for j, job in enumerate(jobs):
+        if placed_by_prior(state, job):
+            again += [(j, DecodeJob(job.z, job.organ_id, b, None)) for b in pulled_in(job.box, fractions)]
     out = list(decoded)
     if not again:
         return out
