@@ -80,6 +80,7 @@ ROWS: dict[str, str] = {
     "no_trim_ends": "(c) without organ-end trimming (end slices of another tissue kept)",
     "box_search": "(c) + box search on CT (prior boxes decoded again with sides pulled in; default on MR only)",
     "no_expand_boxes": "(c) without box expansion off the anchors (non-anchor prior boxes decoded as placed)",
+    "no_shared_structures": "(c) without shared-structure assignment (two non-anchor organs may draw one structure)",
     "organ_prompts": "(c) + learned organ prompt tokens (shipped checkpoint, opt-in: --organ-prompts packaged)",
     "checkpoint_prior": "(e) trained design checkpoint (--checkpoint): text + atlas boxes",
     "checkpoint_text": "(e) trained design checkpoint (--checkpoint): text only, every slice",
@@ -173,6 +174,7 @@ def run_case(
         trim_ends: bool | None = None,
         box_search: bool | None = None,
         expand_boxes: bool | None = None,
+        shared_structures: bool = True,
     ) -> CachedPredictor:
         kw = {} if iou_threshold is None else {"iou_threshold": iou_threshold}
         assign = track_refine if joint_assignment is None else joint_assignment  # (d) rows: the plain prior pass
@@ -190,6 +192,7 @@ def run_case(
             trim_ends=trim,
             box_search=box_search,
             expand_boxes=track_refine if expand_boxes is None else expand_boxes,
+            shared_structures=shared_structures,
             precision=args.precision,
             decoder_precision=args.decoder_precision,
             runtime=args.runtime,
@@ -209,6 +212,11 @@ def run_case(
         "no_trim_ends": ("without organ-end trimming", lambda: predictor(atlas, trim_ends=False), None),
         "box_search": ("with box search", lambda: predictor(atlas, box_search=True), None),
         "no_expand_boxes": ("without box expansion", lambda: predictor(atlas, expand_boxes=False), None),
+        "no_shared_structures": (
+            "without shared-structure assignment",
+            lambda: predictor(atlas, shared_structures=False),
+            None,
+        ),
         "organ_prompts": ("with organ prompts", lambda: predictor(atlas, prompts=True), None),
     }
     for row, (label, make, options) in variants.items():
@@ -239,6 +247,7 @@ def run_case(
         "no_trim_ends",
         "box_search",
         "no_expand_boxes",
+        "no_shared_structures",
         "organ_prompts",
         "checkpoint_prior",
         "checkpoint_text",

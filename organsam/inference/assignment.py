@@ -28,9 +28,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
-from organsam.inference.state import Box, Candidate, DecodeJob, InferenceState, OrganResult
+from organsam.inference.redraw import Reassignment, most_inside, redraw_without, redrawable
+from organsam.inference.shared_structures import resolve_shared_structures
+from organsam.inference.state import Box, InferenceState, OrganResult
 from organsam.inference.track_refine import Decoder
 
 logger = logging.getLogger(__name__)
@@ -41,63 +42,12 @@ __all__ = [
     "Reassignment",
     "anchor_conflicts",
     "assign_against_anchors",
-    "excluding_boxes",
-    "most_inside",
     "neighbouring_anchors",
     "resolve_anchor_conflicts",
 ]
 
 #: Organs the core draws reliably once placed (Dice ~0.9 with atlas boxes: bench/quality.py, issue 14).
 ANCHORS: tuple[str, ...] = ("liver", "spleen", "kidney_left", "kidney_right", "aorta")
-
-
-@dataclass(frozen=True)
-class Reassignment:
-    """One slice of an organ that had been drawn on an anchor.
-
-    Attributes:
-        organ_id, z: the organ and slice.
-        anchor: the anchor it covered; inside: the fraction of the mask inside that anchor.
-        outcome: ``"redrawn"`` (a candidate without the anchor won) or ``"dropped"`` (none did).
-    """
-
-    organ_id: str
-    z: int
-    anchor: str
-    inside: float
-    outcome: str
-
-
-def most_inside(mask: np.ndarray, anchors: Mapping[str, np.ndarray]) -> tuple[float, str | None]:
-    """The largest fraction of ``mask`` inside one of the ``anchors`` masks (any masks of its shape), and whose."""
-    area = int(mask.sum())
-    best: tuple[float, str | None] = (0.0, None)
-    if area == 0:
-        return best
-    for name, a in anchors.items():
-        f = float((mask & a).sum()) / area
-        if f > best[0]:
-            best = (f, name)
-    return best
-
-
-def excluding_boxes(box: Box, anchor: np.ndarray, min_frac: float = 0.2) -> list[Box]:
-    """Parts of ``box`` left, right, above and below the anchor's extent inside it (each at least ``min_frac``
-    of the box's width or height)."""
-    x0, y0, x1, y1 = (int(round(v)) for v in box)
-    inside = np.zeros_like(anchor)
-    inside[max(y0, 0) : y1 + 1, max(x0, 0) : x1 + 1] = anchor[max(y0, 0) : y1 + 1, max(x0, 0) : x1 + 1]
-    if not inside.any():
-        return []
-    ys, xs = np.nonzero(inside)
-    ax0, ax1, ay0, ay1 = int(xs.min()), int(xs.max()), int(ys.min()), int(ys.max())
-    w, h = x1 - x0, y1 - y0
-    parts = [(x0, y0, ax0 - 1, y1), (ax1 + 1, y0, x1, y1), (x0, y0, x1, ay0 - 1), (x0, ay1 + 1, x1, y1)]
-    return [
-        tuple(float(v) for v in p)
-        for p in parts  # type: ignore[misc]
-        if p[2] - p[0] >= max(4, min_frac * w) and p[3] - p[1] >= max(4, min_frac * h)
-    ]
 
 
 def neighbouring_anchors(
@@ -121,13 +71,6 @@ def neighbouring_anchors(
 
 def _overlaps(a: Box, b: Box) -> bool:
     return a[0] <= b[2] and b[0] <= a[2] and a[1] <= b[3] and b[1] <= a[3]
-
-
-def _deepest_point(region: np.ndarray) -> np.ndarray:
-    """(1, 2) xy of the pixel of ``region`` farthest from its border."""
-    dist = ndimage.distance_transform_edt(region)
-    y, x = np.unravel_index(int(np.argmax(dist)), region.shape)
-    return np.array([[float(x), float(y)]], dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -194,12 +137,6 @@ def anchor_conflicts(
     return out
 
 
-def _redrawable(state: InferenceState, oid: str, z: int) -> bool:
-    """Text-prompted, and not a slice the user prompted (those are never changed)."""
-    prompt = state.prompts.get(oid)
-    return prompt is not None and prompt.text is not None and z not in prompt.boxes and z not in prompt.points
-
-
 def _inside_fraction(results: Mapping[str, OrganResult], oid: str, other: str, z: int) -> float:
     m = results[oid].mask[z]
     return float((m & results[other].mask[z]).sum()) / max(int(m.sum()), 1)
@@ -259,9 +196,9 @@ def resolve_anchor_conflicts(
     splits = {
         (c.outer, c.z): (c.inner, _inside_fraction(results, c.inner, c.outer, c.z))
         for c in conflicts
-        if c.inner is not None and _redrawable(state, c.outer, c.z)
+        if c.inner is not None and redrawable(state, c.outer, c.z)
     }
-    tried, _ = _redraw(state, results, boxes, decode, iou_threshold, max_inside, splits) if splits else (results, [])
+    tried = redraw_without(state, results, boxes, decode, iou_threshold, max_inside, splits)[0] if splits else results
     out = dict(results)
     log: list[Reassignment] = []
     losers: dict[tuple[str, int], tuple[str, float]] = {}
@@ -279,9 +216,9 @@ def resolve_anchor_conflicts(
         else:
             winner = c.surer
             loser = c.b if winner == c.a else c.a
-        if _redrawable(state, loser, c.z):
+        if redrawable(state, loser, c.z):
             losers.setdefault((loser, c.z), (winner, _inside_fraction(results, loser, winner, c.z)))
-    out, more = _redraw(state, out, boxes, decode, iou_threshold, max_inside, losers)
+    out, more = redraw_without(state, out, boxes, decode, iou_threshold, max_inside, losers)
     return out, log + more
 
 
@@ -293,6 +230,7 @@ def assign_against_anchors(
     iou_threshold: float,
     anchors: Sequence[str] = ANCHORS,
     max_inside: float = 0.5,
+    shared_structures: bool = True,
 ) -> tuple[dict[str, OrganResult], list[Reassignment]]:
     """Decode again the slices where an organ was drawn on an anchor (see the module docstring).
 
@@ -307,6 +245,8 @@ def assign_against_anchors(
         iou_threshold: minimum score of a replacement.
         anchors: the anchor organs (those among ``results`` with a mask take part).
         max_inside: the largest fraction of a mask allowed inside one anchor.
+        shared_structures: then, where two other organs were drawn on one structure and one of them was carried
+            there by tracking, that one gives the slice up (:mod:`organsam.inference.shared_structures`).
 
     Returns:
         (organ id -> result, new objects for the organs that changed; what happened on each slice).
@@ -319,65 +259,20 @@ def assign_against_anchors(
             continue
         for z in np.flatnonzero(res.mask.reshape(res.mask.shape[0], -1).any(axis=1)):
             z = int(z)
-            if not _redrawable(state, oid, z):
+            if not redrawable(state, oid, z):
                 continue
             inside, anchor = most_inside(res.mask[z], {a: out[a].mask[z] for a in present})
             if anchor is not None and inside > max_inside:
                 drawn_on[(oid, z)] = (anchor, inside)
-    out, more = _redraw(state, out, boxes, decode, iou_threshold, max_inside, drawn_on)
+    out, more = redraw_without(state, out, boxes, decode, iou_threshold, max_inside, drawn_on)
     log += more
+    if shared_structures:
+        out, more = resolve_shared_structures(state, out, boxes, anchors, max_inside)
+        log += more
     if log:
         logger.info(
             "joint assignment: %d slices drawn on an anchor (%d redrawn)",
             len(log),
             sum(r.outcome == "redrawn" for r in log),
         )
-    return out, log
-
-
-def _redraw(
-    state: InferenceState,
-    results: Mapping[str, OrganResult],
-    boxes: Mapping[str, Mapping[int, Box | None]],
-    decode: Decoder,
-    iou_threshold: float,
-    max_inside: float,
-    drawn_on: Mapping[tuple[str, int], tuple[str, float]],
-) -> tuple[dict[str, OrganResult], list[Reassignment]]:
-    """Decode each (organ, slice) of ``drawn_on`` again without the anchor it covered (cut boxes, a negative point);
-    the best candidate that lies mostly inside no other organ wins, else the slice is emptied."""
-    out = dict(results)
-    jobs: list[DecodeJob] = []
-    owners: list[tuple[str, int]] = []
-    for (oid, z), (anchor, _) in drawn_on.items():
-        box = boxes.get(oid, {}).get(z)
-        if box is None:  # drawn by tracking beyond the prior's slices: nothing to decode again from
-            continue
-        anchor_mask = results[anchor].mask[z]
-        neg = (_deepest_point(results[oid].mask[z] & anchor_mask), np.zeros(1, dtype=np.int64))
-        cands = [DecodeJob(z, oid, b, None) for b in excluding_boxes(box, anchor_mask)]
-        cands.append(DecodeJob(z, oid, box, neg))
-        jobs += cands
-        owners += [(oid, z)] * len(cands)
-    best: dict[tuple[str, int], Candidate] = {}
-    for (oid, z), cand in zip(owners, decode(state, jobs) if jobs else []):
-        # a replacement may lie mostly inside no other organ's mask: not the anchor's, nor a neighbour's
-        others = {o: r.mask[z] for o, r in results.items() if o != oid}
-        ok = cand.mask.any() and cand.score >= iou_threshold and most_inside(cand.mask, others)[0] <= max_inside
-        if ok and ((oid, z) not in best or cand.score > best[(oid, z)].score):
-            best[(oid, z)] = cand
-    log: list[Reassignment] = []
-    for (oid, z), (anchor, inside) in drawn_on.items():
-        if out[oid] is results[oid]:
-            out[oid] = results[oid].copy()
-        res = out[oid]
-        if (oid, z) in best:
-            res.mask[z] = best[(oid, z)].mask
-            res.slice_scores[z] = best[(oid, z)].score
-            outcome = "redrawn"
-        else:
-            res.mask[z] = False
-            res.rejected[z] = res.slice_scores.pop(z, 0.0)
-            outcome = "dropped"
-        log.append(Reassignment(oid, z, anchor, round(inside, 3), outcome))
     return out, log

@@ -24,8 +24,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from organsam.inference.assignment import ANCHORS, most_inside
+from organsam.inference.assignment import ANCHORS
 from organsam.inference.box_search import Decoder, placed_by_prior
+from organsam.inference.redraw import most_inside
 from organsam.inference.state import Box, Candidate, DecodeJob, InferenceState
 
 __all__ = ["EXPAND_FRACTION", "expand_off_anchors", "pushed_out"]

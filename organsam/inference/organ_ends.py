@@ -24,8 +24,9 @@ import logging
 
 import numpy as np
 
-from organsam.inference.assignment import ANCHORS, most_inside
+from organsam.inference.assignment import ANCHORS
 from organsam.inference.postprocess import SINGLE_COMPONENT_ORGANS, SOLID_ORGANS
+from organsam.inference.redraw import most_inside
 from organsam.inference.state import InferenceState, OrganResult
 
 logger = logging.getLogger(__name__)

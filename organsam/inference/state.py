@@ -128,7 +128,7 @@ class InferenceState:
         prior: the fitted location prior (e.g. an atlas result), computed on first need.
         results: organ id -> :class:`OrganResult` after :meth:`VolumePredictor.propagate`.
         reassignments: slices of the last propagation where an organ had been drawn on an anchor organ
-            (:class:`organsam.inference.assignment.Reassignment`).
+            (:class:`organsam.inference.redraw.Reassignment`).
         prior_moves: how the fitted prior was moved onto the anchor organs (``{"step", "offset_mm"}`` each,
             :mod:`organsam.inference.anchor_refit`); the in-plane search runs once per session.
         memories: organ id -> slice memory of a design with one (crisp_sam2's bounded bank), filled slice by

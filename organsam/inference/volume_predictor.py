@@ -86,6 +86,7 @@ class VolumePredictor(PromptSession):
         joint_assignment: decode again, without the anchor, the slices where a text-prompted organ was drawn
             mostly inside an anchor organ's mask (liver, spleen, kidneys, aorta;
             :mod:`organsam.inference.assignment`); ``False`` keeps such masks.
+        shared_structures: two other organs on one structure: one gives it up (:mod:`~.shared_structures`).
         organ_prompts: learned organ prompt tokens appended to every box prompt of an organ the table holds
             (:mod:`organsam.inference.organ_prompt_table`): ``True`` the packaged table (trained on
             ``../shared/data``, SHA-256 checked), a path to another exported table, a ready
@@ -130,6 +131,7 @@ class VolumePredictor(PromptSession):
         box_search: bool | None = None,
         runtime: str = "auto",
         expand_boxes: bool = True,
+        shared_structures: bool = True,
     ) -> None:
         self.device = torch.device(device)
         self.batch_size = int(batch_size if batch_size is not None else self.default_batch_size(self.device))
@@ -157,11 +159,9 @@ class VolumePredictor(PromptSession):
         self.box_margin_mm = float(box_margin_mm)
         self.track_margin_px = int(track_margin_px)
         self.progress = progress
-        self.track_refine = bool(track_refine)
-        self.joint_assignment = bool(joint_assignment)
-        self.anchor_refit = bool(anchor_refit)
-        self.trim_ends = bool(trim_ends)
-        self.box_search, self.expand_boxes = box_search, bool(expand_boxes)
+        self.track_refine, self.joint_assignment = bool(track_refine), bool(joint_assignment)
+        self.anchor_refit, self.trim_ends, self.box_search = bool(anchor_refit), bool(trim_ends), box_search
+        self.expand_boxes, self.shared_structures = bool(expand_boxes), bool(shared_structures)
         self.refine_decodes = 0
 
     @property
@@ -396,7 +396,7 @@ class VolumePredictor(PromptSession):
             self.refine_decodes += refiner.decodes
         if self.joint_assignment and planned:
             results, state.reassignments = assign_against_anchors(
-                state, state.results, planned, self.decode, self.iou_threshold
+                state, state.results, planned, self.decode, self.iou_threshold, shared_structures=self.shared_structures
             )
             state.results.update(results)
 

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 from conftest import data_path
 
-from organsam.inference.assignment import ANCHORS, anchor_conflicts, excluding_boxes
+from organsam.inference.assignment import ANCHORS, anchor_conflicts
 from organsam.inference.options import resolve_organs
 from organsam.inference.pipeline import run_segmentation
 from organsam.inference.predictor_factory import build_predictor
+from organsam.inference.redraw import excluding_boxes
 from organsam.inference.state import OrganResult
 from organsam.io import load_labels, load_volume
 from organsam.vocabulary import labelmap_info
