@@ -13,7 +13,7 @@ from organsam.inference.pipeline import run_segmentation
 from organsam.inference.predictor_factory import build_predictor
 from organsam.inference.state import DecodeJob
 from organsam.io import load_labels, load_volume
-from organsam.vocabulary import labelmap_info
+from organsam.vocabulary import labelmap_info, load_vocabulary
 
 
 def test_pushed_out_moves_each_side_then_all_and_stays_on_the_slice() -> None:
@@ -65,6 +65,24 @@ def test_a_stomach_box_that_drew_the_liver_is_expanded_onto_the_stomach(amos_000
         assert (mask & ref["stomach"][z]).sum() > 0.8 * mask.sum(), z
         assert (mask & decoded[0].mask).sum() < 0.1 * mask.sum(), z
     assert on_liver >= 3 and moved >= 2, (on_liver, moved)  # measured: 3 slices on the liver, 2 moved off it
+
+
+def test_tubes_are_not_expanded(amos_0001: tuple) -> None:
+    """The duodenum (intestines) and the IVC (vessels) keep their boxes; the stomach beside them is expanded."""
+    vol, _ = amos_0001
+    predictor = build_predictor(progress=False)
+    state = predictor.init_state(vol)
+    organs = ("liver", "stomach", "duodenum", "inferior_vena_cava")
+    predictor.add_text_prompt(state, ", ".join(load_vocabulary()[o].name for o in organs))
+    predictor.fit_prior(state)
+    boxes = {o: predictor.prior_boxes(state, o) for o in organs}
+    z = next(z for z in range(vol.array.shape[0]) if all(boxes[o].get(z) for o in organs))
+    jobs = [DecodeJob(z, o, boxes[o][z], None) for o in organs]
+    decoded = predictor.decode(state, jobs)
+    assert decoded[0].score >= predictor.iou_threshold  # the liver is drawn: there is an anchor to stay off
+    calls: list = []
+    expand_off_anchors(state, jobs, decoded, lambda s, j: calls.extend(j) or predictor.decode(s, j), 0.5)
+    assert {job.organ_id for job in calls} == {"stomach"} and len(calls) == 5
 
 
 @pytest.mark.slow
