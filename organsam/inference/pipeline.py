@@ -17,7 +17,8 @@ Stages, in the order data flows through them:
 6. **post-processing** (:func:`organsam.inference.postprocess.postprocess_mask`): masks back on the input grid,
    HU cleanup, connected components; one merged label volume.
 7. **verification** (:func:`organsam.inference.verification.verify_mask`): a text-prompted organ's mask that
-   cannot be that organ (e.g. bigger than it can be) is not drawn; the report says why.
+   cannot be that organ (bigger than it can be, or the structure drawn for another organ) is not drawn; the report
+   says why.
 8. **report** (:func:`organ_report`): per-organ facts, the prompt, the settings and timings.
 """
 
@@ -336,7 +337,7 @@ def run_segmentation(
     for oid in organ_ids:
         if not options.verify or state.prompts[oid].text is None:
             continue  # the user's own boxes/points are never second-guessed
-        reason = verify_mask(oid, masks[oid], volume.voxel_ml)
+        reason = verify_mask(oid, masks[oid], volume.voxel_ml, {o: m for o, m in masks.items() if o != oid})
         if reason:
             logger.warning("%s: %s", oid, reason)
             rejections[oid] = reason

@@ -1,28 +1,76 @@
 """Verification: a mask that cannot be the organ asked for is not drawn, and the report says why.
 
-Checks use numbers from ``organs.json`` (published anatomy): a mask bigger than the largest volume the organ can
-have (``max_volume_ml``; e.g. an "adrenal gland" of 76 mL is the inferior vena cava next to it) is rejected. Only
-upper bounds are checked, since a partial scan holds part of an organ. A learned check over mask-pooled encoder
-features (SEG-SAM's organ classification) is the next part to add here.
+Two checks:
+
+* size, with numbers from ``organs.json`` (published anatomy): a mask bigger than the largest volume the organ can
+  have (``max_volume_ml``; e.g. an "adrenal gland" of 76 mL is the inferior vena cava next to it) is rejected.
+  Only upper bounds are checked, since a partial scan holds part of an organ;
+* another organ's structure (:func:`drawn_on_another`): a mask that, on the slices holding nearly all of it
+  (``share``), is one structure with another organ's mask (each more than ``max_inside`` inside the other there),
+  while that organ has slices of its own, is that organ drawn again. On ``amos_0001_slab``, which holds no right
+  adrenal gland, the right adrenal's box on the last slice drew the IVC, with the IVC's own mask there.
+
+A learned check over mask-pooled encoder features (SEG-SAM's organ classification) was measured and not adopted
+(README, "Tried, measured, not adopted").
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import numpy as np
 
 from organsam.vocabulary import load_vocabulary
 
-__all__ = ["verify_mask"]
+__all__ = ["drawn_on_another", "verify_mask"]
 
 
-def verify_mask(organ_id: str, mask: np.ndarray, voxel_ml: float) -> str | None:
+def _shared_share(mask: np.ndarray, other: np.ndarray, max_inside: float) -> tuple[float, float]:
+    """The fractions of ``mask``'s and of ``other``'s voxels on the axial slices where the two are one structure
+    (each more than ``max_inside`` inside the other)."""
+    common = (mask & other).sum(axis=(1, 2)).astype(float)
+    own, theirs = mask.sum(axis=(1, 2)).astype(float), other.sum(axis=(1, 2)).astype(float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        one = (common > max_inside * own) & (common > max_inside * theirs) & (own > 0)
+    return float(own[one].sum() / max(own.sum(), 1.0)), float(theirs[one].sum() / max(theirs.sum(), 1.0))
+
+
+def drawn_on_another(
+    mask: np.ndarray, others: Mapping[str, np.ndarray], max_inside: float = 0.5, share: float = 0.9
+) -> str | None:
+    """The organ among ``others`` whose structure ``mask`` is (see the module docstring), or None.
+
+    Args:
+        mask: (Z, Y, X) bool, axial slices along axis 0.
+        others: organ id -> mask of the same grid (the other organs of the run).
+        max_inside: on a slice of one structure, each mask lies more than this inside the other.
+        share: the smallest fraction of ``mask``'s voxels on such slices; the other organ must have less there
+            (otherwise the two are one structure everywhere, and nothing tells which organ it is).
+    """
+    if not mask.any():
+        return None
+    for oid, other in others.items():
+        if not other.any():
+            continue
+        mine, theirs = _shared_share(mask, other, max_inside)
+        if mine >= share and theirs < share:
+            return oid
+    return None
+
+
+def verify_mask(
+    organ_id: str, mask: np.ndarray, voxel_ml: float, others: Mapping[str, np.ndarray] | None = None
+) -> str | None:
     """Why ``mask`` cannot be ``organ_id`` (one sentence), or None when it passes.
 
     Args:
         organ_id: vocabulary id.
-        mask: (Z, Y, X) bool on a grid whose voxels hold ``voxel_ml`` mL each (``Volume.voxel_ml``).
+        mask: (Z, Y, X) bool on a grid whose voxels hold ``voxel_ml`` mL each (``Volume.voxel_ml``), axial slices
+            along axis 0.
+        others: the masks of the run's other organs (same grid), for :func:`drawn_on_another`.
     """
-    organ = load_vocabulary()[organ_id]
+    vocab = load_vocabulary()
+    organ = vocab[organ_id]
     if organ.max_volume_ml is not None and mask.any():
         volume = float(mask.sum()) * voxel_ml
         if volume > organ.max_volume_ml:
@@ -30,4 +78,11 @@ def verify_mask(organ_id: str, mask: np.ndarray, voxel_ml: float) -> str | None:
                 f"rejected by verification: the mask is {volume:.0f} mL, more than the {organ.max_volume_ml:g} mL "
                 f"a {organ.name} can have (organs.json); it is a neighbouring structure, so it is not drawn"
             )
+    other = drawn_on_another(mask, others) if others else None
+    if other is not None:
+        return (
+            f"rejected by verification: on the slices that hold nearly all of it, the mask is the structure drawn "
+            f"for the {vocab[other].name} (which was drawn on other slices too), so it is not drawn as the "
+            f"{organ.name}"
+        )
     return None

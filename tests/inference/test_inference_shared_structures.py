@@ -10,7 +10,7 @@ import pytest
 from conftest import data_path
 
 from organsam.inference.assignment import ANCHORS
-from organsam.inference.options import resolve_organs
+from organsam.inference.options import SegmentOptions, resolve_organs
 from organsam.inference.pipeline import run_segmentation
 from organsam.inference.predictor_factory import build_predictor
 from organsam.inference.result import SegmentationResult
@@ -73,10 +73,11 @@ def test_right_adrenal_is_not_carried_onto_the_vena_cava() -> None:
     predictor = build_predictor(progress=False)
     state = predictor.init_state(vol)
     request = resolve_organs("inferior vena cava, right adrenal gland")
+    unverified = SegmentOptions(verify=False)  # this rule alone (verification rejects this "adrenal" too: below)
     predictor.shared_structures = False
-    before = run_segmentation(predictor, vol, request, state=state)  # the same embeddings and registration below
+    before = run_segmentation(predictor, vol, request, state=state, options=unverified)  # same embeddings below
     predictor.shared_structures = True
-    after = run_segmentation(predictor, vol, request, state=state)
+    after = run_segmentation(predictor, vol, request, state=state, options=unverified)
 
     def on_ivc(masks: dict[str, np.ndarray]) -> int:
         gland = masks["adrenal_gland_right"]
@@ -93,3 +94,8 @@ def test_right_adrenal_is_not_carried_onto_the_vena_cava() -> None:
         return 2 * float((ivc & ivc_ref).sum()) / float(ivc.sum() + ivc_ref.sum())
 
     assert ivc_dice(after) > ivc_dice(before)  # the vena cava's voxels are its own again
+
+    shipped = run_segmentation(predictor, vol, request, state=state)  # with verification, as segment runs
+    entry = shipped.report["organs"]["adrenal_gland_right"]
+    assert entry["status"] == "rejected_by_verification" and "inferior vena cava" in entry["absent_reason"]
+    assert not shipped.masks["adrenal_gland_right"].any() and ivc_dice(shipped) > ivc_dice(after)

@@ -26,3 +26,24 @@ def test_a_mask_bigger_than_the_organ_can_be_is_rejected_and_reported() -> None:
     entry = organ_report("adrenal_gland_left", np.zeros_like(liver), vol, None, None, reason)
     assert entry["status"] == "rejected_by_verification" and entry["absent_reason"] == reason
     assert not entry["present"]
+
+
+def test_a_mask_that_is_another_organs_structure_is_rejected() -> None:
+    """Reference masks of AMOS 0001: an "adrenal" that is the IVC on its only slice is rejected; a gallbladder
+    inside a duodenum mask that swallowed it (and much more), and the IVC itself, pass."""
+    vol = load_volume(data_path("amos_0001_slab", "image.nii.gz"))
+    ref = load_labels(data_path("amos_0001_slab", "label.nii.gz"), vol)
+    amos = labelmap_info("amos22")
+    ivc = np.isin(ref, amos.values_for("inferior_vena_cava"))
+    gallbladder = np.isin(ref, amos.values_for("gallbladder"))
+    z = int(np.flatnonzero(ivc.any(axis=(1, 2)))[-1])
+    gland = np.zeros_like(ivc)
+    gland[z] = ivc[z]  # the IVC's pixels on one slice, drawn for the right adrenal
+    others = {"inferior_vena_cava": ivc, "gallbladder": gallbladder}
+    reason = verify_mask("adrenal_gland_right", gland, vol.voxel_ml, others)
+    assert reason is not None and "inferior vena cava" in reason and "right adrenal gland" in reason
+    assert verify_mask("inferior_vena_cava", ivc, vol.voxel_ml, {"adrenal_gland_right": gland}) is None
+    swallowing = gallbladder | np.isin(ref, amos.values_for("liver"))  # a mask far bigger than the gallbladder
+    assert verify_mask("gallbladder", gallbladder, vol.voxel_ml, {"duodenum": swallowing}) is None
+    # one structure on every slice of both: nothing tells which organ it is, both pass
+    assert verify_mask("adrenal_gland_right", gland, vol.voxel_ml, {"inferior_vena_cava": gland.copy()}) is None
