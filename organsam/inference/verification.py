@@ -1,6 +1,6 @@
 """Verification: a mask that cannot be the organ asked for is not drawn, and the report says why.
 
-Two checks:
+Three checks:
 
 * size, with numbers from ``organs.json`` (published anatomy): a mask bigger than the largest volume the organ can
   have (``max_volume_ml``; e.g. an "adrenal gland" of 76 mL is the inferior vena cava next to it) is rejected.
@@ -9,6 +9,10 @@ Two checks:
   (``share``), is one structure with another organ's mask (each more than ``max_inside`` inside the other there),
   while that organ has slices of its own, is that organ drawn again. On ``amos_0001_slab``, which holds no right
   adrenal gland, the right adrenal's box on the last slice drew the IVC, with the IVC's own mask there.
+
+* wrapped by another organ (:func:`contact`): for organs with ``max_contact`` in ``organs.json`` (the kidneys, in
+  their fat capsule), a mask more of whose in-plane boundary than that lies along one other organ's mask is a piece
+  of that organ. On ``ts_b_dicom``, a scan that holds no kidney, the kidneys' boxes drew the spleen and the liver.
 
 A learned check over mask-pooled encoder features (SEG-SAM's organ classification) was measured and not adopted
 (README, "Tried, measured, not adopted").
@@ -19,10 +23,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
+from scipy import ndimage
 
 from organsam.vocabulary import load_vocabulary
 
-__all__ = ["drawn_on_another", "verify_mask"]
+__all__ = ["contact", "drawn_on_another", "verify_mask"]
 
 
 def _shared_share(mask: np.ndarray, other: np.ndarray, max_inside: float) -> tuple[float, float]:
@@ -33,6 +38,22 @@ def _shared_share(mask: np.ndarray, other: np.ndarray, max_inside: float) -> tup
     with np.errstate(divide="ignore", invalid="ignore"):
         one = (common > max_inside * own) & (common > max_inside * theirs) & (own > 0)
     return float(own[one].sum() / max(own.sum(), 1.0)), float(theirs[one].sum() / max(theirs.sum(), 1.0))
+
+
+#: In-plane neighbourhood of the contact check (no link across slices: slabs of 5 mm slices end on organs).
+_IN_PLANE = np.array(
+    [[[0, 0, 0], [0, 0, 0], [0, 0, 0]], [[0, 1, 0], [1, 1, 1], [0, 1, 0]], [[0, 0, 0], [0, 0, 0], [0, 0, 0]]], bool
+)
+
+
+def contact(mask: np.ndarray, other: np.ndarray, reach: int = 2) -> float:
+    """The fraction of ``mask``'s in-plane boundary pixels that lie within ``reach`` pixels (in plane) of ``other``
+    (or inside it); 0 for an empty mask."""
+    boundary = mask & ~ndimage.binary_erosion(mask, _IN_PLANE)
+    if not boundary.any():
+        return 0.0
+    near = ndimage.binary_dilation(other, _IN_PLANE, iterations=reach)
+    return float((boundary & near).sum()) / float(boundary.sum())
 
 
 def drawn_on_another(
@@ -78,6 +99,15 @@ def verify_mask(
                 f"rejected by verification: the mask is {volume:.0f} mL, more than the {organ.max_volume_ml:g} mL "
                 f"a {organ.name} can have (organs.json); it is a neighbouring structure, so it is not drawn"
             )
+    if organ.max_contact is not None and others and mask.any():
+        for oid, m in others.items():
+            share = contact(mask, m) if m.any() else 0.0
+            if share > organ.max_contact:
+                return (
+                    f"rejected by verification: {100 * share:.0f} % of the mask's outline lies along the "
+                    f"{vocab[oid].name}, more than the {100 * organ.max_contact:.0f} % a {organ.name} can have "
+                    f"(organs.json); it is a piece of the {vocab[oid].name}, so it is not drawn"
+                )
     other = drawn_on_another(mask, others) if others else None
     if other is not None:
         return (

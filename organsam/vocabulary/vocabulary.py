@@ -54,6 +54,9 @@ class Organ:
         knowledge: 3-6 factual sentences: location, neighbours, shape and CT appearance.
         max_volume_ml: the largest volume a mask of this organ may have (verification rejects a bigger one as a
             neighbour; see ``limits_note`` in ``organs.json``); None: no limit.
+        max_contact: the largest fraction of a mask's surface that may lie along one other organ's mask
+            (verification rejects a mask mostly wrapped by another organ's as a piece of it; see ``limits_note``);
+            None: not checked.
         label_value: its fixed value in every label map organsam writes (TotalSegmentator v2 where that has the
             class; see ``labels_note`` in ``organs.json``); every organ of the packaged vocabulary has one.
         color: its fixed display colour, RGB 0..255 (every organ of the packaged vocabulary has one).
@@ -68,6 +71,7 @@ class Organ:
     parts: tuple[str, ...] = ()
     knowledge: tuple[str, ...] = ()
     max_volume_ml: float | None = None
+    max_contact: float | None = None
     label_value: int | None = None
     color: tuple[int, int, int] | None = None
 
@@ -93,6 +97,7 @@ class Organ:
             "parts": list(self.parts),
             "knowledge": list(self.knowledge),
             **({} if self.max_volume_ml is None else {"max_volume_ml": self.max_volume_ml}),
+            **({} if self.max_contact is None else {"max_contact": self.max_contact}),
             **({} if self.label_value is None else {"label_value": self.label_value}),
             **({} if self.color is None else {"color": list(self.color)}),
         }
@@ -282,6 +287,7 @@ def vocabulary_from_dict(doc: dict[str, Any], source: str = "<dict>") -> Vocabul
                 parts=tuple(e.get("parts", ())),
                 knowledge=tuple(e["knowledge"]),
                 max_volume_ml=None if e.get("max_volume_ml") is None else float(e["max_volume_ml"]),
+                max_contact=None if e.get("max_contact") is None else float(e["max_contact"]),
                 label_value=int(e["label_value"]),
                 color=tuple(int(c) for c in e["color"]),
             )

@@ -6,7 +6,7 @@ import numpy as np
 from conftest import data_path
 
 from organsam.inference.pipeline import organ_report
-from organsam.inference.verification import verify_mask
+from organsam.inference.verification import contact, verify_mask
 from organsam.io import load_labels, load_volume
 from organsam.vocabulary import labelmap_info, load_vocabulary
 
@@ -47,3 +47,27 @@ def test_a_mask_that_is_another_organs_structure_is_rejected() -> None:
     assert verify_mask("gallbladder", gallbladder, vol.voxel_ml, {"duodenum": swallowing}) is None
     # one structure on every slice of both: nothing tells which organ it is, both pass
     assert verify_mask("adrenal_gland_right", gland, vol.voxel_ml, {"inferior_vena_cava": gland.copy()}) is None
+
+
+def test_a_kidney_wrapped_by_the_liver_is_rejected() -> None:
+    """The real right kidney of AMOS 0001 lies on the liver along little of its outline and passes; a "kidney" cut
+    out of the liver (a disc inside it, as the kidney's box drew on TS-B, a scan without kidneys) does not."""
+    vol = load_volume(data_path("amos_0001_slab", "image.nii.gz"))
+    ref = load_labels(data_path("amos_0001_slab", "label.nii.gz"), vol)
+    amos = labelmap_info("amos22")
+    kidney = np.isin(ref, amos.values_for("kidney_right"))
+    liver = np.isin(ref, amos.values_for("liver"))
+    assert load_vocabulary()["kidney_right"].max_contact == 0.5
+    assert contact(kidney, liver) < 0.15
+    assert verify_mask("kidney_right", kidney, vol.voxel_ml, {"liver": liver}) is None
+    z = int(np.argmax(liver.sum(axis=(1, 2))))
+    ys, xs = np.nonzero(liver[z])
+    cy, cx = int(np.median(ys)), int(np.median(xs))
+    yy, xx = np.mgrid[: liver.shape[1], : liver.shape[2]]
+    piece = np.zeros_like(liver)
+    piece[z] = ((yy - cy) ** 2 + (xx - cx) ** 2 < 20**2) & liver[z]
+    rest = liver & ~piece  # the liver's mask around the piece
+    assert contact(piece, rest) > 0.9
+    reason = verify_mask("kidney_right", piece, vol.voxel_ml, {"liver": rest})
+    assert reason is not None and "along the liver" in reason and "right kidney" in reason
+    assert verify_mask("gallbladder", piece, vol.voxel_ml, {"liver": rest}) is None  # no limit for it: not checked

@@ -1,0 +1,30 @@
+"""A partial scan: TS-B (20 slices of 2 mm from the lung bases to the pancreas; TotalSegmentator's labels hold no
+kidney). The atlas, registered onto it, places kidneys inside it; the right kidney's boxes draw a piece of the
+liver, which verification rejects and reports instead of drawing it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import data_path
+
+from organsam.inference.options import resolve_organs
+from organsam.inference.pipeline import run_segmentation
+from organsam.inference.predictor_factory import build_predictor
+from organsam.io import load_labels, load_volume
+from organsam.vocabulary import labelmap_info
+
+
+@pytest.mark.slow
+def test_a_kidney_the_scan_does_not_hold_is_not_drawn_on_the_liver() -> None:
+    vol = load_volume(data_path("ts_b_dicom", "dicom"))
+    ref = load_labels(data_path("ts_b_dicom", "label_ts_v2.nii.gz"), vol)
+    ts = labelmap_info("totalsegmentator_v2")
+    assert not np.isin(ref, ts.values_for("kidney_right")).any()
+    res = run_segmentation(build_predictor(progress=False), vol, resolve_organs("liver, right kidney"))
+    entry = res.report["organs"]["kidney_right"]
+    assert entry["status"] == "rejected_by_verification" and "along the liver" in entry["absent_reason"]
+    assert not res.masks["kidney_right"].any()
+    liver_ref = np.isin(ref, ts.values_for("liver"))
+    liver = res.masks["liver"]
+    assert 2 * (liver & liver_ref).sum() / (liver.sum() + liver_ref.sum()) > 0.8  # the liver itself is drawn
