@@ -181,38 +181,43 @@ def resolve_anchor_conflicts(
 ) -> tuple[dict[str, OrganResult], list[Reassignment]]:
     """Two anchors drawn on one structure: who keeps it.
 
-    * One mask inside the other (a liver box drew liver and kidney): the outer one is decoded again without the
-      inner one. When that is about as sure as before (predicted IoU down by less than ``split_margin``), the
-      outer one takes the new mask. Otherwise, when the inner one is the same tissue as the rest of the outer
-      one (:func:`_one_structure`: a spleen box that drew a piece of the kidney), the inner one gives it up; when
-      it is another tissue (on MR the liver mask covers the right kidney) both stay, as nothing here tells
-      which mask is wrong.
+    * One mask inside the other (a liver box drew liver and kidney): when the inner one is the same tissue as the
+      rest of the outer one (:func:`_one_structure`: a spleen box that drew a piece of the kidney; on the partial
+      scan TS-B, which holds no kidney, a kidney box that drew part of the spleen), the inner one gives it up.
+      Otherwise the outer one is decoded again without the inner one, and when that is about as sure as before
+      (predicted IoU down by less than ``split_margin``) the outer one takes the new mask; when it is not, both
+      stay (on MR the liver mask covers the right kidney), as nothing here tells which mask is wrong.
     * Each inside the other (a spleen box at kidney level drew the kidney): the one the decoder is surer of
       keeps it.
 
     The anchor that gives the structure up is decoded again without the other, or emptied there.
     """
     conflicts = anchor_conflicts(results, anchors, max_inside)
+    image = state.volume.array
+    same = {
+        c: _one_structure(image[c.z], results[c.inner].mask[c.z], results[c.outer].mask[c.z])
+        for c in conflicts
+        if c.inner is not None
+    }
     splits = {
         (c.outer, c.z): (c.inner, _inside_fraction(results, c.inner, c.outer, c.z))
         for c in conflicts
-        if c.inner is not None and redrawable(state, c.outer, c.z)
+        if c.inner is not None and not same[c] and redrawable(state, c.outer, c.z)
     }
     tried = redraw_without(state, results, boxes, decode, iou_threshold, max_inside, splits)[0] if splits else results
     out = dict(results)
     log: list[Reassignment] = []
     losers: dict[tuple[str, int], tuple[str, float]] = {}
     for c in conflicts:
-        if c.inner is not None:
+        if c.inner is not None and same[c]:
+            loser, winner = c.inner, c.outer
+        elif c.inner is not None:
             before = results[c.outer].slice_scores.get(c.z, 0.0)
             after = tried[c.outer].slice_scores.get(c.z) if tried[c.outer].mask[c.z].any() else None
             if (c.outer, c.z) in splits and after is not None and after >= before - split_margin:
                 _take_slice(out, tried, results, c.outer, c.z)
                 log.append(Reassignment(c.outer, c.z, c.inner, round(splits[(c.outer, c.z)][1], 3), "redrawn"))
-                continue
-            if not _one_structure(state.volume.array[c.z], results[c.inner].mask[c.z], results[c.outer].mask[c.z]):
-                continue  # two tissues that did not split cleanly: which mask is wrong is not known, both stay
-            loser, winner = c.inner, c.outer
+            continue  # split, or two tissues that did not split cleanly: which mask is wrong is not known
         else:
             winner = c.surer
             loser = c.b if winner == c.a else c.a
