@@ -30,14 +30,29 @@ from organsam.vocabulary import load_vocabulary
 __all__ = ["contact", "drawn_on_another", "verify_mask"]
 
 
+def _around(mask: np.ndarray, pad: int) -> tuple[slice, slice, slice]:
+    """The slices of ``mask``'s bounding box (non-empty mask), grown in plane by ``pad`` and clipped."""
+    zs, ys, xs = (np.flatnonzero(mask.any(axis=axes)) for axes in ((1, 2), (0, 2), (0, 1)))
+    Y, X = mask.shape[1:]
+    return (
+        slice(int(zs[0]), int(zs[-1]) + 1),
+        slice(max(int(ys[0]) - pad, 0), min(int(ys[-1]) + pad + 1, Y)),
+        slice(max(int(xs[0]) - pad, 0), min(int(xs[-1]) + pad + 1, X)),
+    )
+
+
 def _shared_share(mask: np.ndarray, other: np.ndarray, max_inside: float) -> tuple[float, float]:
     """The fractions of ``mask``'s and of ``other``'s voxels on the axial slices where the two are one structure
-    (each more than ``max_inside`` inside the other)."""
-    common = (mask & other).sum(axis=(1, 2)).astype(float)
-    own, theirs = mask.sum(axis=(1, 2)).astype(float), other.sum(axis=(1, 2)).astype(float)
+    (each more than ``max_inside`` inside the other); (0, 0) when they do not meet. Non-empty ``mask``."""
+    box = _around(mask, 0)
+    common = (mask[box] & other[box]).sum(axis=(1, 2)).astype(float)
+    if not common.any():
+        return 0.0, 0.0
+    own = mask[box].sum(axis=(1, 2)).astype(float)
+    theirs = other[box[0]].sum(axis=(1, 2)).astype(float)  # whole slices: the other may reach beyond the box
     with np.errstate(divide="ignore", invalid="ignore"):
         one = (common > max_inside * own) & (common > max_inside * theirs) & (own > 0)
-    return float(own[one].sum() / max(own.sum(), 1.0)), float(theirs[one].sum() / max(theirs.sum(), 1.0))
+    return float(own[one].sum() / max(own.sum(), 1.0)), float(theirs[one].sum() / max(float(other.sum()), 1.0))
 
 
 #: In-plane neighbourhood of the contact check (no link across slices: slabs of 5 mm slices end on organs).
@@ -49,9 +64,11 @@ _IN_PLANE = np.array(
 def contact(mask: np.ndarray, other: np.ndarray, reach: int = 2) -> float:
     """The fraction of ``mask``'s in-plane boundary pixels that lie within ``reach`` pixels (in plane) of ``other``
     (or inside it); 0 for an empty mask."""
-    boundary = mask & ~ndimage.binary_erosion(mask, _IN_PLANE)
-    if not boundary.any():
+    if not mask.any():
         return 0.0
+    box = _around(mask, reach + 1)  # the mask's outline and everything within reach of it
+    mask, other = mask[box], other[box]
+    boundary = mask & ~ndimage.binary_erosion(mask, _IN_PLANE)
     near = ndimage.binary_dilation(other, _IN_PLANE, iterations=reach)
     return float((boundary & near).sum()) / float(boundary.sum())
 
