@@ -29,7 +29,7 @@ from organsam.inference.state import Box, InferenceState, OrganResult
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SharedStructure", "resolve_shared_structures", "shared_structures"]
+__all__ = ["SharedStructure", "one_structure", "resolve_shared_structures", "shared_structures"]
 
 
 @dataclass(frozen=True)
@@ -44,21 +44,27 @@ class SharedStructure:
     b_in_a: float
 
 
+def one_structure(a: np.ndarray, b: np.ndarray, max_inside: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per axial slice of two (Z, Y, X) masks: whether they are one structure there (each more than ``max_inside``
+    inside the other), and the fractions of ``a`` inside ``b`` and of ``b`` inside ``a`` (0 where one is empty).
+    The one definition of "drawn on one structure" (also used by :mod:`organsam.inference.verification`)."""
+    common = (a & b).sum(axis=(1, 2)).astype(float)
+    own, theirs = a.sum(axis=(1, 2)).astype(float), b.sum(axis=(1, 2)).astype(float)
+    a_in_b = np.divide(common, own, out=np.zeros_like(common), where=own > 0)
+    b_in_a = np.divide(common, theirs, out=np.zeros_like(common), where=theirs > 0)
+    return (a_in_b > max_inside) & (b_in_a > max_inside), a_in_b, b_in_a
+
+
 def shared_structures(
     results: Mapping[str, OrganResult], anchors: Sequence[str], max_inside: float = 0.5
 ) -> list[SharedStructure]:
     """Slices where two drawn organs that are not ``anchors`` were drawn on one structure."""
     present = [o for o, r in results.items() if o not in anchors and r.mask.any()]
-    drawn = {o: results[o].mask.any(axis=(1, 2)) for o in present}
     out: list[SharedStructure] = []
     for i, a in enumerate(present):
         for b in present[i + 1 :]:
-            for z in np.flatnonzero(drawn[a] & drawn[b]):
-                ma, mb = results[a].mask[int(z)], results[b].mask[int(z)]
-                common = float((ma & mb).sum())
-                a_in_b, b_in_a = common / float(ma.sum()), common / float(mb.sum())
-                if a_in_b > max_inside and b_in_a > max_inside:
-                    out.append(SharedStructure(int(z), a, b, a_in_b, b_in_a))
+            one, a_in_b, b_in_a = one_structure(results[a].mask, results[b].mask, max_inside)
+            out += [SharedStructure(int(z), a, b, float(a_in_b[z]), float(b_in_a[z])) for z in np.flatnonzero(one)]
     return out
 
 

@@ -8,8 +8,7 @@ Three checks:
 * another organ's structure (:func:`drawn_on_another`): a mask that, on the slices holding nearly all of it
   (``share``), is one structure with another organ's mask (each more than ``max_inside`` inside the other there),
   while that organ has slices of its own, is that organ drawn again. On ``amos_0001_slab``, which holds no right
-  adrenal gland, the right adrenal's box on the last slice drew the IVC, with the IVC's own mask there.
-
+  adrenal gland, the right adrenal's box on the last slice drew the IVC, with the IVC's own mask there;
 * wrapped by another organ (:func:`contact`): for organs with ``max_contact`` in ``organs.json`` (the kidneys, in
   their fat capsule), a mask more of whose in-plane boundary than that lies along one other organ's mask is a piece
   of that organ. On ``ts_b_dicom``, a scan that holds no kidney, the kidneys' boxes drew the spleen and the liver.
@@ -25,6 +24,7 @@ from collections.abc import Mapping
 import numpy as np
 from scipy import ndimage
 
+from organsam.inference.shared_structures import one_structure
 from organsam.vocabulary import load_vocabulary
 
 __all__ = ["contact", "drawn_on_another", "verify_mask"]
@@ -44,15 +44,12 @@ def _around(mask: np.ndarray, pad: int) -> tuple[slice, slice, slice]:
 def _shared_share(mask: np.ndarray, other: np.ndarray, max_inside: float) -> tuple[float, float]:
     """The fractions of ``mask``'s and of ``other``'s voxels on the axial slices where the two are one structure
     (each more than ``max_inside`` inside the other); (0, 0) when they do not meet. Non-empty ``mask``."""
-    box = _around(mask, 0)
-    common = (mask[box] & other[box]).sum(axis=(1, 2)).astype(float)
-    if not common.any():
+    slab = slice(*np.flatnonzero(mask.any(axis=(1, 2)))[[0, -1]] + [0, 1])  # the other may reach beyond in plane
+    if not (mask[slab] & other[slab]).any():
         return 0.0, 0.0
-    own = mask[box].sum(axis=(1, 2)).astype(float)
-    theirs = other[box[0]].sum(axis=(1, 2)).astype(float)  # whole slices: the other may reach beyond the box
-    with np.errstate(divide="ignore", invalid="ignore"):
-        one = (common > max_inside * own) & (common > max_inside * theirs) & (own > 0)
-    return float(own[one].sum() / max(own.sum(), 1.0)), float(theirs[one].sum() / max(float(other.sum()), 1.0))
+    one, _, _ = one_structure(mask[slab], other[slab], max_inside)
+    own, theirs = mask[slab].sum(axis=(1, 2)), other[slab].sum(axis=(1, 2))
+    return float(own[one].sum() / max(own.sum(), 1)), float(theirs[one].sum() / max(int(other.sum()), 1))
 
 
 #: In-plane neighbourhood of the contact check (no link across slices: slabs of 5 mm slices end on organs).
