@@ -50,3 +50,23 @@ def amos_liver_slice(slice_index: int = 10, margin: float = 6.0) -> dict:
         [[xs.min() - margin, ys.min() - margin, xs.max() + margin, ys.max() + margin]], dtype=torch.float32
     ).clamp(0, 255)
     return {"image": torch.from_numpy(x)[None], "mask": torch.from_numpy(mask)[None, None].float(), "box": box}
+
+
+#: The upper slices of each AMOS slab, where both the liver and the spleen are (file slice axis: the last).
+AMOS_TOP = {"amos_0013_slab": slice(6, 11), "amos_0001_slab": slice(5, 10)}
+
+
+def amos_top_slices(case: str, folder: Path, name: str | None = None) -> tuple[Path, Path]:
+    """Write the five upper slices of a real AMOS slab (image and reference labels, the file's own affine) into
+    ``folder``; returns (image, labels). Tests of orchestration (batch, entry points) run on these: the same
+    pipeline on half the slices. Skips without the shared data."""
+    import nibabel as nib
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for kind in ("image", "label"):
+        img = nib.load(data_path(case, f"{kind}.nii.gz"))
+        path = folder / f"{name or case}{'' if kind == 'image' else '_label'}.nii.gz"
+        nib.save(img.slicer[:, :, AMOS_TOP[case]], path)
+        out.append(path)
+    return out[0], out[1]

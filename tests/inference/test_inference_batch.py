@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, data_path
+from conftest import REPO, amos_top_slices, data_path
 
 from organsam.cli.main import main as cli
 from organsam.inference.batch import (
@@ -36,11 +36,12 @@ ORGANS = "liver, spleen"
 
 
 def make_batch_folder(folder: Path) -> Path:
-    """Two real AMOS CT slabs (symlinked) and a truncated copy of one of them (a corrupt gzip)."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """The upper slices of two real AMOS CT slabs (their reference labels beside the folder) and a truncated copy
+    of one of them (a corrupt gzip)."""
     for cid, case in (("amos0001", "amos_0001_slab"), ("amos0013", "amos_0013_slab")):
-        (folder / f"{cid}.nii.gz").symlink_to(data_path(case, "image.nii.gz"))
-    src = data_path("amos_0013_slab", "image.nii.gz").read_bytes()
+        amos_top_slices(case, folder, cid)
+        (folder / f"{cid}_label.nii.gz").rename(folder.parent / f"{cid}_label.nii.gz")
+    src = (folder / "amos0013.nii.gz").read_bytes()
     (folder / "broken.nii.gz").write_bytes(src[: len(src) // 3])
     return folder
 
@@ -174,7 +175,7 @@ def test_pool_run_segments_and_isolates_the_corrupt_volume(pool_run, batch_input
     from organsam.io import load_labels, load_volume
 
     vol = load_volume(batch_input / "amos0013.nii.gz")
-    ref = load_labels(data_path("amos_0013_slab", "label.nii.gz"), vol)
+    ref = load_labels(batch_input.parent / "amos0013_label.nii.gz", vol)
     seg = load_labels(out / "amos0013" / "segmentation.nii.gz", vol)
     liver_ref, liver = ref == 6, seg == 5  # AMOS 6 = liver; ours (fixed, TotalSegmentator's) 5 = liver
     dice = 2 * (liver_ref & liver).sum() / (liver_ref.sum() + liver.sum())

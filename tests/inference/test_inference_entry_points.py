@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import data_path
+from conftest import amos_top_slices, data_path
 
 from organsam.cli.main import error_line
 from organsam.cli.main import main as cli
@@ -155,7 +155,7 @@ def test_cli_batch_and_server_reports_have_the_same_keys(tmp_path: Path) -> None
     from organsam.inference.batch import run_batch
     from organsam.server import ServerSettings, create_app
 
-    src = data_path(*AMOS)
+    src, _ = amos_top_slices("amos_0013_slab", tmp_path / "ct")
     assert cli(["segment", "-i", str(src), "-o", str(tmp_path / "cli"), "--organs", PROMPT, "-q"]) == 0
     cli_report = json.loads((tmp_path / "cli" / "report.json").read_text())
     folder = tmp_path / "batch_in"
