@@ -1,0 +1,89 @@
+"""Static int8 for the OpenVINO encoder (issue 16: "quantisation calibrated on real slices"), measured.
+
+NNCF's post-training quantisation (mixed preset, transformer model type, fast bias correction) of the pipeline's
+OpenVINO encoder graph, calibrated on slices of the training CTs (every 4th of ``ts_a``, every 2nd of ``ts_b``),
+then timed against the float32 graph (interleaved passes over AMOS 0013's 11 slices) with the embeddings' relative
+error. NNCF is not a dependency of organsam: ``pip install nncf`` first.
+
+    .venv/bin/python bench/encoder_int8.py [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from _common import data_dir  # noqa: E402
+
+from organsam.io import load_volume  # noqa: E402
+from organsam.preprocessing.intensity import window_ct  # noqa: E402
+from organsam.preprocessing.slices import to_model_input  # noqa: E402
+
+
+def _slices(path: Path, step: int) -> list[np.ndarray]:
+    vol = load_volume(path)
+    return [
+        to_model_input(window_ct(vol.array[z], "abdomen"))[0][None].astype(np.float32)
+        for z in range(0, vol.array.shape[0], step)
+    ]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    import nncf
+    import openvino as ov
+
+    from organsam.model.openvino_sam import OpenVinoSam, cache_dir
+    from organsam.model.sam_core import build_lite_medsam
+
+    OpenVinoSam(build_lite_medsam())  # converts and caches the float32 graphs if they are not there yet
+    graph = max(cache_dir().glob("encoder-*/model.xml"), key=lambda p: p.stat().st_mtime)
+    data = data_dir()
+    calib = _slices(data / "ts_a" / "image.nii.gz", 4) + _slices(data / "ts_b_dicom" / "dicom", 2)
+    test = _slices(data / "amos_0013_slab" / "image.nii.gz", 1)
+    core = ov.Core()
+    model = core.read_model(str(graph))
+    t0 = time.perf_counter()
+    quantized = nncf.quantize(
+        model,
+        nncf.Dataset(calib),
+        preset=nncf.QuantizationPreset.MIXED,
+        model_type=nncf.ModelType.TRANSFORMER,
+        subset_size=len(calib),
+        fast_bias_correction=True,
+    )
+    took = time.perf_counter() - t0
+    config = {"INFERENCE_NUM_THREADS": args.threads, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+    requests = {
+        "fp32": core.compile_model(model, "CPU", config).create_infer_request(),
+        "int8": core.compile_model(quantized, "CPU", config).create_infer_request(),
+    }
+    seconds: dict[str, list[float]] = {"fp32": [], "int8": []}
+    outputs: dict[str, list[np.ndarray]] = {}
+    for _ in range(2):
+        for name, request in requests.items():
+            request.infer([test[0]])  # warm-up
+            t = time.perf_counter()
+            outputs[name] = [np.array(request.infer([x])[0]) for x in test]
+            seconds[name].append((time.perf_counter() - t) / len(test))
+    err = [float(np.linalg.norm(a - b) / np.linalg.norm(a)) for a, b in zip(outputs["fp32"], outputs["int8"])]
+    print(f"calibration: {len(calib)} slices (ts_a, ts_b), quantised in {took:.0f} s")
+    print(f"test: {len(test)} slices of amos_0013")
+    for name, s in seconds.items():
+        print(f"{name}: {min(s):.3f} s per slice (best of {len(s)} passes), threads {args.threads}")
+    print(f"int8 embedding relative error: {min(err):.3f} .. {max(err):.3f}")
+
+
+if __name__ == "__main__":
+    main()
