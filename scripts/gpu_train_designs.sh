@@ -19,7 +19,8 @@
 #      Each design's model.safetensors/.json, metrics.csv and val.csv come back under $OUT/<design>/ (the
 #      training states stay on the device, in runs/gpu/train_out).
 #   3. here: bash scripts/gpu_train_designs.sh install DIR   (DIR: the files_at folder of step 2's last call)
-#      copies each model.safetensors/.json into organsam/assets as design_<design>.* and updates SHA256SUMS;
+#      ships each model.safetensors/.json as organsam/assets/design_<design>.* (scripts/ship_design.sh: float16
+#      when over 25 MB, as crisp_sam2's 10 M weights are) and updates SHA256SUMS;
 #      then score them: python bench/compare_designs.py --checkpoints pg_sam seg_sam crisp_sam2
 #
 # Environment: DEVICE (cuda), BUDGET_S (seconds of training per design), DESIGNS ("pg_sam seg_sam crisp_sam2"),
@@ -127,11 +128,8 @@ install)
   src="${2:?usage: bash scripts/gpu_train_designs.sh install DIR (the folder that holds <design>/model.safetensors)}"
   for d in ${DESIGNS:-pg_sam seg_sam crisp_sam2}; do
     test -f "$src/$d/model.safetensors" || { echo "$src/$d/model.safetensors is missing; skipped" >&2; continue; }
-    install -m 644 "$src/$d/model.safetensors" "organsam/assets/design_$d.safetensors"
-    install -m 644 "$src/$d/model.json" "organsam/assets/design_$d.json"
-    echo "installed organsam/assets/design_$d.safetensors ($(du -h "organsam/assets/design_$d.safetensors" | cut -f1))"
+    PYTHON="${VENV_PY:-.venv/bin/python}" bash scripts/ship_design.sh "$d" "$src/$d"
   done
-  bash scripts/update_asset_sums.sh > /dev/null
   ;;
 *)
   echo "usage: bash scripts/gpu_train_designs.sh fetch|stage|train|install (see the comment at the top)" >&2

@@ -6,7 +6,8 @@
 #   config  organsam/configs/train_<design>.yaml (frozen LiteMedSAM encoder over cached features, shared by the
 #           designs in runs/feature_cache; a run of under an hour on a 2-core CPU; rerun to resume)
 #   output  runs/train_<design>/ (model.safetensors + model.json, metrics.csv, val.csv), then
-#           organsam/assets/design_<design>.safetensors and .json, their SHA-256 in organsam/assets/SHA256SUMS;
+#           organsam/assets/design_<design>.safetensors and .json (scripts/ship_design.sh: float16 when the file is
+#           over 25 MB), their SHA-256 in organsam/assets/SHA256SUMS;
 #           `organsam segment --design <design>` then uses it (--checkpoint packaged)
 #
 # Usage (from the repository root):
@@ -24,8 +25,5 @@ case "$DESIGN" in crisp_sam2|seg_sam|pg_sam) ;; *) echo "train_design.sh: design
 if [ "$EXPORT" = "1" ]; then
   OUT_DIR="runs/train_$DESIGN"
   for a in "$@"; do case "$a" in out_dir=*) OUT_DIR="${a#out_dir=}";; esac; done
-  install -m 644 "$OUT_DIR/model.safetensors" "organsam/assets/design_$DESIGN.safetensors"
-  install -m 644 "$OUT_DIR/model.json" "organsam/assets/design_$DESIGN.json"
-  bash scripts/update_asset_sums.sh > /dev/null
-  echo "exported organsam/assets/design_$DESIGN.safetensors ($(du -h "organsam/assets/design_$DESIGN.safetensors" | cut -f1))"
+  PYTHON="$PYTHON" bash scripts/ship_design.sh "$DESIGN" "$OUT_DIR"
 fi

@@ -39,6 +39,7 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "read_checkpoint_info",
+    "resave_checkpoint",
     "sidecar_path",
     "CheckpointError",
     "CHECKPOINT_FORMAT",
@@ -46,6 +47,10 @@ __all__ = [
 
 CHECKPOINT_FORMAT = "organsam-checkpoint-v1"
 _CORE = "core."
+
+
+#: Names accepted for ``save_checkpoint(stored_dtype=...)``.
+_STORED_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
 def sidecar_path(path: str | os.PathLike[str]) -> Path:
@@ -84,6 +89,7 @@ def save_checkpoint(
     design: str | None = None,
     config: Any = None,
     extra: dict[str, Any] | None = None,
+    stored_dtype: str = "float32",
 ) -> Path:
     """Save a design's learned weights and its sidecar.
 
@@ -93,12 +99,15 @@ def save_checkpoint(
         design: registry name (default and required to match: ``model.design_name``).
         config: the resolved config (default: ``model.config``); must be the design's config class.
         extra: JSON-serialisable metadata stored under ``"extra"``.
+        stored_dtype: ``"float32"``, or ``"float16"`` to store floating-point tensors at half the size (a shipped
+            checkpoint may take 25 MB); loading casts them back to the model's float32.
 
     Returns:
         The tensor file's path.
 
     Raises:
-        ValueError: the design name or config does not match the model, or ``extra`` is not JSON.
+        ValueError: the design name or config does not match the model, ``extra`` is not JSON, or an unknown
+            ``stored_dtype``.
     """
     from safetensors.torch import save_file
 
@@ -120,6 +129,8 @@ def save_checkpoint(
         raise ValueError(
             f"save_checkpoint: config is a {type(config).__name__}, design {design!r} needs {entry.config_cls.__name__}"
         )
+    if stored_dtype not in _STORED_DTYPES:
+        raise ValueError(f"save_checkpoint: stored_dtype must be one of {sorted(_STORED_DTYPES)}, got {stored_dtype!r}")
     extra = dict(extra or {})
     try:
         json.dumps(extra)
@@ -143,7 +154,10 @@ def save_checkpoint(
             if same and torch.equal(ref, value.cpu()):
                 continue
             n_core += 1
-        tensors[key] = value.detach().cpu().contiguous().clone()
+        value = value.detach().cpu()
+        if value.is_floating_point():
+            value = value.to(_STORED_DTYPES[stored_dtype])
+        tensors[key] = value.contiguous().clone()
 
     _atomic_write(p, lambda tmp: save_file(tensors, tmp, metadata={"format": CHECKPOINT_FORMAT, "design": design}))
     info = {
@@ -158,6 +172,7 @@ def save_checkpoint(
         "tensor_file": p.name,
         "tensor_sha256": file_sha256(p),
         "num_tensors": len(tensors),
+        "stored_dtype": stored_dtype,
         "core_tensors_saved": n_core,
         "lora_tensors_saved": n_lora,
         "base_weights": None if base is None else {"name": "lite_medsam", "sha256": base[1]},
@@ -180,6 +195,14 @@ def save_checkpoint(
         side.name,
     )
     return p
+
+
+def resave_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str], stored_dtype: str) -> Path:
+    """Load the checkpoint ``src`` (with every check) and save it again as ``dst`` with ``stored_dtype``; its
+    config and ``extra`` metadata are kept."""
+    info = read_checkpoint_info(src)
+    model = load_checkpoint(src)
+    return save_checkpoint(model, dst, extra=info.get("extra"), stored_dtype=stored_dtype)
 
 
 def read_checkpoint_info(path: str | os.PathLike[str]) -> dict[str, Any]:
