@@ -9,6 +9,7 @@ Benchmark cases (all real CT from the shared data folder, ``../shared/data`` or 
   the worst case for skipping slices).
 - ``ts_a_512``: TS-A resampled (trilinear) to 512x512 in plane and 100 slices (whole abdomen-pelvis,
   3.36 mm slices): a realistic 512x512x100 case where many slices hold none of the prompted organs.
+- ``ts_a_300``: the same at 300 slices (1.12 mm): a 300-slice CT, for peak memory.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ AMOS13 = [
     "adrenal_gland_left",
     "duodenum",
 ]
-CASES = ("amos_0013_slab", "ts_a", "stack100", "ts_a_512")
+CASES = ("amos_0013_slab", "ts_a", "stack100", "ts_a_512", "ts_a_300")
 
 
 def data_dir() -> Path:
@@ -89,17 +90,18 @@ def load_case(name: str) -> tuple[Volume, str]:
         sz = src.spacing[0] * (src.array.shape[0] - 1) / 99.0
         vol = Volume.from_array(arr, (sz, src.spacing[1], src.spacing[2]), "CT")
         return vol, "AMOS 0013's 11 real slices linearly interpolated along z to 100 (512x512x100)"
-    if name == "ts_a_512":
+    if name in ("ts_a_512", "ts_a_300"):
         import torch.nn.functional as F
 
+        n = 100 if name == "ts_a_512" else 300
         src = load_volume(data / "ts_a" / "image.nii.gz")
         t = torch.from_numpy(np.ascontiguousarray(src.array))[None, None]
-        arr = F.interpolate(t, size=(100, 512, 512), mode="trilinear", align_corners=False)[0, 0].numpy()
+        arr = F.interpolate(t, size=(n, 512, 512), mode="trilinear", align_corners=False)[0, 0].numpy()
         Z, Y, X = src.array.shape
-        spacing = (src.spacing[0] * Z / 100, src.spacing[1] * Y / 512, src.spacing[2] * X / 512)
+        spacing = (src.spacing[0] * Z / n, src.spacing[1] * Y / 512, src.spacing[2] * X / 512)
         return Volume.from_array(
             np.ascontiguousarray(arr, dtype=np.float32), spacing, "CT"
-        ), "TS-A resampled trilinearly to 512x512x100"
+        ), f"TS-A resampled trilinearly to 512x512x{n}"
     raise ValueError(f"unknown case {name!r}; choose from {', '.join(CASES)}")
 
 
