@@ -21,19 +21,14 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from _common import data_dir  # noqa: E402
+from _common import data_dir, model_input  # noqa: E402
 
 from organsam.io import load_volume  # noqa: E402
-from organsam.preprocessing.intensity import window_ct  # noqa: E402
-from organsam.preprocessing.slices import to_model_input  # noqa: E402
 
 
 def _slices(path: Path, step: int) -> list[np.ndarray]:
-    vol = load_volume(path)
-    return [
-        to_model_input(window_ct(vol.array[z], "abdomen"))[0][None].astype(np.float32)
-        for z in range(0, vol.array.shape[0], step)
-    ]
+    """Model inputs (1, 3, 256, 256) of every ``step``-th slice of a CT."""
+    return [x[None] for x in model_input(load_volume(path))[::step]]
 
 
 def main() -> None:
