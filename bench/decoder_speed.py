@@ -11,12 +11,18 @@ images, as the pipeline decodes a slice's organs in one call) are decoded agains
 Printed per variant: best-of-``--repeat`` milliseconds per prompt, and the share of pixels whose mask agrees
 with the ``torch`` fp32 masks.
 
+With ``--chunks``, only the OpenVINO fp32 decoder, given 32 prompts (the boxes repeated) split into calls of each
+size in turn (ascending): milliseconds per prompt and the process's peak RSS after that size, which is what
+``organsam.inference.decoders.DECODE_CHUNK`` trades (OpenVINO keeps the buffers of the largest call it has run).
+
     .venv/bin/python bench/decoder_speed.py [--variants torch openvino openvino_bf16] [--repeat 5] [--threads N]
+    .venv/bin/python bench/decoder_speed.py --chunks 1 2 4 8 16
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import time
 import warnings
 from collections.abc import Callable
@@ -40,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None, help="torch / OpenVINO threads (default: torch's choice)")
+    ap.add_argument("--chunks", type=int, nargs="+", default=None, help="prompts per OpenVINO call to compare")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore", category=UserWarning)
     if args.threads:
@@ -79,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
             sparse, _ = core.embed_prompts(boxes=boxes)
         return lambda: ov.decode(emb, sparse, image_index)[0]
 
+    if args.chunks:
+        return chunk_sizes(core, emb, boxes, image_index, sorted(args.chunks), args.repeat)
     makers = {
         "torch": lambda: torch_variant(False),
         "torch_bf16": lambda: torch_variant(True),
@@ -97,6 +106,41 @@ def main(argv: list[str] | None = None) -> int:
             best = min(best, time.perf_counter() - t0)
         agree = float(((out > 0).numpy() == ref).mean())
         print(f"{name:14s} {1000 * best / len(boxes):9.1f} {agree:15.5f}", flush=True)
+    return 0
+
+
+def chunk_sizes(
+    core: torch.nn.Module,
+    emb: torch.Tensor,
+    boxes: torch.Tensor,
+    image_index: torch.Tensor,
+    chunks: list[int],
+    repeat: int,
+) -> int:
+    """OpenVINO fp32 decoding of 32 prompts in calls of each size of ``chunks`` (ascending): ms per prompt and the
+    peak RSS after it."""
+    from organsam.model.openvino_sam import OpenVinoSam
+
+    ov = OpenVinoSam(core)
+    reps = -(-32 // len(boxes))
+    boxes, image_index = boxes.repeat(reps, 1)[:32], image_index.repeat(reps)[:32]
+    with torch.inference_mode():
+        sparse, _ = core.embed_prompts(boxes=boxes)
+
+    def run(c: int) -> None:
+        for i in range(0, len(boxes), c):
+            ov.decode(emb, sparse[i : i + c], image_index[i : i + c])
+
+    print(f"{'prompts/call':>12s} {'ms/prompt':>9s} {'peak RSS MB':>11s}")
+    for c in chunks:
+        run(c)  # warm-up (shape-specific kernels, buffers)
+        best = float("inf")
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            run(c)
+            best = min(best, time.perf_counter() - t0)
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+        print(f"{c:12d} {1000 * best / len(boxes):9.1f} {rss:11.0f}", flush=True)
     return 0
 
 

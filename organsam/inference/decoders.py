@@ -36,9 +36,10 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["DECODE_CHUNK", "DesignDecoder", "SamCoreDecoder", "SliceDecoder", "resolve_runtime"]
 
-#: Prompts decoded in one call of the core at most: a call's peak memory grows with its prompts (tens of MB each
-#: in OpenVINO fp32), its time per prompt does not, so larger calls are split (`bench/segment_speed.py` RSS).
-DECODE_CHUNK = 16
+#: Prompts decoded in one call of the core at most: OpenVINO keeps the buffers of the largest call it has run
+#: (about 80 MB a prompt in fp32), and from 4 prompts on the time per prompt no longer falls
+#: (`python bench/decoder_speed.py --chunks 1 2 4 8 16`: 17.7 ms and 1.15 GB peak at 4, 17.4 ms and 1.8 GB at 16).
+DECODE_CHUNK = 4
 
 
 class SliceDecoder(Protocol):
@@ -216,10 +217,7 @@ class SamCoreDecoder(_Timed):
         if not jobs:
             return []
         self.decoded_prompts += len(jobs)
-        slices = sorted({job.z for job in jobs})
-        self.encode(state, slices)
-        emb = torch.stack([state.embeddings[z] for z in slices])
-        pos = {z: i for i, z in enumerate(slices)}
+        self.encode(state, sorted({job.z for job in jobs}))
         geom = state.geometry
         table = self.organ_prompts
         groups: dict[tuple[bool, bool, int, bool], list[int]] = {}
@@ -232,6 +230,10 @@ class SamCoreDecoder(_Timed):
             (key, idx[c : c + DECODE_CHUNK]) for key, idx in groups.items() for c in range(0, len(idx), DECODE_CHUNK)
         ]
         for (has_box, has_pts, _, tokens), idx in chunks:
+            # only this chunk's slices are stacked: a call spanning a whole volume would copy every embedding
+            slices = sorted({jobs[j].z for j in idx})
+            pos = {z: i for i, z in enumerate(slices)}
+            emb = torch.stack([state.embeddings[z] for z in slices])
             image_index = torch.tensor([pos[jobs[j].z] for j in idx], device=self.device)
             boxes = points = extra = None
             if tokens:

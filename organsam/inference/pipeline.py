@@ -341,7 +341,7 @@ def run_segmentation(
         if reason:
             logger.warning("%s: %s", oid, reason)
             rejections[oid] = reason
-            masks[oid] = np.zeros_like(masks[oid])
+            masks[oid] = np.zeros(masks[oid].shape, dtype=bool)  # not zeros_like: that writes every page
     labels, table = merge_labels(masks, organ_ids)
     known = predictor.locatable_organs() if hasattr(predictor, "locatable_organs") else None
     t_end = time.perf_counter()

@@ -134,11 +134,19 @@ def postprocess_mask(organ_id: str, mask: np.ndarray, hu: np.ndarray | None = No
     Returns:
         (Z, Y, X) bool.
     """
-    out = fill_holes_per_slice(mask)
+    mask = np.asarray(mask, dtype=bool)
+    out = np.zeros(mask.shape, dtype=bool)  # written inside the mask's box only: pages elsewhere stay unmapped
+    if not mask.any():
+        return out
+    # every rule acts inside the mask's box (grown by one voxel of background): outside it there is only background
+    # joined to the image border, so the result is the whole volume's at the cost of the organ's size
+    box = _bounding_box(mask, pad=1)
+    crop = fill_holes_per_slice(mask[box])
     if organ_id in SINGLE_COMPONENT_ORGANS:  # before the intensity rule, which can split an organ apart
-        out = keep_largest_components(out, 1, min_fraction=MIN_COMPONENT_FRACTION)
+        crop = keep_largest_components(crop, 1, min_fraction=MIN_COMPONENT_FRACTION)
     if hu is not None and organ_id in SOLID_ORGANS:
-        out &= hu >= SOFT_TISSUE_FLOOR_HU
+        crop &= hu[box] >= SOFT_TISSUE_FLOOR_HU
+    out[box] = crop
     return out
 
 

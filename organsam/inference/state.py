@@ -21,6 +21,7 @@ __all__ = [
     "OrganPrompt",
     "OrganResult",
     "Points",
+    "copy_mask",
 ]
 
 #: (x0, y0, x1, y1) in a slice's pixels (x = column of the canonical slice)
@@ -65,6 +66,19 @@ class LocationPrior(Protocol):
     def fit(self, volume: Volume, spacing: tuple[float, float, float]) -> FittedPrior:
         """Fit on a volume (canonical (Z, Y, X) ``array``: HU for CT; ``modality`` says whether it is an MR)."""
         ...
+
+
+def copy_mask(mask: np.ndarray) -> np.ndarray:
+    """An independent copy of a (Z, Y, X) bool mask that touches only the slices holding foreground.
+
+    ``np.zeros`` of a large array is mapped lazily by the OS: pages never written cost no memory. A plain
+    ``mask.copy()`` writes every page (79 MB per organ for a 512x512x300 CT), so copying the organs' results
+    during propagation would hold the whole volume once per organ and per copy.
+    """
+    out = np.zeros(mask.shape, dtype=bool)
+    drawn = np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1))
+    out[drawn] = mask[drawn]
+    return out
 
 
 @dataclass
@@ -112,7 +126,7 @@ class OrganResult:
 
     def copy(self) -> OrganResult:
         """An independent copy (the mask and the score tables are copied)."""
-        return OrganResult(self.mask.copy(), dict(self.slice_scores), dict(self.rejected), self.source)
+        return OrganResult(copy_mask(self.mask), dict(self.slice_scores), dict(self.rejected), self.source)
 
 
 @dataclass

@@ -7,7 +7,13 @@ import numpy as np
 from conftest import data_path
 from scipy import ndimage
 
-from organsam.inference.postprocess import fill_holes_per_slice, keep_largest_components
+from organsam.inference.postprocess import (
+    MIN_COMPONENT_FRACTION,
+    SOFT_TISSUE_FLOOR_HU,
+    fill_holes_per_slice,
+    keep_largest_components,
+    postprocess_mask,
+)
 from organsam.io import load_labels, load_volume
 
 
@@ -42,3 +48,26 @@ def test_cropped_hole_filling_and_components_equal_the_whole_volume_result() -> 
         filled_any |= bool((filled & ~m).any())
         removed_any |= bool((m & ~largest).any())
     assert filled_any and removed_any  # both operations had something to do
+
+
+def test_postprocess_mask_in_the_organs_box_equals_every_rule_over_the_whole_volume() -> None:
+    """``postprocess_mask`` works inside the mask's box (so a 300-slice CT does not hold a full copy per organ);
+    the liver rules (holes, largest components, the soft-tissue floor) give what they give over the whole volume,
+    the mask touching the volume's edge included, and nothing is drawn outside the mask's box."""
+    vol = load_volume(data_path("amos_0013_slab", "image.nii.gz"))
+    lab = np.asarray(load_labels(data_path("amos_0013_slab", "label.nii.gz"), like=vol))
+    hu = vol.array
+    liver = lab == 6
+    noisy = liver.copy()
+    noisy[5][::7, ::7] = False  # pinholes
+    noisy[0, 10:20, 10:20] = True  # a far island at the volume's corner (kept or dropped by size)
+    noisy[8, 300:304, 300:304] = True  # a small island inside the liver's box
+    for mask in (liver, noisy):
+        filled = np.stack([ndimage.binary_fill_holes(s) for s in mask])
+        expected = keep_largest_components(filled, 1, min_fraction=MIN_COMPONENT_FRACTION) & (
+            hu >= SOFT_TISSUE_FLOOR_HU
+        )
+        got = postprocess_mask("liver", mask, hu)
+        assert got.shape == mask.shape and got.dtype == bool
+        assert np.array_equal(got, expected)
+    assert not postprocess_mask("liver", np.zeros_like(liver), hu).any()
