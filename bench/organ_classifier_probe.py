@@ -172,7 +172,7 @@ def case_samples(
         if not values:
             continue
         predictor.encode_slices(state, [z])
-        emb, hu = state.embeddings[z], vol.array[z].astype(np.float32)
+        emb, hu = state.embeddings[z].float(), vol.array[z].astype(np.float32)
         body = body_box(hu)
         jobs = []
         for v in values:

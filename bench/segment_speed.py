@@ -19,8 +19,14 @@ without skipping slices. Stage columns: ``prior`` (atlas registration),
 ``prompts``: the prompts (box, points) decoded.
 On CUDA every timer synchronises first; peak GPU memory is reported too.
 
+``--design NAME`` runs a research design instead of the LiteMedSAM pipeline in step 2, as ``segment --design
+NAME`` does (pg_sam and seg_sam: text alone on every slice; crisp_sam2: text + the atlas boxes, its slice memory
+on), with ``--checkpoint packaged`` (the shipped weights), a checkpoint path, or ``untrained`` (the design as
+built from its preset: the same compute and memory, for a design that does not ship yet).
+
     .venv/bin/python bench/segment_speed.py [--device cpu|cuda] [--cases amos_0013_slab ts_a stack100]
         [--precision fp32|bf16] [--batch-size 4] [--threads N] [--fast-prior] [--json out.json]
+        [--design pg_sam --checkpoint packaged] [--no-bare]
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ import warnings
 import torch
 from _common import AMOS13, CASES, load_case, peak_rss_mb, sync
 
+from organsam.inference.predictor_factory import DEFAULT_DESIGN
 from organsam.inference.runtimes import RUNTIMES
 from organsam.preprocessing.intensity import window_ct
 from organsam.preprocessing.slices import to_model_input_batch
@@ -67,16 +74,20 @@ def run_case(case: str, args: argparse.Namespace) -> dict:
     core = build_lite_medsam().to(device).eval()
     prior = AtlasPrior(default_atlas(), fast=args.fast_prior)
 
-    predictor = VolumePredictor(
-        core,
-        prior=prior,
-        device=device,
-        batch_size=args.batch_size,
-        precision=args.precision,
-        fast_encoder=not args.reference_encoder,
-        progress=False,
-        runtime=args.runtime,
-    )
+    if args.design == DEFAULT_DESIGN:
+        predictor = VolumePredictor(
+            core,
+            prior=prior,
+            device=device,
+            batch_size=args.batch_size,
+            precision=args.precision,
+            fast_encoder=not args.reference_encoder,
+            progress=False,
+            runtime=args.runtime,
+        )
+    else:
+        predictor = design_under_test(args, prior, device)
+    out["design"] = args.design
     if getattr(predictor.decoder, "runtime", "torch") == "openvino":
         predictor.decoder.openvino()  # load the compiled graphs (converted once per machine into the cache)
     out["runtime"] = getattr(predictor.decoder, "runtime", "torch")
@@ -127,9 +138,15 @@ def run_case(case: str, args: argparse.Namespace) -> dict:
         sync(device)
         return time.perf_counter() - t0, time.process_time() - c0
 
+    if args.no_bare:
+        return out
     with torch.inference_mode():
         out["bare_encoder_s"], out["bare_encoder_cpu_s"] = bare(prep_encode_ref)
-        if not args.no_ours_all and (not args.reference_encoder or args.precision != "fp32"):
+        if (
+            not args.no_ours_all
+            and args.design == DEFAULT_DESIGN
+            and (not args.reference_encoder or args.precision != "fp32")
+        ):
             out["pipeline_encoder_all_s"], out["pipeline_encoder_all_cpu_s"] = bare(
                 lambda idx: predictor.decoder.encode_images(
                     torch.from_numpy(to_model_input_batch(windowed[idx])[0]).to(device)
@@ -139,6 +156,24 @@ def run_case(case: str, args: argparse.Namespace) -> dict:
     out["ratio"] = out["pipeline_s"] / out["bare_encoder_s"]
     out["cpu_ratio"] = out["pipeline_cpu_s"] / out["bare_encoder_cpu_s"]
     return out
+
+
+def design_under_test(args: argparse.Namespace, prior: object, device: torch.device) -> object:
+    """The predictor of ``segment --design NAME`` for ``--design``/``--checkpoint`` (``untrained``: the design
+    built from its preset)."""
+    from organsam.inference.design_predictor import design_predictor
+    from organsam.inference.predictor_factory import resolve_checkpoint
+    from organsam.model.checkpoint import load_checkpoint
+    from organsam.registry import build_design
+
+    if args.checkpoint == "untrained":
+        model = build_design(args.design)
+    else:
+        model = load_checkpoint(resolve_checkpoint(args.design, args.checkpoint), design=args.design)
+    prompts = "text" if getattr(model, "prompt_free", False) else "prior"
+    return design_predictor(
+        model, prompts=prompts, prior=prior, device=device, batch_size=args.batch_size, progress=False
+    )
 
 
 def child_command(case: str, args: argparse.Namespace) -> list[str]:
@@ -164,7 +199,9 @@ def child_command(case: str, args: argparse.Namespace) -> list[str]:
         cmd.append("--reference-encoder")
     if args.no_ours_all:
         cmd.append("--no-ours-all")
-    return cmd
+    if args.no_bare:
+        cmd.append("--no-bare")
+    return cmd + ["--design", args.design, "--checkpoint", args.checkpoint]
 
 
 def print_table(rows: list[dict]) -> None:
@@ -184,12 +221,18 @@ def print_table(rows: list[dict]) -> None:
         gpu = f" GPU {r['peak_gpu_mb']:.0f} MB" if "peak_gpu_mb" in r else ""
         ours_s = f"{ours:10.1f}" if ours is not None else f"{'-':>10s}"
         organs = f"{r['organs_found']}/{r['organs_requested']}"
+        bare = (
+            f"{r['bare_encoder_s']:9.1f} {r['ratio']:6.2f} {r['cpu_ratio']:6.2f}"
+            if "bare_encoder_s" in r
+            else f"{'-':>9s} {'-':>6s} {'-':>6s}"
+        )
+        design = f" ({r['design']})" if r.get("design", DEFAULT_DESIGN) != DEFAULT_DESIGN else ""
         print(
             f"{r['case']:15s} {r['slices']:6d} {r['encoded_slices']:6d} {organs:>6s} "
-            f"{r['pipeline_s']:10.1f} {r['bare_encoder_s']:9.1f} {r['ratio']:6.2f} {r['cpu_ratio']:6.2f} "
+            f"{r['pipeline_s']:10.1f} {bare} "
             f"{r['peak_rss_mb']:7.0f} | "
             f"{r['build_s']:5.1f} {s['prior']:6.1f} {s['encode']:6.1f} {s['decode']:6.1f} {s['post']:5.1f} "
-            f"{r.get('decoded_prompts', -1):7d} {ours_s}{gpu}"
+            f"{r.get('decoded_prompts', -1):7d} {ours_s}{gpu}{design}"
         )
 
 
@@ -215,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="skip timing the pipeline's own encoder over every slice (the 'ours-all s' column)",
     )
+    ap.add_argument("--design", default=DEFAULT_DESIGN, help="a research design instead of the default pipeline")
+    ap.add_argument("--checkpoint", default="packaged", help="with --design: packaged, a path, or untrained")
+    ap.add_argument("--no-bare", action="store_true", help="skip the bare encoder pass (no ratio)")
     ap.add_argument("--json", default=None, help="write all measurements to this JSON file")
     ap.add_argument("--in-process", action="store_true", help="run cases in this process (peak RSS cumulative)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -253,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"  {case}: "
             + (
-                f"pipeline {r['pipeline_s']:.1f} s, bare encoder {r['bare_encoder_s']:.1f} s"
+                f"pipeline {r['pipeline_s']:.1f} s, bare encoder {r.get('bare_encoder_s', float('nan')):.1f} s"
                 if "error" not in r
                 else r["error"]
             ),

@@ -34,12 +34,18 @@ from organsam.preprocessing.slices import to_model_input_batch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DECODE_CHUNK", "DesignDecoder", "SamCoreDecoder", "SliceDecoder", "resolve_runtime"]
+__all__ = ["DECODE_CHUNK", "EMBEDDING_STORAGE", "DesignDecoder", "SamCoreDecoder", "SliceDecoder", "resolve_runtime"]
 
 #: Prompts decoded in one call of the core at most: OpenVINO keeps the buffers of the largest call it has run
 #: (about 80 MB a prompt in fp32), and from 4 prompts on the time per prompt no longer falls
 #: (`python bench/decoder_speed.py --chunks 1 2 4 8 16`: 17.7 ms and 1.15 GB peak at 4, 17.4 ms and 1.8 GB at 16).
 DECODE_CHUNK = 4
+
+#: How the LiteMedSAM pipeline keeps a slice's embedding between decodes: float16 (2 MB a slice instead of 4; a
+#: 300-slice CT's embeddings take 0.6 GB instead of 1.2). Decoding casts back to float32; the rounding (relative
+#: 2^-11) is far below the encoder's own float32-vs-bf16 differences and leaves every organ's Dice as it was
+#: (`python bench/quality.py --protocol amos15 --rows organsam`).
+EMBEDDING_STORAGE = torch.float16
 
 
 class SliceDecoder(Protocol):
@@ -210,7 +216,11 @@ class SamCoreDecoder(_Timed):
 
     @torch.inference_mode()
     def encode(self, state: InferenceState, slices: list[int]) -> None:
-        self._encode_missing(state, slices, lambda imgs: self.encode_images(torch.from_numpy(imgs).to(self.device)))
+        self._encode_missing(
+            state,
+            slices,
+            lambda imgs: self.encode_images(torch.from_numpy(imgs).to(self.device)).to(EMBEDDING_STORAGE),
+        )
 
     @torch.inference_mode()
     def decode(self, state: InferenceState, jobs: list[DecodeJob]) -> list[Candidate]:
@@ -233,7 +243,7 @@ class SamCoreDecoder(_Timed):
             # only this chunk's slices are stacked: a call spanning a whole volume would copy every embedding
             slices = sorted({jobs[j].z for j in idx})
             pos = {z: i for i, z in enumerate(slices)}
-            emb = torch.stack([state.embeddings[z] for z in slices])
+            emb = torch.stack([state.embeddings[z] for z in slices]).float()
             image_index = torch.tensor([pos[jobs[j].z] for j in idx], device=self.device)
             boxes = points = extra = None
             if tokens:
