@@ -280,7 +280,9 @@ class DesignDecoder(_Timed):
         memory: for a design with a slice memory (crisp_sam2), condition each slice on the organ's earlier
             slices in the order the volume is segmented (``False``: every slice alone).
         max_slices: encoder outputs kept at most (the slices encoded first are dropped beyond it): with pg_sam's
-            two fine levels a slice holds about 29 MB, so a 300-slice CT would otherwise hold 8.6 GB.
+            two fine levels a slice holds about 29 MB, so a 300-slice CT would otherwise hold 8.6 GB. A design
+            predictor decodes each slice in one pass (no second decodes), so a few slices beyond the encoder
+            batch are enough.
     """
 
     def __init__(
@@ -291,7 +293,7 @@ class DesignDecoder(_Timed):
         decoder_precision: str | None = None,
         batch_size: int = 1,
         memory: bool = True,
-        max_slices: int = 32,
+        max_slices: int = 8,
     ) -> None:
         if not isinstance(model, OrganSegmenter):
             raise TypeError(
