@@ -162,7 +162,7 @@ def design_under_test(args: argparse.Namespace, prior: object, device: torch.dev
     """The predictor of ``segment --design NAME`` for ``--design``/``--checkpoint`` (``untrained``: the design
     built from its preset)."""
     from organsam.inference.design_predictor import design_predictor
-    from organsam.inference.predictor_factory import resolve_checkpoint
+    from organsam.inference.predictor_factory import default_design_prompts, resolve_checkpoint
     from organsam.model.checkpoint import load_checkpoint
     from organsam.registry import build_design
 
@@ -170,7 +170,7 @@ def design_under_test(args: argparse.Namespace, prior: object, device: torch.dev
         model = build_design(args.design)
     else:
         model = load_checkpoint(resolve_checkpoint(args.design, args.checkpoint), design=args.design)
-    prompts = "text" if getattr(model, "prompt_free", False) else "prior"
+    prompts = default_design_prompts(model)
     return design_predictor(
         model, prompts=prompts, prior=prior, device=device, batch_size=args.batch_size, progress=False
     )

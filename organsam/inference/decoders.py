@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["DECODE_CHUNK", "EMBEDDING_STORAGE", "DesignDecoder", "SamCoreDecoder", "SliceDecoder", "resolve_runtime"]
 
 #: Prompts decoded in one call of the core at most: OpenVINO keeps the buffers of the largest call it has run
-#: (about 80 MB a prompt in fp32), and from 4 prompts on the time per prompt no longer falls
+#: (55-80 MB a prompt in fp32), and from 4 prompts on the time per prompt no longer falls
 #: (`python bench/decoder_speed.py --chunks 1 2 4 8 16`: 17.7 ms and 1.15 GB peak at 4, 17.4 ms and 1.8 GB at 16).
 DECODE_CHUNK = 4
 

@@ -27,6 +27,7 @@ __all__ = [
     "check_device",
     "PACKAGED",
     "packaged_checkpoint",
+    "default_design_prompts",
     "resolve_checkpoint",
     "is_design_checkpoint",
     "resolve_device",
@@ -155,6 +156,12 @@ def resolve_device(device: str) -> str:
     return chosen
 
 
+def default_design_prompts(model: Any) -> str:
+    """How ``segment --design`` prompts a design by default: text alone for a prompt-free design (pg_sam, seg_sam:
+    every organ of a slice in one pass), else text + the atlas prior's boxes."""
+    return "text" if getattr(model, "prompt_free", False) else "prior"
+
+
 def build_predictor(
     design: str = DEFAULT_DESIGN,
     checkpoint: str | os.PathLike[str] | None = None,
@@ -218,7 +225,7 @@ def build_predictor(
             )
         assert checkpoint is not None
         model = load_checkpoint(checkpoint, design=None if design == DEFAULT_DESIGN else design)
-        prompts = design_prompts or ("text" if getattr(model, "prompt_free", False) else "prior")
+        prompts = design_prompts or default_design_prompts(model)
         logger.info(
             "segmenting with the trained %s design from %s (prompts: %s)", type(model).__name__, checkpoint, prompts
         )
