@@ -78,6 +78,8 @@ class DataConfig:
             run from the last slice to the first. Augmentation, when on, applies the same spatial and
             intensity transform to all T slices of a sequence (box jitter differs per slice). 1 is refused.
         sequence_stride: slice step inside a sequence (>= 1; with ``sequence_length >= 2``).
+        contrast_phases: add to the training split, for every unenhanced CT, a copy per phase with its organs
+            brought to that phase's attenuation (``arterial``, ``portal``; :mod:`organsam.training.contrast_phases`).
     """
 
     dataset: str = "shared"
@@ -105,6 +107,7 @@ class DataConfig:
     feature_cache_dtype: str = "float32"
     sequence_length: int = 0
     sequence_stride: int = 1
+    contrast_phases: tuple[str, ...] = ()
 
 
 @dataclass
@@ -206,6 +209,11 @@ class TrainConfig:
             raise ConfigError(
                 f"data.sequence_stride must be an integer >= 1 (slice step in a sequence), got {stride!r}"
             )
+        from organsam.training.contrast_phases import PHASES
+
+        bad = [p for p in self.data.contrast_phases if p not in PHASES]
+        if bad:
+            raise ConfigError(f"data.contrast_phases: unknown phase(s) {bad}; known: {sorted(PHASES)}")
         if not 0.0 <= self.data.box_prompt_prob <= 1.0:
             raise ConfigError(f"data.box_prompt_prob must be in [0, 1], got {self.data.box_prompt_prob}")
         if not isinstance(self.model, dict):

@@ -68,6 +68,10 @@ def build_train_data(cfg: TrainConfig, model: torch.nn.Module, is_main: bool) ->
     if not train_cases:
         raise ConfigError(f"data: split {d.train_split!r} of dataset {d.dataset!r} has no cases")
     check_patient_split(train_cases, val_cases, (d.train_split, d.val_split or "val"))
+    if d.contrast_phases:
+        from organsam.training.contrast_phases import contrast_phase_cases
+
+        train_cases = [*train_cases, *contrast_phase_cases(train_cases, d.contrast_phases, cfg.seed)]
     logger.info(
         "data %s: %d train case(s) %s, %d val case(s) %s",
         d.dataset,
