@@ -1,12 +1,12 @@
 """Simulated contrast phases: copies of unenhanced training CTs with their organs brought to enhanced values.
 
-The shared training CTs with kidneys (``ts_a``, ``amos_0001``) are unenhanced (aorta and kidneys about
-20-40 HU), while the validation CT and most clinical abdominal CTs are contrast-enhanced (``amos_0013``: aorta
-375 HU, kidneys 175-185 HU). A model trained on them never sees an enhanced kidney or aorta, and from text
-alone it finds neither there. A copy of such a case per phase, with each labelled organ's voxels shifted so
-that the organ's median reaches a value of that phase (drawn once per organ and copy, deterministic), gives
-it enhanced organs on the same anatomy. The texture inside an organ is kept (a shift, not a fill); organs
-without a row (stomach contents, gallbladder bile, fat, bone) keep their values.
+The shared training CTs with kidneys (``ts_a``, ``amos_0001``) are unenhanced (median aorta 39-41 HU, kidneys
+12-27 HU), while the validation CT and most clinical abdominal CTs are contrast-enhanced (``amos_0013``: aorta
+375 HU, kidneys 174-184 HU; ``bench/contrast_phases.py``). A model trained on them never sees an enhanced kidney
+or aorta, and from text alone it finds neither there. A copy of such a case per phase, with each labelled
+organ's voxels shifted so that the organ's median reaches a value of that phase (drawn once per organ and copy,
+deterministic), gives it enhanced organs on the same anatomy. The texture inside an organ is kept (a shift, not
+a fill); organs without a row (stomach contents, gallbladder bile, fat, bone) keep their values.
 
 The values are typical adult attenuations in the late arterial and the portal venous phase (HU; ranges
 from the common abdominal CT protocols: aorta 250-400 in the arterial phase and 150-200 in the portal
