@@ -16,6 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from organsam.io import load_labels, load_volume  # noqa: E402
+from organsam.training.case_store import organ_label_values  # noqa: E402
 from organsam.training.contrast_phases import is_unenhanced  # noqa: E402
 from organsam.training.datasets import read_dataset  # noqa: E402
 from organsam.training.datasets.loading import resolve_labelmap  # noqa: E402
@@ -31,8 +32,8 @@ def main() -> int:
         labels = np.asarray(load_labels(case.label, vol))
         labelmap = resolve_labelmap(case.labelmap)
         cells = []
-        for organ in ORGANS:
-            inside = np.isin(labels, [v for v, o in labelmap.items() if o == organ])
+        for values in organ_label_values(labelmap, ORGANS):
+            inside = np.isin(labels, values) if values is not None else np.zeros(labels.shape, bool)
             cells.append(f"{np.median(vol.array[inside]):.0f}" if inside.any() else "-")
         print(f"| {case.case_id} | {case.split} | {' | '.join(cells)} | {is_unenhanced(vol.array, labels, labelmap)} |")
     return 0

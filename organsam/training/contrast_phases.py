@@ -68,13 +68,17 @@ UNENHANCED_AORTA_HU = 100.0
 _DIGEST = hashlib.sha256(json.dumps(PHASES, sort_keys=True).encode()).hexdigest()[:8]
 
 
-def _values(labelmap: dict[int, str | None], organ_id: str) -> list[int]:
-    return [int(v) for v, o in labelmap.items() if o == organ_id]
+def _inside(labels: np.ndarray, labelmap: dict[int, str | None], organ_id: str) -> np.ndarray:
+    """Voxels of ``organ_id`` (its own label values or its parts', :func:`organ_label_values`)."""
+    from organsam.training.case_store import organ_label_values
+
+    values = organ_label_values(labelmap, [organ_id])[0]
+    return np.zeros(labels.shape, bool) if values is None else np.isin(labels, values)
 
 
 def is_unenhanced(hu: np.ndarray, labels: np.ndarray, labelmap: dict[int, str | None]) -> bool:
     """Whether a CT is unenhanced, judged by its labelled aorta (False when it labels none)."""
-    aorta = np.isin(labels, _values(labelmap, "aorta"))
+    aorta = _inside(labels, labelmap, "aorta")
     return bool(aorta.any()) and float(np.median(hu[aorta])) < UNENHANCED_AORTA_HU
 
 
@@ -87,7 +91,7 @@ def enhance(
         raise ValueError(f"unknown contrast phase {phase!r}; known: {sorted(PHASES)}")
     out = np.array(hu, dtype=np.float32, copy=True)
     for organ_id, (low, high) in PHASES[phase].items():
-        inside = np.isin(labels, _values(labelmap, organ_id))
+        inside = _inside(labels, labelmap, organ_id)
         if inside.any():
             target = float(rng.uniform(low, high))
             out[inside] += target - float(np.median(hu[inside]))

@@ -7,6 +7,7 @@ import pytest
 from conftest import data_path
 
 from organsam.config import ConfigError
+from organsam.training.case_store import organ_label_values
 from organsam.training.contrast_phases import PHASES, contrast_phase_cases, enhance, is_unenhanced
 from organsam.training.datasets.loading import resolve_labelmap
 
@@ -19,7 +20,8 @@ def _case(folder: str) -> tuple[np.ndarray, np.ndarray, dict[int, str | None]]:
 
 
 def _organ(labels: np.ndarray, labelmap: dict[int, str | None], organ_id: str) -> np.ndarray:
-    return np.isin(labels, [v for v, o in labelmap.items() if o == organ_id])
+    values = organ_label_values(labelmap, [organ_id])[0]
+    return np.zeros(labels.shape, bool) if values is None else np.isin(labels, values)
 
 
 def test_unenhanced_and_enhanced_ct_are_told_apart():
