@@ -17,7 +17,9 @@ Common contract (all designs; model space: 256x256 inputs in [0, 1], see
   logits, ``iou`` (B, 1), ``presence_logit`` (B,) (is the organ on this slice) and ``aux`` (design
   specific extras). ``images`` may also have batch 1 (one slice, several organs). Instead of images, the
   plain encoder output ``encoded = model.encode_plain(images)`` may be passed (reuse a frozen encoder's
-  features across organs and epochs; batch 1 or B).
+  features across organs and epochs; batch 1 or B). In eval mode with text alone, the mask is decoded again
+  from the text and a box around its largest piece (``config.text_box_rounds`` times,
+  :mod:`organsam.model.text_box_refinement`).
 * ``compute_loss(output, target_masks (B, 1, 256, 256), present (B,), class_targets (B, K) | None,
   all_targets (B, K, 256, 256) | None) -> dict`` with ``"total"``.
 * ``predict_all(images) -> (B, K, 256, 256)`` mask logits of every vocabulary organ (prompt-free mode).
@@ -55,6 +57,7 @@ from organsam.model.design_checks import check_prompts, sequence_length
 from organsam.model.design_types import DecoderRun, DesignOutput, SegmenterConfig
 from organsam.model.freezing import add_lora, apply_freezing, is_frozen, keep_frozen_in_eval
 from organsam.model.sam_core import IMAGE_SIZE, SamCore, build_lite_medsam
+from organsam.model.text_box_refinement import largest_piece_boxes, merge_refined
 from organsam.model.vocabulary_text import resolve_organ_ids, vocabulary_embeddings
 
 logger = logging.getLogger(__name__)
@@ -257,7 +260,15 @@ class OrganSegmenter(nn.Module):
         elif encoded.embedding.shape[0] not in (1, B):
             raise ValueError(f"encoded features have batch {encoded.embedding.shape[0]}, organ_index {B}")
         check_prompts(B, boxes, points)
-        return self._forward(images, encoded, organ_index, boxes, points)
+        out = self._forward(images, encoded, organ_index, boxes, points)
+        if self.training or boxes is not None or points is not None:
+            return out
+        for _ in range(self.config.text_box_rounds):
+            around, found = largest_piece_boxes(out.masks)
+            if not bool(found.any()):
+                break
+            out = merge_refined(out, self._forward(images, encoded, organ_index, around, None), found)
+        return out
 
     def _forward(
         self,

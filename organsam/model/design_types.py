@@ -31,6 +31,9 @@ class SegmenterConfig:
             ``mlp.fc1``, ``mlp.fc2`` of the TinyViT attention blocks, or a full name such as
             ``layers.3.blocks.1.attn.qkv``).
         lora_dropout: dropout on the adapters' inputs while training.
+        text_box_rounds: at inference (eval mode) with text alone, decode the organ again this many times from
+            its text and a box around the largest piece of the previous mask
+            (:mod:`organsam.model.text_box_refinement`); 0: one text-alone pass.
 
     The organ text table is precomputed by the text encoder (through its on-disk cache), so the designs hold no
     text encoder to adapt; :func:`organsam.model.components.lora.apply_lora` also adapts a
@@ -50,6 +53,7 @@ class SegmenterConfig:
     lora_alpha: float = 8.0
     lora_targets: tuple[str, ...] = TINYVIT_LORA_TARGETS
     lora_dropout: float = 0.0
+    text_box_rounds: int = 1
 
 
 @dataclass

@@ -282,9 +282,9 @@ def test_each_design_overfits_one_real_slice_from_text_alone(name, real, encoded
     """Trained on one slice with the organ's name as the only prompt, every design learns to draw it (Dice
     >= 0.9 in eval mode): the text reaches the returned mask. SEG-SAM's returned mask stayed empty for 30
     steps while its knowledge fed only the semantic decoder; PG-SAM's went empty within 5 steps before its
-    warm start."""
+    warm start. Scored on the text-alone pass itself (no box round: ``text_box_rounds=0``)."""
     torch.manual_seed(0)
-    model = build_design(name)  # a fresh copy: the shared one stays untrained
+    model = build_design(name, ["text_box_rounds=0"])  # a fresh copy: the shared one stays untrained
     liver = model.organ_index_of(["liver"])
     image = real["images"][MID : MID + 1] if name == "crisp_sam2" else None  # crisp injects text into the encoder
     enc = None if name == "crisp_sam2" else encoded[MID]
