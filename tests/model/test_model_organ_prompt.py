@@ -7,6 +7,8 @@ predicted IoU, and the exported inference table round-trips (and refuses bad fil
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from conftest import amos_liver_slice
@@ -75,10 +77,17 @@ def test_gradients_reach_only_the_token_mlp(design, liver_slice) -> None:
 
 
 def test_text_only_forward_uses_the_whole_slice(design, liver_slice) -> None:
-    with torch.no_grad():
-        enc = design.encode_plain(liver_slice["image"])
-        a = design(None, design.organ_index_of(["liver"]), encoded=enc)
-        b = design(None, design.organ_index_of(["liver"]), torch.tensor([[0.0, 0.0, 255.0, 255.0]]), encoded=enc)
+    """The text-alone pass decodes the whole slice as the box (the box round after it,
+    ``text_box_rounds``, is off here)."""
+    config = design.config
+    design.config = dataclasses.replace(config, text_box_rounds=0)
+    try:
+        with torch.no_grad():
+            enc = design.encode_plain(liver_slice["image"])
+            a = design(None, design.organ_index_of(["liver"]), encoded=enc)
+            b = design(None, design.organ_index_of(["liver"]), torch.tensor([[0.0, 0.0, 255.0, 255.0]]), encoded=enc)
+    finally:
+        design.config = config
     assert torch.equal(a.masks, b.masks)
 
 
