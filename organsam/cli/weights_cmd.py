@@ -19,6 +19,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
+        width = max((len(r["name"]) for r in rows), default=0)
         for r in rows:
-            print(f"{r['name']:<14} {r['status']:<15} {r['path']}\n{'':<14} licence: {r['licence']}")
+            print(f"{r['name']:<{width}} {r['status']:<15} {r['path']}\n{'':<{width}} licence: {r['licence']}")
     return 0 if all(r["status"] == "ok" for r in rows) else 1
