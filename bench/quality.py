@@ -81,6 +81,7 @@ ROWS: dict[str, str] = {
     "box_search": "(c) + box search on CT (prior boxes decoded again with sides pulled in; default on MR only)",
     "no_expand_boxes": "(c) without box expansion off the anchors (non-anchor prior boxes decoded as placed)",
     "no_shared_structures": "(c) without shared-structure assignment (two non-anchor organs may draw one structure)",
+    "no_anatomical_order": "(c) without anatomical order (an organ drawn on the organ in front of it kept)",
     "organ_prompts": "(c) + learned organ prompt tokens (shipped checkpoint, opt-in: --organ-prompts packaged)",
     "checkpoint_prior": "(e) trained design checkpoint (--checkpoint): text + atlas boxes",
     "checkpoint_text": "(e) trained design checkpoint (--checkpoint): text only, every slice",
@@ -175,6 +176,7 @@ def run_case(
         box_search: bool | None = None,
         expand_boxes: bool | None = None,
         shared_structures: bool = True,
+        anatomical_order: bool = True,
     ) -> CachedPredictor:
         kw = {} if iou_threshold is None else {"iou_threshold": iou_threshold}
         assign = track_refine if joint_assignment is None else joint_assignment  # (d) rows: the plain prior pass
@@ -193,6 +195,7 @@ def run_case(
             box_search=box_search,
             expand_boxes=track_refine if expand_boxes is None else expand_boxes,
             shared_structures=shared_structures,
+            anatomical_order=anatomical_order,
             precision=args.precision,
             decoder_precision=args.decoder_precision,
             runtime=args.runtime,
@@ -215,6 +218,11 @@ def run_case(
         "no_shared_structures": (
             "without shared-structure assignment",
             lambda: predictor(atlas, shared_structures=False),
+            None,
+        ),
+        "no_anatomical_order": (
+            "without anatomical order",
+            lambda: predictor(atlas, anatomical_order=False),
             None,
         ),
         "organ_prompts": ("with organ prompts", lambda: predictor(atlas, prompts=True), None),
@@ -248,6 +256,7 @@ def run_case(
         "box_search",
         "no_expand_boxes",
         "no_shared_structures",
+        "no_anatomical_order",
         "organ_prompts",
         "checkpoint_prior",
         "checkpoint_text",

@@ -9,7 +9,7 @@ other organ's mask and passes the predicted-IoU threshold wins, else the slice i
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +21,7 @@ from organsam.inference.track_refine import Decoder
 __all__ = [
     "Reassignment",
     "apply_replacements",
+    "behind_box",
     "deepest_point",
     "excluding_boxes",
     "most_inside",
@@ -78,6 +79,20 @@ def excluding_boxes(box: Box, anchor: np.ndarray, min_frac: float = 0.2) -> list
     ]
 
 
+def behind_box(box: Box, front: np.ndarray, min_frac: float = 0.2) -> list[Box]:
+    """The part of ``box`` behind the middle of the ``front`` organ's mask inside it (canonical rows run from
+    posterior to anterior: the rows below the mask's mean row), as a one-box list; empty when the front mask does
+    not reach into the box or the part is shorter than ``min_frac`` of the box's height."""
+    x0, y0, x1, y1 = (int(round(v)) for v in box)
+    inside = front[max(y0, 0) : y1 + 1, max(x0, 0) : x1 + 1]
+    if not inside.any():
+        return []
+    middle = max(y0, 0) + int(round(float(np.nonzero(inside)[0].mean())))
+    if middle - y0 < max(4, min_frac * (y1 - y0)):
+        return []
+    return [(float(x0), float(y0), float(x1), float(middle))]
+
+
 def deepest_point(region: np.ndarray) -> np.ndarray:
     """(1, 2) xy of the pixel of ``region`` farthest from its border."""
     dist = ndimage.distance_transform_edt(region)
@@ -99,12 +114,16 @@ def redraw_without(
     iou_threshold: float,
     max_inside: float,
     drawn_on: Mapping[tuple[str, int], tuple[str, float]],
+    more_boxes: Callable[[Box, np.ndarray], list[Box]] | None = None,
 ) -> tuple[dict[str, OrganResult], list[Reassignment]]:
     """Decode each (organ, slice) of ``drawn_on`` (-> (the organ it covered, the fraction inside it)) again without
     the organ it covered (cut boxes, a negative point); the surest candidate that passes ``iou_threshold`` and lies
     at most ``max_inside`` inside every other organ's mask wins, else the slice is emptied
     (:func:`apply_replacements`). An organ with no prior box on a slice (drawn there by tracking) has nothing to
-    decode again from and is emptied there. One decode call."""
+    decode again from and is emptied there. One decode call.
+
+    ``more_boxes(box, covered)`` gives further boxes to try (e.g. :func:`behind_box`), each alone and with the
+    negative point."""
     jobs: list[DecodeJob] = []
     owners: list[tuple[str, int]] = []
     for (oid, z), (anchor, _) in drawn_on.items():
@@ -115,6 +134,8 @@ def redraw_without(
         neg = (deepest_point(results[oid].mask[z] & anchor_mask), np.zeros(1, dtype=np.int64))
         cands = [DecodeJob(z, oid, b, None) for b in excluding_boxes(box, anchor_mask)]
         cands.append(DecodeJob(z, oid, box, neg))
+        for b in more_boxes(box, anchor_mask) if more_boxes is not None else []:
+            cands += [DecodeJob(z, oid, b, None), DecodeJob(z, oid, b, neg)]
         jobs += cands
         owners += [(oid, z)] * len(cands)
     best: dict[tuple[str, int], Candidate] = {}

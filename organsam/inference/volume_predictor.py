@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from organsam.inference.anatomical_order import assign_by_order, posterior_to
 from organsam.inference.anchor_refit import move_prior, search_offset, z_offset
 from organsam.inference.assignment import ANCHORS, assign_against_anchors, neighbouring_anchors
 from organsam.inference.box_expansion import expand_off_anchors
@@ -87,6 +88,10 @@ class VolumePredictor(PromptSession):
             mostly inside an anchor organ's mask (liver, spleen, kidneys, aorta;
             :mod:`organsam.inference.assignment`); ``False`` keeps such masks.
         shared_structures: two other organs on one structure: one gives it up (:mod:`~.shared_structures`).
+        anatomical_order: after joint assignment, an organ drawn on an organ it always lies behind (``posterior_to`` in
+            ``organs.json``: the IVC on the pancreatic head) is decoded again without it
+            (:mod:`organsam.inference.anatomical_order`; the organs in front are segmented, and not reported, when
+            not asked for); ``False`` keeps such masks.
         organ_prompts: learned organ prompt tokens appended to every box prompt of an organ the table holds
             (:mod:`organsam.inference.organ_prompt_table`): ``True`` the packaged table (trained on
             ``../shared/data``, SHA-256 checked), a path to another exported table, a ready
@@ -132,6 +137,7 @@ class VolumePredictor(PromptSession):
         runtime: str = "auto",
         expand_boxes: bool = True,
         shared_structures: bool = True,
+        anatomical_order: bool = True,
     ) -> None:
         self.device = torch.device(device)
         self.batch_size = int(batch_size if batch_size is not None else self.default_batch_size(self.device))
@@ -162,6 +168,7 @@ class VolumePredictor(PromptSession):
         self.track_refine, self.joint_assignment = bool(track_refine), bool(joint_assignment)
         self.anchor_refit, self.trim_ends, self.box_search = bool(anchor_refit), bool(trim_ends), box_search
         self.expand_boxes, self.shared_structures = bool(expand_boxes), bool(shared_structures)
+        self.anatomical_order = bool(anatomical_order)
         self.refine_decodes = 0
 
     @property
@@ -228,14 +235,24 @@ class VolumePredictor(PromptSession):
         }
 
     def _hidden_anchors(self, state: InferenceState, planned: dict[str, dict[int, Box | None]]) -> list[str]:
-        """Anchor organs to segment without being asked, for joint assignment (those next to an organ asked for)."""
-        if not self.joint_assignment or not planned:
+        """Organs to segment without being asked: anchors next to an organ asked for (joint assignment), and the
+        organs an organ asked for lies behind (anatomical order), with those they lie behind in turn."""
+        if not planned or state.prior is None and self._location_prior() is None:
             return []
         known = self.locatable_organs()
-        candidates = [a for a in ANCHORS if a not in state.prompts and (known is None or a in known)]
-        if not candidates or state.prior is None and self._location_prior() is None:
-            return []
-        return neighbouring_anchors(planned, {a: self.prior_boxes(state, a) for a in candidates})
+        hidden: list[str] = []
+        if self.joint_assignment:
+            candidates = [a for a in ANCHORS if a not in state.prompts and (known is None or a in known)]
+            if candidates:
+                hidden += neighbouring_anchors(planned, {a: self.prior_boxes(state, a) for a in candidates})
+        if self.anatomical_order:
+            order, todo = posterior_to(), list(planned)
+            while todo:
+                for front in order.get(todo.pop(), ()):
+                    if front not in state.prompts and front not in hidden and (known is None or front in known):
+                        hidden.append(front)
+                        todo.append(front)
+        return hidden
 
     def _location_prior(self) -> LocationPrior | None:
         """The location prior, the default atlas prior built on first use."""
@@ -399,6 +416,12 @@ class VolumePredictor(PromptSession):
                 state, state.results, planned, self.decode, self.iou_threshold, shared_structures=self.shared_structures
             )
             state.results.update(results)
+        if self.anatomical_order and planned:  # (hidden front organs are in planned too)
+            results, moved = assign_by_order(
+                state, state.results, planned, self.decode, self.iou_threshold, posterior_to()
+            )
+            state.results.update(results)
+            state.reassignments = list(state.reassignments) + moved
 
     def _prefetch(self, state: InferenceState, z: int, direction: range, needed: set[int]) -> None:
         """Encode ``z`` together with the next needed slices in the direction of travel (one batch)."""

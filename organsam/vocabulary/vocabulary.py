@@ -57,6 +57,9 @@ class Organ:
         max_contact: the largest fraction of a mask's surface that may lie along one other organ's mask
             (verification rejects a mask mostly wrapped by another organ's as a piece of it; see ``limits_note``);
             None: not checked.
+        posterior_to: ids of the organs this one always lies behind (published anatomy; e.g. the pancreas behind
+            the stomach): an organ drawn on one of them is decoded again without it
+            (:mod:`organsam.inference.anatomical_order`).
         label_value: its fixed value in every label map organsam writes (TotalSegmentator v2 where that has the
             class; see ``labels_note`` in ``organs.json``); every organ of the packaged vocabulary has one.
         color: its fixed display colour, RGB 0..255 (every organ of the packaged vocabulary has one).
@@ -72,6 +75,7 @@ class Organ:
     knowledge: tuple[str, ...] = ()
     max_volume_ml: float | None = None
     max_contact: float | None = None
+    posterior_to: tuple[str, ...] = ()
     label_value: int | None = None
     color: tuple[int, int, int] | None = None
 
@@ -98,6 +102,7 @@ class Organ:
             "knowledge": list(self.knowledge),
             **({} if self.max_volume_ml is None else {"max_volume_ml": self.max_volume_ml}),
             **({} if self.max_contact is None else {"max_contact": self.max_contact}),
+            **({"posterior_to": list(self.posterior_to)} if self.posterior_to else {}),
             **({} if self.label_value is None else {"label_value": self.label_value}),
             **({} if self.color is None else {"color": list(self.color)}),
         }
@@ -174,6 +179,9 @@ class Vocabulary:
         for p in o.parts:
             if p not in self._by_id or p == o.id:
                 raise VocabularyError(f"{where}: part {p!r} is not another organ of the vocabulary")
+        for f in o.posterior_to:
+            if f not in self._by_id or f == o.id:
+                raise VocabularyError(f"{where}: posterior_to {f!r} is not another organ of the vocabulary")
         for g in o.groups:
             if g not in self.groups:
                 raise VocabularyError(f"{where}: group {g!r} is not defined in the 'groups' table")
@@ -288,6 +296,7 @@ def vocabulary_from_dict(doc: dict[str, Any], source: str = "<dict>") -> Vocabul
                 knowledge=tuple(e["knowledge"]),
                 max_volume_ml=None if e.get("max_volume_ml") is None else float(e["max_volume_ml"]),
                 max_contact=None if e.get("max_contact") is None else float(e["max_contact"]),
+                posterior_to=tuple(e.get("posterior_to", ())),
                 label_value=int(e["label_value"]),
                 color=tuple(int(c) for c in e["color"]),
             )
