@@ -14,9 +14,10 @@ neighbour in front is settled first (the stomach before the pancreas before the 
 mostly (> ``max_inside``) inside one such neighbour's mask is decoded again without it
 (:func:`organsam.inference.redraw.redraw_without`: the prior box cut to exclude the neighbour, and the box with a
 negative point on it; the surest candidate that passes the predicted-IoU threshold and lies mostly inside no other
-organ wins, else the slice is emptied). Slices a user prompted are never changed. The predictor segments the organs
-in front of an organ asked for even when they were not asked for (:class:`~organsam.inference.volume_predictor.VolumePredictor`:
-the IVC asked for alone brings the pancreas and the stomach), and drops them before anything is reported.
+organ wins, else the slice is emptied). Slices a user prompted are never changed. The predictor
+(:class:`~organsam.inference.volume_predictor.VolumePredictor`) segments the organs in front of an organ asked for
+even when they were not asked for (the IVC asked for alone brings the pancreas and the stomach), and drops them
+before anything is reported.
 """
 
 from __future__ import annotations
