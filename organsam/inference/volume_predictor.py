@@ -29,10 +29,11 @@ from tqdm.auto import tqdm
 
 from organsam.inference.anatomical_order import assign_by_order, posterior_to
 from organsam.inference.anchor_refit import move_prior, search_offset, z_offset
-from organsam.inference.assignment import ANCHORS, assign_against_anchors, neighbouring_anchors
+from organsam.inference.assignment import ANCHORS, assign_against_anchors
 from organsam.inference.box_expansion import expand_off_anchors
 from organsam.inference.box_search import search_boxes
 from organsam.inference.decoders import SamCoreDecoder, SliceDecoder
+from organsam.inference.hidden_organs import hidden_organs
 from organsam.inference.organ_ends import trim_prior_placed
 from organsam.inference.organ_prompt_table import OrganPromptTable
 from organsam.inference.prompt_session import PromptSession
@@ -67,18 +68,15 @@ class VolumePredictor(PromptSession):
             ``None`` disables text-only prompts (box/point prompts still work).
         device: torch device.
         batch_size: slices encoded per forward pass (default :meth:`default_batch_size`).
-        iou_threshold: minimum predicted IoU for a slice mask to be kept.
-        box_margin_mm: margin added around prior boxes (mm, converted to pixels per axis).
-        track_margin_px: margin around the previous slice's mask box when tracking.
-        progress: show a progress bar.
+        iou_threshold: minimum predicted IoU for a slice mask to be kept. box_margin_mm: margin around prior boxes (mm).
+        track_margin_px: margin around the previous slice's mask box when tracking. progress: show a progress bar.
         precision: of the encoder and decoder, ``"fp32"`` or ``"bf16"`` (about 2x faster on AVX512-BF16 CPUs and GPUs;
             lower Dice on the AMOS slabs: README "Speed"); default ``"bf16"`` on CUDA, ``"fp32"`` elsewhere.
         fast_encoder: encode with :class:`organsam.model.components.fast_image_encoder.FastImageEncoder` (batch norms
             folded, channels-last; same embeddings to float rounding) when the core's encoder is a TinyViT.
             It copies the encoder's weights on first use: build a new predictor after changing them.
             ``False`` calls ``core.encode`` as is.
-        quantize: dynamic int8 linear layers in the encoder's attention stages (CPU; approximate; needs
-            ``fast_encoder``).
+        quantize: dynamic int8 linear layers in the encoder's attention stages (CPU; approximate; ``fast_encoder``).
         decoder_precision: precision of the mask decoder alone (default: ``precision``).
         track_refine: widen prior boxes whose mask touches a box side, and after the prior pass follow each
             text-prompted organ from its most confident slice, keeping the better of the prior's and the
@@ -88,10 +86,8 @@ class VolumePredictor(PromptSession):
             mostly inside an anchor organ's mask (liver, spleen, kidneys, aorta;
             :mod:`organsam.inference.assignment`); ``False`` keeps such masks.
         shared_structures: two other organs on one structure: one gives it up (:mod:`~.shared_structures`).
-        anatomical_order: after joint assignment, an organ drawn on an organ it always lies behind (``posterior_to`` in
-            ``organs.json``: the IVC on the pancreatic head) is decoded again without it
-            (:mod:`organsam.inference.anatomical_order`; the organs in front are segmented, and not reported, when
-            not asked for); ``False`` keeps such masks.
+        anatomical_order: an organ drawn on an organ it lies behind (the IVC on the pancreatic head) is decoded
+            again without it (:mod:`organsam.inference.anatomical_order`); ``False`` keeps such masks.
         organ_prompts: learned organ prompt tokens appended to every box prompt of an organ the table holds
             (:mod:`organsam.inference.organ_prompt_table`): ``True`` the packaged table (trained on
             ``../shared/data``, SHA-256 checked), a path to another exported table, a ready
@@ -234,26 +230,6 @@ class VolumePredictor(PromptSession):
             for z, b in fitted.boxes(organ_id, margin_px=margin).items()
         }
 
-    def _hidden_anchors(self, state: InferenceState, planned: dict[str, dict[int, Box | None]]) -> list[str]:
-        """Organs to segment without being asked: anchors next to an organ asked for (joint assignment), and the
-        organs an organ asked for lies behind (anatomical order), with those they lie behind in turn."""
-        if not planned or state.prior is None and self._location_prior() is None:
-            return []
-        known = self.locatable_organs()
-        hidden: list[str] = []
-        if self.joint_assignment:
-            candidates = [a for a in ANCHORS if a not in state.prompts and (known is None or a in known)]
-            if candidates:
-                hidden += neighbouring_anchors(planned, {a: self.prior_boxes(state, a) for a in candidates})
-        if self.anatomical_order:
-            order, todo = posterior_to(), list(planned)
-            while todo:
-                for front in order.get(todo.pop(), ()):
-                    if front not in state.prompts and front not in hidden and (known is None or front in known):
-                        hidden.append(front)
-                        todo.append(front)
-        return hidden
-
     def _location_prior(self) -> LocationPrior | None:
         """The location prior, the default atlas prior built on first use."""
         if self._prior == "atlas":
@@ -335,9 +311,8 @@ class VolumePredictor(PromptSession):
     def _plan(
         self, state: InferenceState, tracked_too: bool
     ) -> tuple[dict[str, dict[int, Box | None]], list[str], list[str]]:
-        """Fresh results and the slices to decode: prior boxes of the text-prompted organs (user boxes override
-        them), the organs prompted only by boxes or points (with ``tracked_too``), and the hidden anchors added
-        to the prompts for joint assignment."""
+        """Fresh results, and what to decode: prior boxes of text prompts (user boxes override them), the organs
+        prompted by boxes or points alone (``tracked_too``), the organs segmented unasked (:mod:`~.hidden_organs`)."""
         Z, Y, X = state.volume.array.shape
         planned: dict[str, dict[int, Box | None]] = {}
         tracked: list[str] = []
@@ -349,8 +324,12 @@ class VolumePredictor(PromptSession):
             elif tracked_too:
                 state.results[oid] = OrganResult(mask=np.zeros((Z, Y, X), dtype=bool), source="track")
                 tracked.append(oid)
-        hidden = self._hidden_anchors(state, planned)
-        for oid in hidden:  # segmented for joint assignment only: removed before anything is yielded
+        hidden: list[str] = []
+        if planned and (state.prior is not None or self._location_prior() is not None):
+            known, boxes_of = self.locatable_organs(), lambda o: self.prior_boxes(state, o)
+            rules = (self.joint_assignment, self.anatomical_order)
+            hidden = hidden_organs(planned, state.prompts, known, boxes_of, *rules)
+        for oid in hidden:  # segmented for joint assignment and anatomical order: removed before anything is yielded
             state.prompts[oid] = OrganPrompt(oid, text=oid)
             state.results[oid] = OrganResult(mask=np.zeros((Z, Y, X), dtype=bool), source="prior")
             planned[oid] = self.prior_boxes(state, oid)
@@ -417,10 +396,8 @@ class VolumePredictor(PromptSession):
             )
             state.results.update(results)
         if self.anatomical_order and planned:  # (hidden front organs are in planned too)
-            results, moved = assign_by_order(
-                state, state.results, planned, self.decode, self.iou_threshold, posterior_to()
-            )
-            state.results.update(results)
+            res, moved = assign_by_order(state, state.results, planned, self.decode, self.iou_threshold, posterior_to())
+            state.results.update(res)
             state.reassignments = list(state.reassignments) + moved
 
     def _prefetch(self, state: InferenceState, z: int, direction: range, needed: set[int]) -> None:
