@@ -12,8 +12,8 @@ Stages, in the order data flows through them:
 4. **slice encoding** (``predictor.encode_slices``): the slices that any prompt needs, in chunks, with progress and
    cancellation between chunks.
 5. **decoding and propagation** (``predictor.propagate``): boxes -> masks, predicted-IoU rejection, box widening,
-   track refinement, joint assignment (no organ drawn on an anchor organ), organ-end trimming (no end slice of
-   another tissue).
+   track refinement, joint assignment (no organ drawn on an anchor organ), anatomical order (no organ drawn on
+   the organ in front of it), organ-end trimming (no end slice of another tissue).
 6. **post-processing** (:func:`organsam.inference.postprocess.postprocess_mask`): masks back on the input grid,
    HU cleanup, connected components; one merged label volume.
 7. **verification** (:func:`organsam.inference.verification.verify_mask`): a text-prompted organ's mask that
