@@ -25,9 +25,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 
-import numpy as np
-
-from organsam.inference.redraw import Reassignment, behind_box, most_inside, redraw_without, redrawable
+from organsam.inference.redraw import Reassignment, behind_box, redraw_without, slices_drawn_on
 from organsam.inference.state import Box, InferenceState, OrganResult
 from organsam.inference.track_refine import Decoder
 
@@ -93,15 +91,7 @@ def assign_by_order(
         front = [f for f in order[oid] if f in out and out[f].mask.any()]
         if oid not in out or not front or not out[oid].mask.any():
             continue
-        drawn_on: dict[tuple[str, int], tuple[str, float]] = {}
-        mask = out[oid].mask
-        for z in np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1)):
-            z = int(z)
-            if not redrawable(state, oid, z):
-                continue
-            inside, other = most_inside(mask[z], {f: out[f].mask[z] for f in front})
-            if other is not None and inside > max_inside:
-                drawn_on[(oid, z)] = (other, inside)
+        drawn_on = slices_drawn_on(state, oid, out[oid].mask, {f: out[f].mask for f in front}, max_inside)
         if drawn_on:
             out, more = redraw_without(state, out, boxes, decode, iou_threshold, max_inside, drawn_on, behind_box)
             log += more

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from organsam.inference.redraw import Reassignment, most_inside, redraw_without, redrawable
+from organsam.inference.redraw import Reassignment, redraw_without, redrawable, slices_drawn_on
 from organsam.inference.shared_structures import resolve_shared_structures
 from organsam.inference.state import Box, InferenceState, OrganResult
 from organsam.inference.track_refine import Decoder
@@ -260,15 +260,8 @@ def assign_against_anchors(
     present = [a for a in anchors if a in out and out[a].mask.any()]
     drawn_on: dict[tuple[str, int], tuple[str, float]] = {}
     for oid, res in out.items():
-        if oid in anchors or not present:
-            continue
-        for z in np.flatnonzero(res.mask.reshape(res.mask.shape[0], -1).any(axis=1)):
-            z = int(z)
-            if not redrawable(state, oid, z):
-                continue
-            inside, anchor = most_inside(res.mask[z], {a: out[a].mask[z] for a in present})
-            if anchor is not None and inside > max_inside:
-                drawn_on[(oid, z)] = (anchor, inside)
+        if oid not in anchors and present:
+            drawn_on.update(slices_drawn_on(state, oid, res.mask, {a: out[a].mask for a in present}, max_inside))
     out, more = redraw_without(state, out, boxes, decode, iou_threshold, max_inside, drawn_on)
     log += more
     if shared_structures:

@@ -27,6 +27,7 @@ __all__ = [
     "most_inside",
     "redraw_without",
     "redrawable",
+    "slices_drawn_on",
 ]
 
 
@@ -104,6 +105,22 @@ def redrawable(state: InferenceState, oid: str, z: int) -> bool:
     """Text-prompted, and not a slice the user prompted (those are never changed)."""
     prompt = state.prompts.get(oid)
     return prompt is not None and prompt.text is not None and z not in prompt.boxes and z not in prompt.points
+
+
+def slices_drawn_on(
+    state: InferenceState, oid: str, mask: np.ndarray, others: Mapping[str, np.ndarray], max_inside: float
+) -> dict[tuple[str, int], tuple[str, float]]:
+    """The slices of organ ``oid``'s (Z, Y, X) ``mask`` that lie more than ``max_inside`` inside one of ``others``
+    (organ id -> (Z, Y, X) mask) -> (that organ, the fraction inside it); slices the user prompted are left out."""
+    drawn_on: dict[tuple[str, int], tuple[str, float]] = {}
+    for z in np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1)):
+        z = int(z)
+        if not redrawable(state, oid, z):
+            continue
+        inside, other = most_inside(mask[z], {o: m[z] for o, m in others.items()})
+        if other is not None and inside > max_inside:
+            drawn_on[(oid, z)] = (other, inside)
+    return drawn_on
 
 
 def redraw_without(
