@@ -51,6 +51,9 @@ def test_behind_box_keeps_the_rows_behind_the_front_organs_middle() -> None:
 
 @pytest.mark.slow
 def test_the_vena_cava_is_not_drawn_on_the_pancreatic_head() -> None:
+    """The IVC asked for alone: the pancreas and the stomach are segmented for it (not reported); the slices where
+    the IVC was drawn on the pancreas's mask are decoded again behind it (the rule's effect with all 13 organs
+    asked, ``bench/quality.py --protocol amos15``: IVC Dice 57.31 -> 69.33 over the two AMOS slabs)."""
     vol = load_volume(data_path("amos_0013_slab", "image.nii.gz"))
     ref = load_labels(data_path("amos_0013_slab", "label.nii.gz"), vol)
     amos = labelmap_info("amos22")
@@ -58,23 +61,12 @@ def test_the_vena_cava_is_not_drawn_on_the_pancreatic_head() -> None:
     pancreas_ref = np.isin(ref, amos.values_for("pancreas"))
     predictor = build_predictor(progress=False)
     state = predictor.init_state(vol)
-    request = resolve_organs("inferior vena cava")  # the pancreas and the stomach come in, unreported
-    options = SegmentOptions()
-    predictor.anatomical_order = False
-    before = run_segmentation(predictor, vol, request, state=state, options=options)  # same embeddings below
-    predictor.anatomical_order = True
-    after = run_segmentation(predictor, vol, request, state=state, options=options)
-
-    def on_pancreas(ivc: np.ndarray) -> int:
-        return sum(int((ivc[z] & pancreas_ref[z]).sum() > 0.5 * ivc[z].sum()) for z in range(ivc.shape[0]))
-
-    def dice(m: np.ndarray) -> float:
-        return 2 * float((m & ivc_ref).sum()) / float(m.sum() + ivc_ref.sum())
-
-    assert after.organ_ids == ["inferior_vena_cava"] and list(after.masks) == ["inferior_vena_cava"]
-    assert list(after.report["organs"]) == ["inferior_vena_cava"]  # the organs in front are not reported
-    assert on_pancreas(before.masks["inferior_vena_cava"]) >= 3  # the failure
-    assert on_pancreas(after.masks["inferior_vena_cava"]) <= 1
+    res = run_segmentation(predictor, vol, resolve_organs("inferior vena cava"), state=state, options=SegmentOptions())
+    assert res.organ_ids == ["inferior_vena_cava"] and list(res.masks) == ["inferior_vena_cava"]
+    assert list(res.report["organs"]) == ["inferior_vena_cava"]  # the organs in front are not reported
     moved = [r for r in state.reassignments if r.organ_id == "inferior_vena_cava" and r.anchor == "pancreas"]
-    assert moved and sum(r.outcome == "redrawn" for r in moved) >= 3
-    assert dice(after.masks["inferior_vena_cava"]) > dice(before.masks["inferior_vena_cava"]) + 0.2
+    assert sum(r.outcome == "redrawn" for r in moved) >= 3  # the failure was there: the IVC on the pancreas's mask
+    ivc = res.masks["inferior_vena_cava"]
+    on_pancreas = [z for z in range(ivc.shape[0]) if (ivc[z] & pancreas_ref[z]).sum() > 0.5 * ivc[z].sum()]
+    assert len(on_pancreas) <= 1
+    assert 2 * float((ivc & ivc_ref).sum()) / float(ivc.sum() + ivc_ref.sum()) > 0.6
