@@ -1,19 +1,20 @@
 """Anatomical order: an organ drawn on the organ that lies in front of it is decoded again without it.
 
 Some organs always lie behind others: the pancreas behind the stomach (the lesser sac between them), the inferior
-vena cava behind the pancreatic head and the duodenum, the right adrenal gland behind the IVC. ``organs.json`` keeps
-this as ``posterior_to`` (published anatomy, no fitted numbers). Inside a loose prior box the decoder draws the most
-salient structure, and for an organ that lies behind another that is often the organ in front: on
-``amos_0013_slab`` the IVC's prior box lies on the IVC, yet on seven of its eleven slices it drew the pancreatic
-head in front of it (the pancreas's own box drew the head too). Joint assignment against the anchors
-(:mod:`organsam.inference.assignment`) does not see this, since neither organ is an anchor, and nothing in the two
-masks alone says which organ the one structure is; the anatomical order does: the organ behind gives it up.
+vena cava behind the pancreatic head. ``organs.json`` keeps this as ``posterior_to`` (standard anatomy, no fitted
+numbers). Inside a loose prior box the decoder draws the most salient structure, and for an organ that lies behind
+another that is often the organ in front: on ``amos_0013_slab`` the IVC's prior box lies on the IVC, yet on seven
+of its eleven slices it drew the pancreatic head in front of it (the pancreas's own box drew the head too). Joint
+assignment against the anchors (:mod:`organsam.inference.assignment`) does not see this, since neither organ is an
+anchor, and nothing in the two masks alone says which organ the one structure is; the anatomical order does: the
+organ behind gives it up.
 
 For each text-prompted organ with ``posterior_to`` neighbours among the organs drawn, in an order where every
 neighbour in front is settled first (the stomach before the pancreas before the IVC), each slice whose mask lies
 mostly (> ``max_inside``) inside one such neighbour's mask is decoded again without it
-(:func:`organsam.inference.redraw.redraw_without`: the prior box cut to exclude the neighbour, and the box with a
-negative point on it; the surest candidate that passes the predicted-IoU threshold and lies mostly inside no other
+(:func:`organsam.inference.redraw.redraw_without`: the prior box cut to exclude the neighbour, the box with a
+negative point on it, and the part of the box behind the neighbour's middle (:func:`~.redraw.behind_box`), alone
+and with the point; the surest candidate that passes the predicted-IoU threshold and lies mostly inside no other
 organ wins, else the slice is emptied). Slices a user prompted are never changed. The predictor
 (:class:`~organsam.inference.volume_predictor.VolumePredictor`) segments the organs in front of an organ asked for
 even when they were not asked for (the IVC asked for alone brings the pancreas and the stomach), and drops them
@@ -22,14 +23,11 @@ before anything is reported.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 
-from organsam.inference.redraw import Reassignment, behind_box, redraw_without, slices_drawn_on
+from organsam.inference.redraw import Reassignment, behind_box, log_reassignments, redraw_without, slices_drawn_on
 from organsam.inference.state import Box, InferenceState, OrganResult
 from organsam.inference.track_refine import Decoder
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["assign_by_order", "front_first", "posterior_to"]
 
@@ -95,10 +93,5 @@ def assign_by_order(
         if drawn_on:
             out, more = redraw_without(state, out, boxes, decode, iou_threshold, max_inside, drawn_on, behind_box)
             log += more
-    if log:
-        logger.info(
-            "anatomical order: %d slices drawn on the organ in front (%d redrawn)",
-            len(log),
-            sum(r.outcome == "redrawn" for r in log),
-        )
+    log_reassignments("anatomical order: %d slices drawn on the organ in front (%d redrawn)", log)
     return out, log

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from organsam.inference.redraw import Reassignment, redraw_without, redrawable, slices_drawn_on
+from organsam.inference.redraw import Reassignment, log_reassignments, redraw_without, redrawable, slices_drawn_on
 from organsam.inference.shared_structures import resolve_shared_structures
 from organsam.inference.state import Box, InferenceState, OrganResult
 from organsam.inference.track_refine import Decoder
@@ -267,10 +267,5 @@ def assign_against_anchors(
     if shared_structures:
         out, more = resolve_shared_structures(state, out, boxes, anchors, max_inside)
         log += more
-    if log:
-        logger.info(
-            "joint assignment: %d slices drawn on an anchor (%d redrawn)",
-            len(log),
-            sum(r.outcome == "redrawn" for r in log),
-        )
+    log_reassignments("joint assignment: %d slices drawn on an anchor (%d redrawn)", log)
     return out, log

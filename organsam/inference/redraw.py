@@ -9,6 +9,7 @@ other organ's mask and passes the predicted-IoU threshold wins, else the slice i
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -18,12 +19,15 @@ from scipy import ndimage
 from organsam.inference.state import Box, Candidate, DecodeJob, InferenceState, OrganResult
 from organsam.inference.track_refine import Decoder
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
     "Reassignment",
     "apply_replacements",
     "behind_box",
     "deepest_point",
     "excluding_boxes",
+    "log_reassignments",
     "most_inside",
     "redraw_without",
     "redrawable",
@@ -99,6 +103,12 @@ def deepest_point(region: np.ndarray) -> np.ndarray:
     dist = ndimage.distance_transform_edt(region)
     y, x = np.unravel_index(int(np.argmax(dist)), region.shape)
     return np.array([[float(x), float(y)]], dtype=np.float32)
+
+
+def log_reassignments(message: str, log: list[Reassignment]) -> None:
+    """Log ``message`` (two ``%d``: slices changed, slices redrawn) when ``log`` holds any reassignment."""
+    if log:
+        logger.info(message, len(log), sum(r.outcome == "redrawn" for r in log))
 
 
 def redrawable(state: InferenceState, oid: str, z: int) -> bool:
