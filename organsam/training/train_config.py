@@ -3,6 +3,9 @@
 Schema (defaults in brackets); every key can be overridden on the command line as ``a.b=value``::
 
     design: unified              # registry name (organsam designs)
+    init_from: null              # fine-tune: start from this design checkpoint (organsam train output, or
+                                 # `packaged` for the shipped one of the design); its stored config is the
+                                 # architecture, `model` keys (freezing, ...) apply on top
     model: {}                    # overrides of the design preset (organsam/configs/<design>.yaml),
                                  # e.g. freeze_image_encoder: true, optimizer_iterations: 0; LoRA adapters
                                  # in the image encoder: lora_rank: 8 (0: off), lora_alpha: 8.0,
@@ -165,6 +168,7 @@ class TrainConfig:
     """A whole training run (see the module docstring)."""
 
     design: str = "unified"
+    init_from: str | None = None
     model: dict[str, Any] = field(default_factory=dict)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

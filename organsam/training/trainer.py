@@ -55,6 +55,7 @@ from organsam.training.distributed import (
     cleanup_distributed,
     init_distributed,
 )
+from organsam.training.fine_tune import design_from_checkpoint
 from organsam.training.slice_loss import slice_loss
 from organsam.training.train_config import TrainConfig
 from organsam.training.train_data import build_train_data, organ_indices
@@ -151,7 +152,10 @@ class Trainer:
         from organsam.registry import build_design
 
         torch.manual_seed(self.cfg.seed)
-        model = build_design(self.cfg.design, [self.cfg.model])
+        if self.cfg.init_from is None:
+            model = build_design(self.cfg.design, [self.cfg.model])
+        else:
+            model = design_from_checkpoint(self.cfg.design, self.cfg.init_from, self.cfg.model)
         return model.to(dist_info.device)
 
     def _check_feature_cache(self, model: torch.nn.Module) -> None:
