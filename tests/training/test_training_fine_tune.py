@@ -52,3 +52,19 @@ def test_init_from_errors_name_the_problem(tmp_path):
         design_from_checkpoint("pg_sam", "packaged", {"align_dim": 64})
     with pytest.raises(ConfigError, match="no checkpoint of design 'unified' ships"):
         design_from_checkpoint("unified", "packaged")
+
+
+def test_modules_the_run_adds_start_untrained_on_the_shipped_weights():
+    """``model.lora_rank`` adds image-encoder LoRA adapters to the shipped PG-SAM: every shipped tensor is loaded,
+    the adapters are the only new tensors, and they are what trains in the encoder."""
+    from organsam.inference.predictor_factory import packaged_checkpoint
+    from organsam.model.checkpoint import load_checkpoint
+
+    shipped = load_checkpoint(packaged_checkpoint("pg_sam"), design="pg_sam").state_dict()
+    model = design_from_checkpoint("pg_sam", "packaged", {"lora_rank": 4})
+    state = model.state_dict()
+    added = sorted(set(state) - set(shipped))
+    assert added and all("lora" in k for k in added)
+    assert all(torch.equal(state[k], v) for k, v in shipped.items())
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad and n.startswith("core.image_encoder")]
+    assert trainable and all("lora" in n for n in trainable)
