@@ -12,7 +12,6 @@ One place for what :func:`organsam.inference.segment.segment`, the batch workers
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -25,8 +24,6 @@ __all__ = [
     "build_predictor",
     "check_design",
     "check_device",
-    "PACKAGED",
-    "packaged_checkpoint",
     "default_design_prompts",
     "resolve_checkpoint",
     "is_design_checkpoint",
@@ -49,37 +46,10 @@ def is_design_checkpoint(checkpoint: str | os.PathLike[str] | None) -> bool:
     return p.suffix != ".json" and sidecar_path(p).is_file()
 
 
-#: ``--checkpoint packaged``: the trained checkpoint of the design that ships in the package.
-PACKAGED = "packaged"
-
-
-def packaged_checkpoint(design: str) -> Path:
-    """The shipped checkpoint of ``design`` (its tensor file and its sidecar SHA-256 checked).
-
-    Raises:
-        ValueError: no checkpoint of this design ships.
-        organsam.weights.WeightsError: the files are missing or differ from the recorded hashes.
-    """
-    from organsam.model.checkpoint import sidecar_path
-    from organsam.weights import ASSET_SUMS, SHIPPED_DESIGNS, WEIGHTS, asset_sha256, find_weight, verify
-
-    if design not in SHIPPED_DESIGNS:
-        shipped = ", ".join(SHIPPED_DESIGNS) or "none yet"
-        raise ValueError(
-            f"--checkpoint {PACKAGED}: no checkpoint of design {design!r} ships (shipped: {shipped}); pass a "
-            f"checkpoint written by `organsam train`, or train one with scripts/train_design.sh"
-        )
-    path = find_weight(f"design_{design}")
-    side = sidecar_path(path)  # the config the design is rebuilt from: checked too
-    spec = WEIGHTS[f"design_{design}"]
-    verify(side, dataclasses.replace(spec, relpath=f"assets/{side.name}", sha256=asset_sha256(side.name)))
-    logger.debug("packaged %s checkpoint %s (hashes in %s)", design, path, ASSET_SUMS)
-    return path
-
-
 def resolve_checkpoint(design: str, checkpoint: str | os.PathLike[str] | None) -> str | os.PathLike[str] | None:
     """``checkpoint`` as given; the path of the shipped one for ``packaged``, or for a research design given
     without a checkpoint when one of it ships."""
+    from organsam.model.checkpoint import PACKAGED, packaged_checkpoint
     from organsam.weights import SHIPPED_DESIGNS
 
     if checkpoint is not None and str(checkpoint) == PACKAGED:
@@ -97,6 +67,7 @@ def check_design(design: str, checkpoint: str | os.PathLike[str] | None) -> None
         ValueError: a research design without a trained checkpoint.
         FileNotFoundError: the checkpoint does not exist.
     """
+    from organsam.model.checkpoint import PACKAGED
     from organsam.registry import RENAMED_DESIGNS, get_design
 
     if design in RENAMED_DESIGNS:  # ``--design organsam`` (before 2026-12) also meant the shipped pipeline

@@ -20,6 +20,7 @@ the file and the mismatch (a missing adapter tensor included).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import logging
@@ -36,6 +37,8 @@ from organsam.model.sam_core import CheckpointError
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "PACKAGED",
+    "packaged_checkpoint",
     "save_checkpoint",
     "load_checkpoint",
     "read_checkpoint_info",
@@ -348,3 +351,30 @@ def load_checkpoint(
     model.load_state_dict(tensors, strict=False)
     logger.info("loaded %s checkpoint %s (%d tensors)", stored, p, len(tensors))
     return model.eval()
+
+
+#: ``--checkpoint packaged``: the trained checkpoint of the design that ships in the package.
+PACKAGED = "packaged"
+
+
+def packaged_checkpoint(design: str) -> Path:
+    """The shipped checkpoint of ``design`` (its tensor file and its sidecar SHA-256 checked).
+
+    Raises:
+        ValueError: no checkpoint of this design ships.
+        organsam.weights.WeightsError: the files are missing or differ from the recorded hashes.
+    """
+    from organsam.weights import ASSET_SUMS, SHIPPED_DESIGNS, WEIGHTS, asset_sha256, find_weight, verify
+
+    if design not in SHIPPED_DESIGNS:
+        shipped = ", ".join(SHIPPED_DESIGNS) or "none yet"
+        raise ValueError(
+            f"--checkpoint {PACKAGED}: no checkpoint of design {design!r} ships (shipped: {shipped}); pass a "
+            f"checkpoint written by `organsam train`, or train one with scripts/train_design.sh"
+        )
+    path = find_weight(f"design_{design}")
+    side = sidecar_path(path)  # the config the design is rebuilt from: checked too
+    spec = WEIGHTS[f"design_{design}"]
+    verify(side, dataclasses.replace(spec, relpath=f"assets/{side.name}", sha256=asset_sha256(side.name)))
+    logger.debug("packaged %s checkpoint %s (hashes in %s)", design, path, ASSET_SUMS)
+    return path

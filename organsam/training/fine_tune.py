@@ -40,12 +40,11 @@ def design_from_checkpoint(
         CheckpointError: the checkpoint is missing, of another design, or does not load (from ``load_checkpoint``).
         ConfigError: an override names an unknown key, or changes the architecture so the weights no longer fit.
     """
-    from organsam.inference.predictor_factory import resolve_checkpoint
-    from organsam.model.checkpoint import load_checkpoint
+    from organsam.model.checkpoint import PACKAGED, load_checkpoint, packaged_checkpoint
     from organsam.registry import build_design, get_design
 
     try:
-        path = resolve_checkpoint(design, checkpoint)
+        path = packaged_checkpoint(design) if str(checkpoint) == PACKAGED else checkpoint
     except ValueError as e:  # ``packaged`` for a design that ships none
         raise ConfigError(f"init_from: {e}") from e
     source = load_checkpoint(path, design=design)

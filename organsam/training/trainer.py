@@ -152,11 +152,10 @@ class Trainer:
         from organsam.registry import build_design
 
         torch.manual_seed(self.cfg.seed)
-        if self.cfg.init_from is None:
-            model = build_design(self.cfg.design, [self.cfg.model])
-        else:
-            model = design_from_checkpoint(self.cfg.design, self.cfg.init_from, self.cfg.model)
-        return model.to(dist_info.device)
+        cfg = self.cfg
+        fine_tune = cfg.init_from is not None
+        model = design_from_checkpoint(cfg.design, cfg.init_from, cfg.model) if fine_tune else None
+        return (model or build_design(cfg.design, [cfg.model])).to(dist_info.device)
 
     def _check_feature_cache(self, model: torch.nn.Module) -> None:
         """Refuse the feature cache for a design with image-encoder LoRA adapters (before any data is read)."""

@@ -183,8 +183,8 @@ def test_packaged_checkpoint_is_hashed_in_the_weights_record() -> None:
     """``--checkpoint packaged`` (and a shipped design without a checkpoint) records the shipped file's SHA-256."""
     from organsam.inference.options import SegmentOptions
     from organsam.inference.pipeline import weights_record
-    from organsam.inference.predictor_factory import packaged_checkpoint
     from organsam.io.files import file_sha256
+    from organsam.model.checkpoint import packaged_checkpoint
 
     expected = file_sha256(packaged_checkpoint("pg_sam"))
     assert weights_record(SegmentOptions(design="pg_sam", checkpoint="packaged"))["checkpoint"] == expected

@@ -379,8 +379,7 @@ def test_shipped_checkpoint_draws_a_boxed_organ_as_litemedsam(name, real, encode
     """A shipped design checkpoint (``--checkpoint packaged``, at most 25 MB) given the liver's box and its name
     draws what LiteMedSAM draws with the box alone (on the validation slab; bench/compare_designs.py
     --checkpoints scores every organ)."""
-    from organsam.inference.predictor_factory import packaged_checkpoint
-    from organsam.model.checkpoint import load_checkpoint
+    from organsam.model.checkpoint import load_checkpoint, packaged_checkpoint
 
     path = packaged_checkpoint(name)
     assert path.stat().st_size <= 25e6

@@ -45,7 +45,7 @@ def test_training_starts_from_the_shipped_weights_with_the_run_model_keys(tmp_pa
 
 def test_init_from_errors_name_the_problem(tmp_path):
     with pytest.raises(CheckpointError, match="holds a 'pg_sam' checkpoint, not 'seg_sam'"):
-        from organsam.inference.predictor_factory import packaged_checkpoint
+        from organsam.model.checkpoint import packaged_checkpoint
 
         design_from_checkpoint("seg_sam", packaged_checkpoint("pg_sam"))
     with pytest.raises(ConfigError, match="change the architecture"):
@@ -57,8 +57,7 @@ def test_init_from_errors_name_the_problem(tmp_path):
 def test_modules_the_run_adds_start_untrained_on_the_shipped_weights():
     """``model.lora_rank`` adds image-encoder LoRA adapters to the shipped PG-SAM: every shipped tensor is loaded,
     the adapters are the only new tensors, and they are what trains in the encoder."""
-    from organsam.inference.predictor_factory import packaged_checkpoint
-    from organsam.model.checkpoint import load_checkpoint
+    from organsam.model.checkpoint import load_checkpoint, packaged_checkpoint
 
     shipped = load_checkpoint(packaged_checkpoint("pg_sam"), design="pg_sam").state_dict()
     model = design_from_checkpoint("pg_sam", "packaged", {"lora_rank": 4})
