@@ -3,8 +3,7 @@
 ``init_from: packaged`` starts from the design's shipped checkpoint (``organsam/assets/design_<name>.safetensors``),
 a path from any checkpoint ``organsam train`` wrote. The architecture is the one stored with the checkpoint; the
 run's ``model`` keys (freezing, LoRA, loss weights, ...) apply on top (modules they add start untrained; keys that
-reshape a layer fail), so a user can fine-tune the shipped SEG-SAM
-on their own labelled CTs:
+reshape a layer fail), so a user can fine-tune the shipped SEG-SAM on their own labelled CTs:
 
     organsam train --config train_seg_sam init_from=packaged data.dataset=amos22 data.root=/data/AMOS22
 """
@@ -50,17 +49,23 @@ def design_from_checkpoint(
     source = load_checkpoint(path, design=design)
     stored = dataclasses.asdict(source.config)
     config = from_dict(get_design(design).config_cls, apply_overrides(stored, [dict(overrides or {})]), where="model")
+    if config == source.config:  # the run changes nothing of the design: train the loaded one
+        logger.info("fine-tuning %s from %s", design, path)
+        return source.train()
     model = build_design(design, config=config)
+
+    def unfit(problem: str) -> ConfigError:
+        return ConfigError(
+            f"init_from {path}: the model keys {sorted(overrides or {})} change the architecture, so its weights do "
+            f"not fit ({problem}); leave out the keys that change layers"
+        )
+
     try:
         result = model.load_state_dict(source.state_dict(), strict=False)
-        if result.unexpected_keys:
-            raise RuntimeError(f"Error(s):\n  unexpected tensors: {', '.join(result.unexpected_keys[:4])}")
-    except RuntimeError as e:
-        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
-        raise ConfigError(
-            f"init_from {path}: the model keys {sorted(overrides or {})} change the architecture, so its weights do "
-            f"not fit ({first}); leave out the keys that change layers"
-        ) from e
+    except RuntimeError as e:  # a tensor of another shape
+        raise unfit(str(e).splitlines()[-1].strip()) from e
+    if result.unexpected_keys:
+        raise unfit(f"unexpected tensors: {', '.join(result.unexpected_keys[:4])}")
     if result.missing_keys:  # modules the overrides add (e.g. image-encoder LoRA adapters) start untrained
         logger.info(
             "init_from %s: %d tensors start untrained (%s ...)", path, len(result.missing_keys), result.missing_keys[0]

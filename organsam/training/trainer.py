@@ -153,9 +153,9 @@ class Trainer:
 
         torch.manual_seed(self.cfg.seed)
         cfg = self.cfg
-        fine_tune = cfg.init_from is not None
-        model = design_from_checkpoint(cfg.design, cfg.init_from, cfg.model) if fine_tune else None
-        return (model or build_design(cfg.design, [cfg.model])).to(dist_info.device)
+        if cfg.init_from is not None:
+            return design_from_checkpoint(cfg.design, cfg.init_from, cfg.model).to(dist_info.device)
+        return build_design(cfg.design, [cfg.model]).to(dist_info.device)
 
     def _check_feature_cache(self, model: torch.nn.Module) -> None:
         """Refuse the feature cache for a design with image-encoder LoRA adapters (before any data is read)."""
