@@ -6,6 +6,7 @@ windowed (abdomen) and mapped to the 256x256 model space; the prompted organ is 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
@@ -208,7 +209,13 @@ def test_pg_sam_prompt_free_mode(encoded):
     with torch.no_grad():
         all_masks = model.predict_all(encoded=encoded[MID])
         liver = model.organ_index_of(["liver"])
-        prompted = model(None, liver, encoded=encoded[MID])
+        # the prompted forward's own text-alone pass, before the guide locates the organ and the box round
+        preset = model.config
+        model.config = dataclasses.replace(preset, locate_with_guide=False, text_box_rounds=0)
+        try:
+            prompted = model(None, liver, encoded=encoded[MID])
+        finally:
+            model.config = preset
     assert all_masks.shape == (1, K, 256, 256)
     assert torch.isfinite(all_masks).all()
     # The prompted forward returns the same organ's optimized mask.
@@ -282,9 +289,12 @@ def test_each_design_overfits_one_real_slice_from_text_alone(name, real, encoded
     """Trained on one slice with the organ's name as the only prompt, every design learns to draw it (Dice
     >= 0.9 in eval mode): the text reaches the returned mask. SEG-SAM's returned mask stayed empty for 30
     steps while its knowledge fed only the semantic decoder; PG-SAM's went empty within 5 steps before its
-    warm start. Scored on the text-alone pass itself (no box round: ``text_box_rounds=0``)."""
+    warm start. Scored on the text-alone pass itself (no box round: ``text_box_rounds=0``); PG-SAM's from its
+    decoder (``locate_with_guide`` off: its guide's part, locating the organ, is tested in
+    ``test_model_pg_sam_guide.py``)."""
     torch.manual_seed(0)
-    model = build_design(name, ["text_box_rounds=0"])  # a fresh copy: the shared one stays untrained
+    overrides = ["text_box_rounds=0"] + (["locate_with_guide=false"] if name == "pg_sam" else [])
+    model = build_design(name, overrides)  # a fresh copy: the shared one stays untrained
     liver = model.organ_index_of(["liver"])
     image = real["images"][MID : MID + 1] if name == "crisp_sam2" else None  # crisp injects text into the encoder
     enc = None if name == "crisp_sam2" else encoded[MID]

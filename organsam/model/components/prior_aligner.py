@@ -7,6 +7,15 @@ scaled into guide logits ``g_k`` (B, K, 64, 64), usable as a coarse segmentation
 organs plus a background logit gives per-pixel organ probabilities; the guided embedding adds, at each
 pixel, the probability-weighted mixture of per-organ value vectors (projected from the organ names) with
 a learnable per-channel gain.
+
+Spatial context (``context_layers`` > 0, this project's addition): the image features are given a learned
+projection of a fixed 2-D sine position code and pass through residual 3x3 convolutions with dilations 1, 2, 4, ...
+before the similarity, so a pixel's match to an organ's description also reads where it lies and what surrounds it.
+The aligner alone, trained on its guide loss over the training split, finds on held-out AMOS 0013 the liver,
+spleen and kidneys with guide Dice 0.68 / 0.34 / 0.06 / 0.08 per pixel (``context_layers`` 0, as PG-SAM) and
+0.79 / 0.86 / 0.72 / 0.73 with 4 context layers (``python bench/prior_aligner_probe.py``,
+``bench/results/prior_aligner_probe.md``). The position code enters at zero; with it, one slice alone is fitted
+only after a learning-rate warm-up (as the trainer's).
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from organsam.model.components.blocks import MLP, LayerNorm2d
+from organsam.model.components.slice_position_encoding import sine_encoding_2d
 
 __all__ = ["PriorAligner", "PriorGuide"]
 
@@ -38,6 +48,22 @@ class PriorGuide:
     embedding: Tensor
 
 
+class _ContextBlock(nn.Module):
+    """Residual block: LayerNorm, dilated 3x3 convolution, GELU, 1x1 convolution."""
+
+    def __init__(self, dim: int, dilation: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            LayerNorm2d(dim),
+            nn.Conv2d(dim, dim, 3, padding=dilation, dilation=dilation),
+            nn.GELU(),
+            nn.Conv2d(dim, dim, 1),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.body(x)
+
+
 class PriorAligner(nn.Module):
     """Text-image similarity turned into a spatial guide over the image embedding.
 
@@ -46,13 +72,24 @@ class PriorAligner(nn.Module):
         dim: channels of the image embedding (256).
         align_dim: width of the joint space the similarities are computed in.
         init_gain: initial per-channel gain of the guide added to the embedding.
+        context_layers: residual dilated convolutions (dilations 1, 2, 4, ...) after a position code, before the
+            similarity; 0: per pixel, as PG-SAM.
     """
 
-    def __init__(self, text_dim: int, dim: int = 256, align_dim: int = 128, init_gain: float = 0.1) -> None:
+    def __init__(
+        self, text_dim: int, dim: int = 256, align_dim: int = 128, init_gain: float = 0.1, context_layers: int = 0
+    ) -> None:
         super().__init__()
         self.image_proj = nn.Sequential(
             nn.Conv2d(dim, align_dim, 1), LayerNorm2d(align_dim), nn.GELU(), nn.Conv2d(align_dim, align_dim, 1)
         )
+        self.position: nn.Conv2d | None = None
+        self.context = nn.ModuleList(_ContextBlock(align_dim, 2**i) for i in range(context_layers))
+        if context_layers:
+            # starts at zero: the position code enters as far as training finds it useful
+            self.position = nn.Conv2d(dim, dim, 1)
+            nn.init.zeros_(self.position.weight)
+            nn.init.zeros_(self.position.bias)
         self.text_proj = MLP(text_dim, dim, align_dim, 2)
         self.sentence_score = nn.Linear(text_dim, 1)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
@@ -77,7 +114,14 @@ class PriorAligner(nn.Module):
         B, C, h, w = embedding.shape
         sentences = torch.cat([names.unsqueeze(1), knowledge], dim=1)  # (K, S+1, D)
         valid = torch.cat([knowledge_mask.new_ones(knowledge_mask.shape[0], 1), knowledge_mask], dim=1)
-        img = F.normalize(self.image_proj(embedding).float(), dim=1)  # (B, A, h, w)
+        placed = embedding  # the image side of the similarity; the guided embedding adds to the plain one
+        if self.position is not None:
+            code = sine_encoding_2d(h, w, C, device=embedding.device).to(embedding.dtype)
+            placed = embedding + self.position(code.unsqueeze(0))
+        img = self.image_proj(placed)
+        for block in self.context:
+            img = block(img)
+        img = F.normalize(img.float(), dim=1)  # (B, A, h, w)
         txt = F.normalize(self.text_proj(sentences).float(), dim=-1)  # (K, S+1, A)
         scores = self.sentence_score(sentences).squeeze(-1).float().masked_fill(~valid, float("-inf"))
         weights = torch.softmax(scores, dim=1)  # (K, S+1)
