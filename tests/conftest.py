@@ -30,6 +30,30 @@ def shared_data() -> Path:
     return data_path()
 
 
+def shipped_design_on_amos13(design: str, organs: list[str], every: int = 2) -> tuple:
+    """A shipped design checkpoint and every ``every``-th slice of the held-out AMOS 0013 slab: ``(model, organ_index,
+    [(plain encoder output, [reference mask (256, 256) in model space per organ]), ...])`` (skips without the data)."""
+    import torch
+
+    from organsam.inference.predictor_factory import resolve_checkpoint
+    from organsam.model.checkpoint import load_checkpoint
+    from organsam.preprocessing.slices import to_model_input_batch
+    from organsam.training.case_store import CaseStore
+    from organsam.training.datasets import read_dataset
+
+    data_path("amos_0013_slab", "image.nii.gz")
+    model = load_checkpoint(resolve_checkpoint(design, "packaged"), design=design).eval()
+    store = CaseStore(read_dataset("shared", None, cases=["amos_0013"]), model.organ_ids, window="abdomen")
+    organ_index = model.organ_index_of(organs)
+    slices = []
+    for z in range(0, store.areas[0].shape[0], every):
+        imgs, geom = to_model_input_batch(store.image_slice(0, z)[None])
+        with torch.no_grad():
+            enc = model.encode_plain(torch.from_numpy(imgs))
+        slices.append((enc, [geom.mask_to_model(store.organ_mask(0, z, k)) for k in organ_index.tolist()]))
+    return model, organ_index, slices
+
+
 def amos_liver_slice(slice_index: int = 10, margin: float = 6.0) -> dict:
     """Model input (1, 3, 256, 256), liver mask (1, 1, 256, 256) and the liver's box grown by ``margin`` model
     pixels (1, 4) of one AMOS 0013 slab slice (skips without the shared data)."""

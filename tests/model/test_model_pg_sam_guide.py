@@ -7,34 +7,19 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import data_path
+from conftest import shipped_design_on_amos13
 
 from organsam.model.components.prior_aligner import PriorAligner
 from organsam.model.losses import bce_dice_loss, downsample_target
-from organsam.preprocessing.slices import to_model_input_batch
 
 ORGANS = ["liver", "spleen", "kidney_right", "kidney_left"]
 
 
 @pytest.fixture(scope="module")
 def amos13():
-    """The shipped PG-SAM, its plain features and the reference masks (model space) of every other AMOS 0013 slice."""
-    from organsam.inference.predictor_factory import resolve_checkpoint
-    from organsam.model.checkpoint import load_checkpoint
-    from organsam.training.case_store import CaseStore
-    from organsam.training.datasets import read_dataset
-
-    data_path("amos_0013_slab", "image.nii.gz")
-    model = load_checkpoint(resolve_checkpoint("pg_sam", "packaged"), design="pg_sam").eval()
-    store = CaseStore(read_dataset("shared", None, cases=["amos_0013"]), model.organ_ids, window="abdomen")
-    organ_index = model.organ_index_of(ORGANS)
-    slices = []
-    for z in range(0, store.areas[0].shape[0], 2):
-        imgs, geom = to_model_input_batch(store.image_slice(0, z)[None])
-        with torch.no_grad():
-            enc = model.encode_plain(torch.from_numpy(imgs))
-        slices.append((enc, np.stack([geom.mask_to_model(store.organ_mask(0, z, k)) for k in organ_index.tolist()])))
-    return model, organ_index, slices
+    """The shipped PG-SAM, its plain features and the reference masks (O, 256, 256) of every other AMOS 0013 slice."""
+    model, organ_index, slices = shipped_design_on_amos13("pg_sam", ORGANS)
+    return model, organ_index, [(enc, np.stack(refs)) for enc, refs in slices]
 
 
 def _dice(pred: np.ndarray, ref: np.ndarray) -> np.ndarray:

@@ -8,11 +8,10 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from conftest import data_path
+from conftest import shipped_design_on_amos13
 
 from organsam.model.decoder_run import run_mask_decoder
 from organsam.model.text_box_refinement import largest_piece_boxes
-from organsam.preprocessing.slices import to_model_input_batch
 from organsam.training.validation import _margin_box
 
 ORGANS = ["liver", "spleen", "kidney_right", "kidney_left"]
@@ -32,23 +31,8 @@ def test_box_is_around_the_largest_piece_grown_and_inside_the_image():
 
 @pytest.fixture(scope="module")
 def amos13():
-    """Plain LiteMedSAM features and reference masks (model space) of the AMOS 0013 slices with a kidney."""
-    from organsam.inference.predictor_factory import resolve_checkpoint
-    from organsam.model.checkpoint import load_checkpoint
-    from organsam.training.case_store import CaseStore
-    from organsam.training.datasets import read_dataset
-
-    data_path("amos_0013_slab", "image.nii.gz")
-    model = load_checkpoint(resolve_checkpoint("seg_sam", "packaged"), design="seg_sam").eval()
-    store = CaseStore(read_dataset("shared", None, cases=["amos_0013"]), model.organ_ids, window="abdomen")
-    organ_index = model.organ_index_of(ORGANS)
-    slices = []
-    for z in range(0, store.areas[0].shape[0], 2):
-        imgs, geom = to_model_input_batch(store.image_slice(0, z)[None])
-        with torch.no_grad():
-            enc = model.encode_plain(torch.from_numpy(imgs))
-        slices.append((enc, [geom.mask_to_model(store.organ_mask(0, z, k)) for k in organ_index.tolist()]))
-    return model, organ_index, slices
+    """The shipped SEG-SAM, plain LiteMedSAM features and reference masks (model space) of AMOS 0013 slices."""
+    return shipped_design_on_amos13("seg_sam", ORGANS)
 
 
 def _dice_per_organ(model, organ_index, slices):
