@@ -30,7 +30,7 @@ test: setup
 	$(VENV)/bin/ruff format --check .
 	# two test processes of one torch thread each: the pipeline's single-threaded parts (registration, numpy,
 	# connected components) then overlap; 12.5 min against 13.8 min for one process of two threads on 2 cores
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadfile
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadfile --durations=25
 
 lint: setup
 	$(VENV)/bin/ruff check .

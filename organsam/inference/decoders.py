@@ -325,7 +325,8 @@ class DesignDecoder(_Timed):
         """Decode slice ``z`` for several organs, each conditioned on its own memory bank (``state.memories``),
         then store the slice there. The organ's first slice and the slices the user prompted (box or points) are
         conditioning memories, kept; the others are evicted by the bank's policy beyond its capacity, so the
-        memory stays bounded. Each slice is decoded once per pass (a design predictor runs no second decodes)."""
+        memory stays bounded. Each slice is decoded once per pass, and for text alone once more from a box around
+        that mask (the design's box round, ``text_box_rounds``)."""
         banks = [state.memories.setdefault(oid, self.model.new_memory_bank()) for oid in organ_ids]
         user = [z in state.prompts[oid].boxes or z in state.prompts[oid].points for oid in organ_ids]
         spacing = float(state.volume.spacing[0])

@@ -26,6 +26,7 @@ from organsam.model.components.image_encoder import EncoderOutput
 from organsam.model.components.memory_bank import MemoryBank
 from organsam.model.design_checks import check_prompts, sequence_length
 from organsam.model.design_types import DesignOutput
+from organsam.model.text_box_refinement import largest_piece_boxes, merge_refined
 
 __all__ = ["SliceMemory"]
 
@@ -74,7 +75,7 @@ class SliceMemory:
         check_prompts(organ_index.shape[0], boxes, points)
         feats = self.encode_text_conditioned(None, encoded, organ_index)
         selection = bank.select(slice_index, spacing=spacing, device=feats.embedding.device)
-        out = self._decode(feats, boxes, points, selection)
+        out = self._decode_tracked(feats, boxes, points, selection)
         mem = self.memory_encoder(feats.embedding, out.masks, decoder_token=out.aux["mask_token"])
         if conditioning is None:
             conditioning = len(bank) == 0
@@ -82,6 +83,20 @@ class SliceMemory:
         bank.add(slice_index, mem.features, mem.pointer, score=score, conditioning=conditioning)
         n_mem = len(selection.indices) if selection is not None else 0
         out.aux["memory_slices"] = torch.tensor(n_mem)
+        return out
+
+    def _decode_tracked(self, feats: Any, boxes: Tensor | None, points: Any, selection: Any) -> DesignOutput:
+        """``_decode`` with the memories, then, for text alone at inference, the design's box round
+        (``config.text_box_rounds``, as :meth:`OrganSegmenter.forward`): decoded again, with the same memories, from a
+        box around the mask's largest piece."""
+        out = self._decode(feats, boxes, points, selection)
+        if self.training or boxes is not None or points is not None:
+            return out
+        for _ in range(self.config.text_box_rounds):
+            around, found = largest_piece_boxes(out.masks)
+            if not bool(found.any()):
+                break
+            out = merge_refined(out, self._decode(feats, around, None, selection), found)
         return out
 
     def track_organs(
@@ -120,11 +135,11 @@ class SliceMemory:
         feats = self.encode_text_conditioned(None, encoded, organ_index)
         outs, used = [], []
         for b, bank in enumerate(banks):
-            one = type(feats)(*(t[b : b + 1] for t in feats))
+            one = type(feats)(*(t[b : b + 1] if t is not None else None for t in feats))
             selection = bank.select(slice_index, spacing=spacing, device=one.embedding.device)
             box = boxes[b : b + 1] if boxes is not None else None
             pts = (points[0][b : b + 1], points[1][b : b + 1]) if points is not None else None
-            out = self._decode(one, box, pts, selection)
+            out = self._decode_tracked(one, box, pts, selection)
             mem = self.memory_encoder(one.embedding, out.masks, decoder_token=out.aux["mask_token"])
             cond = conditioning[b] if conditioning is not None else len(bank) == 0
             score = float(torch.sigmoid(out.presence_logit.float()).mean() * out.iou.float().mean())

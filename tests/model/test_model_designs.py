@@ -98,7 +98,8 @@ def test_real_slice_forward_backward_reaches_every_trainable_weight(name, real, 
     model.train()
     liver = model.organ_index_of(["liver"])
     present = torch.ones(1)
-    # Full path from the image (for crisp_sam2: one encoder pass with the text injected through the hook).
+    # Full path from the image (crisp_sam2's guide reads the plain embedding: the encoder runs plain, then resumes at
+    # stage 2 with the text injected; its one-pass hook path is checked in test_crisp_injects_semantics_...).
     out = model(real["images"][MID : MID + 1], liver)
     _check_output(out, 1, model.num_organs)
     terms = model.compute_loss(out, real["masks"][MID : MID + 1], present)
@@ -167,7 +168,7 @@ def test_box_and_text_prompts_on_one_slice(name, real, encoded):
         assert dice > 0.6, f"{name}: liver Dice with box {dice:.3f}"
 
 
-def test_crisp_injects_semantics_at_stage_2_stage_3_and_neck(encoded):
+def test_crisp_injects_semantics_at_stage_2_stage_3_and_neck(real, encoded):
     model = model_for("crisp_sam2")
     organs = model.organ_index_of(["liver"])
     with torch.no_grad():
@@ -186,6 +187,14 @@ def test_crisp_injects_semantics_at_stage_2_stage_3_and_neck(encoded):
     torch.testing.assert_close(resumed.embedding, emb, rtol=1e-5, atol=1e-5)
     # The text really reaches the embedding (small at initialisation, but not zero).
     assert (resumed.embedding - plain.embedding).abs().max() > 1e-4
+    # Without the guide aligner (which reads the plain embedding), an image takes one encoder pass with the text
+    # injected through the level hook, and gives the same embedding.
+    one_pass = build_design("crisp_sam2", ["guide_aligner=false"])
+    one_pass.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("aligner.")})
+    with torch.no_grad():
+        hooked = one_pass.eval().encode_text_conditioned(real["images"][MID : MID + 1], None, organs)
+    assert hooked.guide is None and resumed.guide is not None
+    torch.testing.assert_close(hooked.embedding, emb, rtol=1e-4, atol=1e-4)
 
 
 def test_crisp_sequence_conditions_on_memory_of_earlier_slices(real, encoded):
@@ -193,8 +202,14 @@ def test_crisp_sequence_conditions_on_memory_of_earlier_slices(real, encoded):
     assert model.new_memory_bank().policy == "similarity"
     organs = model.organ_index_of(["liver", "spleen"])
     with torch.no_grad():
-        seq = model.forward_sequence(None, organs, encoded=encoded, slice_indices=list(SLICES), spacing=5.0)
-        alone = model(None, organs, encoded=encoded[2])
+        # the decoder's text-alone pass (the guide, which locates the organ with text alone, reads no memory)
+        preset = model.config
+        model.config = dataclasses.replace(preset, locate_with_guide=False)
+        try:
+            seq = model.forward_sequence(None, organs, encoded=encoded, slice_indices=list(SLICES), spacing=5.0)
+            alone = model(None, organs, encoded=encoded[2])
+        finally:
+            model.config = preset
     assert len(seq) == 3
     for o in seq:
         _check_output(o, 2, model.num_organs)
@@ -289,11 +304,11 @@ def test_each_design_overfits_one_real_slice_from_text_alone(name, real, encoded
     """Trained on one slice with the organ's name as the only prompt, every design learns to draw it (Dice
     >= 0.9 in eval mode): the text reaches the returned mask. SEG-SAM's returned mask stayed empty for 30
     steps while its knowledge fed only the semantic decoder; PG-SAM's went empty within 5 steps before its
-    warm start. Scored on the text-alone pass itself (no box round: ``text_box_rounds=0``); PG-SAM's from its
-    decoder (``locate_with_guide`` off: its guide's part, locating the organ, is tested in
-    ``test_model_pg_sam_guide.py``)."""
+    warm start. Scored on the text-alone pass itself (no box round: ``text_box_rounds=0``); PG-SAM's and
+    CRISP-SAM2's from their decoders (``locate_with_guide`` off: the guide's part, locating the organ, is tested in
+    ``test_model_guide_location.py``)."""
     torch.manual_seed(0)
-    overrides = ["text_box_rounds=0"] + (["locate_with_guide=false"] if name == "pg_sam" else [])
+    overrides = ["text_box_rounds=0"] + (["locate_with_guide=false"] if name in ("pg_sam", "crisp_sam2") else [])
     model = build_design(name, overrides)  # a fresh copy: the shared one stays untrained
     liver = model.organ_index_of(["liver"])
     image = real["images"][MID : MID + 1] if name == "crisp_sam2" else None  # crisp injects text into the encoder

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from organsam.model.components.blocks import MLP, LayerNorm2d
-from organsam.model.components.slice_position_encoding import sine_encoding_2d
+from organsam.model.components.spatial_context import PositionCode, context_stack
 
 __all__ = ["PriorAligner", "PriorGuide"]
 
@@ -39,29 +39,13 @@ class PriorGuide:
 
     Attributes:
         logits: (B, K, h, w) guide logits, one map per organ.
-        probs: (B, K + 1, h, w) softmax over background (channel 0) and the K organs.
-        embedding: (B, dim, h, w) guided image embedding.
+        probs: (B, K + 1, h, w) softmax over background (channel 0) and the K organs (None without ``guide_embedding``).
+        embedding: (B, dim, h, w) guided image embedding (None without ``guide_embedding``).
     """
 
     logits: Tensor
-    probs: Tensor
-    embedding: Tensor
-
-
-class _ContextBlock(nn.Module):
-    """Residual block: LayerNorm, dilated 3x3 convolution, GELU, 1x1 convolution."""
-
-    def __init__(self, dim: int, dilation: int) -> None:
-        super().__init__()
-        self.body = nn.Sequential(
-            LayerNorm2d(dim),
-            nn.Conv2d(dim, dim, 3, padding=dilation, dilation=dilation),
-            nn.GELU(),
-            nn.Conv2d(dim, dim, 1),
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x + self.body(x)
+    probs: Tensor | None
+    embedding: Tensor | None
 
 
 class PriorAligner(nn.Module):
@@ -74,30 +58,36 @@ class PriorAligner(nn.Module):
         init_gain: initial per-channel gain of the guide added to the embedding.
         context_layers: residual dilated convolutions (dilations 1, 2, 4, ...) after a position code, before the
             similarity; 0: per pixel, as PG-SAM.
+        guide_embedding: also make the organ probabilities and the guided embedding (off: the guide logits alone,
+            for a design that only locates organs with them).
     """
 
     def __init__(
-        self, text_dim: int, dim: int = 256, align_dim: int = 128, init_gain: float = 0.1, context_layers: int = 0
+        self,
+        text_dim: int,
+        dim: int = 256,
+        align_dim: int = 128,
+        init_gain: float = 0.1,
+        context_layers: int = 0,
+        guide_embedding: bool = True,
     ) -> None:
         super().__init__()
         self.image_proj = nn.Sequential(
             nn.Conv2d(dim, align_dim, 1), LayerNorm2d(align_dim), nn.GELU(), nn.Conv2d(align_dim, align_dim, 1)
         )
-        self.position: nn.Conv2d | None = None
-        self.context = nn.ModuleList(_ContextBlock(align_dim, 2**i) for i in range(context_layers))
-        if context_layers:
-            # starts at zero: the position code enters as far as training finds it useful
-            self.position = nn.Conv2d(dim, dim, 1)
-            nn.init.zeros_(self.position.weight)
-            nn.init.zeros_(self.position.bias)
+        # the position code starts at zero: it enters as far as training finds it useful
+        self.position = PositionCode(dim) if context_layers else None
+        self.context = context_stack(align_dim, context_layers)
         self.text_proj = MLP(text_dim, dim, align_dim, 2)
         self.sentence_score = nn.Linear(text_dim, 1)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
         self.logit_bias = nn.Parameter(torch.tensor(-2.0))
-        self.background_logit = nn.Parameter(torch.zeros(()))
-        self.values = MLP(text_dim, dim, dim, 2)
-        self.background_value = nn.Parameter(torch.zeros(dim))
-        self.gain = nn.Parameter(torch.full((dim,), float(init_gain)))
+        self.guide_embedding = guide_embedding
+        if guide_embedding:
+            self.background_logit = nn.Parameter(torch.zeros(()))
+            self.values = MLP(text_dim, dim, dim, 2)
+            self.background_value = nn.Parameter(torch.zeros(dim))
+            self.gain = nn.Parameter(torch.full((dim,), float(init_gain)))
 
     def forward(self, embedding: Tensor, names: Tensor, knowledge: Tensor, knowledge_mask: Tensor) -> PriorGuide:
         """Compute guide maps and the guided embedding.
@@ -111,13 +101,12 @@ class PriorAligner(nn.Module):
         Returns:
             :class:`PriorGuide`.
         """
-        B, C, h, w = embedding.shape
+        B, _, h, w = embedding.shape
         sentences = torch.cat([names.unsqueeze(1), knowledge], dim=1)  # (K, S+1, D)
         valid = torch.cat([knowledge_mask.new_ones(knowledge_mask.shape[0], 1), knowledge_mask], dim=1)
         placed = embedding  # the image side of the similarity; the guided embedding adds to the plain one
         if self.position is not None:
-            code = sine_encoding_2d(h, w, C, device=embedding.device).to(embedding.dtype)
-            placed = embedding + self.position(code.unsqueeze(0))
+            placed = self.position(embedding)
         img = self.image_proj(placed)
         for block in self.context:
             img = block(img)
@@ -129,6 +118,8 @@ class PriorAligner(nn.Module):
         combined = torch.einsum("ks,ksa->ka", weights, txt)
         sim = torch.einsum("bahw,ka->bkhw", img, combined)
         logits = sim * self.logit_scale.float().exp() + self.logit_bias.float()
+        if not self.guide_embedding:
+            return PriorGuide(logits=logits, probs=None, embedding=None)
         bg = self.background_logit.float().expand(B, 1, h, w)
         probs = torch.softmax(torch.cat([bg, logits], dim=1), dim=1)
         values = torch.cat([self.background_value.unsqueeze(0), self.values(names)], dim=0).float()  # (K+1, dim)

@@ -39,7 +39,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from organsam.model import losses
@@ -52,7 +51,8 @@ from organsam.model.components.text_cache import VocabularyEmbeddings
 from organsam.model.components.text_projection import TextProjection
 from organsam.model.decoder_run import run_mask_decoder
 from organsam.model.design_checks import check_targets
-from organsam.model.sam_core import EMBED_DIM, EMBED_SIZE
+from organsam.model.guide_location import guide_first_pass, guide_loss
+from organsam.model.sam_core import EMBED_DIM
 from organsam.registry import register_design
 
 __all__ = ["PgSamConfig", "PgSam", "build_pg_sam"]
@@ -184,6 +184,7 @@ class PgSam(OrganSegmenter):
         emb = encoded.embedding
         B = emb.shape[0]
         guide = self.aligner(emb, self.name_emb, self.knowledge_emb, self.knowledge_mask)
+        assert guide.embedding is not None and guide.probs is not None
         sparse, dense = self.core.embed_prompts(boxes, points, batch_size=B)
         organ_tokens = self.organ_token_proj(self.name_emb).squeeze(-2) + self.organ_token_bias
         run = run_mask_decoder(
@@ -236,8 +237,7 @@ class PgSam(OrganSegmenter):
         if self.config.locate_with_guide and not self.training and boxes is None and points is None:
             # the prior guide locates the organ: its map is the mask the box round starts from, and the organ is
             # on the slice where the guide marks any pixel (its highest logit)
-            masks = F.interpolate(guide_mask, size=masks.shape[-2:], mode="bilinear", align_corners=False)
-            presence = guide_mask.flatten(1).amax(1)
+            masks, presence = guide_first_pass(guide_mask, masks.shape[-2:])
         aux = {
             "coarse_mask": coarse,
             "all_masks": out.masks[img_rows],
@@ -287,15 +287,16 @@ class PgSam(OrganSegmenter):
             terms["all_masks"] = losses.labelled_bce_dice_loss(
                 output.aux["all_masks"], all_targets, cfg.weight_ce, cfg.weight_dice
             )
-            terms["lowres"] = losses.labelled_bce_dice_loss(
-                output.aux["guide_logits"],
-                losses.downsample_target(all_targets, EMBED_SIZE),
-                cfg.weight_ce,
-                cfg.weight_dice,
-            )
         else:
             terms["all_masks"] = mask_loss(output.aux["coarse_mask"], target_masks)
-            terms["lowres"] = mask_loss(output.aux["guide_mask"], losses.downsample_target(target_masks, EMBED_SIZE))
+        terms["lowres"] = guide_loss(
+            output.aux["guide_logits"],
+            output.aux["guide_mask"],
+            target_masks,
+            all_targets,
+            cfg.weight_ce,
+            cfg.weight_dice,
+        )
         terms["iou"] = losses.iou_l1_loss(output.iou, output.masks, target_masks)
         if class_targets is not None:
             terms["presence"] = losses.presence_loss(output.aux["class_logits"], class_targets)

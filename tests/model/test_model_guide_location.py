@@ -1,7 +1,10 @@
-"""PG-SAM's prior guide locates organs from their descriptions: the aligner's spatial context (position code and
-dilated convolutions) and the shipped checkpoint's text-alone masks on held-out AMOS 0013."""
+"""The prior guide locates organs from their descriptions: the aligner's spatial context (position code and dilated
+convolutions), and the text-alone masks of the shipped designs that locate with it (PG-SAM, CRISP-SAM2) on held-out
+AMOS 0013."""
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import pytest
@@ -15,10 +18,10 @@ from organsam.model.losses import bce_dice_loss, downsample_target
 ORGANS = ["liver", "spleen", "kidney_right", "kidney_left"]
 
 
-@pytest.fixture(scope="module")
-def amos13():
-    """The shipped PG-SAM, its plain features and the reference masks (O, 256, 256) of every other AMOS 0013 slice."""
-    model, organ_index, slices = shipped_design_on_amos13("pg_sam", ORGANS)
+@functools.cache
+def amos13(design: str) -> tuple:
+    """A shipped design, its plain features and the reference masks (O, 256, 256) of every other AMOS 0013 slice."""
+    model, organ_index, slices = shipped_design_on_amos13(design, ORGANS)
     return model, organ_index, [(enc, np.stack(refs)) for enc, refs in slices]
 
 
@@ -28,10 +31,10 @@ def _dice(pred: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return 2 * inter / np.maximum(pred.sum((0, 2, 3)) + ref.sum((0, 2, 3)), 1)
 
 
-def test_context_aligner_tells_the_left_kidney_from_the_right_on_one_slice(amos13):
+def test_context_aligner_tells_the_left_kidney_from_the_right_on_one_slice():
     """Trained on one real slice's two kidneys, the aligner with context separates them (two organs of one tissue:
     what a per-pixel similarity cannot tell apart is where they lie)."""
-    model, organ_index, slices = amos13
+    model, organ_index, slices = amos13("pg_sam")
     enc, ref = max(slices, key=lambda s: min(s[1][2].sum(), s[1][3].sum()))
     kidneys = organ_index[2:]
     target = downsample_target(torch.from_numpy(ref[2:]).float()[None], 64)
@@ -51,10 +54,11 @@ def test_context_aligner_tells_the_left_kidney_from_the_right_on_one_slice(amos1
     assert dice.min() >= 0.9, dice
 
 
-def test_shipped_pg_sam_finds_liver_spleen_and_kidneys_from_text_alone(amos13):
+@pytest.mark.parametrize("design", ["pg_sam", "crisp_sam2"])
+def test_shipped_design_finds_liver_spleen_and_kidneys_from_text_alone(design):
     """Issue 15: with text alone, mean Dice >= 0.6 over liver, spleen and kidneys of held-out AMOS 0013 (never trained
     on); the guide alone already lies on each organ."""
-    model, organ_index, slices = amos13
+    model, organ_index, slices = amos13(design)
     assert model.config.aligner_context_layers > 0 and model.config.locate_with_guide
     preds, guides, refs = [], [], []
     with torch.no_grad():
