@@ -57,7 +57,7 @@ from organsam.model.design_checks import check_prompts, sequence_length
 from organsam.model.design_types import DecoderRun, DesignOutput, SegmenterConfig
 from organsam.model.freezing import add_lora, apply_freezing, is_frozen, keep_frozen_in_eval
 from organsam.model.sam_core import IMAGE_SIZE, SamCore, build_lite_medsam
-from organsam.model.text_box_refinement import largest_piece_boxes, merge_refined
+from organsam.model.text_box_refinement import box_rounds
 from organsam.model.vocabulary_text import resolve_organ_ids, vocabulary_embeddings
 
 logger = logging.getLogger(__name__)
@@ -263,12 +263,9 @@ class OrganSegmenter(nn.Module):
         out = self._forward(images, encoded, organ_index, boxes, points)
         if self.training or boxes is not None or points is not None:
             return out
-        for _ in range(self.config.text_box_rounds):
-            around, found = largest_piece_boxes(out.masks)
-            if not bool(found.any()):
-                break
-            out = merge_refined(out, self._forward(images, encoded, organ_index, around, None), found)
-        return out
+        return box_rounds(
+            out, self.config.text_box_rounds, lambda around: self._forward(images, encoded, organ_index, around, None)
+        )
 
     def _forward(
         self,

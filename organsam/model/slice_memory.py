@@ -26,7 +26,7 @@ from organsam.model.components.image_encoder import EncoderOutput
 from organsam.model.components.memory_bank import MemoryBank
 from organsam.model.design_checks import check_prompts, sequence_length
 from organsam.model.design_types import DesignOutput
-from organsam.model.text_box_refinement import largest_piece_boxes, merge_refined
+from organsam.model.text_box_refinement import box_rounds
 
 __all__ = ["SliceMemory"]
 
@@ -92,12 +92,7 @@ class SliceMemory:
         out = self._decode(feats, boxes, points, selection)
         if self.training or boxes is not None or points is not None:
             return out
-        for _ in range(self.config.text_box_rounds):
-            around, found = largest_piece_boxes(out.masks)
-            if not bool(found.any()):
-                break
-            out = merge_refined(out, self._decode(feats, around, None, selection), found)
-        return out
+        return box_rounds(out, self.config.text_box_rounds, lambda around: self._decode(feats, around, None, selection))
 
     def track_organs(
         self,

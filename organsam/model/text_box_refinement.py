@@ -13,6 +13,8 @@ the text's question, not the box's); a row whose mask is empty keeps its output.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from scipy import ndimage
@@ -20,7 +22,7 @@ from torch import Tensor
 
 from organsam.model.design_types import DesignOutput
 
-__all__ = ["BOX_MARGIN", "largest_piece_boxes", "merge_refined"]
+__all__ = ["BOX_MARGIN", "box_rounds", "largest_piece_boxes", "merge_refined"]
 
 #: Model pixels (of 256) a box grows around the mask's largest piece: the box jitter the designs train with.
 BOX_MARGIN = 5.0
@@ -57,3 +59,14 @@ def merge_refined(first: DesignOutput, refined: DesignOutput, found: Tensor) -> 
         presence_logit=first.presence_logit,
         aux=refined.aux,
     )
+
+
+def box_rounds(out: DesignOutput, rounds: int, decode_box: Callable[[Tensor], DesignOutput]) -> DesignOutput:
+    """Up to ``rounds`` box rounds of a text-alone output: ``decode_box(boxes (B, 4))`` decodes the organs again from
+    a box around each mask's largest piece; rows without a piece keep their output (:func:`merge_refined`)."""
+    for _ in range(rounds):
+        around, found = largest_piece_boxes(out.masks)
+        if not bool(found.any()):
+            break
+        out = merge_refined(out, decode_box(around), found)
+    return out

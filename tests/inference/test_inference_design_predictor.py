@@ -98,12 +98,14 @@ def test_crisp_sam2_segments_a_volume_with_its_slice_memory() -> None:
     """``--design crisp_sam2`` propagates with its memory: each organ's slices are decoded in order, each one
     attending to a bounded bank of the organ's earlier slices (similarity eviction; 4 slots here); the memory
     changes what the design predicts (the design as built, its memory attention's layer scales set to 1; the presence
-    scored is the decoder's, ``locate_with_guide`` off: the guide reads the plain embedding, not the memory)."""
+    scored is the decoder's first pass, ``locate_with_guide`` off and no box round: the guide reads the plain
+    embedding, not the memory; the box round of the volume path is tested in ``test_model_guide_location.py``)."""
     import torch
 
     vol = load_volume(data_path("amos_0013_slab", "image.nii.gz"))
     torch.manual_seed(0)
-    model = build_design("crisp_sam2", [{"organs": ["liver"], "memory_slices": 4, "locate_with_guide": False}])
+    overrides = {"organs": ["liver"], "memory_slices": 4, "locate_with_guide": False, "text_box_rounds": 0}
+    model = build_design("crisp_sam2", [overrides])
     with torch.no_grad():  # the memory attention's layer scales start at 1e-3: give them a trained module's weight
         for name, p in model.memory_attention.named_parameters():
             if name.endswith("gamma"):

@@ -40,10 +40,10 @@ def test_context_aligner_tells_the_left_kidney_from_the_right_on_one_slice():
     target = downsample_target(torch.from_numpy(ref[2:]).float()[None], 64)
     torch.manual_seed(0)
     aligner = PriorAligner(model.text_dim, 256, 128, context_layers=4)
-    opt = torch.optim.AdamW(aligner.parameters(), lr=1e-3)
+    opt = torch.optim.AdamW(aligner.parameters(), lr=5e-4)  # at 1e-3 some seeds and thread counts collapse to empty
     text = (model.name_emb[kidneys], model.knowledge_emb[kidneys], model.knowledge_mask[kidneys])
     for step in range(1, 161):  # a linear warm-up, as the trainer's: the position code starts at zero
-        opt.param_groups[0]["lr"] = 1e-3 * min(1.0, step / 30)
+        opt.param_groups[0]["lr"] = 5e-4 * min(1.0, step / 30)
         loss = bce_dice_loss(aligner(enc.embedding, *text).logits, target)
         opt.zero_grad()
         loss.backward()
@@ -71,3 +71,17 @@ def test_shipped_design_finds_liver_spleen_and_kidneys_from_text_alone(design):
     dice = _dice(np.stack(preds), np.stack(refs))
     assert dice.mean() >= 0.6, dict(zip(ORGANS, dice.round(3)))
     assert _dice(np.stack(guides), np.stack(refs)).min() >= 0.3
+
+
+def test_crisp_sam2_volume_path_runs_the_box_round_of_text_alone():
+    """Whole volumes go through CRISP-SAM2's slice memory (``track_organs``); with text alone it decodes the organ
+    again from a box around its guide, as ``forward`` does: on a slice with an empty bank both give the same masks,
+    and those are not the guide's upsampled map."""
+    model, organ_index, slices = amos13("crisp_sam2")
+    enc, _ = max(slices, key=lambda s: int(s[1].sum()))
+    with torch.no_grad():
+        tracked = model.track_organs(enc, organ_index, [model.new_memory_bank() for _ in ORGANS], 0)
+        forward = model(None, organ_index, None, encoded=enc)
+        guide = F.interpolate(forward.aux["guide_mask"], size=(256, 256), mode="bilinear")
+    torch.testing.assert_close(tracked.masks, forward.masks, rtol=1e-4, atol=1e-4)
+    assert ((tracked.masks > 0) != (guide > 0)).any()
