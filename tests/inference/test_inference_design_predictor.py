@@ -169,17 +169,25 @@ def test_pg_sam_all_runs_prompt_free_one_pass_per_slice() -> None:
     vol = Volume.from_array(full.array[3:8], full.spacing, "CT")  # 5 slices: each box round decodes every organ
     predictor = build_predictor("pg_sam", progress=False)  # no checkpoint: the packaged one
     model = predictor.decoder.model
-    calls: list[int] = []
+    calls: list[tuple[int, int, bool]] = []  # (images encoded, organ tokens decoded, whether boxes were given) per pass
     plain = model.decode_all
-    model.decode_all = lambda encoded, *a, **k: calls.append(encoded.embedding.shape[0]) or plain(encoded, *a, **k)
+
+    def counted(encoded, boxes=None, points=None, organ_index=None):  # noqa: ANN001, ANN202
+        out = plain(encoded, boxes, points, organ_index)
+        calls.append((encoded.embedding.shape[0], out.masks.shape[1], boxes is not None))
+        return out
+
+    model.decode_all = counted
     try:
         res = segment(vol, all_organs=True, quiet=True, predictor=predictor)
     finally:
         del model.decode_all
     assert res.report["design"] == "pg_sam" and len(res.report["organs"]) > 10
-    single = [c for c in calls if c == 1]
-    assert len(single) == vol.array.shape[0]  # one text-alone pass per slice: one image, every organ
-    assert len(calls) - len(single) <= vol.array.shape[0] * model.config.text_box_rounds
+    text_alone = [c for c in calls if not c[2]]
+    assert text_alone == [(1, model.num_organs, False)] * vol.array.shape[0]  # one pass per slice, every organ
+    boxed = [c for c in calls if c[2]]
+    assert len(boxed) <= vol.array.shape[0] * model.config.text_box_rounds
+    assert all(images == 1 and tokens == 1 for images, tokens, _ in boxed)  # one encoding, each row its own organ
 
 
 def test_packaged_checkpoint_is_hashed_in_the_weights_record() -> None:

@@ -24,8 +24,9 @@ Composition on the LiteMedSAM core of PG-SAM (arXiv:2503.18227):
    this one, from its guide, 69.9 (81.5 over liver, spleen and kidneys; ``python bench/compare_designs.py
    --checkpoints pg_sam``, ``bench/results/compare_designs_shipped.md``).
 
-``forward`` decodes all K organs (``aux["all_masks"]``, before the optimizer) and returns the prompted
-organ's optimized mask.
+``forward`` returns the prompted organ's optimized mask. In training it decodes all K organs (``aux["all_masks"]``,
+before the optimizer, for the all-organ loss); at inference a box or click row decodes its own organ's token only
+(the same mask: organ tokens only listen in the decoder), and the guide is computed once per slice, not per row.
 
 Loss: ``0.2 BCE + 0.8 Dice`` at two resolutions (final 256x256 masks and the 64x64 guide logits, the latter
 weighted ``weight_lowres``), over all organs the sample's dataset labels when ``all_targets`` are given (the
@@ -167,34 +168,45 @@ class PgSam(OrganSegmenter):
         return [dec.output_hypernetworks_mlps, dec.iou_prediction_head]
 
     def decode_all(
-        self, encoded: EncoderOutput, boxes: Tensor | None = None, points: tuple[Tensor, Tensor] | None = None
+        self,
+        encoded: EncoderOutput,
+        boxes: Tensor | None = None,
+        points: tuple[Tensor, Tensor] | None = None,
+        organ_index: Tensor | None = None,
     ) -> PgSamAll:
-        """Decode every organ of the vocabulary on each image.
+        """Decode every organ of the vocabulary (or one organ per prompt row) on each image.
+
+        The guide is computed once per image: an encoding of batch 1 serves every prompt row. The organ tokens only
+        listen in SAM's decoder (no token reads them) and the fusion decoder's features depend on the guide, not on
+        the tokens, so decoding one organ's token gives that organ the mask it has among all K.
 
         Args:
-            encoded: plain encoder output with levels 0 and 1, batch B.
-            boxes: optional (B, 4) box prompt per image.
-            points: optional clicks per image.
+            encoded: plain encoder output with levels 0 and 1, batch N (1 or the number of prompt rows P).
+            boxes: optional (P, 4) box prompt per row.
+            points: optional clicks per row.
+            organ_index: optional (P,) organ of each row: only its token is decoded (masks, IoU and class logits
+                then have one column); None: all K organs.
 
         Returns:
-            :class:`PgSamAll`.
+            :class:`PgSamAll`; ``guide_logits`` has the encoding's batch N.
         """
         if len(encoded.levels) < 2:
             raise ValueError("pg_sam needs encoder levels 0 and 1: pass encoded=model.encode_plain(images)")
         emb = encoded.embedding
-        B = emb.shape[0]
+        rows = [len(t) for t in (boxes, None if points is None else points[0], organ_index) if t is not None]
+        P = rows[0] if rows else emb.shape[0]
+        if emb.shape[0] not in (1, P) or any(r != P for r in rows):
+            raise ValueError(f"encoding batch {emb.shape[0]} and prompt rows {rows} disagree: give 1 or {P} images")
         guide = self.aligner(emb, self.name_emb, self.knowledge_emb, self.knowledge_mask)
         assert guide.embedding is not None and guide.probs is not None
-        sparse, dense = self.core.embed_prompts(boxes, points, batch_size=B)
+        sparse, dense = self.core.embed_prompts(boxes, points, batch_size=P)
         organ_tokens = self.organ_token_proj(self.name_emb).squeeze(-2) + self.organ_token_bias
+        if organ_index is None:
+            extra = organ_tokens.unsqueeze(0).expand(P, -1, -1)
+        else:
+            extra = organ_tokens[organ_index].unsqueeze(1)
         run = run_mask_decoder(
-            self.core,
-            guide.embedding,
-            sparse,
-            dense,
-            extra_tokens=organ_tokens.unsqueeze(0).expand(B, -1, -1),
-            upscale=False,
-            listen_only=True,
+            self.core, guide.embedding, sparse, dense, extra_tokens=extra, upscale=False, listen_only=True
         )
         assert run.extra is not None
         fused = self.fusion_decoder(
@@ -223,31 +235,31 @@ class PgSam(OrganSegmenter):
     ) -> DesignOutput:
         B = organ_index.shape[0]
         enc = encoded if encoded is not None else self.encode_plain(images)
-        enc = enc.expand(B) if (boxes is not None or points is not None) else enc
-        out = self.decode_all(enc, boxes, points)
-        n = out.masks.shape[0]
+        prompted = boxes is not None or points is not None
+        # at inference a prompted row needs only its own organ decoded; training reads every organ (all_masks)
+        only_prompted = prompted and not self.training
+        out = self.decode_all(enc, boxes, points, organ_index if only_prompted else None)
         rows = torch.arange(B, device=organ_index.device)
-        img_rows = rows if n == B else torch.zeros_like(rows)
-        coarse = out.masks[img_rows, organ_index].unsqueeze(1)
+        img_rows = rows if out.masks.shape[0] == B else torch.zeros_like(rows)
+        cols = torch.zeros_like(organ_index) if only_prompted else organ_index
+        coarse = out.masks[img_rows, cols].unsqueeze(1)
         features = out.features[img_rows]
         steps = self.optimizer(coarse, features)
         masks = steps[-1] if steps else coarse
-        guide_mask = out.guide_logits[img_rows, organ_index].unsqueeze(1)
-        presence = out.class_logits[img_rows, organ_index]
+        guide_rows = rows if out.guide_logits.shape[0] == B else torch.zeros_like(rows)
+        guide_mask = out.guide_logits[guide_rows, organ_index].unsqueeze(1)
+        presence = out.class_logits[img_rows, cols]
         if self.config.locate_with_guide and not self.training and boxes is None and points is None:
             # the prior guide locates the organ: its map is the mask the box round starts from, and the organ is
             # on the slice where the guide marks any pixel (its highest logit)
             masks, presence = guide_first_pass(guide_mask, masks.shape[-2:])
-        aux = {
-            "coarse_mask": coarse,
-            "all_masks": out.masks[img_rows],
-            "class_logits": out.class_logits[img_rows],
-            "guide_logits": out.guide_logits[img_rows],
-            "guide_mask": guide_mask,
-        }
+        aux = {"coarse_mask": coarse, "guide_logits": out.guide_logits[guide_rows], "guide_mask": guide_mask}
+        if not only_prompted:  # every organ was decoded
+            aux["all_masks"] = out.masks[img_rows]
+            aux["class_logits"] = out.class_logits[img_rows]
         return DesignOutput(
             masks=masks,
-            iou=out.iou[img_rows, organ_index].unsqueeze(1),
+            iou=out.iou[img_rows, cols].unsqueeze(1),
             presence_logit=presence,
             aux=aux,
         )
