@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor
 
 from organsam.model.components.lora import TINYVIT_LORA_TARGETS
 
-__all__ = ["DecoderRun", "DesignOutput", "SegmenterConfig"]
+__all__ = ["DecoderRun", "DesignOutput", "SegmenterConfig", "cat_outputs"]
 
 
 @dataclass
@@ -93,3 +94,15 @@ class DecoderRun:
     mask_token: Tensor | None = None
     extra: Tensor | None = None
     upscaled: Tensor | None = None
+
+
+def cat_outputs(outs: list[DesignOutput], aux_keys: tuple[str, ...] | None = None) -> DesignOutput:
+    """The outputs of consecutive row groups as one output (rows in order); ``aux_keys``: the aux tensors joined
+    (default: the first output's)."""
+    keys = tuple(outs[0].aux) if aux_keys is None else aux_keys
+    return DesignOutput(
+        masks=torch.cat([o.masks for o in outs]),
+        iou=torch.cat([o.iou for o in outs]),
+        presence_logit=torch.cat([o.presence_logit for o in outs]),
+        aux={k: torch.cat([o.aux[k] for o in outs]) for k in keys},
+    )

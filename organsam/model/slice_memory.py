@@ -25,7 +25,7 @@ from torch import Tensor
 from organsam.model.components.image_encoder import EncoderOutput
 from organsam.model.components.memory_bank import MemoryBank
 from organsam.model.design_checks import check_prompts, sequence_length
-from organsam.model.design_types import DesignOutput
+from organsam.model.design_types import DesignOutput, cat_outputs
 from organsam.model.text_box_refinement import box_rounds
 
 __all__ = ["SliceMemory"]
@@ -141,14 +141,9 @@ class SliceMemory:
             bank.add(slice_index, mem.features, mem.pointer, score=score, conditioning=bool(cond) or len(bank) == 0)
             outs.append(out)
             used.append(len(selection.indices) if selection is not None else 0)
-        aux = {k: torch.cat([o.aux[k] for o in outs]) for k in ("sam_mask", "refine_mask")}
-        aux["memory_slices"] = torch.tensor(used)
-        return DesignOutput(
-            masks=torch.cat([o.masks for o in outs]),
-            iou=torch.cat([o.iou for o in outs]),
-            presence_logit=torch.cat([o.presence_logit for o in outs]),
-            aux=aux,
-        )
+        out = cat_outputs(outs, ("sam_mask", "refine_mask"))
+        out.aux["memory_slices"] = torch.tensor(used)
+        return out
 
     def forward_sequence(
         self,

@@ -12,6 +12,7 @@ from organsam.inference.predictor_factory import check_design, is_design_checkpo
 from organsam.inference.segment import segment
 from organsam.io import Volume, load_labels, load_volume
 from organsam.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from organsam.model.designs.pg_sam import PROMPTED_ROWS
 from organsam.registry import build_design
 from organsam.vocabulary import labelmap_info
 
@@ -161,20 +162,20 @@ def test_design_decoder_keeps_few_slices_and_only_the_levels_the_design_reads() 
 @pytest.mark.slow
 def test_pg_sam_all_runs_prompt_free_one_pass_per_slice() -> None:
     """``segment --design pg_sam --all``: the shipped checkpoint, no atlas, text alone, every organ of a slice
-    decoded in one pass (PG-SAM's prompt-free mode), then each box round (``text_box_rounds``) in one more pass
-    over the organs drawn."""
+    decoded in one pass (PG-SAM's prompt-free mode), then each box round (``text_box_rounds``) over the organs drawn,
+    each row decoding only its own organ, a few rows at a time."""
     from organsam.inference.predictor_factory import build_predictor
 
     full = load_volume(data_path("amos_0013_slab", "image.nii.gz"))
     vol = Volume.from_array(full.array[3:8], full.spacing, "CT")  # 5 slices: each box round decodes every organ
     predictor = build_predictor("pg_sam", progress=False)  # no checkpoint: the packaged one
     model = predictor.decoder.model
-    calls: list[tuple[int, int, bool]] = []  # (images encoded, organ tokens decoded, whether boxes were given) per pass
+    calls: list[tuple[int, int, int, bool]] = []  # (images, rows, organ tokens decoded, boxes given) per pass
     plain = model.decode_all
 
     def counted(encoded, boxes=None, points=None, organ_index=None):  # noqa: ANN001, ANN202
         out = plain(encoded, boxes, points, organ_index)
-        calls.append((encoded.embedding.shape[0], out.masks.shape[1], boxes is not None))
+        calls.append((encoded.embedding.shape[0], out.masks.shape[0], out.masks.shape[1], boxes is not None))
         return out
 
     model.decode_all = counted
@@ -182,12 +183,15 @@ def test_pg_sam_all_runs_prompt_free_one_pass_per_slice() -> None:
         res = segment(vol, all_organs=True, quiet=True, predictor=predictor)
     finally:
         del model.decode_all
-    assert res.report["design"] == "pg_sam" and len(res.report["organs"]) > 10
-    text_alone = [c for c in calls if not c[2]]
-    assert text_alone == [(1, model.num_organs, False)] * vol.array.shape[0]  # one pass per slice, every organ
-    boxed = [c for c in calls if c[2]]
-    assert len(boxed) <= vol.array.shape[0] * model.config.text_box_rounds
-    assert all(images == 1 and tokens == 1 for images, tokens, _ in boxed)  # one encoding, each row its own organ
+    organs = len(res.report["organs"])
+    assert res.report["design"] == "pg_sam" and organs > 10
+    slices = vol.array.shape[0]
+    text_alone = [c for c in calls if not c[3]]
+    assert text_alone == [(1, 1, model.num_organs, False)] * slices  # one pass per slice, every organ
+    boxed = [c for c in calls if c[3]]
+    # each box round: the organs drawn, each row decoding its own organ's token, PROMPTED_ROWS rows at a time
+    assert all(images == 1 and rows <= PROMPTED_ROWS and tokens == 1 for images, rows, tokens, _ in boxed)
+    assert sum(rows for _, rows, _, _ in boxed) <= slices * organs * model.config.text_box_rounds
 
 
 def test_packaged_checkpoint_is_hashed_in_the_weights_record() -> None:

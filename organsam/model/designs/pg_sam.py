@@ -52,11 +52,16 @@ from organsam.model.components.text_cache import VocabularyEmbeddings
 from organsam.model.components.text_projection import TextProjection
 from organsam.model.decoder_run import run_mask_decoder
 from organsam.model.design_checks import check_targets
+from organsam.model.design_types import cat_outputs
 from organsam.model.guide_location import guide_first_pass, guide_loss
 from organsam.model.sam_core import EMBED_DIM
 from organsam.registry import register_design
 
-__all__ = ["PgSamConfig", "PgSam", "build_pg_sam"]
+__all__ = ["PROMPTED_ROWS", "PgSamConfig", "PgSam", "build_pg_sam"]
+
+#: Prompted rows decoded together at inference: each holds its fused (32, 256, 256) features and the optimizer's
+#: work (a 13-organ box round at once had added ~0.5 GB to the process's peak RSS).
+PROMPTED_ROWS = 4
 
 
 @dataclass
@@ -235,31 +240,47 @@ class PgSam(OrganSegmenter):
     ) -> DesignOutput:
         B = organ_index.shape[0]
         enc = encoded if encoded is not None else self.encode_plain(images)
-        prompted = boxes is not None or points is not None
-        # at inference a prompted row needs only its own organ decoded; training reads every organ (all_masks)
-        only_prompted = prompted and not self.training
+        # at inference a prompted row needs only its own organ decoded (training reads every organ: all_masks), and
+        # the rows go PROMPTED_ROWS at a time: each holds its own fused 256x256 features and the optimizer's work
+        only_prompted = (boxes is not None or points is not None) and not self.training
+        if only_prompted and B > PROMPTED_ROWS:
+            parts = []
+            for s in range(0, B, PROMPTED_ROWS):
+                rows = slice(s, s + PROMPTED_ROWS)
+                part_enc = (
+                    enc
+                    if enc.embedding.shape[0] == 1
+                    else EncoderOutput(enc.embedding[rows], [lv[rows] for lv in enc.levels])
+                )
+                part_pts = None if points is None else (points[0][rows], points[1][rows])
+                part_box = None if boxes is None else boxes[rows]
+                parts.append(self._forward(None, part_enc, organ_index[rows], part_box, part_pts))
+            return cat_outputs(parts)
         out = self.decode_all(enc, boxes, points, organ_index if only_prompted else None)
-        rows = torch.arange(B, device=organ_index.device)
-        img_rows = rows if out.masks.shape[0] == B else torch.zeros_like(rows)
+
+        def per_row(t: Tensor) -> Tensor:  # an output of one shared image is a view for every row, not B copies
+            return t if t.shape[0] == B else t.expand(B, *t.shape[1:])
+
+        rows_b = torch.arange(B, device=organ_index.device)
         cols = torch.zeros_like(organ_index) if only_prompted else organ_index
-        coarse = out.masks[img_rows, cols].unsqueeze(1)
-        features = out.features[img_rows]
-        steps = self.optimizer(coarse, features)
-        masks = steps[-1] if steps else coarse
-        guide_rows = rows if out.guide_logits.shape[0] == B else torch.zeros_like(rows)
-        guide_mask = out.guide_logits[guide_rows, organ_index].unsqueeze(1)
-        presence = out.class_logits[img_rows, cols]
+        coarse = per_row(out.masks)[rows_b, cols].unsqueeze(1)
+        guide_logits = per_row(out.guide_logits)
+        guide_mask = guide_logits[rows_b, organ_index].unsqueeze(1)
+        presence = per_row(out.class_logits)[rows_b, cols]
         if self.config.locate_with_guide and not self.training and boxes is None and points is None:
             # the prior guide locates the organ: its map is the mask the box round starts from, and the organ is
-            # on the slice where the guide marks any pixel (its highest logit)
-            masks, presence = guide_first_pass(guide_mask, masks.shape[-2:])
-        aux = {"coarse_mask": coarse, "guide_logits": out.guide_logits[guide_rows], "guide_mask": guide_mask}
+            # on the slice where the guide marks any pixel (its highest logit); the optimizer's mask is not used
+            masks, presence = guide_first_pass(guide_mask, coarse.shape[-2:])
+        else:
+            steps = self.optimizer(coarse, per_row(out.features))
+            masks = steps[-1] if steps else coarse
+        aux = {"coarse_mask": coarse, "guide_logits": guide_logits, "guide_mask": guide_mask}
         if not only_prompted:  # every organ was decoded
-            aux["all_masks"] = out.masks[img_rows]
-            aux["class_logits"] = out.class_logits[img_rows]
+            aux["all_masks"] = per_row(out.masks)
+            aux["class_logits"] = per_row(out.class_logits)
         return DesignOutput(
             masks=masks,
-            iou=out.iou[img_rows, cols].unsqueeze(1),
+            iou=per_row(out.iou)[rows_b, cols].unsqueeze(1),
             presence_logit=presence,
             aux=aux,
         )
