@@ -34,7 +34,7 @@ import numpy as np
 
 from organsam import __version__
 from organsam.inference.options import ALL_ORGANS_TEXT, OrganRequest, SegmentOptions
-from organsam.inference.postprocess import merge_labels, postprocess_mask
+from organsam.inference.postprocess import bounding_box, merge_labels, postprocess_mask
 from organsam.inference.predictor_factory import DEFAULT_DESIGN
 from organsam.inference.result import SegmentationResult
 from organsam.inference.state import InferenceState, OrganResult
@@ -139,10 +139,10 @@ def organ_report(
     key = "mean_hu" if is_ct_in_hu(volume) else "mean_intensity"
     entry[key] = round(float(volume.array[mask].mean()), 1) if mask.any() else None
     if mask.any():
-        idx = np.argwhere(volume.to_ijk_layout(mask))
+        box = bounding_box(volume.to_ijk_layout(mask))  # not np.argwhere: 24 bytes a voxel of the mask
         entry["bbox_voxels"] = {
-            "min": idx.min(axis=0).tolist(),
-            "max": idx.max(axis=0).tolist(),
+            "min": [b.start for b in box],
+            "max": [b.stop - 1 for b in box],
             "axes": "ijk: column, row, slice of the input's voxel grid (as ITK, 3D Slicer "
             "and ITK-SNAP number voxels), 0-based",
         }
@@ -332,7 +332,10 @@ def run_segmentation(
     t_model = time.perf_counter()
     report_progress("post-processing", Z, Z)
     hu = volume.array if is_ct_in_hu(volume) else None
-    masks = {oid: postprocess_mask(oid, to_input_grid(model_masks[oid], volume), hu) for oid in organ_ids}
+    drawn = {oid: bool(model_masks[oid].any()) for oid in organ_ids}
+    # each model-grid mask is let go once post-processed: with text alone an organ's mask can span the whole volume,
+    # and a 512x512x300 CT's 13 organs would otherwise hold both copies at once at the end of the run
+    masks = {oid: postprocess_mask(oid, to_input_grid(model_masks.pop(oid), volume), hu) for oid in organ_ids}
     rejections = {}
     for oid in organ_ids:
         if not options.verify or state.prompts[oid].text is None:
@@ -372,7 +375,7 @@ def run_segmentation(
                 masks[oid],
                 volume,
                 state.results.get(oid),
-                _unlocatable(state, oid, known, bool(model_masks[oid].any())),
+                _unlocatable(state, oid, known, drawn[oid]),
                 rejections.get(oid),
             )
             for oid in organ_ids

@@ -15,6 +15,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "SINGLE_COMPONENT_ORGANS",
+    "bounding_box",
     "keep_largest_components",
     "fill_holes_per_slice",
     "postprocess_mask",
@@ -88,7 +89,7 @@ def keep_largest_components(
     mask = np.asarray(mask, dtype=bool)  # a label or float mask counts as one foreground, not one per value
     if not mask.any():
         return mask
-    box = _bounding_box(mask)  # components lie inside the mask's box: labelled there only
+    box = bounding_box(mask)  # components lie inside the mask's box: labelled there only
     labels, count = cc3d.connected_components(mask[box].astype(np.uint8), connectivity=connectivity, return_N=True)
     if count <= n:
         return mask
@@ -101,7 +102,7 @@ def keep_largest_components(
     return out
 
 
-def _bounding_box(mask: np.ndarray, pad: int = 0) -> tuple[slice, ...]:
+def bounding_box(mask: np.ndarray, pad: int = 0) -> tuple[slice, ...]:
     """Slices of a non-empty mask's bounding box, grown by ``pad`` on each side (clipped to the array)."""
     box = []
     for axis in range(mask.ndim):
@@ -116,7 +117,7 @@ def fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
     for z in np.flatnonzero(out.reshape(out.shape[0], -1).any(axis=1)):
         # inside the box grown by one pixel: everything beyond it is background joined to the image border, so a
         # region is a hole there exactly when it is one in the whole slice
-        box = _bounding_box(out[z], pad=1)
+        box = bounding_box(out[z], pad=1)
         out[z][box] = ndimage.binary_fill_holes(out[z][box])
     return out
 
@@ -140,7 +141,7 @@ def postprocess_mask(organ_id: str, mask: np.ndarray, hu: np.ndarray | None = No
         return out
     # every rule acts inside the mask's box (grown by one voxel of background): outside it there is only background
     # joined to the image border, so the result is the whole volume's at the cost of the organ's size
-    box = _bounding_box(mask, pad=1)
+    box = bounding_box(mask, pad=1)
     crop = fill_holes_per_slice(mask[box])
     if organ_id in SINGLE_COMPONENT_ORGANS:  # before the intensity rule, which can split an organ apart
         crop = keep_largest_components(crop, 1, min_fraction=MIN_COMPONENT_FRACTION)
