@@ -173,8 +173,8 @@ def test_pg_sam_all_runs_prompt_free_one_pass_per_slice() -> None:
     calls: list[tuple[int, int, int, bool]] = []  # (images, rows, organ tokens decoded, boxes given) per pass
     plain = model.decode_all
 
-    def counted(encoded, boxes=None, points=None, organ_index=None):  # noqa: ANN001, ANN202
-        out = plain(encoded, boxes, points, organ_index)
+    def counted(encoded, boxes=None, points=None, organ_index=None, guide=None):  # noqa: ANN001, ANN202
+        out = plain(encoded, boxes, points, organ_index, guide)
         calls.append((encoded.embedding.shape[0], out.masks.shape[0], out.masks.shape[1], boxes is not None))
         return out
 

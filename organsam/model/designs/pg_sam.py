@@ -47,7 +47,7 @@ from organsam.model.base import DesignOutput, OrganSegmenter, SegmenterConfig
 from organsam.model.components.fusion_decoder import MultiLevelFusionDecoder
 from organsam.model.components.image_encoder import EncoderOutput
 from organsam.model.components.mask_optimizer import MaskOptimizer
-from organsam.model.components.prior_aligner import PriorAligner
+from organsam.model.components.prior_aligner import PriorAligner, PriorGuide
 from organsam.model.components.text_cache import VocabularyEmbeddings
 from organsam.model.components.text_projection import TextProjection
 from organsam.model.decoder_run import run_mask_decoder
@@ -178,6 +178,7 @@ class PgSam(OrganSegmenter):
         boxes: Tensor | None = None,
         points: tuple[Tensor, Tensor] | None = None,
         organ_index: Tensor | None = None,
+        guide: PriorGuide | None = None,
     ) -> PgSamAll:
         """Decode every organ of the vocabulary (or one organ per prompt row) on each image.
 
@@ -191,6 +192,7 @@ class PgSam(OrganSegmenter):
             points: optional clicks per row.
             organ_index: optional (P,) organ of each row: only its token is decoded (masks, IoU and class logits
                 then have one column); None: all K organs.
+            guide: the aligner's output on ``encoded`` when already computed (a caller decoding rows in groups).
 
         Returns:
             :class:`PgSamAll`; ``guide_logits`` has the encoding's batch N.
@@ -202,7 +204,8 @@ class PgSam(OrganSegmenter):
         P = rows[0] if rows else emb.shape[0]
         if emb.shape[0] not in (1, P) or any(r != P for r in rows):
             raise ValueError(f"encoding batch {emb.shape[0]} and prompt rows {rows} disagree: give 1 or {P} images")
-        guide = self.aligner(emb, self.name_emb, self.knowledge_emb, self.knowledge_mask)
+        if guide is None:
+            guide = self.aligner(emb, self.name_emb, self.knowledge_emb, self.knowledge_mask)
         assert guide.embedding is not None and guide.probs is not None
         sparse, dense = self.core.embed_prompts(boxes, points, batch_size=P)
         organ_tokens = self.organ_token_proj(self.name_emb).squeeze(-2) + self.organ_token_bias
@@ -238,25 +241,35 @@ class PgSam(OrganSegmenter):
         boxes: Tensor | None,
         points: tuple[Tensor, Tensor] | None,
     ) -> DesignOutput:
-        B = organ_index.shape[0]
         enc = encoded if encoded is not None else self.encode_plain(images)
         # at inference a prompted row needs only its own organ decoded (training reads every organ: all_masks), and
-        # the rows go PROMPTED_ROWS at a time: each holds its own fused 256x256 features and the optimizer's work
-        only_prompted = (boxes is not None or points is not None) and not self.training
-        if only_prompted and B > PROMPTED_ROWS:
-            parts = []
-            for s in range(0, B, PROMPTED_ROWS):
-                rows = slice(s, s + PROMPTED_ROWS)
-                part_enc = (
-                    enc
-                    if enc.embedding.shape[0] == 1
-                    else EncoderOutput(enc.embedding[rows], [lv[rows] for lv in enc.levels])
-                )
-                part_pts = None if points is None else (points[0][rows], points[1][rows])
-                part_box = None if boxes is None else boxes[rows]
-                parts.append(self._forward(None, part_enc, organ_index[rows], part_box, part_pts))
-            return cat_outputs(parts)
-        out = self.decode_all(enc, boxes, points, organ_index if only_prompted else None)
+        # the rows go PROMPTED_ROWS at a time (each holds its fused 256x256 features and the optimizer's work), all
+        # of one shared image reading one guide
+        if self.training or (boxes is None and points is None):
+            return self._decode_rows(enc, organ_index, boxes, points, only_prompted=False)
+        shared = enc.embedding.shape[0] == 1
+        guide = self.aligner(enc.embedding, self.name_emb, self.knowledge_emb, self.knowledge_mask) if shared else None
+        parts = []
+        for s in range(0, organ_index.shape[0], PROMPTED_ROWS):
+            rows = slice(s, s + PROMPTED_ROWS)
+            part = enc if shared else EncoderOutput(enc.embedding[rows], [lv[rows] for lv in enc.levels])
+            pts = None if points is None else (points[0][rows], points[1][rows])
+            box = None if boxes is None else boxes[rows]
+            parts.append(self._decode_rows(part, organ_index[rows], box, pts, only_prompted=True, guide=guide))
+        return cat_outputs(parts) if len(parts) > 1 else parts[0]
+
+    def _decode_rows(
+        self,
+        enc: EncoderOutput,
+        organ_index: Tensor,
+        boxes: Tensor | None,
+        points: tuple[Tensor, Tensor] | None,
+        only_prompted: bool,
+        guide: PriorGuide | None = None,
+    ) -> DesignOutput:
+        """One decode of the rows: each row's own organ (``only_prompted``) or every organ."""
+        B = organ_index.shape[0]
+        out = self.decode_all(enc, boxes, points, organ_index if only_prompted else None, guide)
 
         def per_row(t: Tensor) -> Tensor:  # an output of one shared image is a view for every row, not B copies
             return t if t.shape[0] == B else t.expand(B, *t.shape[1:])
