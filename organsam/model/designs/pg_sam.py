@@ -59,8 +59,8 @@ from organsam.registry import register_design
 
 __all__ = ["PROMPTED_ROWS", "PgSamConfig", "PgSam", "build_pg_sam"]
 
-#: Prompted rows decoded together at inference: each holds its fused (32, 256, 256) features and the optimizer's
-#: work (a 13-organ box round at once had added ~0.5 GB to the process's peak RSS).
+#: Prompted rows decoded together at inference: each holds its fused (32, 256, 256) features (8 MB in float32) and
+#: the optimizer's work, so a 13-organ box round is not held all at once.
 PROMPTED_ROWS = 4
 
 
